@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` and `make test`. Both create the environment first (uv, from uv.lock).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+UV := python3 -m uv
+DEMO := demo
+PYTEST_ARGS ?=
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export BENTOML_DO_NOT_TRACK := 1
+export OMP_WAIT_POLICY := PASSIVE
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: env demo test lint bench clean
+
+env: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
+	$(UV) sync --frozen --all-extras
+	@touch $@
+
+demo: env
+	$(BIN)/segments generate --out $(DEMO)/data --customers 5000 --months 24 --seed 7
+	$(BIN)/segments validate --data $(DEMO)/data --quarantine $(DEMO)/quarantine
+	$(BIN)/segments features --data $(DEMO)/data --as-of 2026-07-01 --out $(DEMO)/features.parquet
+	$(BIN)/segments import-cdnow --out $(DEMO)/cdnow
+	$(BIN)/segments features --data $(DEMO)/cdnow --as-of 1997-10-01 --out $(DEMO)/cdnow_features.parquet
+	@echo
+	@echo "Demo outputs:"
+	@echo "  synthetic data        $(DEMO)/data/ (ground truth in ground_truth.parquet)"
+	@echo "  quarantine report     $(DEMO)/quarantine/"
+	@echo "  feature table         $(DEMO)/features.parquet"
+	@echo "  CDNOW (real data)     $(DEMO)/cdnow/ and $(DEMO)/cdnow_features.parquet"
+
+test: env
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+lint: env
+	$(BIN)/ruff check features training serving tests bench
+
+bench: env
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

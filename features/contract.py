@@ -1,0 +1,83 @@
+"""The input data contract: the three raw tables, their columns and canonical types.
+
+Every reader, the validator and the feature builders take column names and types from here, so the contract is
+written once. Timestamps are naive UTC; ids are strings. See DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Canonical column types, as DuckDB type names (Ibis maps them to every backend it runs on).
+STRING, TIMESTAMP, DOUBLE, BIGINT, BOOLEAN = "VARCHAR", "TIMESTAMP", "DOUBLE", "BIGINT", "BOOLEAN"
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """One raw table: its id column, required columns and optional columns with their canonical types."""
+
+    name: str
+    id_column: str
+    required: dict[str, str]
+    optional: dict[str, str] = field(default_factory=dict)
+    is_required: bool = False
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return {**self.required, **self.optional}
+
+
+CUSTOMERS = TableContract(
+    name="customers",
+    id_column="customer_id",
+    required={"customer_id": STRING},
+    optional={
+        "signup_date": TIMESTAMP,
+        "birth_year": BIGINT,
+        "gender": STRING,
+        "region": STRING,
+        "city": STRING,
+        "loyalty_member": BOOLEAN,
+        "loyalty_join_date": TIMESTAMP,
+        "loyalty_tier": STRING,
+        "points_balance": DOUBLE,
+        "email_opt_in": BOOLEAN,
+        "tags": STRING,
+    },
+)
+
+TRANSACTIONS = TableContract(
+    name="transactions",
+    id_column="transaction_id",
+    required={"transaction_id": STRING, "customer_id": STRING, "timestamp": TIMESTAMP, "amount": DOUBLE},
+    optional={
+        "quantity": DOUBLE,
+        "product_id": STRING,
+        "category": STRING,
+        "channel": STRING,
+        "store_id": STRING,
+        "discount_amount": DOUBLE,
+        "is_return": BOOLEAN,
+        "points_earned": DOUBLE,
+        "points_redeemed": DOUBLE,
+        "currency": STRING,
+    },
+    is_required=True,
+)
+
+EVENTS = TableContract(
+    name="events",
+    id_column="event_id",
+    required={"event_id": STRING, "customer_id": STRING, "timestamp": TIMESTAMP, "event_type": STRING},
+    optional={"channel": STRING, "campaign_id": STRING, "properties": STRING},
+)
+
+CONTRACTS: dict[str, TableContract] = {c.name: c for c in (CUSTOMERS, TRANSACTIONS, EVENTS)}
+
+KNOWN_EVENT_TYPES = (
+    "email_sent", "email_open", "email_click", "push_open", "sms_click", "app_open", "web_visit",
+    "reward_redeemed", "review", "referral", "survey_response", "loyalty_join", "tier_change",
+)
+
+# Channels that count as digital for the online-share features.
+DIGITAL_CHANNELS = ("online", "app", "web", "mobile")

@@ -1,0 +1,57 @@
+"""Raw tables -> validated tables -> point-in-time feature table: the one path every entry point calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.build import FeatureQuery
+from features.catalog import FEATURE_SET_VERSION
+from features.io import load_raw
+from features.validate import ValidationResult, validate
+
+
+@dataclass
+class FeatureRun:
+    """A built feature table with the validation that preceded it."""
+
+    table: pd.DataFrame
+    validation: ValidationResult
+    as_of: datetime
+    query: FeatureQuery
+
+
+def load_validated(source: Path, run_time: datetime | None = None, max_bad_share: float = 0.05) -> ValidationResult:
+    """Read and validate the raw tables of `source` (a folder or DuckDB file)."""
+    return validate(load_raw(Path(source)), run_time=run_time, max_bad_share=max_bad_share)
+
+
+def build_feature_table(validation: ValidationResult, as_of: datetime) -> FeatureRun:
+    """The feature table as of `as_of` from validated tables: one row per customer known at as_of."""
+    query = FeatureQuery(validation.columns)
+    table = query.run_duckdb(validation.con, as_of)
+    return FeatureRun(table=table, validation=validation, as_of=as_of, query=query)
+
+
+def write_feature_table(run: FeatureRun, out: Path) -> Path:
+    """Write the feature table to Parquet with the feature-set version and as_of in the file's metadata."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(run.table, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"feature_set_version": FEATURE_SET_VERSION.encode(),
+            b"as_of": run.as_of.isoformat().encode()}
+    pq.write_table(table.replace_schema_metadata(meta), out)
+    return out
+
+
+def read_feature_table(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read a feature table written by `write_feature_table`, with its metadata (feature_set_version, as_of)."""
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
+            if k in (b"feature_set_version", b"as_of")}
+    return table.to_pandas(), meta

@@ -1,0 +1,184 @@
+"""The `segments` command line: one entry point for data scientists (and for MLproject)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from features.errors import DataContractError
+
+app = typer.Typer(
+    name="segments",
+    help="Predictive customer segments for loyalty programmes: data, features, models, scores.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Folder of customers/transactions/events CSV or Parquet "
+                                                      "files, or a DuckDB database file.")]
+MaxBadOpt = Annotated[float, typer.Option("--max-bad-share", min=0.0, max=1.0,
+                                          help="Stop when a table has a larger share of bad rows than this.")]
+
+
+def disable_telemetry() -> None:
+    """No outside network calls at run time: MLflow and BentoML usage telemetry off (set before they import)."""
+    for name, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                        "BENTOML_DO_NOT_TRACK": "1"}.items():
+        os.environ.setdefault(name, value)
+
+
+def parse_as_of(value: str) -> datetime:
+    """A date (YYYY-MM-DD) or an ISO datetime; an aware value is converted to naive UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{value}' is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS") from exc
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+AsOfOpt = Annotated[datetime, typer.Option("--as-of", parser=parse_as_of, metavar="YYYY-MM-DD",
+                                           help="Point in time: only records strictly before it are used.")]
+
+
+@contextmanager
+def step(description: str) -> Iterator[None]:
+    """A spinner with elapsed time for a step whose length is not known in advance."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        task = progress.add_task(description, total=1)
+        yield
+        progress.update(task, completed=1)
+
+
+@contextmanager
+def fail_cleanly() -> Iterator[None]:
+    """Turn a data-contract error into a clear message and exit code 2, never a traceback."""
+    try:
+        yield
+    except DataContractError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def generate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the tables to.")],
+    customers: Annotated[int, typer.Option(min=10, help="Number of customers.")] = 5000,
+    months: Annotated[int, typer.Option(min=1, max=120, help="Months of history.")] = 24,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 0,
+    end: Annotated[str, typer.Option(help="Last day of the history (YYYY-MM-DD).")] = "2026-07-01",
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Generate a synthetic loyalty programme (customers, transactions, events) with a ground-truth file."""
+    from features.generator import generate_tables, write_tables
+
+    if fmt not in ("parquet", "csv"):
+        raise typer.BadParameter("use parquet or csv", param_hint="--format")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task(f"Generating {customers:,} customers x {months} months", total=customers)
+        data = generate_tables(customers, months, seed, parse_as_of(end),
+                               progress=lambda done: progress.update(task, completed=done))
+        progress.update(task, completed=customers, description="Writing tables")
+        paths = write_tables(data, out_dir, fmt=fmt)
+    summary = Table("table", "rows", "file", title="Generated")
+    for name, path in paths.items():
+        summary.add_row(name, f"{len(getattr(data, name)):,}", str(path))
+    out.print(summary)
+
+
+@app.command("import-cdnow")
+def import_cdnow_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write transactions.parquet to.")],
+) -> None:
+    """Convert the CDNOW purchase log (shipped in the `lifetimes` package) to the data contract."""
+    from features.cdnow import import_cdnow
+
+    with step("Importing CDNOW"):
+        summary = import_cdnow(out_dir)
+    out.print(summary)
+
+
+@app.command("validate")
+def validate_command(
+    data: DataOpt,
+    quarantine: Annotated[Path | None, typer.Option(help="Folder to write quarantined rows to.")] = None,
+    as_of: Annotated[datetime | None, typer.Option(
+        "--as-of", parser=parse_as_of, metavar="YYYY-MM-DD",
+        help="The run's time: records after it are future_timestamp. Default: now (UTC).")] = None,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Check the raw tables against the data contract and report bad rows per reason."""
+    from features.pipeline import load_validated
+
+    with fail_cleanly(), step("Validating"):
+        result = load_validated(data, run_time=as_of, max_bad_share=max_bad_share)
+    out.print(result.summary_table())
+    if quarantine is not None:
+        path = result.write_quarantine(quarantine)
+        out.print(f"Quarantined rows: {path}")
+
+
+@app.command()
+def features(
+    data: DataOpt,
+    as_of: AsOfOpt,
+    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write the feature table to.")],
+    quarantine: Annotated[Path | None, typer.Option(help="Folder to write quarantined rows to.")] = None,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Build the point-in-time feature table: one row per customer known at --as-of."""
+    from features.pipeline import build_feature_table, load_validated, write_feature_table
+
+    with fail_cleanly():
+        with step("Validating"):
+            validation = load_validated(data, max_bad_share=max_bad_share)
+        with step(f"Building features as of {as_of:%Y-%m-%d %H:%M}"):
+            run = build_feature_table(validation, as_of)
+            path = write_feature_table(run, out_file)
+    out.print(validation.summary_table())
+    if quarantine is not None:
+        out.print(f"Quarantined rows: {validation.write_quarantine(quarantine)}")
+    n_features = run.table.shape[1] - 1
+    out.print(f"[green]{len(run.table):,} customers x {n_features} features[/] -> {path}")
+
+
+@app.command()
+def catalog(
+    markdown: Annotated[Path | None, typer.Option(help="Also write the catalog as a Markdown table here.")] = None,
+) -> None:
+    """List every feature: name, group, label, window and description."""
+    from features.catalog import FEATURE_SET_VERSION, catalog_frame, catalog_markdown
+
+    frame = catalog_frame()
+    table = Table("name", "group", "dtype", "window", "description", title=f"Feature set {FEATURE_SET_VERSION}")
+    for row in frame.itertuples():
+        window = f"{int(row.window_days)}d" if row.window_days == row.window_days and row.window_days else "all"
+        table.add_row(row.name, row.group, row.dtype, window, row.description)
+    out.print(table)
+    if markdown is not None:
+        markdown.write_text(catalog_markdown())
+        out.print(f"Written: {markdown}")
+
+
+def main() -> None:
+    disable_telemetry()
+    app()
+
+
+if __name__ == "__main__":
+    main()
