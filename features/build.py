@@ -53,28 +53,31 @@ def _prepared_events(e: ir.Table, as_of: ir.Value) -> ir.Table:
                     is_engagement=e.event_type.isin(ENGAGEMENT_TYPES))
 
 
-def _known_customers(tables: dict[str, ir.Table], as_of: ir.Value) -> ir.Table:
-    """Customers known at as_of: signed up before it (or sign-up unknown), or with any record before it."""
-    parts = []
+def _known_customers(tables: dict[str, ir.Table], as_of: ir.Value, parts: list[ir.Table]) -> ir.Table:
+    """Customers known at as_of: signed up before it (or sign-up unknown), or with any record before it.
+
+    Customers with records are read off the per-customer aggregates (`parts`) instead of scanning the tables again.
+    """
+    ids = [part.select("customer_id") for part in parts]
     if "customers" in tables:
         c = tables["customers"]
         if "signup_date" in c.columns:
             c = c.filter(c.signup_date.isnull() | (c.signup_date < as_of))
-        parts.append(c.select("customer_id"))
-    for name in ("transactions", "events"):
-        if name in tables:
-            t = tables[name]
-            parts.append(t.filter(t.timestamp < as_of).select("customer_id"))
-    return ibis.union(*parts, distinct=True) if len(parts) > 1 else parts[0].distinct()
+        ids.append(c.select("customer_id"))
+    return ibis.union(*ids, distinct=True) if len(ids) > 1 else ids[0].distinct()
 
 
 def _aggregate(prepared: ir.Table, specs: list[Feature]) -> ir.Table:
+    """One row per customer with records, with the given aggregate features (none: just the customer ids)."""
+    if not specs:
+        return prepared.select("customer_id").distinct()
     return prepared.group_by("customer_id").aggregate(**{f.name: f.expr(prepared) for f in specs})
 
 
 def _purchase_gaps(orders: ir.Table) -> ir.Table:
-    """Gaps between consecutive purchases; ties in time are ordered by transaction id to stay deterministic."""
-    w = ibis.window(group_by="customer_id", order_by=["timestamp", "transaction_id"])
+    """Gaps between consecutive purchases (days): their sample standard deviation and the latest gap."""
+    # Ties in time need no tie-break: whichever tied row comes first, the sorted times and their gaps are the same.
+    w = ibis.window(group_by="customer_id", order_by="timestamp")
     gaps = orders.mutate(
         gap_days=(orders.age_s.lag().over(w) - orders.age_s) / DAY_S,
         is_last=orders.timestamp.lead().over(w).isnull(),
@@ -126,24 +129,26 @@ def feature_expr(tables: dict[str, ir.Table], as_of: ir.Value | None = None,
     for f in wanted:
         by_source.setdefault(f.source, []).append(f)
 
-    row = _known_customers(tables, as_of)
     parts: list[ir.Table] = []
+    activity: list[ir.Table] = []  # one per-customer aggregate per table with records, always present
     if "transactions" in tables:
         txn = _prepared_transactions(tables["transactions"], as_of)
         orders = txn.filter(txn.is_order)
-        if by_source.get("transactions"):
-            parts.append(_aggregate(txn, by_source["transactions"]))
+        parts.append(_aggregate(txn, by_source.get("transactions", [])))
+        activity.append(parts[-1])
         if by_source.get("gaps"):
             parts.append(_purchase_gaps(orders))
         for source, specs in by_source.items():
             if source.startswith("top:"):
                 parts.append(_top_value(orders, source.split(":")[1], _top_names(specs)))
-    if "events" in tables and by_source.get("events"):
-        parts.append(_aggregate(_prepared_events(tables["events"], as_of), by_source["events"]))
+    if "events" in tables:
+        parts.append(_aggregate(_prepared_events(tables["events"], as_of), by_source.get("events", [])))
+        activity.append(parts[-1])
     if "customers" in tables and by_source.get("customers"):
         c = tables["customers"]
         parts.append(c.select("customer_id", **{f.name: f.expr(c, as_of) for f in by_source["customers"]}))
 
+    row = _known_customers(tables, as_of, activity)
     for part in parts:
         row = row.left_join(part, "customer_id").drop("customer_id_right")
     row = row.mutate(**{f.name: row[f.name].fill_null(f.fill) for f in wanted
@@ -194,7 +199,11 @@ class FeatureQuery:
         finally:
             con.close()
 
-    def run_duckdb(self, con, as_of: datetime) -> pd.DataFrame:
-        """Run on a DuckDB connection holding tables (or views) named like the contract tables."""
+    def run_arrow(self, con, as_of: datetime):
+        """Run on a DuckDB connection holding tables (or views) named like the contract tables -> Arrow table."""
         con.execute(f"CREATE OR REPLACE TEMP TABLE {AS_OF_TABLE} AS SELECT ?::TIMESTAMP AS as_of", [as_of])
-        return to_feature_frame(con.sql(self.sql).df(), self.features)
+        return con.sql(self.sql).to_arrow_table()
+
+    def run_duckdb(self, con, as_of: datetime) -> pd.DataFrame:
+        """Run on a DuckDB connection holding tables (or views) named like the contract tables -> pandas."""
+        return to_feature_frame(self.run_arrow(con, as_of).to_pandas(), self.features)

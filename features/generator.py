@@ -15,7 +15,7 @@ normalised to midnight. For every customer i:
   start: the lifetime below is memoryless, so their remaining lifetime has the same law as a new customer's.
 * engagement propensity ``z_i ~ N(0, 1)``, independent of persona (``ground_truth.engagement_propensity``);
   loyalty membership ``m_i ~ Bernoulli(loyalty_share of p)``, a static trait.
-* purchase rate ``lambda_i = lambda_p * G_i`` with ``G_i ~ Gamma(shape 4, mean 1)`` (``purchase_rate_per_day``).
+* purchase rate ``lambda_i = lambda_p * G_i`` with ``G_i ~ Gamma(shape 6, mean 1)`` (``purchase_rate_per_day``).
 * churn hazard ``log h_i = log h_p - 0.8 * z_i - 0.4 * m_i`` (``churn_hazard_per_day``).
 * lifetime ``T_i ~ Exponential(rate h_i)``; ``churn_time_i = start_i + T_i`` (NaT in ground_truth when >= end).
 * while alive (``start_i <= t < churn_time_i``) purchases are a Poisson process with intensity
@@ -24,6 +24,8 @@ normalised to midnight. For every customer i:
   order's channel c (mean 1 over a week). The time of day follows the channel's hour profile; it moves a purchase
   within its day but never past churn_time. After churn_time the customer never buys again. So the time-averaged
   purchase rate of an alive customer is exactly ``lambda_i``.
+* a customer who signs up inside the period orders on the signup day with probability ``first_order_prob_p``
+  (the "birth" purchase of Pareto/NBD: it sits at start, so the oracle treats it like no purchase).
 * returns are separate transactions (``is_return=True``, negative amount) of earlier purchases, 1-30 days later; they
   are not purchases of the process.
 * engagement events are Poisson processes (app_open, web_visit, push_open, sms_click, referral, survey_response)
@@ -69,7 +71,7 @@ CITIES = (
 )
 TAGS = ("newsletter", "family", "pet_owner", "eco", "student")
 
-# Churn model coefficients (module docstring); tests and the oracle read them from here.
+# Coefficients of the churn hazard and the seasonality (module docstring); tests read them from here.
 ENGAGEMENT_CHURN_COEF = 0.8
 LOYALTY_CHURN_COEF = 0.4
 SEASONAL_AMPLITUDE = 0.2
@@ -80,7 +82,7 @@ _POST_CHURN_EMAIL_OPEN = 0.15
 _CHUNK_CUSTOMERS = 20_000  # bounds memory and sets the progress granularity
 _PRODUCTS_PER_CATEGORY = 150
 _STORES_PER_REGION = 6
-_EMAIL_REACH = 0.7  # share of opted-in customers a campaign targets
+_EMAIL_REACH = 0.6  # share of opted-in customers a campaign targets
 _REVIEW_PROB = 0.04
 
 # Relative unit price and return propensity of each category (aligned with CATEGORIES).
@@ -111,7 +113,12 @@ _PROPERTIES = (
     + tuple(f'{{"points": {p}}}' for p in _REDEEM_POINTS)
     + tuple(f'{{"from": "{a}", "to": "{b}"}}' for a, b in pairwise(TIERS))
 )
-_PROP_CAMPAIGN, _PROP_PAGE, _PROP_RATING, _PROP_POINTS, _PROP_TIER = 0, 4, 9, 14, 19
+# Offsets of each group in _PROPERTIES.
+_PROP_CAMPAIGN = 0
+_PROP_PAGE = _PROP_CAMPAIGN + len(_CAMPAIGN_TYPES)
+_PROP_RATING = _PROP_PAGE + len(_WEB_PAGES)
+_PROP_POINTS = _PROP_RATING + 5
+_PROP_TIER = _PROP_POINTS + len(_REDEEM_POINTS)
 _EVENT_CODE = {name: code for code, name in enumerate(KNOWN_EVENT_TYPES)}
 _SECONDS_PER_DAY = 86_400
 
@@ -124,6 +131,7 @@ class PersonaProfile:
     tenure_days: tuple[int, int]  # signup this many days before `end` (uniform)
     purchase_rate_per_day: float
     churn_hazard_per_day: float  # h_p, before the engagement and loyalty terms
+    first_order_prob: float  # chance of an order on the signup day (signups inside the period)
     aov: float  # typical order value before the category price factor
     basket_items: float
     discount_prob: float  # share of orders with a discount
@@ -142,41 +150,63 @@ class PersonaProfile:
     age_mean: float
 
 
+# Aligned with PERSONAS. Rates are per day; mixes are probabilities that customers vary around (Dirichlet/Beta).
 _PROFILES: tuple[PersonaProfile, ...] = (
-    PersonaProfile(  # vip
-        0.08, (730, 2900), 0.10, 1 / 8000, 140.0, 2.5, 0.12, 0.05, (0.4, 0.3, 0.3),
-        (0.15, 0.2, 0.15, 0.15, 0.15, 0.08, 0.06, 0.06), 0.97, (0.0, 0.1, 0.5, 0.4), 0.15,
-        0.8, 0.0, -1.0, 0.7, 0.05, 0.03, 48.0,
+    PersonaProfile(  # vip: frequent, high value, high tiers, redeems, engaged, loyal
+        share=0.08, tenure_days=(730, 2900), purchase_rate_per_day=0.10, churn_hazard_per_day=1 / 8000,
+        first_order_prob=0.9, aov=140.0, basket_items=2.5, discount_prob=0.12, return_prob=0.05,
+        channel_mix=(0.4, 0.3, 0.3), category_mix=(0.15, 0.2, 0.15, 0.15, 0.15, 0.08, 0.06, 0.06),
+        loyalty_share=0.97, tier_mix=(0.0, 0.1, 0.5, 0.4), redeem_prob=0.15, email_opt_in=0.8,
+        email_open_logit=0.0, email_click_logit=-1.0, app_user_share=0.7, app_open_base_per_day=0.035,
+        web_visit_base_per_day=0.02, age_mean=48.0,
     ),
-    PersonaProfile(  # bargain_hunter
-        0.14, (200, 1800), 0.18, 1 / 4000, 22.0, 1.3, 0.85, 0.03, (0.1, 0.2, 0.7),
-        (0.45, 0.1, 0.03, 0.12, 0.1, 0.05, 0.1, 0.05), 0.75, (0.45, 0.4, 0.15, 0.0), 0.08,
-        0.8, -0.4, -0.7, 0.9, 0.08, 0.03, 35.0,
+    PersonaProfile(  # bargain_hunter: very frequent small discounted baskets, app first
+        share=0.14, tenure_days=(200, 1800), purchase_rate_per_day=0.18, churn_hazard_per_day=1 / 4000,
+        first_order_prob=0.9, aov=22.0, basket_items=1.3, discount_prob=0.85, return_prob=0.03,
+        channel_mix=(0.1, 0.2, 0.7), category_mix=(0.45, 0.1, 0.03, 0.12, 0.1, 0.05, 0.1, 0.05),
+        loyalty_share=0.75, tier_mix=(0.45, 0.4, 0.15, 0.0), redeem_prob=0.08, email_opt_in=0.8,
+        email_open_logit=-0.4, email_click_logit=-0.7, app_user_share=0.9, app_open_base_per_day=0.055,
+        web_visit_base_per_day=0.02, age_mean=35.0,
     ),
-    PersonaProfile(  # occasional
-        0.28, (200, 2500), 0.011, 1 / 4000, 55.0, 2.0, 0.15, 0.03, (0.75, 0.2, 0.05),
-        (0.15, 0.15, 0.15, 0.1, 0.2, 0.1, 0.1, 0.05), 0.3, (0.8, 0.2, 0.0, 0.0), 0.03,
-        0.35, -1.8, -2.0, 0.15, 0.005, 0.005, 45.0,
+    PersonaProfile(  # occasional: a few store orders a year, little engagement
+        share=0.28, tenure_days=(200, 2500), purchase_rate_per_day=0.016, churn_hazard_per_day=1 / 6000,
+        first_order_prob=0.9, aov=55.0, basket_items=2.0, discount_prob=0.15, return_prob=0.03,
+        channel_mix=(0.75, 0.2, 0.05), category_mix=(0.15, 0.15, 0.15, 0.1, 0.2, 0.1, 0.1, 0.05),
+        loyalty_share=0.3, tier_mix=(0.8, 0.2, 0.0, 0.0), redeem_prob=0.03, email_opt_in=0.35,
+        email_open_logit=-1.8, email_click_logit=-2.0, app_user_share=0.15, app_open_base_per_day=0.004,
+        web_visit_base_per_day=0.004, age_mean=45.0,
     ),
-    PersonaProfile(  # new
-        0.10, (1, 90), 0.035, 1 / 1500, 45.0, 1.8, 0.3, 0.04, (0.4, 0.35, 0.25),
-        (0.2, 0.2, 0.1, 0.1, 0.15, 0.1, 0.08, 0.07), 0.35, (1.0, 0.0, 0.0, 0.0), 0.01,
-        0.6, -0.6, -1.2, 0.5, 0.04, 0.03, 33.0,
+    PersonaProfile(  # new: signed up in the last 90 days, few orders so far
+        share=0.10, tenure_days=(1, 90), purchase_rate_per_day=0.035, churn_hazard_per_day=1 / 1500,
+        first_order_prob=0.95, aov=45.0, basket_items=1.8, discount_prob=0.3, return_prob=0.04,
+        channel_mix=(0.4, 0.35, 0.25), category_mix=(0.2, 0.2, 0.1, 0.1, 0.15, 0.1, 0.08, 0.07),
+        loyalty_share=0.35, tier_mix=(1.0, 0.0, 0.0, 0.0), redeem_prob=0.01, email_opt_in=0.6,
+        email_open_logit=-0.6, email_click_logit=-1.2, app_user_share=0.5, app_open_base_per_day=0.03,
+        web_visit_base_per_day=0.02, age_mean=33.0,
     ),
-    PersonaProfile(  # lapsing
-        0.16, (400, 1800), 0.06, 1 / 300, 50.0, 1.8, 0.2, 0.04, (0.5, 0.3, 0.2),
-        (0.25, 0.15, 0.1, 0.1, 0.15, 0.1, 0.1, 0.05), 0.5, (0.4, 0.4, 0.2, 0.0), 0.05,
-        0.5, -1.0, -1.5, 0.4, 0.02, 0.01, 42.0,
+    PersonaProfile(  # lapsing: was a regular, high churn hazard, so most stop within the period
+        share=0.16, tenure_days=(500, 1800), purchase_rate_per_day=0.10, churn_hazard_per_day=1 / 100,
+        first_order_prob=0.9, aov=100.0, basket_items=1.8, discount_prob=0.4, return_prob=0.04,
+        channel_mix=(0.5, 0.3, 0.2), category_mix=(0.25, 0.15, 0.1, 0.1, 0.15, 0.1, 0.1, 0.05),
+        loyalty_share=0.5, tier_mix=(0.4, 0.4, 0.2, 0.0), redeem_prob=0.05, email_opt_in=0.5,
+        email_open_logit=-1.0, email_click_logit=-1.5, app_user_share=0.4, app_open_base_per_day=0.015,
+        web_visit_base_per_day=0.008, age_mean=42.0,
     ),
-    PersonaProfile(  # serial_returner
-        0.08, (150, 1200), 0.07, 1 / 4000, 75.0, 2.0, 0.25, 0.36, (0.15, 0.6, 0.25),
-        (0.03, 0.7, 0.05, 0.1, 0.05, 0.05, 0.01, 0.01), 0.55, (0.3, 0.5, 0.2, 0.0), 0.05,
-        0.6, -0.6, -1.2, 0.6, 0.04, 0.06, 31.0,
+    PersonaProfile(  # serial_returner: frequent online apparel buyer returning 30-50% of orders
+        share=0.08, tenure_days=(150, 1200), purchase_rate_per_day=0.07, churn_hazard_per_day=1 / 4000,
+        first_order_prob=0.9, aov=75.0, basket_items=2.0, discount_prob=0.25, return_prob=0.36,
+        channel_mix=(0.15, 0.6, 0.25), category_mix=(0.03, 0.7, 0.05, 0.1, 0.05, 0.05, 0.01, 0.01),
+        loyalty_share=0.55, tier_mix=(0.3, 0.5, 0.2, 0.0), redeem_prob=0.05, email_opt_in=0.6,
+        email_open_logit=-0.6, email_click_logit=-1.2, app_user_share=0.6, app_open_base_per_day=0.03,
+        web_visit_base_per_day=0.04, age_mean=31.0,
     ),
-    PersonaProfile(  # engaged_non_buyer
-        0.16, (120, 1500), 0.0005, 1 / 5000, 40.0, 1.2, 0.3, 0.03, (0.3, 0.4, 0.3),
-        (0.2, 0.2, 0.1, 0.15, 0.1, 0.1, 0.05, 0.1), 0.5, (0.85, 0.15, 0.0, 0.0), 0.1,
-        0.9, 0.8, -0.2, 0.85, 0.20, 0.12, 34.0,
+    PersonaProfile(  # engaged_non_buyer: opens emails and the app a lot, (almost) never buys
+        share=0.16, tenure_days=(120, 1500), purchase_rate_per_day=0.0005, churn_hazard_per_day=1 / 5000,
+        first_order_prob=0.05, aov=40.0, basket_items=1.2, discount_prob=0.3, return_prob=0.03,
+        channel_mix=(0.3, 0.4, 0.3), category_mix=(0.2, 0.2, 0.1, 0.15, 0.1, 0.1, 0.05, 0.1),
+        loyalty_share=0.5, tier_mix=(0.85, 0.15, 0.0, 0.0), redeem_prob=0.1, email_opt_in=0.9,
+        email_open_logit=0.8, email_click_logit=-0.2, app_user_share=0.85, app_open_base_per_day=0.14,
+        web_visit_base_per_day=0.08, age_mean=34.0,
     ),
 )
 
@@ -399,50 +429,73 @@ def _allocate_personas(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _draw_customers(rng: np.random.Generator, n: int, window: _Window) -> _Customers:
-    """Draw every latent per-customer quantity; customers are ordered by signup so ids grow with it."""
+    """Draw every latent per-customer quantity; customers are ordered by signup so ids grow with it.
+
+    The churn model (module docstring) is spelled out here; habits and engagement rates come from helpers.
+    """
     persona = _allocate_personas(rng, n)
     tenure_range = _by_persona("tenure_days")[persona]  # (n, 2): low, high
-    tenure = rng.uniform(tenure_range[:, 0], tenure_range[:, 1])
-    signup = np.floor(window.t1 - tenure)
+    signup = np.floor(window.t1 - rng.uniform(tenure_range[:, 0], tenure_range[:, 1]))  # midnight
     order = np.argsort(signup, kind="stable")
     persona, signup = persona[order], signup[order]
 
     start = np.maximum(signup, window.t0)
     engagement = rng.standard_normal(n)
     member = rng.random(n) < _by_persona("loyalty_share")[persona]
-    purchase_rate = _by_persona("purchase_rate_per_day")[persona] * rng.gamma(4.0, 0.25, n)
+    purchase_rate = _by_persona("purchase_rate_per_day")[persona] * rng.gamma(6.0, 1.0 / 6.0, n)
     hazard = _by_persona("churn_hazard_per_day")[persona] * np.exp(
         -ENGAGEMENT_CHURN_COEF * engagement - LOYALTY_CHURN_COEF * member)
     churn = start + rng.exponential(1.0 / hazard)
 
+    # Members join within 90 days of signup (before end); their tier is the one they hold at end.
     join = np.where(member, signup + rng.random(n) * np.minimum(90.0, window.t1 - signup), np.nan)
     tier_cum = np.cumsum(np.array([p.tier_mix for p in _PROFILES]), axis=1)[persona]
     tier = np.where(member, _sample_rows(rng, tier_cum, np.arange(n)), -1).astype(np.int8)
-    region = rng.choice(len(REGIONS), size=n, p=[0.22, 0.2, 0.22, 0.18, 0.18])
-    channel_cum = _dirichlet_cum(rng, np.array([p.channel_mix for p in _PROFILES])[persona], 20.0)
-    rate_term = purchase_rate * (1.0 - channel_cum[:, 0])  # digital purchase rate drives web visits
+    habits = _draw_habits(rng, persona)
     return _Customers(
         persona=persona, signup=signup, start=start, churn=churn, purchase_rate=purchase_rate, hazard=hazard,
-        engagement=engagement, member=member, join=join, tier=tier,
-        opt_in=rng.random(n) < _by_persona("email_opt_in")[persona],
-        region=region,
-        home_store=region * _STORES_PER_REGION + rng.integers(0, _STORES_PER_REGION, n),
-        aov=_by_persona("aov")[persona] * rng.lognormal(0.0, 0.25, n),
-        basket_items=_by_persona("basket_items")[persona],
-        discount_prob=_beta_around(rng, _by_persona("discount_prob")[persona], 20.0),
-        return_prob=_beta_around(rng, _by_persona("return_prob")[persona], 15.0),
-        redeem_prob=_by_persona("redeem_prob")[persona],
-        channel_cum=channel_cum,
-        category_cum=_dirichlet_cum(rng, np.array([p.category_mix for p in _PROFILES])[persona], 15.0),
-        open_prob=_sigmoid(_by_persona("email_open_logit")[persona] + 0.8 * engagement
-                           + rng.normal(0.0, 0.3, n)),
-        click_prob=_sigmoid(_by_persona("email_click_logit")[persona] + 0.6 * engagement),
-        app_rate=(rng.random(n) < _by_persona("app_user_share")[persona]) * np.exp(0.6 * engagement)
-        * (_by_persona("app_open_base_per_day")[persona] + 0.75 * purchase_rate),
-        web_rate=np.exp(0.4 * engagement) * (_by_persona("web_visit_base_per_day")[persona] + 0.5 * rate_term),
-        push_rate=0.02 * np.exp(0.5 * engagement),
-        minor_rate=0.001 * np.exp(0.5 * engagement),
+        engagement=engagement, member=member, join=join, tier=tier, **habits,
+        **_draw_engagement(rng, persona, engagement, purchase_rate, habits["channel_cum"]),
     )
+
+
+def _draw_habits(rng: np.random.Generator, persona: np.ndarray) -> dict[str, np.ndarray]:
+    """Shopping habits around the persona's: region and home store, order value, discount/return/redeem
+    propensities, channel and category preferences (per-customer Beta/Dirichlet/log-normal noise)."""
+    n = persona.size
+    region = rng.choice(len(REGIONS), size=n, p=[0.22, 0.2, 0.22, 0.18, 0.18])
+    return {
+        "region": region,
+        "home_store": region * _STORES_PER_REGION + rng.integers(0, _STORES_PER_REGION, n),
+        "aov": _by_persona("aov")[persona] * rng.lognormal(0.0, 0.25, n),
+        "basket_items": _by_persona("basket_items")[persona],
+        "discount_prob": _beta_around(rng, _by_persona("discount_prob")[persona], 20.0),
+        "return_prob": _beta_around(rng, _by_persona("return_prob")[persona], 15.0),
+        "redeem_prob": _by_persona("redeem_prob")[persona],
+        "channel_cum": _dirichlet_cum(rng, np.array([p.channel_mix for p in _PROFILES])[persona], 20.0),
+        "category_cum": _dirichlet_cum(rng, np.array([p.category_mix for p in _PROFILES])[persona], 15.0),
+    }
+
+
+def _draw_engagement(rng, persona, engagement, purchase_rate, channel_cum) -> dict[str, np.ndarray]:
+    """Email opt-in, open/click probabilities and event rates per day, all rising with engagement propensity.
+
+    App opens also rise with the purchase rate and web visits with the digital (non-store) purchase rate, so
+    engagement tracks activity.
+    """
+    n = persona.size
+    app_user = rng.random(n) < _by_persona("app_user_share")[persona]
+    digital_rate = purchase_rate * (1.0 - channel_cum[:, 0])
+    return {
+        "opt_in": rng.random(n) < _by_persona("email_opt_in")[persona],
+        "open_prob": _sigmoid(_by_persona("email_open_logit")[persona] + 0.8 * engagement + rng.normal(0, 0.3, n)),
+        "click_prob": _sigmoid(_by_persona("email_click_logit")[persona] + 0.6 * engagement),
+        "app_rate": app_user * np.exp(0.6 * engagement)
+        * (_by_persona("app_open_base_per_day")[persona] + 0.5 * purchase_rate),
+        "web_rate": np.exp(0.4 * engagement) * (_by_persona("web_visit_base_per_day")[persona] + 0.35 * digital_rate),
+        "push_rate": app_user * 0.02 * np.exp(0.5 * engagement),
+        "minor_rate": 0.001 * np.exp(0.5 * engagement),
+    }
 
 
 def _draw_campaigns(rng: np.random.Generator, window: _Window) -> tuple[np.ndarray, np.ndarray]:
@@ -483,7 +536,10 @@ def _simulate_purchases(rng: np.random.Generator, c: _Customers, window: _Window
     owner, t = _poisson_times(rng, c.purchase_rate * bound, lo, hi)
     channel = _sample_rows(rng, c.channel_cum, owner)
     keep = rng.random(t.size) * bound < _seasonal(t) * weekday_weight[channel, _weekday(t)]
-    owner, t, channel = owner[keep], t[keep], channel[keep]
+    first_owner, first_t = _first_orders(rng, c, lo, hi, window)
+    owner = np.concatenate([owner[keep], first_owner])
+    t = np.concatenate([t[keep], first_t])
+    channel = np.concatenate([channel[keep], _sample_rows(rng, c.channel_cum, first_owner)])
     n = owner.size
 
     category = _sample_rows(rng, c.category_cum, owner)
@@ -511,6 +567,17 @@ def _simulate_purchases(rng: np.random.Generator, c: _Customers, window: _Window
         "points_earned": np.where(earning, np.floor(amount * _TIER_POINTS_PER_DOLLAR[c.tier[owner]]), 0.0),
         "points_redeemed": np.where(redeemed, 100.0 * rng.integers(1, 6, n), 0.0),
     }
+
+
+def _first_orders(rng: np.random.Generator, c: _Customers, lo: np.ndarray, hi: np.ndarray, window: _Window):
+    """An order on the signup day (within the alive interval) for signups inside the period: (owner, time).
+
+    It sits at the process start, so it carries no information on being alive (the oracle treats a purchase at
+    start like none): the Pareto/NBD convention of a "birth" purchase.
+    """
+    first = (c.signup >= window.t0) & (hi > lo) & (rng.random(len(c)) < _by_persona("first_order_prob")[c.persona])
+    owner = np.flatnonzero(first)
+    return owner, lo[owner] + rng.random(owner.size) * np.minimum(1.0, hi[owner] - lo[owner])
 
 
 def _simulate_returns(rng: np.random.Generator, c: _Customers, purchases: dict, window: _Window) -> dict:
@@ -544,7 +611,7 @@ def _stream_events(rng: np.random.Generator, c: _Customers, window: _Window) -> 
     streams = (  # (event type, rate per day, event channel, hour profile: 0 store, 1 online, 2 app)
         ("app_open", c.app_rate, "app", 2),
         ("web_visit", c.web_rate, "web", 1),
-        ("push_open", c.push_rate * (c.app_rate > 0), "push", 2),
+        ("push_open", c.push_rate, "push", 2),
         ("sms_click", 2.0 * c.minor_rate, "sms", 1),
         ("referral", c.minor_rate * np.where(c.persona == 0, 3.0, 1.0), "app", 2),
         ("survey_response", c.minor_rate, "email", 1),
@@ -665,7 +732,7 @@ def _customers_frame(rng, c: _Customers, transactions: dict, customer_ids: pa.Ar
 
 def _transactions_frame(tx: dict, customer_ids: pa.Array) -> pd.DataFrame:
     """Transactions table ordered by time, ids assigned in that order."""
-    order = np.lexsort((tx["owner"], tx["sec"]))
+    order = _time_order(tx["sec"])
     tx = {key: values[order] for key, values in tx.items()}
     n = order.size
     store_names = [f"S{i + 1:03d}" for i in range(len(REGIONS) * _STORES_PER_REGION)]
@@ -690,7 +757,7 @@ def _transactions_frame(tx: dict, customer_ids: pa.Array) -> pd.DataFrame:
 
 def _events_frame(ev: dict, customer_ids: pa.Array, n_campaigns: int) -> pd.DataFrame:
     """Events table ordered by time, ids assigned in that order."""
-    order = np.lexsort((ev["type"], ev["owner"], ev["sec"]))
+    order = _time_order(ev["sec"])
     ev = {key: values[order] for key, values in ev.items()}
     campaign_names = _ids("CMP", n_campaigns, 5).to_pylist()
     return pd.DataFrame({
@@ -786,6 +853,22 @@ def _with_time_of_day(rng, t: np.ndarray, profile: np.ndarray, lo: np.ndarray, h
     return np.where(inside, sec, raw)
 
 
+def _time_order(sec: np.ndarray) -> np.ndarray:
+    """Row order by time, ties kept in row order (a stable argsort, so deterministic for a seed).
+
+    Packs (time, row) into one int64 and sorts values, which is several times faster than argsort on millions of rows.
+    """
+    if sec.size == 0:
+        return np.arange(0)
+    relative = sec - sec.min()
+    row_bits = max(int(sec.size - 1).bit_length(), 1)
+    if int(relative.max()).bit_length() + row_bits > 62:
+        return np.argsort(sec, kind="stable")
+    key = (relative << row_bits) | np.arange(sec.size)
+    key.sort()
+    return key & ((1 << row_bits) - 1)
+
+
 def _to_sec(days: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(days) * _SECONDS_PER_DAY).astype(np.int64)
 
@@ -803,15 +886,15 @@ def _days_since_epoch(ts: pd.Timestamp) -> float:
 
 def _ids(prefix: str, n: int, width: int) -> pa.Array:
     """Zero-padded string ids "<prefix>000001" numbered 1..n (wider if n needs it)."""
-    digits = pc.cast(pa.array(np.arange(1, n + 1, dtype=np.int64)), pa.string())
+    digits = pc.cast(pa.array(np.arange(1, n + 1, dtype=np.int64)), pa.large_string())
     digits = pc.utf8_lpad(digits, max(width, len(str(n))), "0")
-    return pc.binary_join_element_wise(prefix, digits, "")
+    return pc.binary_join_element_wise(pa.scalar(prefix, pa.large_string()), digits, pa.scalar("", pa.large_string()))
 
 
 def _strings(vocab: Sequence[str], codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """Map integer codes to a string column (code -1 -> null) without a Python loop over rows."""
     codes = np.asarray(codes, dtype=np.int64)
-    values = pa.array(list(vocab), type=pa.string()).take(pa.array(codes, mask=codes < 0))
+    values = pa.array(list(vocab), type=pa.large_string()).take(pa.array(codes, mask=codes < 0))
     return pd.array(values, dtype="str")
 
 

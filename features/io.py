@@ -1,16 +1,25 @@
 """Reading the raw input tables (customers, transactions, events) into one in-memory DuckDB connection.
 
 The input is a folder with ``<table>.csv`` (or ``.csv.gz``) or ``<table>.parquet`` files, or a DuckDB database file
-(``*.duckdb`` / ``*.db``) holding tables of those names (DESIGN.md section 3). Each table is copied as it is into the
-connection as ``raw_<table>``: CSV with every column as VARCHAR, so that a bad value reaches the validator as the
-text the user wrote instead of being coerced or rejected by type sniffing; Parquet and DuckDB tables with their own
-types. Nothing is checked here beyond what makes a table unusable as a whole (missing, unreadable, ambiguous, a
-required column absent); row-level rules live in ``features.validate``.
+(``*.duckdb`` / ``*.db``) holding tables of those names (DESIGN.md section 3). Each table becomes a view
+``raw_<table>`` in the connection: CSV with every column as VARCHAR, so that a bad value reaches the validator as
+the text the user wrote instead of being coerced or rejected by type sniffing; Parquet and DuckDB tables with their
+own types. Every view starts with ``__row_number``, the 1-based data row in the file (scan order for a DuckDB table).
+CSV means RFC 4180: UTF-8, comma separated, '"' quotes, a header line (the dialect is fixed, not sniffed, so a
+ragged row is reported by line instead of silently changing how the whole file is split).
+
+The views are not copied into memory: at 10M rows a copy of every string column costs more than all the checks, so
+the validator reads each file once and writes only the clean table. Nothing is checked here beyond what makes a
+table unusable as a whole (missing, unreadable, ambiguous, a required column absent); row-level rules live in
+``features.validate``. A CSV row that DuckDB cannot split into the header's columns surfaces when the file is read
+in full, i.e. in ``validate``, as the same ``DataContractError``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import gzip
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -22,8 +31,8 @@ CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet",)
 DATABASE_SUFFIXES = (".duckdb", ".db")
 RAW_PREFIX = "raw_"
-# Holds the file row number only when the input has its own column called "rowid" (which hides DuckDB's).
 ROW_NUMBER_COLUMN = "__row_number"
+SOURCE_DATABASE = "__source"
 
 
 def quote_ident(name: str) -> str:
@@ -38,17 +47,14 @@ def quote_literal(text: str) -> str:
 
 @dataclass(frozen=True)
 class RawTable:
-    """One raw input table as loaded into the connection.
+    """One raw input table as seen by the connection.
 
     Attributes:
         name: contract table name (customers, transactions or events).
-        source: where it came from, for messages: the file path, or ``<database file>:<table>``.
+        source: where it came from, for messages: the file path, or ``<database file>:<schema>.<table>``.
         kind: ``csv``, ``parquet`` or ``duckdb``.
-        relation: name of the raw copy inside the connection (``raw_<name>``).
-        columns: input column name -> DuckDB type, in input order (all VARCHAR for CSV).
-        rows: number of data rows.
-        row_column: the column holding the 1-based row number when the input hides DuckDB's ``rowid`` with its
-            own column of that name; None otherwise (the row number is then ``rowid + 1``).
+        relation: name of the view over the input (``raw_<name>``); its first column is ``__row_number``.
+        columns: input column name -> DuckDB type, in input order (all VARCHAR for CSV; no ``__row_number``).
     """
 
     name: str
@@ -56,13 +62,6 @@ class RawTable:
     kind: str
     relation: str
     columns: dict[str, str]
-    rows: int
-    row_column: str | None = None
-
-    def row_number_sql(self, alias: str = "") -> str:
-        """SQL giving the 1-based data row number (file order; scan order for a DuckDB table)."""
-        prefix = f"{alias}." if alias else ""
-        return f"{prefix}{self.row_column}" if self.row_column else f"({prefix}rowid + 1)"
 
     def find(self, column: str) -> str | None:
         """The input's spelling of a contract column (DuckDB matches names case-insensitively), or None."""
@@ -72,15 +71,17 @@ class RawTable:
 
 @dataclass
 class RawTables:
-    """The raw tables of one input, held in one in-memory DuckDB connection.
+    """The raw tables of one input, as views in one in-memory DuckDB connection.
 
     Attributes:
-        con: the connection; raw copies are named ``raw_<table>``; ``features.validate`` adds the clean tables.
+        con: the connection (session time zone UTC); views are named ``raw_<table>``; ``features.validate``
+            adds the clean tables.
         tables: contract table name -> RawTable, only for tables present in the input.
     """
 
     con: duckdb.DuckDBPyConnection
     tables: dict[str, RawTable]
+    _row_counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def present(self) -> list[str]:
@@ -89,12 +90,36 @@ class RawTables:
 
     @property
     def row_counts(self) -> dict[str, int]:
-        """Table name -> number of raw rows."""
-        return {name: table.rows for name, table in self.tables.items()}
+        """Table name -> number of raw rows. Counted on first use: free for Parquet, a full read for CSV."""
+        for name, table in self.tables.items():
+            if name not in self._row_counts:
+                sql = f"SELECT count(*) FROM {table.relation}"
+                self._row_counts[name] = read_or_raise(self.con, sql, table)[0][0]
+        return dict(self._row_counts)
 
     def source(self, name: str) -> str:
         """Where table ``name`` came from (file path or database table), for messages."""
         return self.tables[name].source
+
+
+def read_or_raise(con: duckdb.DuckDBPyConnection, sql: str, table: RawTable) -> list[tuple]:
+    """Run ``sql`` (which reads ``table``) and fetch all rows; a read failure becomes a DataContractError
+    naming the file and DuckDB's reason."""
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.Error as exc:
+        raise unreadable(table.source, table.name, exc) from exc
+
+
+def unreadable(source: str, name: str, exc: duckdb.Error) -> DataContractError:
+    """The error for a file DuckDB cannot read: file, table and the head of DuckDB's reason."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    reason = []
+    for line in lines:
+        if line.startswith("Possible"):  # DuckDB's fixes name reader options our CLI does not expose
+            break
+        reason.append(line.strip())
+    return DataContractError(f"Cannot read {source} (table {name}): {' '.join(reason[:4])}")
 
 
 def load_raw(source: Path) -> RawTables:
@@ -105,7 +130,7 @@ def load_raw(source: Path) -> RawTables:
             ``events.*``; or a ``*.duckdb`` / ``*.db`` file with tables of those names.
 
     Returns:
-        RawTables with one in-memory DuckDB connection (session time zone UTC) holding ``raw_<table>`` copies.
+        RawTables with one in-memory DuckDB connection (session time zone UTC) holding ``raw_<table>`` views.
 
     Raises:
         DataContractError: the source or the transactions table is missing, a file is unreadable, a table is
@@ -138,7 +163,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
     """A fresh in-memory connection; UTC so that naive timestamps and offset conversion mean UTC."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    # Row numbers in the quarantine are the order rows were inserted, which must be file order.
+    # Row numbers of CSV rows come from row_number() OVER () over the scan, which is file order only with this.
     con.execute("SET preserve_insertion_order = true")
     return con
 
@@ -156,7 +181,7 @@ def _load_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, RawT
                 )
             continue
         kind = "parquet" if path.name.lower().endswith(PARQUET_SUFFIXES) else "csv"
-        tables[name] = _copy_in(con, name, _reader_sql(path, kind), str(path), kind)
+        tables[name] = _register(con, name, _numbered_reader_sql(path, kind), str(path), kind)
     return tables
 
 
@@ -172,69 +197,103 @@ def _find_table_file(folder: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
-def _reader_sql(path: Path, kind: str) -> str:
-    """DuckDB table function reading one file; CSV as text so no value is lost to type sniffing."""
+def _numbered_reader_sql(path: Path, kind: str) -> str:
+    """SELECT reading one file with its 1-based data row number first."""
     if kind == "csv":
-        return f"read_csv({quote_literal(str(path))}, all_varchar = true, header = true)"
-    return f"read_parquet({quote_literal(str(path))})"
+        return f"SELECT row_number() OVER () AS {ROW_NUMBER_COLUMN}, * FROM {_csv_reader(path)}"
+    reader = f"read_parquet({quote_literal(str(path))}, file_row_number = true)"
+    return f"SELECT file_row_number + 1 AS {ROW_NUMBER_COLUMN}, * EXCLUDE (file_row_number) FROM {reader}"
+
+
+def _csv_reader(path: Path) -> str:
+    """read_csv over a comma-separated file with a header, every column as text, no sniffing.
+
+    DuckDB's dialect sniffer, given a file with one ragged row, may read the whole file as a single column or
+    fail with "could not detect the dialect"; with the dialect fixed (RFC 4180) it reports the exact line
+    instead. The column names come from the header line, read here.
+    """
+    columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in _csv_header(path))
+    return (
+        f"read_csv({quote_literal(str(path))}, auto_detect = false, header = true, delim = ',', "
+        f"quote = '\"', escape = '\"', columns = {{{columns}}})"
+    )
+
+
+def _csv_header(path: Path) -> list[str]:
+    """Column names from the first line of a CSV file (UTF-8, optional BOM, optionally gzipped)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(
+            path, "rb"
+        ) as handle:  # only the first line: a bad byte further down is DuckDB's to report
+            line = handle.readline().decode("utf-8-sig")
+        header = next(csv.reader([line]), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataContractError(f"Cannot read {path}: the header line is not UTF-8 CSV ({exc}).") from exc
+    names = [name.strip() for name in header]
+    if not any(names):
+        raise DataContractError(f"Cannot read {path}: the file is empty or its first line is not a header.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated or "" in names:
+        problem = f"column {repeated[0]!r} appears twice" if repeated else "a column has no name"
+        raise DataContractError(f"Cannot read {path}: in the header line, {problem}.")
+    return names
 
 
 def _load_database(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, RawTable]:
-    """Copy the contract tables of a DuckDB database file into memory, then let the file go."""
+    """Attach a DuckDB database file read-only and put views over its contract tables."""
     try:
         # TYPE duckdb: never let DuckDB try to load another engine's extension for an unknown file.
-        con.execute(f"ATTACH {quote_literal(str(path))} AS __source (TYPE duckdb, READ_ONLY)")
+        con.execute(f"ATTACH {quote_literal(str(path))} AS {SOURCE_DATABASE} (TYPE duckdb, READ_ONLY)")
     except duckdb.Error as exc:
         raise DataContractError(f"Cannot open DuckDB database {path}: {exc}") from exc
-    try:
-        found = _database_tables(con)
-        if "transactions" not in found:
-            raise DataContractError(
-                f"No transactions table in DuckDB database {path}; tables found: "
-                f"{', '.join(sorted(found.values())) or 'none'}."
-            )
-        tables = {}
-        for name in CONTRACTS:
-            if name in found:
-                qualified = found[name]
-                reader = "__source." + ".".join(quote_ident(part) for part in qualified.split("."))
-                tables[name] = _copy_in(con, name, reader, f"{path}:{qualified}", "duckdb")
-        return tables
-    finally:
-        con.execute("DETACH __source")
+    found = _database_tables(con)
+    if "transactions" not in found:
+        raise DataContractError(
+            f"No transactions table in DuckDB database {path}; tables found: "
+            f"{', '.join(sorted(q for q, _ in found.values())) or 'none'}."
+        )
+    tables = {}
+    for name in CONTRACTS:
+        if name in found:
+            qualified, is_view = found[name]
+            reader = f"{SOURCE_DATABASE}." + ".".join(quote_ident(part) for part in qualified.split("."))
+            # rowid is the scan order of a base table; a view has none, so number its rows as they come.
+            number = "row_number() OVER ()" if is_view else "rowid + 1"
+            sql = f"SELECT {number} AS {ROW_NUMBER_COLUMN}, * FROM {reader}"
+            tables[name] = _register(con, name, sql, f"{path}:{qualified}", "duckdb")
+    return tables
 
 
-def _database_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Contract table name -> ``schema.table`` in the attached database, preferring schema main."""
+def _database_tables(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, bool]]:
+    """Contract table name -> (``schema.table``, is a view) in the attached database, preferring schema main."""
     rows = con.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = '__source' "
-        "ORDER BY table_schema <> 'main', table_schema, table_name"
+        "SELECT table_schema, table_name, table_type = 'VIEW' FROM information_schema.tables "
+        f"WHERE table_catalog = '{SOURCE_DATABASE}' ORDER BY table_schema <> 'main', table_schema, table_name"
     ).fetchall()
-    found: dict[str, str] = {}
-    for schema, table in rows:
+    found: dict[str, tuple[str, bool]] = {}
+    for schema, table, is_view in rows:
         if table.lower() in CONTRACTS:
-            found.setdefault(table.lower(), f"{schema}.{table}")
+            found.setdefault(table.lower(), (f"{schema}.{table}", is_view))
     return found
 
 
-def _copy_in(con: duckdb.DuckDBPyConnection, name: str, reader: str, source: str, kind: str) -> RawTable:
-    """Copy one table into ``raw_<name>`` in input order, describe it and check its required columns."""
+def _register(
+    con: duckdb.DuckDBPyConnection, name: str, numbered_sql: str, source: str, kind: str
+) -> RawTable:
+    """Create the view ``raw_<name>``, describe it and check its required columns.
+
+    Describing a view over a Parquet file reads its footer, so a file that is not Parquet fails here; a
+    malformed CSV row fails when the file is read in full.
+    """
     relation = RAW_PREFIX + name
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {relation} AS SELECT * FROM {reader}")
-        columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {relation})").fetchall())
-        row_column = None
-        if any(column.lower() == "rowid" for column in columns):
-            # The input's own "rowid" hides DuckDB's; number the rows explicitly instead (slower, so only here).
-            con.execute(
-                f"CREATE OR REPLACE TABLE {relation} AS "
-                f"SELECT row_number() OVER () AS {ROW_NUMBER_COLUMN}, * FROM {reader}"
-            )
-            row_column = ROW_NUMBER_COLUMN
-        rows = con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+        con.execute(f"CREATE OR REPLACE VIEW {relation} AS {numbered_sql}")
+        described = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {relation})").fetchall()
     except duckdb.Error as exc:
-        raise DataContractError(f"Cannot read {source} (table {name}): {exc}") from exc
-    table = RawTable(name, source, kind, relation, columns, rows, row_column)
+        raise unreadable(source, name, exc) from exc
+    columns = {column: kind_ for column, kind_ in described if column != ROW_NUMBER_COLUMN}
+    table = RawTable(name, source, kind, relation, columns)
     _check_required_columns(table)
     return table
 

@@ -32,23 +32,30 @@ import pandas as pd
 
 from features.contract import BIGINT, BOOLEAN, CONTRACTS, DOUBLE, KNOWN_EVENT_TYPES, STRING, TIMESTAMP
 from features.errors import DataContractError
-from features.io import RawTable, RawTables, quote_ident, quote_literal
+from features.io import (
+    ROW_NUMBER_COLUMN,
+    RawTable,
+    RawTables,
+    quote_ident,
+    quote_literal,
+    read_or_raise,
+    unreadable,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = ["REASONS", "BadShareError", "DataContractError", "ValidationResult", "validate"]
 
-REASONS = (
-    "missing_key", "unparseable_timestamp", "non_numeric_amount", "wrong_type",
-    "negative_quantity", "future_timestamp", "unknown_customer", "duplicate_id",
-)
+# In priority order: a row is quarantined for the first rule it breaks.
+REASONS = ("missing_key", "unparseable_timestamp", "non_numeric_amount", "wrong_type", "negative_quantity",
+           "future_timestamp", "unknown_customer", "duplicate_id")  # fmt: skip
 QUARANTINE_COLUMNS = ["table", "source", "row_number", "reason", "column", "value", "record"]
 QUARANTINE_TABLE = "quarantine"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
-_INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                  "UBIGINT", "UHUGEINT")
+_INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_INTEGER_TYPES += tuple("U" + name for name in _INTEGER_TYPES)  # unsigned variants: UTINYINT ... UHUGEINT
 _NUMERIC_TYPES = _INTEGER_TYPES + ("FLOAT", "DOUBLE", "DECIMAL")
 
 
@@ -114,11 +121,17 @@ class ValidationResult:
         for table in self.tables:
             counts = self.counts[self.counts["table"] == table]
             top = ", ".join(f"{r.reason} {r.rows:,}" for r in counts.head(3).itertuples())
-            rows.append({
-                "table": table, "source": self.sources[table], "rows_in": self.rows_in[table],
-                "rows_clean": self.rows_clean[table], "quarantined": self.rows_in[table] - self.rows_clean[table],
-                "bad_share": self.bad_share(table), "top_reasons": top,
-            })
+            rows.append(
+                {
+                    "table": table,
+                    "source": self.sources[table],
+                    "rows_in": self.rows_in[table],
+                    "rows_clean": self.rows_clean[table],
+                    "quarantined": self.rows_in[table] - self.rows_clean[table],
+                    "bad_share": self.bad_share(table),
+                    "top_reasons": top,
+                }
+            )
         return rows
 
     def summary_table(self) -> Table:
@@ -126,12 +139,26 @@ class ValidationResult:
         from rich.table import Table  # only the CLI prints; keep rich out of library imports
 
         out = Table(title="Input validation")
-        for name, justify in [("table", "left"), ("source", "left"), ("rows in", "right"), ("clean", "right"),
-                              ("quarantined", "right"), ("bad share", "right"), ("top reasons", "left")]:
+        for name, justify in [
+            ("table", "left"),
+            ("source", "left"),
+            ("rows in", "right"),
+            ("clean", "right"),
+            ("quarantined", "right"),
+            ("bad share", "right"),
+            ("top reasons", "left"),
+        ]:
             out.add_column(name, justify=justify)
         for row in self.summary_rows():
-            out.add_row(row["table"], row["source"], f"{row['rows_in']:,}", f"{row['rows_clean']:,}",
-                        f"{row['quarantined']:,}", f"{row['bad_share']:.2%}", row["top_reasons"] or "-")
+            out.add_row(
+                row["table"],
+                row["source"],
+                f"{row['rows_in']:,}",
+                f"{row['rows_clean']:,}",
+                f"{row['quarantined']:,}",
+                f"{row['bad_share']:.2%}",
+                row["top_reasons"] or "-",
+            )
         return out
 
 
@@ -146,7 +173,11 @@ class _Rule:
 
 @dataclass(frozen=True)
 class _Column:
-    """A contract column present in the input: its input spelling, input type and canonical type."""
+    """A contract column present in the input: its input spelling, input type and canonical type.
+
+    In the validation query the raw value keeps its input name (``ref``); the parsed value is ``__p_<name>``
+    and whether a value was given at all is ``__g_<name>``.
+    """
 
     name: str
     source: str
@@ -158,11 +189,17 @@ class _Column:
         return quote_ident(self.source)
 
     @property
-    def given_alias(self) -> str:
-        return quote_ident(f"__given_{self.name}")
+    def parsed_ref(self) -> str:
+        return quote_ident(f"__p_{self.name}")
+
+    @property
+    def given_ref(self) -> str:
+        return quote_ident(f"__g_{self.name}")
 
 
-def validate(raw: RawTables, run_time: datetime | None = None, max_bad_share: float = 0.05) -> ValidationResult:
+def validate(
+    raw: RawTables, run_time: datetime | None = None, max_bad_share: float = 0.05
+) -> ValidationResult:
     """Check every raw row against the contract; build clean tables and the quarantine in ``raw.con``.
 
     Args:
@@ -176,14 +213,20 @@ def validate(raw: RawTables, run_time: datetime | None = None, max_bad_share: fl
 
     Raises:
         BadShareError (a DataContractError): a table's share of bad rows exceeds ``max_bad_share``.
+        DataContractError: a file cannot be read in full (e.g. a CSV row with more fields than the header).
     """
     run_time = _as_naive_utc(run_time or datetime.now(UTC))
     con = raw.con
-    con.execute(f"CREATE OR REPLACE TABLE {QUARANTINE_TABLE} (\"table\" VARCHAR, source VARCHAR, "
-                "row_number BIGINT, reason VARCHAR, \"column\" VARCHAR, value VARCHAR, record VARCHAR)")
-    for name in raw.present:  # contract order: customers are clean before transactions and events look them up
-        _validate_table(con, raw.tables[name], run_time, has_customers="customers" in raw.tables)
-    result = _collect(raw, run_time, max_bad_share)
+    con.execute(
+        f'CREATE OR REPLACE TABLE {QUARANTINE_TABLE} ("table" VARCHAR, source VARCHAR, '
+        'row_number BIGINT, reason VARCHAR, "column" VARCHAR, value VARCHAR, record VARCHAR)'
+    )
+    has_customers = "customers" in raw.tables
+    rows_in = {}
+    # Contract order: customers are clean before transactions and events look them up.
+    for name in raw.present:
+        rows_in[name] = _validate_table(con, raw.tables[name], run_time, has_customers)
+    result = _collect(raw, rows_in, run_time, max_bad_share)
     _check_bad_share(result)
     return result
 
@@ -193,25 +236,32 @@ def _as_naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _validate_table(con: duckdb.DuckDBPyConnection, table: RawTable, run_time: datetime, has_customers: bool) -> None:
-    """Parse and check one raw table, append its bad rows to the quarantine and keep the good ones as the
-    clean table ``<table.name>``.
+def _validate_table(
+    con: duckdb.DuckDBPyConnection, table: RawTable, run_time: datetime, has_customers: bool
+) -> int:
+    """Check one raw table: append its bad rows to the quarantine, keep the good ones as the clean table
+    ``<table.name>``. Returns the number of raw rows.
 
-    The parsed table becomes the clean table in place (delete bad rows, drop helper columns, rename): at 10M
-    rows a second copy would cost more than all the checks.
+    The file is read once into a checked table that becomes the clean table in place (delete bad rows, drop
+    helper columns, rename): at 10M rows a second copy of the string columns would cost more than the checks.
     """
     columns = _contract_columns(table)
     rules = _rules(table.name, columns, run_time, has_customers)
     checked = f"__checked_{table.name}"
-    con.execute(f"CREATE OR REPLACE TABLE {checked} AS {_checked_sql(table, columns, rules)}")
-    _mark_duplicates(con, checked, table.name, rule_index=len(rules) + 1)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {checked} AS {_checked_sql(table, columns, rules)}")
+    except duckdb.Error as exc:
+        raise unreadable(table.source, table.name, exc) from exc
     rules.append(_Rule("duplicate_id", CONTRACTS[table.name].id_column, "false"))
-    con.execute(f"INSERT INTO {QUARANTINE_TABLE} {_quarantine_sql(table, columns, rules, checked)}")
+    _mark_duplicates(con, checked, table, columns, rule_index=len(rules))
+    rows_in = con.execute(f"SELECT count(*) FROM {checked}").fetchall()[0][0]
+    con.execute(f"INSERT INTO {QUARANTINE_TABLE} {_quarantine_sql(table, rules, checked)}")
     con.execute(f"DELETE FROM {checked} WHERE __rule IS NOT NULL")
-    for helper in ("__rule", "__row"):
+    for helper in ("__row", "__rule", "__value", "__record"):
         con.execute(f"ALTER TABLE {checked} DROP COLUMN {helper}")
     con.execute(f"DROP TABLE IF EXISTS {table.name}")
     con.execute(f"ALTER TABLE {checked} RENAME TO {table.name}")
+    return rows_in
 
 
 def _contract_columns(table: RawTable) -> dict[str, _Column]:
@@ -244,8 +294,11 @@ def _parsed(column: _Column) -> str:
     if column.target == STRING:
         return _text(column)
     if column.target == TIMESTAMP:
+        if "TIME ZONE" in in_type or in_type.startswith("TIMESTAMPTZ"):
+            # UTC wall time, as the session zone is UTC; TIMESTAMPTZ_NS has no direct cast to TIMESTAMP.
+            return f"CAST(CAST({ref} AS TIMESTAMPTZ) AS TIMESTAMP)"
         if in_type.startswith("TIMESTAMP") or in_type == "DATE":
-            return f"CAST({ref} AS TIMESTAMP)"  # a zoned value becomes UTC wall time: the session zone is UTC
+            return f"CAST({ref} AS TIMESTAMP)"
         return _parse_timestamp(_text(column))
     if column.target == DOUBLE:
         if in_type.startswith(_NUMERIC_TYPES):
@@ -255,7 +308,9 @@ def _parsed(column: _Column) -> str:
         if in_type.startswith(_INTEGER_TYPES):
             return f"TRY_CAST({ref} AS BIGINT)"
         # Accept '1980.0' (pandas writes integer columns with gaps as floats) but not '1980.5'.
-        number = f"TRY_CAST({_text(column)} AS DOUBLE)" if in_type == "VARCHAR" else f"TRY_CAST({ref} AS DOUBLE)"
+        number = (
+            f"TRY_CAST({_text(column)} AS DOUBLE)" if in_type == "VARCHAR" else f"TRY_CAST({ref} AS DOUBLE)"
+        )
         return f"(CASE WHEN isfinite({number}) AND {number} = trunc({number}) THEN TRY_CAST({number} AS BIGINT) END)"
     if column.target == BOOLEAN:
         if in_type == "BOOLEAN":
@@ -263,8 +318,10 @@ def _parsed(column: _Column) -> str:
         if in_type.startswith(_NUMERIC_TYPES):
             return f"(CASE WHEN {ref} = 1 THEN true WHEN {ref} = 0 THEN false END)"
         word = f"lower({_text(column)})"
-        return (f"(CASE WHEN {word} IN {_sql_tuple(TRUE_WORDS)} THEN true "
-                f"WHEN {word} IN {_sql_tuple(FALSE_WORDS)} THEN false END)")
+        return (
+            f"(CASE WHEN {word} IN {_sql_tuple(TRUE_WORDS)} THEN true "
+            f"WHEN {word} IN {_sql_tuple(FALSE_WORDS)} THEN false END)"
+        )
     raise ValueError(f"no parser for canonical type {column.target} (column {column.name})")
 
 
@@ -275,10 +332,14 @@ def _parse_timestamp(text: str) -> str:
     UTC; a cast to TIMESTAMP would silently drop an offset. The TIMESTAMPTZ cast is ~4x slower, so the two
     common zone-free shapes ('YYYY-MM-DD' and 'YYYY-MM-DD HH:MM:SS') take the fast cast.
     """
-    zone_free = (f"(length({text}) = 10 AND {text}[5] = '-' AND {text}[8] = '-') "
-                 f"OR (length({text}) = 19 AND {text}[14] = ':' AND {text}[17] = ':')")
-    return (f"(CASE WHEN {zone_free} THEN TRY_CAST({text} AS TIMESTAMP) "
-            f"ELSE CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP) END)")
+    zone_free = (
+        f"(length({text}) = 10 AND {text}[5] = '-' AND {text}[8] = '-') "
+        f"OR (length({text}) = 19 AND {text}[14] = ':' AND {text}[17] = ':')"
+    )
+    return (
+        f"(CASE WHEN {zone_free} THEN TRY_CAST({text} AS TIMESTAMP) "
+        f"ELSE CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP) END)"
+    )
 
 
 def _sql_tuple(words: tuple[str, ...]) -> str:
@@ -287,127 +348,172 @@ def _sql_tuple(words: tuple[str, ...]) -> str:
 
 def _bad_value(column: _Column) -> str:
     """True when a value was given but is not valid for the column's canonical type."""
-    value = quote_ident(column.name)
+    value = column.parsed_ref
     if column.target == DOUBLE:
-        return f"({column.given_alias} AND ({value} IS NULL OR NOT isfinite({value})))"
-    return f"({column.given_alias} AND {value} IS NULL)"
+        return f"({column.given_ref} AND ({value} IS NULL OR NOT isfinite({value})))"
+    return f"({column.given_ref} AND {value} IS NULL)"
 
 
 def _is_return(columns: dict[str, _Column]) -> str:
     """A return is flagged (is_return) or given as a negative amount."""
-    flagged = "coalesce(\"is_return\", false)" if "is_return" in columns else "false"
-    return f"({flagged} OR coalesce(\"amount\" < 0, false))"
+    flagged = f"coalesce({columns['is_return'].parsed_ref}, false)" if "is_return" in columns else "false"
+    return f"({flagged} OR coalesce({columns['amount'].parsed_ref} < 0, false))"
 
 
 def _rules(table: str, columns: dict[str, _Column], run_time: datetime, has_customers: bool) -> list[_Rule]:
-    """The row rules for one table in priority order (duplicate_id is added after, see _mark_duplicates)."""
+    """The row rules for one table in priority order (duplicate_id comes after, see _mark_duplicates)."""
     contract = CONTRACTS[table]
     required = [columns[name] for name in contract.required]
-    rules = [_Rule("missing_key", c.name, f"NOT {c.given_alias}") for c in required if c.target == STRING]
-    rules += [_Rule("unparseable_timestamp", c.name, f"{quote_ident(c.name)} IS NULL")
-              for c in required if c.target == TIMESTAMP]
-    rules += [_Rule("non_numeric_amount", c.name, f"({quote_ident(c.name)} IS NULL OR NOT isfinite({quote_ident(c.name)}))")
-              for c in required if c.target == DOUBLE]
+    rules = [_Rule("missing_key", c.name, f"NOT {c.given_ref}") for c in required if c.target == STRING]
+    rules += [
+        _Rule("unparseable_timestamp", c.name, f"{c.parsed_ref} IS NULL")
+        for c in required
+        if c.target == TIMESTAMP
+    ]
+    rules += [
+        _Rule("non_numeric_amount", c.name, f"({c.parsed_ref} IS NULL OR NOT isfinite({c.parsed_ref}))")
+        for c in required
+        if c.target == DOUBLE
+    ]
     optional_typed = [c for name, c in columns.items() if name in contract.optional and c.target != STRING]
     rules += [_Rule("wrong_type", c.name, _bad_value(c)) for c in optional_typed]
     if table == "transactions" and "quantity" in columns:
-        rules.append(_Rule("negative_quantity", "quantity", f"(\"quantity\" < 0 AND NOT {_is_return(columns)})"))
+        condition = f"({columns['quantity'].parsed_ref} < 0 AND NOT {_is_return(columns)})"
+        rules.append(_Rule("negative_quantity", "quantity", condition))
     if "timestamp" in contract.required:
-        rules.append(_Rule("future_timestamp", "timestamp", f"\"timestamp\" > TIMESTAMP '{run_time.isoformat(sep=' ')}'"))
+        condition = f"{columns['timestamp'].parsed_ref} > TIMESTAMP '{run_time.isoformat(sep=' ')}'"
+        rules.append(_Rule("future_timestamp", "timestamp", condition))
     if has_customers and table != "customers":
-        rules.append(_Rule("unknown_customer", "customer_id",
-                           "\"customer_id\" NOT IN (SELECT customer_id FROM customers)"))
+        condition = f"{columns['customer_id'].parsed_ref} NOT IN (SELECT customer_id FROM customers)"
+        rules.append(_Rule("unknown_customer", "customer_id", condition))
     return rules
 
 
 def _checked_sql(table: RawTable, columns: dict[str, _Column], rules: list[_Rule]) -> str:
-    """SELECT giving __row, the clean columns (see _output_columns) and __rule.
-
-    ``__rule`` is the 1-based index of the first broken rule, NULL for a good row. The inner query parses each
-    value once; the outer one applies the rules to the parsed values.
-    """
-    parsed = [f"{table.row_number_sql()} AS __row"]
-    parsed += [f"{_parsed(c)} AS {quote_ident(c.name)}" for c in columns.values()]
-    parsed += [f"{_given(c)} AS {c.given_alias}" for c in columns.values()]
-    parsed += [quote_ident(name) for name in _extra_columns(table, columns)]
+    """SELECT reading the raw view once, giving: __row, the clean columns (see _output_columns), __rule (1-based
+    index of the first broken rule, NULL for a good row) and, for bad rows only, __value (the offending raw value
+    as text) and __record (the raw row as JSON)."""
+    parsed = [f"{_parsed(c)} AS {c.parsed_ref}, {_given(c)} AS {c.given_ref}" for c in columns.values()]
     first_broken = " ".join(f"WHEN {rule.condition} THEN {i}" for i, rule in enumerate(rules, start=1))
-    return (f"WITH parsed AS (SELECT {', '.join(parsed)} FROM {table.relation}) "
-            f"SELECT __row, {', '.join(_output_columns(table, columns))}, CASE {first_broken} END AS __rule "
-            "FROM parsed")
-
-
-def _extra_columns(table: RawTable, columns: dict[str, _Column]) -> list[str]:
-    """Input columns that are not in the contract, kept as they were."""
-    contract_sources = {c.source for c in columns.values()}
-    return [name for name in table.columns if name not in contract_sources]
-
-
-def _mark_duplicates(con: duckdb.DuckDBPyConnection, checked: str, table: str, rule_index: int) -> None:
-    """Among rows that pass every other rule, keep the first row of each id (file order); mark the rest.
-
-    Only ids seen more than once are ranked, so the window sort stays small on clean data.
+    raw_value = " ".join(
+        f"WHEN {i} THEN CAST({columns[r.column].ref} AS VARCHAR)" for i, r in enumerate(rules, 1)
+    )
+    return f"""
+        WITH parsed AS (SELECT *, {", ".join(parsed)} FROM {table.relation}),
+        ruled AS (SELECT *, CASE {first_broken} END AS __rule FROM parsed)
+        SELECT {ROW_NUMBER_COLUMN} AS __row, {", ".join(_output_columns(table, columns))}, __rule,
+               CASE WHEN __rule IS NOT NULL THEN CASE __rule {raw_value} END END AS __value,
+               CASE WHEN __rule IS NOT NULL THEN {_record_json(table)} END AS __record
+        FROM ruled
     """
-    key = quote_ident(CONTRACTS[table].id_column)
-    con.execute(f"""
-        UPDATE {checked} SET __rule = {rule_index}
-        WHERE __row IN (
-            SELECT __row FROM (
-                SELECT __row, row_number() OVER (PARTITION BY {key} ORDER BY __row) AS occurrence
-                FROM {checked}
-                WHERE __rule IS NULL AND {key} IN (
-                    SELECT {key} FROM {checked} WHERE __rule IS NULL GROUP BY {key} HAVING count(*) > 1)
-            ) WHERE occurrence > 1)
-    """)
+
+
+def _record_json(table: RawTable) -> str:
+    """SQL giving the raw row as a JSON object text, keys as in the input."""
+    pairs = ", ".join(f"{quote_literal(name)}, {quote_ident(name)}" for name in table.columns)
+    return f"CAST(json_object({pairs}) AS VARCHAR)"
 
 
 def _output_columns(table: RawTable, columns: dict[str, _Column]) -> list[str]:
     """Clean columns in input order: contract columns under their contract names and canonical types, extras as
     they were; transactions always end up with ``is_return`` (flagged or negative amount)."""
-    by_source = {c.source: c.name for c in columns.values()}
-    out = [quote_ident(by_source.get(name, name)) for name in table.columns]
-    if table.name == "transactions":
-        is_return = f"{_is_return(columns)} AS \"is_return\""
-        out = [is_return if name == '"is_return"' else name for name in out]
-        if "is_return" not in columns:
-            out.append(is_return)
+    by_source = {c.source: c for c in columns.values()}
+    out = []
+    for name in table.columns:
+        column = by_source.get(name)
+        if column is None:
+            out.append(quote_ident(name))
+        elif table.name == "transactions" and column.name == "is_return":
+            out.append(f'{_is_return(columns)} AS "is_return"')
+        else:
+            out.append(f"{column.parsed_ref} AS {quote_ident(column.name)}")
+    if table.name == "transactions" and "is_return" not in columns:
+        out.append(f'{_is_return(columns)} AS "is_return"')
     return out
 
 
-def _quarantine_sql(table: RawTable, columns: dict[str, _Column], rules: list[_Rule], checked: str) -> str:
-    """SELECT of the quarantine rows of one table, joined back to the raw copy for value and record."""
+def _mark_duplicates(
+    con: duckdb.DuckDBPyConnection,
+    checked: str,
+    table: RawTable,
+    columns: dict[str, _Column],
+    rule_index: int,
+) -> None:
+    """Among rows that pass every other rule, keep the first row of each id (file order); mark the rest.
+
+    Candidates are ids whose 64-bit hash equals the previous one in hash order: sorting 10M integers is cheaper
+    than grouping 10M strings, and a hash collision only adds candidates (the ranking is on the id itself).
+    Marked rows get their raw value and record from the raw view, read again only when there are duplicates.
+    """
+    key = quote_ident(CONTRACTS[table.name].id_column)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE __duplicates AS
+        WITH hashes AS (SELECT hash({key}) AS h FROM {checked} WHERE __rule IS NULL),
+        repeated AS (SELECT h FROM (SELECT h, lag(h) OVER (ORDER BY h) AS previous FROM hashes) WHERE h = previous)
+        SELECT __row FROM (
+            SELECT __row, row_number() OVER (PARTITION BY {key} ORDER BY __row) AS occurrence
+            FROM {checked} WHERE __rule IS NULL AND hash({key}) IN (SELECT h FROM repeated)
+        ) WHERE occurrence > 1
+    """)
+    if con.execute("SELECT count(*) FROM __duplicates").fetchall()[0][0]:
+        raw_key = columns[CONTRACTS[table.name].id_column].ref
+        sql = f"""
+            UPDATE {checked} SET __rule = {rule_index}, __value = raw.value, __record = raw.record
+            FROM (SELECT {ROW_NUMBER_COLUMN} AS __row, CAST({raw_key} AS VARCHAR) AS value,
+                         {_record_json(table)} AS record
+                  FROM {table.relation} WHERE {ROW_NUMBER_COLUMN} IN (SELECT __row FROM __duplicates)) AS raw
+            WHERE {checked}.__row = raw.__row
+        """
+        read_or_raise(con, sql, table)
+    con.execute("DROP TABLE __duplicates")
+
+
+def _quarantine_sql(table: RawTable, rules: list[_Rule], checked: str) -> str:
+    """SELECT of the quarantine rows of one table (columns as QUARANTINE_COLUMNS), in file order."""
     reason = " ".join(f"WHEN {i} THEN {quote_literal(r.reason)}" for i, r in enumerate(rules, start=1))
     column = " ".join(f"WHEN {i} THEN {quote_literal(r.column)}" for i, r in enumerate(rules, start=1))
-    value = " ".join(f"WHEN {i} THEN CAST(raw.{columns[r.column].ref} AS VARCHAR)"
-                     for i, r in enumerate(rules, start=1))
-    record = "json_object(" + ", ".join(f"{quote_literal(name)}, raw.{quote_ident(name)}" for name in table.columns) + ")"
     return f"""
-        SELECT {quote_literal(table.name)}, {quote_literal(table.source)}, c.__row,
-               CASE c.__rule {reason} END, CASE c.__rule {column} END,
-               coalesce(CASE c.__rule {value} END, ''), CAST({record} AS VARCHAR)
-        FROM (SELECT __row, __rule FROM {checked} WHERE __rule IS NOT NULL) AS c
-        JOIN {table.relation} AS raw ON {table.row_number_sql("raw")} = c.__row
-        ORDER BY c.__row
+        SELECT {quote_literal(table.name)}, {quote_literal(table.source)}, __row,
+               CASE __rule {reason} END, CASE __rule {column} END, coalesce(__value, ''), __record
+        FROM {checked} WHERE __rule IS NOT NULL ORDER BY __row
     """
 
 
-def _collect(raw: RawTables, run_time: datetime, max_bad_share: float) -> ValidationResult:
+def _collect(
+    raw: RawTables, rows_in: dict[str, int], run_time: datetime, max_bad_share: float
+) -> ValidationResult:
     """Gather counts, columns and the quarantine frame from the connection."""
     con = raw.con
     tables = raw.present
     quarantine = con.execute(
-        f"SELECT * FROM {QUARANTINE_TABLE} ORDER BY "
-        f"list_position({_sql_list(tables)}, \"table\"), row_number").df()
-    counts = con.execute(
-        f"SELECT \"table\", reason, count(*) AS rows, list_position({_sql_list(tables)}, any_value(\"table\")) "
-        f"AS table_order FROM {QUARANTINE_TABLE} GROUP BY \"table\", reason "
-        "ORDER BY table_order, rows DESC, reason").df().drop(columns="table_order")
-    columns = {t: [row[0] for row in con.execute(f"SELECT column_name FROM (DESCRIBE {t})").fetchall()]
-               for t in tables}
+        f'SELECT * FROM {QUARANTINE_TABLE} ORDER BY list_position({_sql_list(tables)}, "table"), row_number'
+    ).df()[QUARANTINE_COLUMNS]
+    counts = (
+        con.execute(
+            f'SELECT "table", reason, count(*) AS rows, list_position({_sql_list(tables)}, any_value("table")) '
+            f'AS table_order FROM {QUARANTINE_TABLE} GROUP BY "table", reason '
+            "ORDER BY table_order, rows DESC, reason"
+        )
+        .df()
+        .drop(columns="table_order")
+    )
+    columns = {
+        t: [row[0] for row in con.execute(f"SELECT column_name FROM (DESCRIBE {t})").fetchall()]
+        for t in tables
+    }
     rows_clean = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
     return ValidationResult(
-        con=con, tables=tables, columns=columns, quarantine=quarantine, counts=counts,
-        rows_in=raw.row_counts, rows_clean=rows_clean, sources={t: raw.source(t) for t in tables},
-        run_time=run_time, max_bad_share=max_bad_share, unknown_event_types=_unknown_event_types(con, tables),
+        con=con,
+        tables=tables,
+        columns=columns,
+        quarantine=quarantine,
+        counts=counts,
+        rows_in=rows_in,
+        rows_clean=rows_clean,
+        sources={t: raw.source(t) for t in tables},
+        run_time=run_time,
+        max_bad_share=max_bad_share,
+        unknown_event_types=_unknown_event_types(con, tables),
     )
 
 
@@ -421,17 +527,21 @@ def _unknown_event_types(con: duckdb.DuckDBPyConnection, tables: list[str]) -> d
         return {}
     rows = con.execute(
         f"SELECT event_type, count(*) FROM events WHERE event_type NOT IN {_sql_tuple(KNOWN_EVENT_TYPES)} "
-        "GROUP BY ALL ORDER BY 2 DESC, 1").fetchall()
+        "GROUP BY ALL ORDER BY 2 DESC, 1"
+    ).fetchall()
     return dict(rows)
 
 
 def _check_bad_share(result: ValidationResult) -> None:
     """Stop the run when any table has more bad rows than allowed; the message says where and how to fix."""
-    problems = [_bad_share_message(result, t) for t in result.tables if result.bad_share(t) > result.max_bad_share]
+    problems = [
+        _bad_share_message(result, t) for t in result.tables if result.bad_share(t) > result.max_bad_share
+    ]
     if problems:
         needed = max(result.bad_share(t) for t in result.tables)
         raise BadShareError(
-            " ".join(problems) + f" Fix the input, or raise the limit with --max-bad-share {_round_up(needed)} "
+            " ".join(problems)
+            + f" Fix the input, or raise the limit with --max-bad-share {_round_up(needed)} "
             "(the quarantine lists every bad row).",
             result,
         )
@@ -443,10 +553,12 @@ def _bad_share_message(result: ValidationResult, table: str) -> str:
     reasons = bad.groupby("reason").size().sort_values(ascending=False, kind="stable").head(3)
     top = ", ".join(f"{reason} {rows:,}" for reason, rows in reasons.items())
     column = bad.groupby("column").size().sort_values(ascending=False, kind="stable")
-    return (f"{result.sources[table]}: {result.bad_share(table):.1%} of {table} rows "
-            f"({len(bad):,} of {result.rows_in[table]:,}) break the data contract, over the limit of "
-            f"{result.max_bad_share:.1%}. Top reasons: {top}. Column with most failures: '{column.index[0]}' "
-            f"({column.iloc[0]:,} rows).")
+    return (
+        f"{result.sources[table]}: {result.bad_share(table):.1%} of {table} rows "
+        f"({len(bad):,} of {result.rows_in[table]:,}) break the data contract, over the limit of "
+        f"{result.max_bad_share:.1%}. Top reasons: {top}. Column with most failures: '{column.index[0]}' "
+        f"({column.iloc[0]:,} {'row' if column.iloc[0] == 1 else 'rows'})."
+    )
 
 
 def _round_up(share: float) -> float:
