@@ -116,11 +116,11 @@ class ValidationResult:
         return parquet_path
 
     def summary_rows(self) -> list[dict[str, Any]]:
-        """One dict per table: table, source, rows_in, rows_clean, quarantined, bad_share, top_reasons (text)."""
+        """One dict per table: table, source, rows_in, rows_clean, quarantined, bad_share, reasons (text, all)."""
         rows = []
         for table in self.tables:
             counts = self.counts[self.counts["table"] == table]
-            top = ", ".join(f"{r.reason} {r.rows:,}" for r in counts.head(3).itertuples())
+            reasons = ", ".join(f"{r.reason} {r.rows:,}" for r in counts.itertuples())
             rows.append(
                 {
                     "table": table,
@@ -129,7 +129,7 @@ class ValidationResult:
                     "rows_clean": self.rows_clean[table],
                     "quarantined": self.rows_in[table] - self.rows_clean[table],
                     "bad_share": self.bad_share(table),
-                    "top_reasons": top,
+                    "reasons": reasons,
                 }
             )
         return rows
@@ -138,26 +138,19 @@ class ValidationResult:
         """A rich Table of ``summary_rows`` for the CLI to print."""
         from rich.table import Table  # only the CLI prints; keep rich out of library imports
 
-        out = Table(title="Input validation")
-        for name, justify in [
-            ("table", "left"),
-            ("source", "left"),
-            ("rows in", "right"),
-            ("clean", "right"),
-            ("quarantined", "right"),
-            ("bad share", "right"),
-            ("top reasons", "left"),
-        ]:
-            out.add_column(name, justify=justify)
+        out = Table(title="Input validation", caption="Bad rows by reason; sources: " + ", ".join(
+            f"{row['table']}={row['source']}" for row in self.summary_rows()))
+        for name in ("table", "rows in", "clean", "bad", "bad share"):
+            out.add_column(name, justify="left" if name == "table" else "right", no_wrap=True)
+        out.add_column("reasons", justify="left")
         for row in self.summary_rows():
             out.add_row(
                 row["table"],
-                row["source"],
                 f"{row['rows_in']:,}",
                 f"{row['rows_clean']:,}",
                 f"{row['quarantined']:,}",
                 f"{row['bad_share']:.2%}",
-                row["top_reasons"] or "-",
+                (row["reasons"] or "-").replace(", ", "\n"),
             )
         return out
 

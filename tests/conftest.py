@@ -10,3 +10,30 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets test modules share fixtures data (e.g. test_features)
+
+import pytest  # noqa: E402
+
+# One generated loyalty programme per test session, big enough for the model tests and small enough for 2 cores:
+# 24 months so that personas are well formed (lapsing customers need time to lapse).
+GENERATED_CUSTOMERS = 4000
+GENERATED_MONTHS = 24
+GENERATED_END = "2026-07-01"
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """The generated tables (features.generator.GeneratedData) and the folder they are written to."""
+    from features.generator import generate_tables, write_tables
+
+    data = generate_tables(GENERATED_CUSTOMERS, GENERATED_MONTHS, seed=11, end=GENERATED_END)
+    folder = tmp_path_factory.mktemp("generated")
+    write_tables(data, folder)
+    return data, folder
+
+
+@pytest.fixture(scope="session")
+def generated_validation(generated):
+    """The generated folder loaded and validated (clean tables in a DuckDB connection)."""
+    from features.pipeline import load_validated
+
+    return load_validated(generated[1])

@@ -378,7 +378,7 @@ def test_summary_rows_and_table(tmp_path):
     assert [r["table"] for r in rows] == ["customers", "transactions"]
     assert rows[1]["rows_in"] == 4 and rows[1]["rows_clean"] == 3 and rows[1]["quarantined"] == 1
     assert rows[1]["bad_share"] == pytest.approx(0.25)
-    assert rows[1]["top_reasons"] == "non_numeric_amount 1"
+    assert rows[1]["reasons"] == "non_numeric_amount 1"
     table = result.summary_table()
     assert table.row_count == 2
 

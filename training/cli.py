@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from features.errors import DataContractError
+from features.validate import BadShareError
 
 app = typer.Typer(
     name="segments",
@@ -65,11 +66,16 @@ def step(description: str) -> Iterator[None]:
 
 
 @contextmanager
-def fail_cleanly() -> Iterator[None]:
-    """Turn a data-contract error into a clear message and exit code 2, never a traceback."""
+def fail_cleanly(quarantine: Path | None = None) -> Iterator[None]:
+    """Turn a data-contract error into a clear message and exit code 2, never a traceback.
+
+    When too many rows are bad, the quarantine is still written so the user can see every one of them.
+    """
     try:
         yield
     except DataContractError as exc:
+        if quarantine is not None and isinstance(exc, BadShareError):
+            console.print(f"Quarantined rows: {exc.result.write_quarantine(quarantine)}")
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
 
@@ -125,7 +131,7 @@ def validate_command(
     """Check the raw tables against the data contract and report bad rows per reason."""
     from features.pipeline import load_validated
 
-    with fail_cleanly(), step("Validating"):
+    with fail_cleanly(quarantine), step("Validating"):
         result = load_validated(data, run_time=as_of, max_bad_share=max_bad_share)
     out.print(result.summary_table())
     if quarantine is not None:
@@ -144,7 +150,7 @@ def features(
     """Build the point-in-time feature table: one row per customer known at --as-of."""
     from features.pipeline import build_feature_table, load_validated, write_feature_table
 
-    with fail_cleanly():
+    with fail_cleanly(quarantine):
         with step("Validating"):
             validation = load_validated(data, max_bad_share=max_bad_share)
         with step(f"Building features as of {as_of:%Y-%m-%d %H:%M}"):
