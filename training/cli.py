@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -33,11 +35,15 @@ MaxBadOpt = Annotated[float, typer.Option("--max-bad-share", min=0.0, max=1.0,
                                           help="Stop when a table has a larger share of bad rows than this.")]
 
 
-def disable_telemetry() -> None:
-    """No outside network calls at run time: MLflow and BentoML usage telemetry off (set before they import)."""
-    for name, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                        "BENTOML_DO_NOT_TRACK": "1"}.items():
+def configure_runtime() -> None:
+    """No outside network calls at run time (MLflow and BentoML telemetry off, set before they import), and
+    MLflow's own progress bars and info chatter kept out of our progress display."""
+    for name, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "1",
+                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(name, value)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in the venv": uv made it
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
 def parse_as_of(value: str) -> datetime:
@@ -181,8 +187,141 @@ def catalog(
         out.print(f"Written: {markdown}")
 
 
+TRAIN_KINDS = ("churn", "value", "lookalike", "clusters", "all")
+
+
+@app.command()
+def train(
+    kind: Annotated[str, typer.Argument(help="churn, value, lookalike, clusters or all.")],
+    data: DataOpt,
+    as_of: Annotated[datetime, typer.Option(
+        "--as-of", parser=parse_as_of, metavar="YYYY-MM-DD",
+        help="Training cut-off: nothing at or after it is read, labels included. Churn and value are evaluated "
+             "out of time on the snapshot --as-of minus --horizon.")],
+    horizon: Annotated[int, typer.Option(min=7, max=730, help="Churn and value horizon in days.")] = 90,
+    seed_segment: Annotated[list[str], typer.Option(
+        help="Look-alike seed: a built-in name (best_members, loyalty_members), 'rule:<query>', 'tag:<tag>' "
+             "or 'ids:<file>'. Repeat for several.")] = ["best_members"],  # noqa: B006
+    config: Annotated[Path | None, typer.Option(help="YAML with sections churn/value/lookalike/clusters.")] = None,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Train, evaluate against baselines, log to MLflow and register models (new versions become challengers)."""
+    from training import train as training
+    from training.errors import InsufficientDataError
+    from training.tracking import log_training_run, tracking_uri
+
+    if kind not in TRAIN_KINDS:
+        raise typer.BadParameter(f"use one of {', '.join(TRAIN_KINDS)}", param_hint="KIND")
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, our runs go to their own experiments
+    kinds = ["churn", "value", "lookalike", "clusters"] if kind == "all" else [kind]
+    with fail_cleanly():
+        overrides = training.load_config_file(config)
+        with step("Validating"):
+            validation = load_validated_for(data, max_bad_share)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("Preparing", total=None)
+        shared = training.TrainingData(validation, as_of, str(data),
+                                       progress=lambda message: bar.update(task, description=message))
+        runs = []
+        for one in kinds:
+            for seed in (seed_segment if one == "lookalike" else [None]):
+                try:
+                    record = _train_one(training, shared, one, overrides.get(one, {}), horizon, seed)
+                except (InsufficientDataError, ValueError) as exc:
+                    console.print(f"[bold red]{one}{f' ({seed})' if seed else ''} not trained:[/] {exc}")
+                    continue
+                bar.update(task, description=f"logging {one} to MLflow")
+                runs.append((record, log_training_run(record)))
+    _print_runs(runs)
+    out.print(f"Tracking: {tracking_uri()}  (browse: mlflow ui --backend-store-uri {tracking_uri()})")
+    if len(runs) < sum(len(seed_segment) if k == "lookalike" else 1 for k in kinds):
+        raise typer.Exit(1)
+
+
+def load_validated_for(data: Path, max_bad_share: float):
+    from features.pipeline import load_validated
+
+    return load_validated(data, max_bad_share=max_bad_share)
+
+
+def _train_one(training, shared, kind: str, overrides: dict, horizon: int, seed: str | None):
+    if kind == "churn":
+        return training.train_churn(shared, overrides, horizon)
+    if kind == "value":
+        return training.train_value(shared, overrides, horizon)
+    if kind == "lookalike":
+        return training.train_lookalike(shared, overrides, seed)
+    return training.train_clusters(shared, overrides)
+
+
+HEADLINE_METRICS = {"churn": ("roc_auc", "pr_auc", "brier", "ece"), "value": ("spearman_spend", "mae_spend"),
+                    "lookalike": ("recall_at_10", "lift_at_10"), "clusters": ("k", "stability_ari", "surrogate_fidelity")}
+
+
+def _print_runs(runs) -> None:
+    table = Table("model", "version", "aliases", "metric", "model", "baselines", title="Trained (out-of-time metrics)")
+    for record, logged in runs:
+        ev = record.evaluation
+        for i, metric in enumerate(m for m in HEADLINE_METRICS[record.kind] if m in ev.metrics):
+            baselines = ", ".join(f"{b} {m[metric]:.3f}" for b, m in ev.baselines.items() if metric in m)
+            head = (logged.name, logged.version, ", ".join(logged.aliases)) if i == 0 else ("", "", "")
+            table.add_row(*head, metric, f"{ev.metrics[metric]:.3f}", baselines or "-")
+    out.print(table)
+
+
+@app.command()
+def score(
+    data: DataOpt,
+    as_of: AsOfOpt,
+    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write the scores to.")],
+    alias: Annotated[str, typer.Option(help="Registry alias of the models to use.")] = "champion",
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Score every customer known at --as-of with the registered champion models."""
+    from features.pipeline import build_feature_table
+    from training.scoring import ScoringBundle
+
+    with fail_cleanly():
+        with step("Validating"):
+            validation = load_validated_for(data, max_bad_share)
+        with step(f"Building features as of {as_of:%Y-%m-%d}"):
+            features = build_feature_table(validation, as_of).table
+    try:
+        with step("Loading champion models"):
+            bundle = ScoringBundle.from_registry(alias)
+    except (LookupError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    with step(f"Scoring {len(features):,} customers"):
+        scores = bundle.score(features)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        scores.to_parquet(out_file, index=False)
+    out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))
+    out.print(f"[green]{len(scores):,} customers x {scores.shape[1] - 1} scores[/] -> {out_file}")
+
+
+@app.command()
+def promote(
+    kind: Annotated[str, typer.Argument(help="churn, value, clusters, or lookalike (with --seed-segment).")],
+    seed_segment: Annotated[str | None, typer.Option(help="Seed name, for a look-alike model.")] = None,
+) -> None:
+    """Make the challenger the champion, only if it beats the champion on the same out-of-time evaluation."""
+    from training.tracking import promote as promote_model
+    from training.tracking import registered_name
+
+    if kind not in TRAIN_KINDS[:-1]:
+        raise typer.BadParameter("use churn, value, lookalike or clusters", param_hint="KIND")
+    if kind == "lookalike" and not seed_segment:
+        raise typer.BadParameter("a look-alike needs --seed-segment NAME", param_hint="--seed-segment")
+    result = promote_model(registered_name(kind, seed_segment if kind == "lookalike" else None), kind)
+    (out if result.promoted else console).print(("[green]promoted:[/] " if result.promoted else "[yellow]kept:[/] ")
+                                                + result.reason)
+    if not result.promoted:
+        raise typer.Exit(1)
+
+
 def main() -> None:
-    disable_telemetry()
+    configure_runtime()
     app()
 
 

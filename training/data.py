@@ -84,3 +84,13 @@ def training_dates(evaluation_as_of: datetime, horizon_days: int, n_snapshots: i
     """
     latest = evaluation_as_of - timedelta(days=horizon_days)
     return sorted(latest - timedelta(days=step_days * k) for k in range(n_snapshots))
+
+
+def data_fingerprint(validation: ValidationResult) -> str:
+    """A short hash of the clean transactions (rows, time range, total amount): runs evaluated on the same data
+    share it, which is what makes their metrics comparable."""
+    import hashlib
+
+    row = validation.con.execute(
+        "SELECT count(*), min(timestamp), max(timestamp), round(sum(amount), 2) FROM transactions").fetchall()[0]
+    return hashlib.sha1(repr(row).encode()).hexdigest()[:12]

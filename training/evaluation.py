@@ -1,0 +1,323 @@
+"""Metrics, tables and plots shared by every model kind (churn, value, look-alike, clusters).
+
+Everything here is generic: functions take arrays of outcomes and scores (or named dicts of them, so baselines sit
+beside the model) and return numbers, DataFrames or matplotlib Figures. Nothing here knows a model class; the
+model modules (`training.churn`, `training.value`, ...) assemble an `Evaluation` from these pieces.
+
+Plots are built on `matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot state, nothing shown), use the
+Okabe-Ito colour-blind-safe palette, carry a title and label their axes with units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+# Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies; black first for "the model".
+OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
+N_CALIBRATION_BINS = 10
+TOP_FRACTION = 0.1
+
+# Business bands for slices: fixed edges (not quantiles of the evaluated data), so slices mean the same thing in
+# every run and a customer's slice never depends on who else is evaluated.
+TENURE_BANDS = ((0, 90, "< 3 months"), (90, 365, "3-12 months"), (365, 730, "1-2 years"), (730, np.inf, "2+ years"))
+FREQUENCY_BANDS = ((0, 1, "none"), (1, 2, "1 order"), (2, 4, "2-3 orders"), (4, 12, "4-11 orders"),
+                   (12, np.inf, "12+ orders"))
+
+
+@dataclass
+class Evaluation:
+    """One out-of-time evaluation of a model, with baselines side by side.
+
+    Attributes:
+        metrics: the model's metrics by name (e.g. roc_auc, pr_auc, brier, log_loss, lift_top_decile, ece).
+        baselines: baseline name -> metrics under the same names (only those that apply: a rank-only baseline
+            such as recency has no brier, log_loss or ece).
+        figures: name -> matplotlib Figure ("calibration", "lift", "gains", ...).
+        tables: name -> DataFrame ("slices", "calibration", "lift", "data_window", ...).
+        n_customers: customers evaluated.
+        as_of: the evaluation snapshot's as_of.
+        notes: human-readable remarks (e.g. a baseline that fell back to a simpler method, and why).
+    """
+
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    figures: dict[str, Figure]
+    tables: dict[str, pd.DataFrame]
+    n_customers: int
+    as_of: datetime
+    notes: list[str] = field(default_factory=list)
+
+    def comparison(self) -> pd.DataFrame:
+        """Model and baselines side by side: one row per metric, one column per scorer ("model" first)."""
+        columns = {"model": self.metrics, **self.baselines}
+        return pd.DataFrame(columns).rename_axis("metric")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Binary outcomes (churn, look-alike)
+
+
+def calibration_table(y_true, probability, n_bins: int = N_CALIBRATION_BINS) -> pd.DataFrame:
+    """Reliability bins of equal width on [0, 1].
+
+    Returns one row per bin: bin (0-based), lower, upper, n, mean_predicted, observed_rate (NaN for empty bins).
+    """
+    y, p = _as_arrays(y_true, probability)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
+    frame = pd.DataFrame({"bin": index, "p": p, "y": y})
+    grouped = frame.groupby("bin").agg(n=("y", "size"), mean_predicted=("p", "mean"), observed_rate=("y", "mean"))
+    out = grouped.reindex(range(n_bins))
+    out["n"] = out["n"].fillna(0).astype("int64")
+    out.insert(0, "lower", edges[:-1])
+    out.insert(1, "upper", edges[1:])
+    return out.rename_axis("bin").reset_index()
+
+
+def expected_calibration_error(y_true, probability, n_bins: int = N_CALIBRATION_BINS) -> float:
+    """ECE: the customer-weighted mean gap |mean predicted - observed rate| over equal-width bins."""
+    bins = calibration_table(y_true, probability, n_bins)
+    filled = bins[bins["n"] > 0]
+    gaps = (filled["mean_predicted"] - filled["observed_rate"]).abs()
+    return float((gaps * filled["n"]).sum() / filled["n"].sum())
+
+
+def lift_table(y_true, score, n_groups: int = 10) -> pd.DataFrame:
+    """Outcomes by score group, best scores first (group 1 = top 10% with the default 10 groups).
+
+    Ties are broken by position (a stable sort), so equal scores never straddle groups at random.
+    Returns: group, n, positives (sum of outcomes), rate, lift (rate / overall rate), cumulative_share (of all
+    customers), cumulative_capture (share of all outcomes captured down to this group).
+    """
+    y, s = _as_arrays(y_true, score)
+    order = np.argsort(-s, kind="stable")
+    group = np.empty(len(y), dtype=np.int64)
+    group[order] = np.arange(len(y)) * n_groups // max(len(y), 1) + 1
+    frame = pd.DataFrame({"group": group, "y": y}).groupby("group").agg(n=("y", "size"), positives=("y", "sum"))
+    frame["rate"] = frame["positives"] / frame["n"]
+    overall = y.mean() if len(y) else np.nan
+    frame["lift"] = frame["rate"] / overall if overall > 0 else np.nan
+    frame["cumulative_share"] = frame["n"].cumsum() / len(y)
+    total = y.sum()
+    frame["cumulative_capture"] = frame["positives"].cumsum() / total if total > 0 else np.nan
+    return frame.reset_index()
+
+
+def lift_at(y_true, score, fraction: float = TOP_FRACTION) -> float:
+    """Outcome rate among the top `fraction` by score divided by the overall rate (1.0 = no better than random)."""
+    y, s = _as_arrays(y_true, score)
+    k = max(int(round(fraction * len(y))), 1)
+    top = y[np.argsort(-s, kind="stable")[:k]]
+    overall = y.mean()
+    return float(top.mean() / overall) if overall > 0 else float("nan")
+
+
+def ranking_metrics(y_true, score) -> dict[str, float]:
+    """Metrics of a score used only to rank: roc_auc, pr_auc (average precision), lift_top_decile."""
+    y, s = _as_arrays(y_true, score)
+    if len(np.unique(y)) < 2:  # AUCs are undefined with one class (e.g. a tiny slice)
+        return {"roc_auc": float("nan"), "pr_auc": float("nan"), "lift_top_decile": lift_at(y, s)}
+    return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)),
+            "lift_top_decile": lift_at(y, s)}
+
+
+def probability_metrics(y_true, probability) -> dict[str, float]:
+    """Ranking metrics plus those of a probability: brier, log_loss, ece (10 equal-width bins)."""
+    y, p = _as_arrays(y_true, probability)
+    p = np.clip(p, 1e-15, 1 - 1e-15)  # log-loss of a hard 0/1 is infinite; clip like sklearn used to
+    return {**ranking_metrics(y, p), "brier": float(brier_score_loss(y, p)),
+            "log_loss": float(log_loss(y, p, labels=[0, 1])), "ece": expected_calibration_error(y, p)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Amounts (purchases, spend)
+
+
+def top_fraction_capture(actual, predicted, fraction: float = TOP_FRACTION) -> float:
+    """Share of the total actual amount held by the top `fraction` of customers by prediction."""
+    a, p = _as_arrays(actual, predicted)
+    k = max(int(round(fraction * len(a))), 1)
+    total = a.sum()
+    return float(a[np.argsort(-p, kind="stable")[:k]].sum() / total) if total > 0 else float("nan")
+
+
+def amount_metrics(actual, predicted, prefix: str) -> dict[str, float]:
+    """Error and ranking metrics of a predicted amount, names prefixed (e.g. "spend_"):
+    mae, rmse, spearman, top_decile_capture, and total_ratio (sum predicted / sum actual: 1.0 = unbiased level).
+    """
+    a, p = _as_arrays(actual, predicted)
+    rho = spearmanr(a, p).statistic if np.ptp(a) > 0 and np.ptp(p) > 0 else np.nan
+    return {
+        f"{prefix}mae": float(np.mean(np.abs(a - p))),
+        f"{prefix}rmse": float(np.sqrt(np.mean((a - p) ** 2))),
+        f"{prefix}spearman": float(rho),
+        f"{prefix}top_decile_capture": top_fraction_capture(a, p),
+        f"{prefix}total_ratio": float(p.sum() / a.sum()) if a.sum() > 0 else float("nan"),
+    }
+
+
+def amount_calibration_table(actual, predicted, n_groups: int = 10) -> pd.DataFrame:
+    """Mean predicted against mean actual amount per predicted decile (group 1 = highest predictions).
+
+    Returns: group, n, mean_predicted, mean_actual.
+    """
+    a, p = _as_arrays(actual, predicted)
+    order = np.argsort(-p, kind="stable")
+    group = np.empty(len(a), dtype=np.int64)
+    group[order] = np.arange(len(a)) * n_groups // max(len(a), 1) + 1
+    frame = pd.DataFrame({"group": group, "p": p, "a": a})
+    return frame.groupby("group").agg(n=("a", "size"), mean_predicted=("p", "mean"),
+                                      mean_actual=("a", "mean")).reset_index()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slices
+
+
+def segment_slices(features: pd.DataFrame) -> dict[str, pd.Series]:
+    """Business slices of customers from a feature table (only those whose columns are present).
+
+    In: feature columns loyalty_member, loyalty_tier, customer_tenure_days, orders_count_365d.
+    Out: slice name ("loyalty", "tenure", "frequency") -> a string label per row, aligned with `features.index`.
+    """
+    slices = {}
+    if "loyalty_member" in features:
+        member = features["loyalty_member"].fillna(False).astype(bool)
+        tier = features["loyalty_tier"].astype("object") if "loyalty_tier" in features else None
+        label = np.where(member, "member", "non-member").astype(object)
+        if tier is not None:
+            label = np.where(member & tier.notna(), "member: " + tier.fillna("").astype(str), label)
+        slices["loyalty"] = pd.Series(label, index=features.index, dtype="object")
+    if "customer_tenure_days" in features:
+        slices["tenure"] = _band(features["customer_tenure_days"], TENURE_BANDS)
+    if "orders_count_365d" in features:
+        slices["frequency"] = _band(features["orders_count_365d"], FREQUENCY_BANDS)
+    return slices
+
+
+def _band(values: pd.Series, bands) -> pd.Series:
+    """Label each value with the band [lower, upper) it falls in; missing values are "unknown"."""
+    v = pd.to_numeric(values.astype("object"), errors="coerce").to_numpy(dtype=float)
+    label = np.full(len(v), "unknown", dtype=object)
+    for lower, upper, name in bands:
+        label[(v >= lower) & (v < upper)] = name
+    return pd.Series(label, index=values.index, dtype="object")
+
+
+def slice_table(slices: Mapping[str, pd.Series], metric_fn: Callable[[np.ndarray], dict[str, float]],
+                min_customers: int = 30) -> pd.DataFrame:
+    """Metrics per segment of every slice.
+
+    `metric_fn(positions)` gets the integer row positions of a segment and returns its metrics. Segments smaller than
+    `min_customers` are listed with their size but no metrics: numbers on a handful of customers mislead.
+    Returns: slice, segment, n, then one column per metric.
+    """
+    rows = []
+    for slice_name, labels in slices.items():
+        values = labels.to_numpy()
+        for segment in sorted(pd.unique(values)):
+            positions = np.flatnonzero(values == segment)
+            metrics = metric_fn(positions) if len(positions) >= min_customers else {}
+            rows.append({"slice": slice_name, "segment": segment, "n": len(positions), **metrics})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def calibration_figure(curves: Mapping[str, pd.DataFrame], title: str, what: str = "churn") -> Figure:
+    """Reliability diagram: observed rate against mean predicted probability per bin, one line per scorer.
+
+    `curves` maps scorer name -> a `calibration_table`; the first is drawn as the model (solid, black).
+    """
+    fig, ax = _new_figure()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1, label="perfectly calibrated")
+    for i, (name, table) in enumerate(curves.items()):
+        filled = table[table["n"] > 0]
+        ax.plot(filled["mean_predicted"], filled["observed_rate"], marker="o", color=_colour(i),
+                linestyle="-" if i == 0 else "--", label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=title, xlabel=f"Predicted {what} probability (share of customers)",
+           ylabel=f"Observed {what} rate (share of customers)")
+    ax.legend(loc="upper left", frameon=False)
+    return fig
+
+
+def lift_figure(tables: Mapping[str, pd.DataFrame], title: str, what: str = "churn") -> Figure:
+    """Lift per score decile (1 = highest scores), grouped bars per scorer; `tables` maps name -> `lift_table`."""
+    fig, ax = _new_figure()
+    width = 0.8 / max(len(tables), 1)
+    for i, (name, table) in enumerate(tables.items()):
+        ax.bar(table["group"] + (i - (len(tables) - 1) / 2) * width, table["lift"], width=width, color=_colour(i),
+               label=name)
+    ax.axhline(1.0, color="#999999", linestyle=":", linewidth=1, label="random targeting")
+    ax.set(title=title, xlabel="Score decile (1 = highest 10% of scores)",
+           ylabel=f"Lift ({what} rate / overall rate, x)")
+    ax.set_xticks(sorted({g for t in tables.values() for g in t["group"]}))
+    ax.legend(loc="upper right", frameon=False)
+    return fig
+
+
+def gains_figure(tables: Mapping[str, pd.DataFrame], title: str, what: str = "churners") -> Figure:
+    """Cumulative gains: share of all outcomes captured against share of customers targeted, best scores first."""
+    fig, ax = _new_figure()
+    ax.plot([0, 100], [0, 100], color="#999999", linestyle=":", linewidth=1, label="random targeting")
+    for i, (name, table) in enumerate(tables.items()):
+        x = np.concatenate([[0.0], 100 * table["cumulative_share"].to_numpy()])
+        y = np.concatenate([[0.0], 100 * table["cumulative_capture"].to_numpy()])
+        ax.plot(x, y, marker="o", color=_colour(i), linestyle="-" if i == 0 else "--", label=name)
+    ax.set(xlim=(0, 100), ylim=(0, 100), title=title, xlabel="Customers targeted (% of customers, by score)",
+           ylabel=f"{what.capitalize()} captured (% of total)")
+    ax.legend(loc="lower right", frameon=False)
+    return fig
+
+
+def amount_calibration_figure(tables: Mapping[str, pd.DataFrame], title: str, what: str, unit: str) -> Figure:
+    """Mean actual against mean predicted amount per predicted decile, one line per scorer.
+
+    Log-log axes over at most four decades (amounts span orders of magnitude; deciles below the range are not
+    drawn); `tables` maps name -> `amount_calibration_table`.
+    """
+    fig, ax = _new_figure()
+    values = np.concatenate([np.r_[t["mean_predicted"], t["mean_actual"]] for t in tables.values()] or [np.ones(1)])
+    high = max(values.max(), 1e-9) * 1.5
+    low = max(values[values > 0].min(initial=high) / 1.5, high * 1e-4)  # 4 decades: tiny deciles stay readable
+    positive = [t[(t["mean_predicted"] >= low) & (t["mean_actual"] >= low)] for t in tables.values()]
+    ax.plot([low, high], [low, high], color="#999999", linestyle=":", linewidth=1, label="predicted = actual")
+    for i, (name, table) in enumerate(zip(tables, positive)):
+        ax.plot(table["mean_predicted"], table["mean_actual"], marker="o", color=_colour(i),
+                linestyle="-" if i == 0 else "--", label=name)
+    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high), title=title,
+           xlabel=f"Mean predicted {what} per decile ({unit}, log scale)",
+           ylabel=f"Mean actual {what} per decile ({unit}, log scale)")
+    ax.legend(loc="upper left", frameon=False)
+    return fig
+
+
+def _new_figure() -> tuple[Figure, object]:
+    """A Figure on the Agg canvas (renders to files without any GUI and without pyplot's global state)."""
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _colour(i: int) -> str:
+    return OKABE_ITO[i % len(OKABE_ITO)]
+
+
+def _as_arrays(*columns) -> list[np.ndarray]:
+    """Float arrays of equal length (pandas objects lose their index: callers align before calling)."""
+    arrays = [np.asarray(pd.Series(c).to_numpy(dtype=float, na_value=np.nan) if isinstance(c, pd.Series) else c,
+                         dtype=float) for c in columns]
+    if len({len(a) for a in arrays}) > 1:
+        raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
+    return arrays

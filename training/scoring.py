@@ -1,0 +1,61 @@
+"""The scoring bundle: the champion models, pinned by registry version, applied to a feature table.
+
+Batch scoring (`segments score`) and the service use this one class, so their outputs cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from features.catalog import FEATURE_SET_VERSION
+from training.tracking import CHAMPION, load_model, registered_names
+
+LOOKALIKE_PREFIX = "segments-lookalike-"
+
+
+def kind_of(name: str) -> tuple[str, str | None]:
+    """(kind, seed) of a registered model name: segments-churn -> (churn, None), segments-lookalike-x -> (lookalike, x)."""
+    if name.startswith(LOOKALIKE_PREFIX):
+        return "lookalike", name[len(LOOKALIKE_PREFIX):]
+    return name.removeprefix("segments-"), None
+
+
+@dataclass
+class ScoringBundle:
+    """Fitted models by registered name, with the registry version each was loaded at."""
+
+    models: dict[str, object] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_registry(cls, alias: str = CHAMPION) -> ScoringBundle:
+        bundle = cls()
+        for name in registered_names():
+            try:
+                bundle.models[name], bundle.versions[name] = load_model(name, alias)
+            except LookupError:
+                continue  # a name without this alias (e.g. only a challenger) is not served
+        if not bundle.models:
+            raise LookupError(f"no model has the alias '{alias}': train models first (segments train all ...)")
+        for name, model in bundle.models.items():
+            version = getattr(model, "feature_set_version_", FEATURE_SET_VERSION)
+            if version != FEATURE_SET_VERSION:
+                raise ValueError(f"{name} v{bundle.versions[name]} was trained on feature set {version}, this code "
+                                 f"builds {FEATURE_SET_VERSION}: retrain it")
+        return bundle
+
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Per customer: churn_probability, churn_band, expected_purchases, expected_spend,
+        lookalike_<seed>_score / _percentile per seed, cluster_id, cluster_name (for the models present)."""
+        out = features[["customer_id"]].reset_index(drop=True)
+        rows = features.reset_index(drop=True)
+        for name in sorted(self.models, key=lambda n: (kind_of(n)[0] == "lookalike", n)):
+            kind, seed = kind_of(name)
+            scores = self.models[name].score(rows).reset_index(drop=True)
+            if seed is not None:
+                scores = scores.rename(columns={c: c.replace("lookalike_", f"lookalike_{seed}_", 1)
+                                                for c in scores.columns})
+            out = pd.concat([out, scores], axis=1)
+        return out

@@ -1,0 +1,249 @@
+"""MLflow tracking and registry: the one module that logs runs, registers models and moves aliases.
+
+Tracking defaults to a SQLite file in the working folder (`sqlite:///mlflow.db`); `MLFLOW_TRACKING_URI` overrides.
+One experiment per model kind; one registered model per kind (per seed for look-alikes) with the aliases
+`champion` and `challenger`. Models are logged from code (`training/pyfunc_model.py`) with their native files as
+artifacts, so nothing of ours is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.catalog import FEATURE_SET_VERSION
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHAMPION, CHALLENGER = "champion", "challenger"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# The metric a challenger must beat the champion on, per kind (all: higher is better).
+PRIMARY_METRIC = {"churn": "roc_auc", "value": "spearman_spend", "lookalike": "recall_at_10",
+                  "clusters": "stability_ari"}
+PIP_REQUIREMENTS = ["lightgbm>=4.5", "scikit-learn>=1.5", "pandas>=2.2", "numpy>=2.0", "mlflow>=3.17"]
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the SQLite file in the working folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def client():
+    """An MlflowClient on the configured tracking and registry URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+def experiment_name(kind: str) -> str:
+    return f"segments-{kind}"
+
+
+def registered_name(kind: str, seed: str | None = None) -> str:
+    """Registered model name: one per kind, one per seed segment for look-alikes."""
+    return f"segments-{kind}" + (f"-{seed}" if seed else "")
+
+
+def git_commit() -> str:
+    """The commit of the code that trained the model ('unknown' outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@dataclass
+class TrainingRecord:
+    """Everything one training run logs.
+
+    Attributes:
+        kind: churn, value, lookalike or clusters.
+        model: the fitted model (has `save(dir)` and `score(features)`).
+        config: its typed config (a dataclass).
+        evaluation: an Evaluation (metrics, baselines, figures, tables).
+        data: data window and dates: source, fingerprint, as_of (training cut-off), evaluation_as_of,
+            training_as_of (list), horizon_days, ...
+        sample_features: a few feature rows, for the signature and the input example.
+        seed: the seed segment name (look-alikes only).
+    """
+
+    kind: str
+    model: Any
+    config: Any
+    evaluation: Any
+    data: dict[str, Any]
+    sample_features: pd.DataFrame
+    seed: str | None = None
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def evaluation_key(self) -> str:
+        """Identifies the out-of-time evaluation: two runs are comparable only when their keys are equal."""
+        keyed = {k: self.data.get(k) for k in ("fingerprint", "evaluation_as_of", "horizon_days")}
+        keyed["seed"] = self.data.get("seed_definition")
+        return hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    run_id: str
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+
+
+def _flat_params(config: Any, data: dict[str, Any]) -> dict[str, str]:
+    params = {f"config.{k}": v for k, v in dataclasses.asdict(config).items()}
+    params.update({f"data.{k}": v for k, v in data.items()})
+    params["feature_set_version"] = FEATURE_SET_VERSION
+    return {k: json.dumps(v, default=str) if isinstance(v, list | tuple | dict) else str(v)
+            for k, v in params.items()}
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Feature rows with plain numpy dtypes (MLflow's schema inference does not take pandas' nullable ones)."""
+    out = frame.copy()
+    for name in out.columns:
+        dtype = str(out[name].dtype)
+        if dtype == "boolean":
+            out[name] = out[name].astype("float64")
+        elif dtype in ("string", "str"):
+            out[name] = out[name].astype("object").where(out[name].notna(), None)
+    return out
+
+
+def _log_evaluation(evaluation: Any) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in evaluation.metrics.items()})
+    for baseline, metrics in evaluation.baselines.items():
+        mlflow.log_metrics({f"baseline.{baseline}.{k}": float(v) for k, v in metrics.items()})
+    for name, figure in evaluation.figures.items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
+    for name, table in evaluation.tables.items():
+        mlflow.log_text(table.to_csv(index=False), f"tables/{name}.csv")
+    mlflow.log_dict({"metrics": evaluation.metrics, "baselines": evaluation.baselines,
+                     "n_customers": evaluation.n_customers, "as_of": str(evaluation.as_of)}, "evaluation.json")
+
+
+def log_training_run(record: TrainingRecord) -> LoggedModel:
+    """Log one run (config, data window, metrics with baselines, plots, model) and register the model.
+
+    The new version gets the `challenger` alias; the first version of a name also becomes `champion`.
+    """
+    import mlflow
+
+    mlflow_client = client()
+    mlflow.set_experiment(experiment_name(record.kind))
+    name = registered_name(record.kind, record.seed)
+    sample = _plain(record.sample_features.head(5).reset_index(drop=True))
+    with mlflow.start_run(run_name=f"{record.kind}-{record.data.get('as_of', '')}") as run:
+        mlflow.set_tags({"kind": record.kind, "git_commit": git_commit(), "feature_set_version": FEATURE_SET_VERSION,
+                         "evaluation_key": record.evaluation_key, **record.extra_tags})
+        mlflow.log_params(_flat_params(record.config, record.data))
+        mlflow.log_dict(dataclasses.asdict(record.config), "config.json")
+        _log_evaluation(record.evaluation)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "model"
+            record.model.save(model_dir)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
+                model_config={"kind": record.kind}, registered_model_name=name,
+                signature=_signature(sample, record.model.score(record.sample_features.head(5))),
+                input_example=sample, pip_requirements=PIP_REQUIREMENTS)
+    version = str(info.registered_model_version)
+    aliases = [CHALLENGER]
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
+    if _alias_version(mlflow_client, name, CHAMPION) is None:
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+        aliases.append(CHAMPION)
+    return LoggedModel(run.info.run_id, name, version, tuple(aliases))
+
+
+def _signature(model_input: pd.DataFrame, model_output: pd.DataFrame):
+    """The model signature; MLflow's hint about integer columns does not apply (counts are never missing)."""
+    import warnings
+
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Hint: Inferred schema contains integer column")
+        return infer_signature(model_input, model_output)
+
+
+def _alias_version(mlflow_client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    promoted: bool
+    reason: str
+
+
+def promote(name: str, kind: str) -> Promotion:
+    """Move `challenger` to `champion` only if it beats the champion on the same out-of-time evaluation."""
+    mlflow_client = client()
+    challenger = _alias_version(mlflow_client, name, CHALLENGER)
+    champion = _alias_version(mlflow_client, name, CHAMPION)
+    if challenger is None:
+        return Promotion(False, f"{name} has no challenger: train one first (segments train {kind} ...)")
+    if champion is None or champion.version == challenger.version:
+        if champion is None:
+            mlflow_client.set_registered_model_alias(name, CHAMPION, challenger.version)
+            return Promotion(True, f"{name} v{challenger.version} is champion (there was none)")
+        return Promotion(False, f"{name} v{challenger.version} is already the champion")
+    runs = {role: mlflow_client.get_run(v.run_id) for role, v in (("champion", champion), ("challenger", challenger))}
+    keys = {role: run.data.tags.get("evaluation_key") for role, run in runs.items()}
+    if keys["champion"] != keys["challenger"]:
+        return Promotion(False, (
+            f"not comparable: champion v{champion.version} and challenger v{challenger.version} were evaluated on "
+            f"different data or dates (evaluation keys {keys['champion']} vs {keys['challenger']}); train the "
+            "challenger with the same --data, --as-of and --horizon as the champion"))
+    metric = PRIMARY_METRIC[kind]
+    scores = {role: run.data.metrics.get(metric) for role, run in runs.items()}
+    if scores["challenger"] is None or scores["champion"] is None:
+        return Promotion(False, f"metric {metric} missing from a run: {scores}")
+    if scores["challenger"] <= scores["champion"]:
+        return Promotion(False, (
+            f"challenger v{challenger.version} {metric}={scores['challenger']:.4f} does not beat champion "
+            f"v{champion.version} {metric}={scores['champion']:.4f} on the same evaluation; champion kept"))
+    mlflow_client.set_registered_model_alias(name, CHAMPION, challenger.version)
+    mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+    return Promotion(True, (
+        f"challenger v{challenger.version} {metric}={scores['challenger']:.4f} beats champion "
+        f"v{champion.version} {metric}={scores['champion']:.4f}: v{challenger.version} is now champion"))
+
+
+def load_model(name: str, alias: str = CHAMPION):
+    """Our model object behind `models:/name@alias`, with its registry version (no latest references)."""
+    import mlflow
+
+    mlflow_client = client()
+    version = _alias_version(mlflow_client, name, alias)
+    if version is None:
+        raise LookupError(f"no model {name}@{alias} in the registry at {tracking_uri()}: run segments train first")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    return pyfunc.unwrap_python_model().model, version.version
+
+
+def registered_names(prefix: str = "segments-") -> list[str]:
+    """Registered model names of this project."""
+    return sorted(m.name for m in client().search_registered_models() if m.name.startswith(prefix))

@@ -1,0 +1,138 @@
+"""Training runs: from validated tables and a cut-off date to fitted, evaluated models ready to log.
+
+`as_of` is the training cut-off: nothing at or after it is read, labels included. Churn and value models are
+evaluated out of time on the snapshot `as_of - horizon` (its outcome window ends at `as_of`) and trained on older
+snapshots whose outcome windows end on or before that evaluation date. The model registered is the model evaluated.
+Look-alike and cluster models are fitted on the feature table as of `as_of`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+from features.build import FeatureQuery
+from features.validate import ValidationResult
+from training.data import Snapshot, data_fingerprint, make_snapshot
+from training.tracking import TrainingRecord
+
+CONFIG_SECTIONS = ("churn", "value", "lookalike", "clusters")
+
+
+def load_config_file(path: Path | None) -> dict[str, dict]:
+    """A YAML file with optional sections churn, value, lookalike, clusters: {field: value}."""
+    if path is None:
+        return {}
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(values) - set(CONFIG_SECTIONS)
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)}; use {', '.join(CONFIG_SECTIONS)}")
+    return values
+
+
+def make_config(config_cls, overrides: dict, **fixed):
+    """A config dataclass from its defaults, a file's section and fixed CLI values; unknown fields are errors."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} fields {sorted(unknown)}; known: {', '.join(sorted(names))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**overrides, **fixed}.items() if k in names}
+    return config_cls(**values)
+
+
+class TrainingData:
+    """Validated tables plus the snapshots the runs share, built once (churn and value use the same ones)."""
+
+    def __init__(self, validation: ValidationResult, as_of: datetime, source: str,
+                 progress: Callable[[str], None] = lambda message: None):
+        self.validation, self.as_of, self.source, self.progress = validation, as_of, source, progress
+        self.query = FeatureQuery(validation.columns)
+        self._snapshots: dict[tuple[datetime, int], Snapshot] = {}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return data_fingerprint(self.validation)
+
+    def snapshot(self, as_of: datetime, horizon_days: int, with_outcomes: bool = True) -> Snapshot:
+        key = (as_of, horizon_days if with_outcomes else 0)
+        if key not in self._snapshots:
+            self.progress(f"features as of {as_of:%Y-%m-%d}")
+            self._snapshots[key] = make_snapshot(self.validation, as_of, horizon_days, self.query, with_outcomes)
+        return self._snapshots[key]
+
+    @cached_property
+    def current_features(self):
+        """The feature table as of the cut-off (no outcomes): what look-alikes and clusters are fitted on."""
+        return self.snapshot(self.as_of, 0, with_outcomes=False).features
+
+    def base_data(self, **extra) -> dict:
+        return {"source": self.source, "fingerprint": self.fingerprint, "as_of": self.as_of, **extra}
+
+
+def _time_split(data: TrainingData, horizon_days: int, n_snapshots: int, step_days: int):
+    from training.churn import snapshot_dates
+
+    evaluation_as_of = data.as_of - timedelta(days=horizon_days)
+    dates = snapshot_dates(evaluation_as_of, horizon_days, n_snapshots, step_days)
+    train = [data.snapshot(d, horizon_days) for d in dates]
+    return train, data.snapshot(evaluation_as_of, horizon_days)
+
+
+def train_churn(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:
+    from training.churn import ChurnConfig, ChurnModel, evaluate_churn
+
+    config = make_config(ChurnConfig, overrides, horizon_days=horizon_days)
+    train, evaluation = _time_split(data, horizon_days, config.n_snapshots, config.step_days)
+    data.progress("fitting churn model")
+    model = ChurnModel(config).fit(train)
+    data.progress("evaluating churn model out of time")
+    result = evaluate_churn(model, evaluation, train, data.validation)
+    return TrainingRecord("churn", model, config, result, data.base_data(
+        evaluation_as_of=evaluation.as_of, training_as_of=[s.as_of for s in train], horizon_days=horizon_days),
+        evaluation.features)
+
+
+def train_value(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:
+    from training.value import ValueConfig, ValueModel, evaluate_value
+
+    config = make_config(ValueConfig, overrides, horizon_days=horizon_days)
+    train, evaluation = _time_split(data, horizon_days, config.n_snapshots, config.step_days)
+    data.progress("fitting value model")
+    model = ValueModel(config).fit(train)
+    data.progress("evaluating value model out of time")
+    result = evaluate_value(model, evaluation, train, data.validation)
+    return TrainingRecord("value", model, config, result, data.base_data(
+        evaluation_as_of=evaluation.as_of, training_as_of=[s.as_of for s in train], horizon_days=horizon_days),
+        evaluation.features)
+
+
+def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str) -> TrainingRecord:
+    from training.lookalike import LookalikeConfig, LookalikeModel, evaluate_lookalike
+    from training.seeds import resolve_seed
+
+    config = make_config(LookalikeConfig, overrides)
+    features = data.current_features
+    seed_ids, definition = resolve_seed(seed_segment, features, data.validation)
+    name = definition["name"]
+    data.progress(f"evaluating look-alike of '{name}' on held-out seed members")
+    result = evaluate_lookalike(config, features, seed_ids, name, as_of=data.as_of, definition=definition)
+    data.progress(f"fitting look-alike of '{name}' on all {len(seed_ids)} seed members")
+    model = LookalikeModel(config).fit(features, seed_ids, name, definition)
+    return TrainingRecord("lookalike", model, config, result, data.base_data(
+        evaluation_as_of=data.as_of, seed=name, seed_definition=definition), features, seed=name)
+
+
+def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:
+    from training.clusters import ClusterConfig, ClusterModel, evaluate_clusters
+
+    config = make_config(ClusterConfig, overrides)
+    features = data.current_features
+    data.progress("choosing k and fitting clusters")
+    model = ClusterModel(config).fit(features)
+    result = evaluate_clusters(config, features, as_of=data.as_of, model=model)
+    return TrainingRecord("clusters", model, config, result, data.base_data(evaluation_as_of=data.as_of), features)

@@ -1,0 +1,273 @@
+"""Value: expected purchases and expected spend of every customer over the next `horizon_days`.
+
+Two LightGBM regressors on the same feature matrix, trained on ALL customers known at each as_of (not only the
+churn-eligible: a customer who never bought may still buy):
+- purchases: Poisson objective (a count; log link, so predictions are positive and multiplicative in the features);
+- spend: Tweedie objective (variance power 1.5 by default). Next-horizon spend is zero for most customers and a
+  positive, skewed amount for the rest: exactly the compound Poisson-gamma law Tweedie models with 1 < p < 2. One
+  model of spend, rather than a two-part purchases x order value model, keeps a single early-stopping criterion on
+  the quantity we rank by and avoids multiplying two models' errors; expected purchases come from their own model.
+
+Snapshots are used as in `training.churn` (the newest validates and early-stops; older snapshots whose outcome
+window overlaps the validation one are left out). Monotone constraints: all else equal a more recent purchase and
+more purchases never lower expected purchases or spend (-1 on days_since_last_order, +1 on orders_count_*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features.catalog import FEATURE_SET_VERSION
+from features.validate import ValidationResult
+from training.baselines import BGNBDBaseline, align_rfm, last_horizon_repeats, rfm_summary, rfm_summary_from_features
+from training.churn import (
+    NOT_POINT_IN_TIME,
+    check_out_of_time,
+    display_names,
+    check_feature_set,
+    config_from_dict,
+    data_window,
+    lightgbm_params,
+    model_metadata,
+    read_metadata,
+    require_fitted,
+    split_snapshots,
+    train_booster,
+    write_json,
+)
+from training.data import Snapshot
+from training.encoding import FeatureEncoder
+from training.errors import InsufficientDataError
+from training.evaluation import (
+    Evaluation,
+    amount_calibration_figure,
+    amount_calibration_table,
+    amount_metrics,
+    gains_figure,
+    lift_figure,
+    lift_table,
+    segment_slices,
+    slice_table,
+)
+
+TARGETS = {"purchases": "purchases_next", "spend": "spend_next"}
+OUTPUTS = {"purchases": "expected_purchases", "spend": "expected_spend"}
+
+
+@dataclass(frozen=True)
+class ValueConfig:
+    """Everything that defines a value model run (logged to MLflow with `dataclasses.asdict`)."""
+
+    horizon_days: int = 90
+    n_snapshots: int = 4
+    step_days: int = 30
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_data_in_leaf: int = 50
+    n_estimators: int = 1000
+    early_stopping_rounds: int = 50
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    tweedie_variance_power: float = 1.5
+    exclude_features: tuple[str, ...] = NOT_POINT_IN_TIME
+    seed: int = 0
+    num_threads: int = 2
+    min_buyers: int = 50  # customers with a purchase in the horizon, in the training and in the validation data
+
+
+class ValueModel:
+    """Poisson model of next-horizon purchases and Tweedie model of next-horizon spend.
+
+    Fitted attributes: encoder_, boosters_ ({"purchases", "spend"}, each cut at its best iteration),
+    best_iterations_, fit_as_of_, validation_as_of_, n_train_rows_, n_validation_rows_, feature_set_version_.
+    `booster_` is the spend booster (what value explanations use by default).
+    """
+
+    kind = "value"
+
+    def __init__(self, config: ValueConfig = ValueConfig()):
+        self.config = config
+
+    @property
+    def booster_(self) -> lgb.Booster:
+        return self.boosters_["spend"]
+
+    def fit(self, train: list[Snapshot]) -> ValueModel:
+        """Fit both targets on snapshots ordered oldest first; the newest early-stops both."""
+        fitting, validation = split_snapshots(train, self.config.horizon_days)
+        x_fit, y_fit = value_rows(fitting)
+        x_val, y_val = value_rows([validation])
+        self._check_minimums(y_fit, [s.as_of for s in fitting], "training snapshots")
+        self._check_minimums(y_val, [validation.as_of], "validation snapshot")
+
+        self.encoder_ = FeatureEncoder().fit(x_fit.drop(columns=list(self.config.exclude_features), errors="ignore"))
+        self.boosters_, self.best_iterations_ = {}, {}
+        for target, column in TARGETS.items():
+            self.boosters_[target], self.best_iterations_[target] = train_booster(
+                self._params(target), self.encoder_, (x_fit, y_fit[column]), (x_val, y_val[column]),
+                self.config.n_estimators, self.config.early_stopping_rounds)
+        self.fit_as_of_ = [s.as_of for s in fitting]
+        self.validation_as_of_ = validation.as_of
+        self.n_train_rows_, self.n_validation_rows_ = len(x_fit), len(x_val)
+        self.feature_set_version_ = FEATURE_SET_VERSION
+        return self
+
+    def _check_minimums(self, y: pd.DataFrame, as_of: list[datetime], where: str) -> None:
+        buyers = int((y["purchases_next"] > 0).sum())
+        if buyers < self.config.min_buyers:
+            dates = ", ".join(f"{d:%Y-%m-%d}" for d in as_of)
+            raise InsufficientDataError(
+                f"only {buyers} customers with a purchase in the {self.config.horizon_days}-day horizon in the "
+                f"{where} (as_of {dates}; minimum {self.config.min_buyers}) among {len(y)} customers: use more "
+                f"history (a later --as-of, more customers) or a longer horizon (--horizon)")
+
+    def _params(self, target: str) -> dict:
+        monotone = {"days_since_last_order": -1, "orders_count_": 1}
+        if target == "purchases":
+            return lightgbm_params(self.config, objective="poisson", monotone=monotone)
+        return lightgbm_params(self.config, objective="tweedie", monotone=monotone,
+                               tweedie_variance_power=self.config.tweedie_variance_power)
+
+    def margin(self, features: pd.DataFrame, target: str = "spend") -> np.ndarray:
+        """Raw margin (log of the expected amount) of one target: what SHAP contributions add up to."""
+        require_fitted(self)
+        return self.boosters_[target].predict(self.encoder_.transform(features), raw_score=True)
+
+    def contributions(self, features: pd.DataFrame, target: str = "spend") -> pd.DataFrame:
+        """Exact TreeSHAP contributions to one target's margin: one column per feature plus `expected_value`."""
+        require_fitted(self)
+        values = self.boosters_[target].predict(self.encoder_.transform(features), pred_contrib=True)
+        return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
+
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Feature table -> expected_purchases and expected_spend over the horizon, same index."""
+        require_fitted(self)
+        check_feature_set(features, self.feature_set_version_)
+        matrix = self.encoder_.transform(features)
+        return pd.DataFrame({OUTPUTS[t]: self.boosters_[t].predict(matrix) for t in TARGETS}, index=features.index)
+
+    def save(self, directory: Path) -> None:
+        """Write booster_purchases.txt, booster_spend.txt, encoder.json and model.json to `directory`."""
+        require_fitted(self)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for target, booster in self.boosters_.items():
+            booster.save_model(str(directory / f"booster_{target}.txt"))
+        (directory / "encoder.json").write_text(self.encoder_.to_json())
+        write_json(directory / "model.json", {
+            **model_metadata(self, fit_as_of=self.fit_as_of_, validation_as_of=self.validation_as_of_),
+            "best_iterations": self.best_iterations_,
+            "n_train_rows": self.n_train_rows_, "n_validation_rows": self.n_validation_rows_,
+        })
+
+    @classmethod
+    def load(cls, directory: Path) -> ValueModel:
+        """Load a model written by `save`; it scores identically."""
+        directory = Path(directory)
+        meta = read_metadata(directory / "model.json", cls.kind)
+        model = cls(config_from_dict(ValueConfig, meta["config"]))
+        model.boosters_ = {t: lgb.Booster(model_file=str(directory / f"booster_{t}.txt")) for t in TARGETS}
+        model.encoder_ = FeatureEncoder.from_json((directory / "encoder.json").read_text())
+        model.best_iterations_ = meta["best_iterations"]
+        model.fit_as_of_ = [datetime.fromisoformat(d) for d in meta["fit_as_of"]]
+        model.validation_as_of_ = datetime.fromisoformat(meta["validation_as_of"])
+        model.n_train_rows_, model.n_validation_rows_ = meta["n_train_rows"], meta["n_validation_rows"]
+        model.feature_set_version_ = meta["feature_set_version"]
+        return model
+
+
+def value_rows(snapshots: list[Snapshot]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All customers' features and outcomes (purchases_next, spend_next) of several snapshots, stacked."""
+    xs, ys = [], []
+    for s in snapshots:
+        joined = s.features.merge(s.outcomes[["customer_id", *TARGETS.values()]], on="customer_id", how="left",
+                                  validate="one_to_one")
+        xs.append(joined[s.features.columns])
+        ys.append(joined[list(TARGETS.values())].fillna(0))
+    return pd.concat(xs, ignore_index=True), pd.concat(ys, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot],
+                   validation: ValidationResult | None = None) -> Evaluation:
+    """Out-of-time evaluation on every customer of `evaluation`, with baselines side by side.
+
+    Baselines: "bgnbd_gamma_gamma" (BG/NBD purchases x Gamma-Gamma value per purchase, fitted on the history
+    before the evaluation as_of; customers who never bought get 0) and "last_horizon" (the last window's purchases
+    and spend repeat). Pass `validation` so the BG/NBD summary comes from the transactions themselves.
+    Metrics (prefix purchases_ / spend_): mae, rmse, spearman, top_decile_capture, total_ratio.
+    Tables: deciles (spend by predicted-spend decile), slices, data_window. Figures: gains, lift, calibration.
+    """
+    check_out_of_time(train, evaluation)
+    x, actual = value_rows([evaluation])
+    predictions = {"model": model.score(x).reset_index(drop=True),
+                   **value_baselines(x, evaluation, validation)}
+    notes = predictions.pop("_notes")
+    metrics_of = {name: {**amount_metrics(actual["purchases_next"], p["expected_purchases"], "purchases_"),
+                         **amount_metrics(actual["spend_next"], p["expected_spend"], "spend_")}
+                  for name, p in predictions.items()}
+    spend = {name: p["expected_spend"].to_numpy() for name, p in predictions.items()}
+    deciles = {name: lift_table(actual["spend_next"], s) for name, s in spend.items()}
+    calibration = {name: amount_calibration_table(actual["spend_next"], s) for name, s in spend.items()}
+    day = f"{evaluation.as_of:%Y-%m-%d}"
+    what = f"{evaluation.horizon_days}-day spend"
+    figures = {
+        "gains": gains_figure(display_names(deciles), f"Next-horizon spend captured, as of {day}", "spend"),
+        "lift": lift_figure(display_names(deciles), f"Spend lift by predicted-spend decile, as of {day}", what),
+        "calibration": amount_calibration_figure(display_names(calibration),
+                                                 f"Predicted vs actual spend by decile, as of {day}",
+                                                 what, "currency units"),
+    }
+    tables = {
+        "deciles": pd.concat([t.assign(scorer=n) for n, t in deciles.items()], ignore_index=True),
+        "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
+        "slices": _value_slices(x, actual["spend_next"].to_numpy(), spend),
+        "data_window": data_window(train, evaluation, model, lambda s: value_rows([s])[1]["spend_next"]),
+    }
+    return Evaluation(metrics=metrics_of.pop("model"), baselines=metrics_of, figures=figures, tables=tables,
+                      n_customers=len(x), as_of=evaluation.as_of, notes=notes)
+
+
+def value_baselines(x: pd.DataFrame, evaluation: Snapshot, validation: ValidationResult | None) -> dict:
+    """Baseline predictions (expected_purchases, expected_spend; rows of `x`, index 0..n-1) and "_notes"."""
+    notes = []
+    if validation is not None:
+        rfm = rfm_summary(validation, evaluation.as_of)
+    else:
+        rfm = rfm_summary_from_features(evaluation.features)
+        notes.append("BG/NBD summary approximated from the feature table (no validated tables passed)")
+    baseline = BGNBDBaseline().fit(rfm)
+    if baseline.spend_method_ != "gamma_gamma":
+        notes.append(f"BG/NBD x Gamma-Gamma baseline: value per purchase from {baseline.spend_method_}")
+    rows, present = align_rfm(rfm, x["customer_id"])
+    purchases, spend = np.zeros(len(x)), np.zeros(len(x))  # BG/NBD models repeat buyers: never bought -> 0
+    purchases[present] = baseline.expected_purchases(rows, evaluation.horizon_days)
+    spend[present] = baseline.expected_spend(rows, evaluation.horizon_days)
+    return {
+        "bgnbd_gamma_gamma": pd.DataFrame({"expected_purchases": purchases, "expected_spend": spend}),
+        "last_horizon": last_horizon_repeats(x, evaluation.horizon_days).reset_index(drop=True),
+        "_notes": notes,
+    }
+
+
+def _value_slices(x: pd.DataFrame, spend: np.ndarray, predicted: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per segment slice: mean actual spend, and each scorer's mean predicted spend and spend Spearman."""
+    def metrics(rows: np.ndarray) -> dict[str, float]:
+        out = {"mean_spend": float(spend[rows].mean())}
+        for name, p in predicted.items():
+            m = amount_metrics(spend[rows], p[rows], "")
+            out[f"mean_predicted_{name}"] = float(p[rows].mean())
+            out[f"spearman_{name}"] = m["spearman"]
+        return out
+
+    return slice_table(segment_slices(x), metrics)
