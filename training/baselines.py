@@ -128,8 +128,8 @@ class BGNBDBaseline:
 
         repeat = rfm[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0)]
         if len(repeat) < self.min_repeat_buyers:
-            return None, f"mean_order_value: only {len(repeat)} repeat buyers (Gamma-Gamma needs " \
-                         f"{self.min_repeat_buyers})"
+            return None, (f"mean_order_value: only {len(repeat)} repeat buyers (Gamma-Gamma needs "
+                          f"{self.min_repeat_buyers})")
         try:
             model = GammaGammaFitter(penalizer_coef=self.penalizer_coef).fit(
                 repeat["frequency"].to_numpy(), repeat["monetary_value"].to_numpy())

@@ -187,7 +187,7 @@ def transform_choices(features: tuple[str, ...]) -> tuple[tuple[int, ...], tuple
     return max_columns, log_columns
 
 
-def make_pipeline(config: ClusterConfig, k: int, random_state: int) -> Pipeline:
+def build_pipeline(config: ClusterConfig, k: int, random_state: int) -> Pipeline:
     """The unfitted pipeline: impute, log1p, robust scale, cluster."""
     max_columns, log_columns = transform_choices(config.features)
     if config.method == "kmeans":
@@ -269,8 +269,8 @@ class ClusterModel:
 
     Fitted attributes: state_ (pipeline state, JSON-ready), k_, k_scores_ (DataFrame: k, silhouette, and bic for
     GMM or inertia for KMeans), criterion_, silhouette_, stability_ari_, stability_ari_std_, profiles_ (DataFrame),
-    population_ (the profiles' reference), names_ (list, by cluster id), booster_ (surrogate), encoder_ (its FeatureEncoder), surrogate_fidelity_,
-    n_customers_, feature_set_version_.
+    population_ (the profiles' reference), names_ (list, by cluster id), booster_ (surrogate), encoder_ (its
+    FeatureEncoder), surrogate_fidelity_, n_customers_, feature_set_version_.
     """
 
     kind = "clusters"
@@ -293,11 +293,11 @@ class ClusterModel:
         sample = np.sort(rng.choice(len(X), size=min(len(X), self.config.sample_size), replace=False))
         self.k_scores_, self.criterion_ = select_k(X, sample, k_values, self.config)
         self.k_ = int(_best_k(self.k_scores_, self.criterion_))
-        pipeline = make_pipeline(self.config, self.k_, self.config.seed).fit(X)
+        pipeline = build_pipeline(self.config, self.k_, self.config.seed).fit(X)
         raw_labels = pipeline.predict(X)
         order = _size_order(raw_labels, self.k_)
         self.state_ = export_state(pipeline, self.config, order)
-        Z = transform(self.state_, X.copy())
+        Z = transform(self.state_, X)
         labels = assign(self.state_, Z)
         self.silhouette_ = float(silhouette_score(Z[sample], labels[sample])) if len(set(labels[sample])) > 1 \
             else float("nan")
@@ -317,7 +317,7 @@ class ClusterModel:
         _check_version(features, self.feature_set_version_)
         labels = self.assign(features)
         return pd.DataFrame({"cluster_id": labels,
-                             "cluster_name": pd.array(np.asarray(self.names_, dtype=object)[labels], dtype="string")},
+                             "cluster_name": np.asarray(self.names_, dtype=object)[labels]},
                             index=features.index)
 
     def assign(self, features: pd.DataFrame) -> np.ndarray:
@@ -344,7 +344,8 @@ class ClusterModel:
         (directory / _STATE_FILE).write_text(json.dumps(self.state_, indent=1))
         self.booster_.save_model(directory / _SURROGATE_FILE)
         (directory / _ENCODER_FILE).write_text(self.encoder_.to_json())
-        summary = {"kind": self.kind, "feature_set_version": self.feature_set_version_, "config": asdict(self.config),
+        summary = {"kind": self.kind, "feature_set_version": self.feature_set_version_,
+                   "config": asdict(self.config),
                    "k": self.k_, "criterion": self.criterion_, "names": self.names_,
                    "k_scores": self.k_scores_.to_dict(orient="records"),
                    "profiles": json.loads(self.profiles_.to_json(orient="records")),
@@ -369,7 +370,8 @@ class ClusterModel:
         model.profiles_ = pd.DataFrame(summary["profiles"])
         model.population_ = pd.DataFrame(summary["population"])
         model.silhouette_, model.stability_ari_ = summary["silhouette"], summary["stability_ari"]
-        model.stability_ari_std_, model.surrogate_fidelity_ = summary["stability_ari_std"], summary["surrogate_fidelity"]
+        model.stability_ari_std_ = summary["stability_ari_std"]
+        model.surrogate_fidelity_ = summary["surrogate_fidelity"]
         model.n_customers_, model.feature_set_version_ = summary["n_customers"], summary["feature_set_version"]
         return model
 
@@ -422,7 +424,7 @@ def select_k(X: np.ndarray, sample: np.ndarray, k_values: list[int], config: Clu
     """
     rows = []
     for k in k_values:
-        pipeline = make_pipeline(config, k, config.seed).fit(X[sample])
+        pipeline = build_pipeline(config, k, config.seed).fit(X[sample])
         Z = pipeline[:-1].transform(X[sample])
         labels = pipeline.predict(X[sample])
         row = {"k": k, "silhouette": float(silhouette_score(Z, labels)) if len(set(labels)) > 1 else float("nan")}
@@ -453,7 +455,7 @@ def stability(X: np.ndarray, labels: np.ndarray, k: int, config: ClusterConfig) 
     scores = []
     for round_ in range(config.bootstrap_rounds):
         resample = rng.choice(len(X), size=min(len(X), config.sample_size), replace=True)
-        pipeline = make_pipeline(config, k, config.seed + 1 + round_).fit(X[resample])
+        pipeline = build_pipeline(config, k, config.seed + 1 + round_).fit(X[resample])
         scores.append(adjusted_rand_score(labels, pipeline.predict(X)))
     return (float(np.mean(scores)), float(np.std(scores))) if scores else (float("nan"), float("nan"))
 
@@ -566,7 +568,7 @@ def fit_surrogate(features: pd.DataFrame, labels: np.ndarray, k: int,
     order = np.argsort(features["customer_id"].astype(str).to_numpy(), kind="stable")
     shuffled = np.random.default_rng(config.seed + 2).permutation(order)
     held_out = np.zeros(len(X), dtype=bool)
-    held_out[shuffled[: max(int(round(config.surrogate_holdout_share * len(X))), 1)]] = True
+    held_out[shuffled[: max(round(config.surrogate_holdout_share * len(X)), 1)]] = True
     params = {"objective": "multiclass", "num_class": k, "learning_rate": config.surrogate_learning_rate,
               "num_leaves": config.surrogate_num_leaves, "min_data_in_leaf": config.surrogate_min_data_in_leaf,
               "seed": config.seed, "num_threads": config.num_threads, "deterministic": True,
@@ -603,8 +605,8 @@ def evaluate_clusters(config: ClusterConfig, features: pd.DataFrame, *, as_of: d
         tables={"profiles": model.profiles_, "population": model.population_, "k_scores": model.k_scores_,
                 "std_diff": diffs.rename_axis("cluster_name").reset_index()},
         n_customers=model.n_customers_, as_of=as_of,
-        notes=[f"k={model.k_} chosen by {model.criterion_} over k={model.k_scores_['k'].min()}.."
-               f"{model.k_scores_['k'].max()} ({config.method})"])
+        notes=[f"k={model.k_} chosen by {model.criterion_} over k={model.k_scores_['k'].min()}..."
+               + f"{model.k_scores_['k'].max()} ({model.config.method})"])
 
 
 def _figure(width: float, height: float) -> tuple[Figure, object]:

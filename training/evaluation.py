@@ -115,7 +115,7 @@ def lift_table(y_true, score, n_groups: int = 10) -> pd.DataFrame:
 def lift_at(y_true, score, fraction: float = TOP_FRACTION) -> float:
     """Outcome rate among the top `fraction` by score divided by the overall rate (1.0 = no better than random)."""
     y, s = _as_arrays(y_true, score)
-    k = max(int(round(fraction * len(y))), 1)
+    k = max(round(fraction * len(y)), 1)
     top = y[np.argsort(-s, kind="stable")[:k]]
     overall = y.mean()
     return float(top.mean() / overall) if overall > 0 else float("nan")
@@ -145,24 +145,25 @@ def probability_metrics(y_true, probability) -> dict[str, float]:
 def top_fraction_capture(actual, predicted, fraction: float = TOP_FRACTION) -> float:
     """Share of the total actual amount held by the top `fraction` of customers by prediction."""
     a, p = _as_arrays(actual, predicted)
-    k = max(int(round(fraction * len(a))), 1)
+    k = max(round(fraction * len(a)), 1)
     total = a.sum()
     return float(a[np.argsort(-p, kind="stable")[:k]].sum() / total) if total > 0 else float("nan")
 
 
-def amount_metrics(actual, predicted, prefix: str) -> dict[str, float]:
-    """Error and ranking metrics of a predicted amount, names prefixed (e.g. "spend_"):
+def amount_metrics(actual, predicted, suffix: str = "") -> dict[str, float]:
+    """Error and ranking metrics of a predicted amount, named "<metric>_<suffix>" (e.g. spearman_spend):
     mae, rmse, spearman, top_decile_capture, and total_ratio (sum predicted / sum actual: 1.0 = unbiased level).
     """
     a, p = _as_arrays(actual, predicted)
     rho = spearmanr(a, p).statistic if np.ptp(a) > 0 and np.ptp(p) > 0 else np.nan
-    return {
-        f"{prefix}mae": float(np.mean(np.abs(a - p))),
-        f"{prefix}rmse": float(np.sqrt(np.mean((a - p) ** 2))),
-        f"{prefix}spearman": float(rho),
-        f"{prefix}top_decile_capture": top_fraction_capture(a, p),
-        f"{prefix}total_ratio": float(p.sum() / a.sum()) if a.sum() > 0 else float("nan"),
+    values = {
+        "mae": float(np.mean(np.abs(a - p))),
+        "rmse": float(np.sqrt(np.mean((a - p) ** 2))),
+        "spearman": float(rho),
+        "top_decile_capture": top_fraction_capture(a, p),
+        "total_ratio": float(p.sum() / a.sum()) if a.sum() > 0 else float("nan"),
     }
+    return {f"{name}_{suffix}" if suffix else name: value for name, value in values.items()}
 
 
 def amount_calibration_table(actual, predicted, n_groups: int = 10) -> pd.DataFrame:

@@ -120,11 +120,12 @@ class LookalikeModel:
         X = self.encoder_.transform(features[inputs])
         calibration = holdout_mask(features["customer_id"], label, self.config.calibration_share, self.config.seed)
         probe = _train(X[~calibration], label[~calibration], self.encoder_, self.config)
-        c = float(probe.predict(X[calibration], num_threads=self.config.num_threads).mean())
+        label_frequency = float(probe.predict(X[calibration], num_threads=self.config.num_threads).mean())
         self.booster_ = _train(X, label, self.encoder_, self.config)
-        self.label_frequency_ = max(c, _MIN_LABEL_FREQUENCY)
+        self.label_frequency_ = max(label_frequency, _MIN_LABEL_FREQUENCY)
         self.seed_name_, self.seed_definition_ = seed_name, definition
-        self.excluded_features_ = [c for c in features.columns if c in FEATURES_BY_NAME and c not in inputs]
+        self.excluded_features_ = [name for name in features.columns
+                                   if name in FEATURES_BY_NAME and name not in inputs]
         self.n_seed_, self.n_unlabelled_ = int(label.sum()), int((~label).sum())
         self.feature_set_version_ = FEATURE_SET_VERSION
         scores = self._raw_score(X)
@@ -232,7 +233,7 @@ def holdout_mask(customer_ids: pd.Series, label: np.ndarray, share: float, seed:
     """
     positions = np.flatnonzero(label)
     positions = positions[np.argsort(customer_ids.astype(str).to_numpy()[positions], kind="stable")]
-    n_out = min(max(int(round(share * len(positions))), 1), len(positions) - 1)
+    n_out = min(max(round(share * len(positions)), 1), len(positions) - 1)
     chosen = np.random.default_rng(seed).permutation(positions)[:n_out]
     mask = np.zeros(len(label), dtype=bool)
     mask[chosen] = True
@@ -267,7 +268,7 @@ def recall_at_reach(score: np.ndarray, is_target: np.ndarray, percents) -> dict[
     total = max(int(is_target.sum()), 1)
     out = {}
     for k in percents:
-        n_top = max(int(round(k / 100.0 * len(score))), 1)
+        n_top = max(round(k / 100.0 * len(score)), 1)
         out[k] = float(is_target[order[:n_top]].sum() / total)
     return out
 
@@ -324,6 +325,12 @@ def evaluate_lookalike(config: LookalikeConfig, features: pd.DataFrame, seed_ids
     label = seed_labels(features, seed_ids)
     check_seed_size(label, config, seed_name)
     held_out = holdout_mask(features["customer_id"], label, config.holdout_share, config.seed)
+    n_train = int((label & ~held_out).sum())
+    if n_train < config.min_seed_members:
+        raise InsufficientDataError(
+            f"seed '{seed_name}' has {int(label.sum())} members; holding out {int(held_out.sum())} for evaluation "
+            f"leaves {n_train} to train on, fewer than the minimum of {config.min_seed_members}: the evaluation "
+            f"needs at least {int(np.ceil(config.min_seed_members / (1 - config.holdout_share)))} members")
     train_ids = features.loc[label & ~held_out, "customer_id"]
     model = LookalikeModel(config).fit(features, set(train_ids.astype(str)), seed_name, definition)
     scored = ~(label & ~held_out)
@@ -367,7 +374,7 @@ def reach_table(score: np.ndarray, target: np.ndarray, baselines: dict[str, np.n
     """
     percents = list(range(1, 101))
     order = np.argsort(-score, kind="stable")
-    n_top = [max(int(round(p / 100.0 * len(score))), 1) for p in percents]
+    n_top = [max(round(p / 100.0 * len(score)), 1) for p in percents]
     table = pd.DataFrame({"reach_pct": percents, "customers": n_top,
                           "recall": list(recall_at_reach(score, target, percents).values()),
                           "mean_score": [float(score[order[:n]].mean()) for n in n_top]})

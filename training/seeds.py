@@ -119,8 +119,9 @@ def resolve_seed(name_or_spec: str | SeedSegment, features: pd.DataFrame,
         validation: the validated tables; only tag seeds read it (the customers table's tags column).
 
     Returns:
-        (member customer ids, definition) where the definition is JSON-ready: name, kind, spec fields, n_members,
-        features_used and excluded_features (rules), unknown ids (ids seeds) and customers not in the feature table.
+        (member customer ids, definition) where the definition is JSON-ready: name, kind, description, the spec's
+        fields, n_members, members_sha1 (digest of the sorted ids), features_used, excluded_features and
+        exclusion_reasons (rules; empty for tags and ids), unknown ids (ids seeds), not_in_features (tags).
     """
     seed = name_or_spec if isinstance(name_or_spec, SeedSegment) else parse_seed_spec(name_or_spec)
     if seed.kind == "rule":
@@ -131,8 +132,10 @@ def resolve_seed(name_or_spec: str | SeedSegment, features: pd.DataFrame,
         ids, details = _listed_members(seed, features)
     else:
         raise SeedSpecError(f"seed '{seed.name}' has unknown kind '{seed.kind}': use rule, tag or ids")
+    # The members' digest lets two runs tell whether they used the same seed (an id file can change in place).
+    digest = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()
     definition = {"name": seed.name, "kind": seed.kind, "description": seed.description,
-                  "excluded_features": [], **details, "n_members": len(ids)}
+                  "excluded_features": [], **details, "n_members": len(ids), "members_sha1": digest}
     return ids, definition
 
 
@@ -180,7 +183,8 @@ def exclusions(used: list[str], columns: list[str], extra: tuple[str, ...] = ())
     """Features a look-alike of a rule seed must not use -> why, in `columns` order.
 
     The rule's own features, their window variants (same business attribute), the derived features computed from
-    any of those (aov_365d from spend_sum_365d, ...), repeated until nothing changes, and `extra` (the seed's own list).
+    any of those (aov_365d from spend_sum_365d, ...), repeated until nothing changes, and `extra` (the seed's own
+    list).
     """
     reasons = {c: ("used by the rule" if c in used else "window variant of a feature the rule uses")
                for c in attribute_variants(used, columns)}
@@ -203,8 +207,10 @@ def rule_mask(rule: str, features: pd.DataFrame) -> pd.Series:
         result = features.eval(rule, engine="python")
     except Exception as exc:  # pandas raises many types for a bad expression; the message is what matters
         raise SeedSpecError(f"rule '{rule}' could not be evaluated on the feature table: {exc}") from exc
-    if not isinstance(result, pd.Series) or not (pd.api.types.is_bool_dtype(result.dtype)
-                                                 or result.dtype == object):
+    boolean = isinstance(result, pd.Series) and (
+        pd.api.types.is_bool_dtype(result.dtype)
+        or result.dtype == object and result.map(lambda v: isinstance(v, bool | np.bool_) or pd.isna(v)).all())
+    if not boolean:
         raise SeedSpecError(f"rule '{rule}' is not a condition (it gives {getattr(result, 'dtype', type(result))}, "
                             "not true/false per customer): compare a column, e.g. 'orders_count_90d >= 3'")
     return result.astype("boolean").fillna(False).astype(bool)
@@ -255,7 +261,7 @@ def _tag_set(tags) -> set[str]:
 
 
 def read_id_file(path: Path) -> list[str]:
-    """Customer ids from a CSV with a customer_id column, or from a file with one id per line (blank lines skipped)."""
+    """Customer ids from a CSV with a customer_id column, or a file with one id per line (blank lines skipped)."""
     path = Path(path)
     if not path.is_file():
         raise SeedSpecError(f"seed file '{path}' does not exist: give a CSV with a customer_id column or a text "

@@ -241,7 +241,7 @@ def load_model(name: str, alias: str = CHAMPION):
     if version is None:
         raise LookupError(f"no model {name}@{alias} in the registry at {tracking_uri()}: run segments train first")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
-    return pyfunc.unwrap_python_model().model, version.version
+    return pyfunc.unwrap_python_model().model, str(version.version)
 
 
 def registered_names(prefix: str = "segments-") -> list[str]:

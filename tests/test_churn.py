@@ -1,0 +1,248 @@
+"""Churn model: quality against the generator's oracle and the baselines, behaviour, calibration, persistence.
+
+Model tests run on the session's generated programme (4000 customers x 24 months to 2026-07-01). The evaluation
+snapshot is as of 2026-04-01 with a 90-day horizon, so its outcome window ends inside the data; training snapshots
+come from `snapshot_dates` (validation 2026-01-01, training 2025-08-04 .. 2025-10-03).
+"""
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from features.build import FeatureQuery
+from features.catalog import FEATURES_BY_NAME
+from features.generator import PLANTED_CHURN_DRIVERS, oracle_churn_probability
+from training.baselines import rfm_summary
+from training.churn import (
+    ChurnConfig,
+    ChurnModel,
+    apply_calibration,
+    evaluate_churn,
+    fit_calibration,
+    snapshot_dates,
+    split_snapshots,
+)
+from training.data import Snapshot, make_snapshot
+from training.errors import InsufficientDataError
+from training.evaluation import expected_calibration_error, lift_at
+
+EVAL_AS_OF = datetime(2026, 4, 1)
+HORIZON = 90
+ORACLE_MARGIN = 0.03  # the model's ROC-AUC may trail the Bayes oracle by at most this
+ECE_BOUND = 0.05
+
+
+@pytest.fixture(scope="module")
+def snapshots(generated_validation):
+    """(training snapshots oldest first, evaluation snapshot)."""
+    query = FeatureQuery(generated_validation.columns)
+    config = ChurnConfig()
+    dates = snapshot_dates(EVAL_AS_OF, HORIZON, config.n_snapshots, config.step_days)
+    train = [make_snapshot(generated_validation, d, HORIZON, query) for d in dates]
+    return train, make_snapshot(generated_validation, EVAL_AS_OF, HORIZON, query)
+
+
+@pytest.fixture(scope="module")
+def model(snapshots):
+    return ChurnModel().fit(snapshots[0])
+
+
+@pytest.fixture(scope="module")
+def evaluation(model, snapshots, generated_validation):
+    return evaluate_churn(model, snapshots[1], snapshots[0], generated_validation)
+
+
+@pytest.fixture(scope="module")
+def eligible(snapshots):
+    """Features and churn label of the evaluation snapshot's eligible customers."""
+    return snapshots[1].churn_frame()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quality: oracle and baselines
+
+
+def test_roc_auc_is_within_margin_of_the_oracle(model, eligible, generated):
+    x, y = eligible
+    data, _ = generated
+    oracle = oracle_churn_probability(data.ground_truth, data.transactions, EVAL_AS_OF, HORIZON)
+    oracle = oracle.reindex(x["customer_id"].astype(str)).to_numpy()
+    assert not np.isnan(oracle).any()  # same customers, same label
+    oracle_auc = roc_auc_score(y, oracle)
+    model_auc = roc_auc_score(y, model.predict_proba(x))
+    assert model_auc >= oracle_auc - ORACLE_MARGIN, f"model {model_auc:.4f} vs oracle {oracle_auc:.4f}"
+    assert model_auc <= oracle_auc + 0.005  # more than the Bayes ceiling would mean leakage
+
+
+def test_model_beats_recency_and_bgnbd_baselines(evaluation):
+    m, base = evaluation.metrics, evaluation.baselines
+    assert m["roc_auc"] > base["recency"]["roc_auc"] + 0.03
+    assert m["roc_auc"] > base["bgnbd"]["roc_auc"]
+    assert m["pr_auc"] > base["bgnbd"]["pr_auc"]
+    assert m["brier"] < base["bgnbd"]["brier"]
+    assert m["log_loss"] < base["bgnbd"]["log_loss"]
+
+
+def test_planted_drivers_lead_the_explanations(model, eligible):
+    """Exact TreeSHAP (LightGBM pred_contrib), rolled up to the catalog's business attributes as explanations are."""
+    x, _ = eligible
+    contributions = pd.DataFrame(model.booster_.predict(model.encoder_.transform(x), pred_contrib=True)[:, :-1],
+                                 columns=model.encoder_.feature_names_)
+    by_feature = contributions.abs().mean().sort_values(ascending=False)
+    by_attribute = (contributions.T.groupby(lambda name: FEATURES_BY_NAME[name].group).sum().T
+                    .abs().mean().sort_values(ascending=False))
+    planted_attributes = {FEATURES_BY_NAME[name].group for name in PLANTED_CHURN_DRIVERS}
+    assert "days_since_last_order" in by_feature.index[:3]
+    assert len(planted_attributes & set(by_attribute.index[:3])) >= 2, by_attribute.head(5)
+    assert not {"profile", "assortment", "channel"} & set(by_attribute.index[:3])  # no spurious driver on top
+
+
+def test_evaluation_reports_metrics_baselines_slices_and_figures(evaluation, eligible):
+    assert evaluation.n_customers == len(eligible[0])
+    assert evaluation.as_of == EVAL_AS_OF
+    assert set(evaluation.metrics) >= {"roc_auc", "pr_auc", "brier", "log_loss", "lift_top_decile", "ece"}
+    assert set(evaluation.baselines) == {"recency", "bgnbd"}
+    assert evaluation.metrics["lift_top_decile"] > 3.0  # top decile churns at > 3x the base rate
+    slices = evaluation.tables["slices"]
+    assert set(slices["slice"]) == {"loyalty", "tenure", "frequency"}
+    assert (slices.groupby("slice")["n"].sum() == evaluation.n_customers).all()
+    window = evaluation.tables["data_window"]
+    assert list(window["role"]) == ["train", "train", "train", "validation", "evaluation"]
+    for name, figure in evaluation.figures.items():
+        ax = figure.axes[0]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), name
+        assert "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), f"{name}: axis labels carry units"
+    assert set(evaluation.figures) == {"calibration", "lift", "gains"}
+
+
+def test_evaluation_refuses_a_training_snapshot_that_is_not_out_of_time(model, snapshots):
+    train, _ = snapshots
+    with pytest.raises(ValueError, match="not be out of time"):
+        evaluate_churn(model, train[-2], train)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Behaviour: monotone in recency and frequency
+
+
+def _sample(eligible, n=300):
+    x, _ = eligible
+    return x.sample(n=n, random_state=0).reset_index(drop=True)
+
+
+def test_a_later_last_purchase_never_lowers_churn_probability(model, eligible):
+    x = _sample(eligible)
+    days = [0, 7, 30, 60, 90, 150, 250, 364]
+    grid = np.column_stack([model.score(x.assign(days_since_last_order=float(d)))["churn_probability"]
+                            for d in days])
+    assert (np.diff(grid, axis=1) >= 0).all()
+    assert (grid[:, -1] > grid[:, 0]).mean() > 0.9  # and recency is actually used
+
+
+@pytest.mark.parametrize("windows", [["orders_count_90d"], ["orders_count_365d"], ["orders_count_total"],
+                                     ["orders_count_14d", "orders_count_30d", "orders_count_90d",
+                                      "orders_count_365d", "orders_count_total"]])
+def test_more_purchases_never_raise_churn_probability(model, eligible, windows):
+    x = _sample(eligible)
+    grid = np.column_stack([
+        model.score(x.assign(**{w: x[w] + extra for w in windows}))["churn_probability"] for extra in (0, 1, 3, 10, 30)
+    ])
+    assert (np.diff(grid, axis=1) <= 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibration
+
+
+def test_calibrated_probabilities_are_calibrated_out_of_time(evaluation, model):
+    assert evaluation.metrics["ece"] < ECE_BOUND
+    assert evaluation.metrics["ece"] < evaluation.metrics["ece_uncalibrated"]
+    assert model.calibration_method_ in ("isotonic", "sigmoid")
+    assert set(model.calibration_scores_) == {"isotonic", "sigmoid"}
+    assert model.calibration_scores_[model.calibration_method_] == min(model.calibration_scores_.values())
+
+
+def test_isotonic_calibration_matches_sklearn_and_stays_inside_zero_one():
+    rng = np.random.default_rng(0)
+    margin = rng.normal(size=500)
+    y = (rng.random(500) < 1 / (1 + np.exp(-2 * margin))).astype(int)
+    calibration = fit_calibration("isotonic", margin, y)
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(margin, y)
+    grid = np.linspace(-4, 4, 101)
+    np.testing.assert_allclose(apply_calibration(calibration, grid), np.clip(reference.predict(grid), 1e-4, 1 - 1e-4))
+    sigmoid = fit_calibration("sigmoid", margin, y)
+    reference = LogisticRegression(C=1e9, tol=1e-10).fit(margin[:, None], y)  # unpenalised maximum likelihood
+    assert sigmoid["a"] == pytest.approx(reference.coef_[0, 0], rel=1e-3)
+    assert sigmoid["b"] == pytest.approx(reference.intercept_[0], abs=1e-3)
+
+
+def test_ece_and_lift_on_hand_computed_examples():
+    # bin [0.1, 0.2): two customers predicted 0.1 and 0.1, one churned -> gap 0.4; bin [0.9, 1]: 0.9 vs 1 -> 0.1
+    y, p = np.array([0, 1, 1]), np.array([0.1, 0.1, 0.9])
+    assert expected_calibration_error(y, p) == pytest.approx((2 * 0.4 + 1 * 0.1) / 3)
+    # 10 customers, 2 churners; the top 10% (1 customer) is a churner: rate 1.0 vs 0.2 -> lift 5
+    assert lift_at(np.r_[1, 1, np.zeros(8)], np.arange(10, 0, -1)) == pytest.approx(5.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Persistence and determinism
+
+
+def test_save_load_round_trip_scores_identically_without_pickles(model, eligible, tmp_path):
+    x, _ = eligible
+    model.save(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert files == {"booster.txt", "encoder.json", "calibration.json", "model.json"}
+    for path in tmp_path.iterdir():
+        assert not path.read_bytes().startswith(b"\x80"), f"{path.name} looks like a pickle"
+        path.read_text()  # every file is text
+    loaded = ChurnModel.load(tmp_path)
+    pd.testing.assert_frame_equal(loaded.score(x), model.score(x))
+    np.testing.assert_array_equal(loaded.margin(x), model.margin(x))
+    assert loaded.config == model.config
+    assert loaded.fit_as_of_ == model.fit_as_of_
+
+
+def test_same_seed_gives_identical_metrics(evaluation, snapshots, generated_validation):
+    train, test = snapshots
+    again = evaluate_churn(ChurnModel(ChurnConfig(seed=0)).fit(train), test, train, generated_validation)
+    assert again.metrics == evaluation.metrics
+    assert again.baselines == evaluation.baselines
+
+
+def test_too_few_churners_raises_a_clear_error(snapshots):
+    train, _ = snapshots
+
+    def tiny(snapshot: Snapshot) -> Snapshot:
+        keep = snapshot.features["customer_id"].isin(snapshot.features["customer_id"].iloc[:60])
+        return Snapshot(snapshot.as_of, snapshot.horizon_days, snapshot.features[keep], snapshot.outcomes[keep])
+
+    with pytest.raises(InsufficientDataError, match=r"only \d+ (non-)?churners in the training snapshots .*"
+                                                    r"minimum 50\).*--as-of"):
+        ChurnModel().fit([tiny(s) for s in train])
+
+
+def test_overlapping_outcome_windows_are_left_out_of_fitting(snapshots):
+    train, _ = snapshots  # as of 2025-08-04, 09-03, 10-03 and 2026-01-01
+    fitting, validation = split_snapshots(train, HORIZON)
+    assert [s.as_of for s in fitting] == [s.as_of for s in train[:-1]]
+    assert validation is train[-1]
+    with pytest.warns(UserWarning, match="overlap"), pytest.raises(InsufficientDataError, match="minimum 1"):
+        split_snapshots(train[:3], HORIZON)  # validation 10-03: 08-04 and 09-03 outcomes run past it
+
+
+def test_bgnbd_summary_agrees_with_the_feature_table(generated_validation, snapshots):
+    _, test = snapshots
+    rfm = rfm_summary(generated_validation, EVAL_AS_OF).set_index("customer_id")
+    features = test.features.set_index("customer_id")
+    buyers = features[features["orders_count_total"] > 0]
+    assert set(rfm.index) == set(buyers.index)
+    rfm = rfm.loc[buyers.index]
+    assert (rfm["orders"] == buyers["orders_count_total"]).all()
+    assert (rfm["frequency"] <= rfm["orders"] - 1).all() and (rfm["recency"] < rfm["T"]).all()
+    np.testing.assert_allclose(rfm["T"] - rfm["recency"], buyers["days_since_last_order"], atol=1.0)

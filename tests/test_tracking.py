@@ -1,0 +1,101 @@
+"""MLflow for real (SQLite store in a temp folder): runs, registry round trip, the promotion gate both ways."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from features.catalog import FEATURE_SET_VERSION
+from training import train as training
+from training.scoring import ScoringBundle
+from training.tracking import log_training_run, promote, registered_name
+
+AS_OF = datetime(2026, 7, 1)
+WEAK = {"num_leaves": 2, "n_estimators": 3, "min_data_in_leaf": 200}
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return mlflow.MlflowClient(uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def shared(generated_validation, generated):
+    return training.TrainingData(generated_validation, AS_OF, str(generated[1]))
+
+
+def test_run_logs_config_data_window_metrics_plots_and_native_model(tracking, shared):
+    record = training.train_churn(shared, WEAK, horizon_days=90)
+    logged = log_training_run(record)
+    run = tracking.get_run(logged.run_id)
+    assert run.data.params["config.horizon_days"] == "90"
+    assert run.data.params["data.evaluation_as_of"] == "2026-04-02 00:00:00"
+    assert run.data.params["feature_set_version"] == FEATURE_SET_VERSION
+    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    assert {"roc_auc", "baseline.recency.roc_auc", "baseline.bgnbd.roc_auc"} <= set(run.data.metrics)
+    assert run.data.metrics["roc_auc"] == pytest.approx(record.evaluation.metrics["roc_auc"])
+    artifacts = {a.path for a in tracking.list_artifacts(logged.run_id, "plots")}
+    assert {"plots/calibration.png", "plots/lift.png"} <= artifacts
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{logged.name}/{logged.version}"))
+    files = {p.name for p in model_dir.rglob("*") if p.is_file()}
+    assert not any(f.endswith((".pkl", ".pickle")) for f in files) and "python_model.pkl" not in files
+    assert any(f.endswith(".txt") for f in files)  # the LightGBM text model
+    assert logged.aliases == ("challenger", "champion")  # the first version is also the champion
+
+
+def test_registry_round_trip_gives_identical_scores(tracking, shared):
+    record = training.train_churn(shared, WEAK, horizon_days=90)
+    log_training_run(record)
+    bundle = ScoringBundle.from_registry()
+    features = shared.current_features
+    served = bundle.score(features)
+    direct = record.model.score(features).reset_index(drop=True)
+    pd.testing.assert_series_equal(served["churn_probability"], direct["churn_probability"])
+    assert bundle.versions == {registered_name("churn"): "1"}
+
+
+def test_promotion_gate_both_ways(tracking, shared):
+    name = registered_name("churn")
+    log_training_run(training.train_churn(shared, WEAK, horizon_days=90))          # v1: champion by default
+    log_training_run(training.train_churn(shared, {**WEAK, "n_estimators": 1}, 90))  # v2: weaker
+    refused = promote(name, "churn")
+    assert not refused.promoted and "does not beat" in refused.reason
+    assert tracking.get_model_version_by_alias(name, "champion").version == 1
+
+    log_training_run(training.train_churn(shared, {}, horizon_days=90))            # v3: the default, stronger
+    accepted = promote(name, "churn")
+    assert accepted.promoted, accepted.reason
+    assert tracking.get_model_version_by_alias(name, "champion").version == 3
+
+
+def test_promotion_refuses_runs_evaluated_on_different_data(tracking, shared, generated_validation, generated):
+    name = registered_name("churn")
+    log_training_run(training.train_churn(shared, WEAK, horizon_days=90))
+    earlier = training.TrainingData(generated_validation, datetime(2026, 6, 1), str(generated[1]))
+    log_training_run(training.train_churn(earlier, {}, horizon_days=90))
+    result = promote(name, "churn")
+    assert not result.promoted and "not comparable" in result.reason
+
+
+def test_mlproject_train_entry_point(tmp_path, generated):
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_EXPERIMENT")}  # set by set_experiment
+    env = {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow"), "run", str(PROJECT), "-e", "train", "--env-manager", "local",
+         "-P", "kind=clusters", "-P", f"data={generated[1]}", "-P", "as_of=2026-07-01"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    assert client.get_model_version_by_alias(registered_name("clusters"), "champion").version == 1
