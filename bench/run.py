@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from make_data import make  # noqa: E402
 
-STAGES = ("features_full", "features_core", "pandas_core", "validate")
+STAGES = ("features_full", "features_core", "pandas_core", "validate", "pipeline")
 
 
 def run_stage(stage: str, data: Path, as_of: str) -> dict:

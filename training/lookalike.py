@@ -128,7 +128,7 @@ class LookalikeModel:
                                    if name in FEATURES_BY_NAME and name not in inputs]
         self.n_seed_, self.n_unlabelled_ = int(label.sum()), int((~label).sum())
         self.feature_set_version_ = FEATURE_SET_VERSION
-        scores = self._raw_score(X)
+        scores = self._classifier_output(X)
         levels = np.linspace(0.0, 1.0, self.config.reference_quantiles)
         self.reference_quantiles_ = np.quantile(scores, levels).tolist()
         return self
@@ -141,9 +141,14 @@ class LookalikeModel:
         """
         _require_fitted(self)
         _check_version(features, self.feature_set_version_)
-        score = self._raw_score(self.encoder_.transform(features))
-        return pd.DataFrame({"lookalike_score": score, "lookalike_percentile": self._percentile(score)},
-                            index=features.index)
+        g = self._classifier_output(self.encoder_.transform(features))
+        return pd.DataFrame({"lookalike_score": np.minimum(g / self.label_frequency_, 1.0),
+                             "lookalike_percentile": self._percentile(g)}, index=features.index)
+
+    def ranking_score(self, features: pd.DataFrame) -> np.ndarray:
+        """The classifier output g(x): same order as lookalike_score but without the ties at the cap of 1."""
+        _require_fitted(self)
+        return self._classifier_output(self.encoder_.transform(features))
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
         """Exact TreeSHAP values (log-odds of being a seed member) per model input, plus a "bias" column."""
@@ -152,9 +157,9 @@ class LookalikeModel:
         values = self.booster_.predict(X, pred_contrib=True, num_threads=self.config.num_threads)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "bias"])
 
-    def _raw_score(self, X: pd.DataFrame) -> np.ndarray:
-        g = self.booster_.predict(X, num_threads=self.config.num_threads)
-        return np.minimum(g / self.label_frequency_, 1.0)
+    def _classifier_output(self, X: pd.DataFrame) -> np.ndarray:
+        # Percentiles and rankings use g itself: min(g / c, 1) ties every customer above c at 1.
+        return self.booster_.predict(X, num_threads=self.config.num_threads)
 
     def _percentile(self, score: np.ndarray) -> np.ndarray:
         ref = np.asarray(self.reference_quantiles_)
@@ -335,7 +340,7 @@ def evaluate_lookalike(config: LookalikeConfig, features: pd.DataFrame, seed_ids
     model = LookalikeModel(config).fit(features, set(train_ids.astype(str)), seed_name, definition)
     scored = ~(label & ~held_out)
     target = held_out[scored]
-    score = model.score(features.loc[scored])["lookalike_score"].to_numpy()
+    score = model.ranking_score(features.loc[scored])
     inputs = model.encoder_.feature_names_
     baseline = centroid_similarity(features, inputs, label & ~held_out)[scored]
     ks = config.top_k_percents
