@@ -10,6 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export BENTOML_DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY := PASSIVE
+export OPENBLAS_NUM_THREADS := 1
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: env demo test lint bench clean
@@ -25,6 +26,9 @@ demo: env
 	$(BIN)/segments generate --out $(DEMO)/data --customers 5000 --months 24 --seed 7
 	$(BIN)/segments validate --data $(DEMO)/data --quarantine $(DEMO)/quarantine
 	$(BIN)/segments features --data $(DEMO)/data --as-of 2026-07-01 --out $(DEMO)/features.parquet
+	cd $(DEMO) && ../$(BIN)/segments train all --data data --as-of 2026-07-01 \
+		--seed-segment best_members --seed-segment loyalty_members
+	cd $(DEMO) && ../$(BIN)/segments score --data data --as-of 2026-07-01 --out scores.parquet
 	$(BIN)/segments import-cdnow --out $(DEMO)/cdnow
 	$(BIN)/segments features --data $(DEMO)/cdnow --as-of 1997-10-01 --out $(DEMO)/cdnow_features.parquet
 	@echo
@@ -32,7 +36,11 @@ demo: env
 	@echo "  synthetic data        $(DEMO)/data/ (ground truth in ground_truth.parquet)"
 	@echo "  quarantine report     $(DEMO)/quarantine/"
 	@echo "  feature table         $(DEMO)/features.parquet"
+	@echo "  models (MLflow)       $(DEMO)/mlflow.db, artifacts in $(DEMO)/mlruns/"
+	@echo "  scores                $(DEMO)/scores.parquet"
 	@echo "  CDNOW (real data)     $(DEMO)/cdnow/ and $(DEMO)/cdnow_features.parquet"
+	@echo
+	@echo "Browse runs and registered models:  cd $(DEMO) && ../$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: env
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
