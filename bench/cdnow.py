@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +72,10 @@ def main() -> None:
     recency = -recency_score(scoring)  # more recent = more likely to buy
     scores = {"model": active, "bgnbd": bgnbd, "recency": recency}
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.python_version()}",
         "command": "python bench/cdnow.py" + (f" --horizon {args.horizon}" if args.horizon != 90 else ""),
-        "customers": int(len(scoring)), "buyers_in_label_window": int(y.sum()),
+        "customers": len(scoring), "buyers_in_label_window": int(y.sum()),
         "training_as_of": [d.isoformat() for d in dates], "config": asdict(config),
         "roc_auc": {name: float(roc_auc_score(y, s)) for name, s in scores.items()},
         "pr_auc": {name: float(average_precision_score(y, s)) for name, s in scores.items()},

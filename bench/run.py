@@ -12,14 +12,14 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from make_data import make  # noqa: E402
+from make_data import make
 
 STAGES = ("features_full", "features_core", "pandas_core", "validate", "pipeline")
 
@@ -54,7 +54,7 @@ def main() -> None:
     results = [run_stage(stage, data, args.as_of) for stage in STAGES]
     by_stage = {r["stage"]: r for r in results}
     summary = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "transactions": args.transactions, "customers": args.customers, "as_of": args.as_of,
         "stages": results,

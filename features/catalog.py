@@ -115,19 +115,25 @@ def _recency_features() -> list[Feature]:
     ]
 
 
+def _orders_in_window(w: int | None) -> list[Feature]:
+    """Purchase count and spend over [as_of - w days, as_of), or all time when w is None."""
+    suffix, span = (f"{w}d", f"in the last {w} days") if w else ("total", "ever")
+
+    def in_window(t):
+        return t.is_order & within(t, w) if w else t.is_order
+
+    return [
+        Feature(f"orders_count_{suffix}", "int64", "frequency", f"Purchases {span}",
+                f"Number of purchases (returns excluded) {span}.", "transactions",
+                lambda t: t.count(where=in_window(t)), _TXN, w, 0, NONNEG, "orders"),
+        Feature(f"spend_sum_{suffix}", "float64", "monetary", f"Spend {span}",
+                f"Total amount of purchases (returns excluded) {span}.", "transactions",
+                lambda t: t.amount.sum(where=in_window(t)), _TXN, w, 0.0, NONNEG, "currency"),
+    ]
+
+
 def _frequency_and_spend_features() -> list[Feature]:
-    out = []
-    for w in (*WINDOWS, None):
-        suffix, span = (f"{w}d", f"in the last {w} days") if w else ("total", "ever")
-        in_window = (lambda w: (lambda t: t.is_order & within(t, w)))(w) if w else (lambda t: t.is_order)
-        out += [
-            Feature(f"orders_count_{suffix}", "int64", "frequency", f"Purchases {span}",
-                    f"Number of purchases (returns excluded) {span}.", "transactions",
-                    (lambda cond: lambda t: t.count(where=cond(t)))(in_window), _TXN, w, 0, NONNEG, "orders"),
-            Feature(f"spend_sum_{suffix}", "float64", "monetary", f"Spend {span}",
-                    f"Total amount of purchases (returns excluded) {span}.", "transactions",
-                    (lambda cond: lambda t: t.amount.sum(where=cond(t)))(in_window), _TXN, w, 0.0, NONNEG, "currency"),
-        ]
+    out = [f for w in (*WINDOWS, None) for f in _orders_in_window(w)]
     return out + [
         Feature("aov_365d", "float64", "monetary", "Average order value (365 days)",
                 "Average purchase amount in the last 365 days; missing without purchases.", "derived",

@@ -12,7 +12,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2 BLAS threads on 2 busy c
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets test modules share fixtures data (e.g. test_features)
 
-import pytest  # noqa: E402
+import pytest
 
 # One generated loyalty programme per test session, big enough for the model tests and small enough for 2 cores:
 # 24 months so that personas are well formed (lapsing customers need time to lapse).

@@ -9,10 +9,10 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_features import AS_OF, FRAMES, _columns
 
 from features.build import FeatureQuery, to_feature_frame
 from features.spark import spark_feature_table
-from test_features import AS_OF, FRAMES, _columns
 
 pytestmark = pytest.mark.spark
 pyspark = pytest.importorskip("pyspark", reason="install the spark extra: uv sync --extra spark")

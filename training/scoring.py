@@ -52,7 +52,7 @@ class ScoringBundle:
         out = features[["customer_id"]].reset_index(drop=True)
         rows = features.reset_index(drop=True)
         for name in sorted(self.models, key=lambda n: (kind_of(n)[0] == "lookalike", n)):
-            kind, seed = kind_of(name)
+            _, seed = kind_of(name)
             scores = self.models[name].score(rows).reset_index(drop=True)
             if seed is not None:
                 scores = scores.rename(columns={c: c.replace("lookalike_", f"lookalike_{seed}_", 1)

@@ -1,0 +1,207 @@
+"""From exact TreeSHAP contributions to reasons a marketer reads, grouped to business attributes.
+
+Contributions come from LightGBM's own TreeSHAP (`pred_contrib`, or `serving.treeshap.FastTreeShap`, which returns the
+same values): one value per model input plus the base value, adding up to the model's margin exactly.
+
+Attributes. Each feature belongs to one attribute: its catalog name with the window suffix stripped
+(`orders_count_14d`, `_30d`, `_90d`, `_365d`, `_total` -> `orders_count`, "Purchases"). Windows of one measure are
+strongly correlated, and trees split credit among them arbitrarily (one tree uses the 30-day count, the next the
+90-day count); their sum is stable, their parts are not. The catalog groups (recency, monetary, ...) would be too
+coarse: "recency" holds both days since the last purchase (lapsing) and since the first (tenure), which pull churn
+in opposite directions and would cancel out. Text features (favourite category, tier, region) are one integer-coded
+column each, not one-hot columns, so they need no summing. The catalog group's title is reported beside the attribute.
+
+Scales. `contribution` is on the model's margin: log-odds for churn, look-alike and the cluster surrogate (its
+own-cluster class score), log of expected spend for value. `effect` is an approximate change on the output scale,
+the output at the customer's margin minus the output with this attribute's contribution removed: churn probability
+(sigmoid of the margin, before calibration), look-alike seed-membership probability, expected spend in currency,
+and the probability of the customer's own cluster (softmax of the surrogate's class scores). Effects of several
+attributes do not add up exactly (the output is not linear in the margin); contributions do.
+
+Typical values are the population's medians (numbers) or most frequent values (text, yes/no), computed once when the
+service is built (`typical_values`) and shipped with it: never recomputed from the batch being scored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import FEATURES_BY_NAME, GROUPS, SHARE
+
+WINDOW_SUFFIX = re.compile(r"_(\d+d|total)$")
+_LABEL_WINDOW = re.compile(r"\s*(\((\d+ days|all time)\)|in the last \d+ days|ever)$")
+DEFAULT_TOP_K = 3
+
+
+def attribute_of(feature: str) -> str:
+    """The business attribute of a feature: its name without the window suffix (orders_count_90d -> orders_count)."""
+    return WINDOW_SUFFIX.sub("", feature)
+
+
+def attribute_label(feature: str) -> str:
+    """The attribute's words: the feature's catalog label without its window ("Purchases in the last 14 days" ->
+    "Purchases")."""
+    spec = FEATURES_BY_NAME.get(feature)
+    return _LABEL_WINDOW.sub("", spec.label) if spec else feature
+
+
+def typical_values(features: pd.DataFrame) -> dict[str, float | str | bool | None]:
+    """The population's typical value of every catalog feature in `features`: the median of a number, the most
+    frequent value of text and yes/no (None when all are missing). Computed once, at build time."""
+    out: dict[str, float | str | bool | None] = {}
+    for name in features.columns:
+        spec = FEATURES_BY_NAME.get(name)
+        if spec is None:
+            continue
+        column = features[name].dropna()
+        if column.empty:
+            out[name] = None
+        elif spec.dtype in ("string", "boolean"):
+            counts = column.astype("object").value_counts()
+            top = counts[counts == counts.max()].index
+            out[name] = bool(top[0]) if spec.dtype == "boolean" else sorted(str(v) for v in top)[0]
+        else:
+            out[name] = float(column.astype("float64").median())
+    return out
+
+
+def format_value(feature: str, value) -> str:
+    """A feature value in words: "94 days", "45%", "312.50", "yes", "none"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "none"
+    spec = FEATURES_BY_NAME.get(feature)
+    if spec is None or spec.dtype == "string":
+        return str(value)
+    if spec.dtype == "boolean":
+        return "yes" if bool(value) else "no"
+    number = float(value)
+    if spec.bounds == SHARE:
+        return f"{number:.0%}"
+    if spec.unit == "currency" or not number.is_integer():
+        text = f"{number:,.2f}"
+    else:
+        text = f"{int(number):,}"
+    return f"{text} days" if spec.unit == "days" else text
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one model's reasons are about: its key in responses, its words, and how its margin maps to an output."""
+
+    key: str  # churn, value, cluster, lookalike_<seed>
+    words: str  # "churn risk": the sentence's subject
+    margin_scale: str  # what `contribution` is measured in
+    effect_scale: str  # what `effect` is measured in
+
+
+class AttributeMap:
+    """Model inputs -> attributes, as a 0/1 matrix (inputs x attributes) built once per model."""
+
+    def __init__(self, feature_names: list[str]):
+        self.feature_names = list(feature_names)
+        self.attributes = list(dict.fromkeys(attribute_of(f) for f in self.feature_names))
+        index = {a: i for i, a in enumerate(self.attributes)}
+        self.matrix = np.zeros((len(self.feature_names), len(self.attributes)))
+        for i, feature in enumerate(self.feature_names):
+            self.matrix[i, index[attribute_of(feature)]] = 1.0
+        self.member_of = np.array([index[attribute_of(f)] for f in self.feature_names])
+
+    def group(self, contributions: np.ndarray) -> np.ndarray:
+        """Per-row sums of the contributions of each attribute's inputs (rows x attributes)."""
+        return contributions @ self.matrix
+
+    def leading_feature(self, contributions: np.ndarray, row: int, attribute: int) -> str:
+        """The attribute's input with the largest absolute contribution in this row (the value shown)."""
+        members = np.flatnonzero(self.member_of == attribute)
+        return self.feature_names[members[np.argmax(np.abs(contributions[row, members]))]]
+
+
+def top_reasons(target: Target, attribute_map: AttributeMap, contributions: np.ndarray, margin: np.ndarray,
+                effect_of, features: pd.DataFrame, typical: dict, top_k: int = DEFAULT_TOP_K) -> list[list[dict]]:
+    """The top-k reasons per row, largest absolute grouped contribution first.
+
+    Args:
+        contributions: rows x model inputs (base value excluded), exact TreeSHAP on the margin.
+        margin: the model's margin per row (base value + contributions).
+        effect_of: (margin, margin_without) -> output-scale change, vectorised.
+        features: the feature rows (raw values shown to the reader), same row order.
+        typical: feature -> the population's typical value (see `typical_values`).
+    """
+    grouped = attribute_map.group(contributions)
+    k = min(top_k, grouped.shape[1])
+    order = np.argsort(-np.abs(grouped), axis=1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(grouped, order, axis=1)
+    effects = effect_of(margin[:, None], margin[:, None] - chosen)
+    out = []
+    for row in range(len(grouped)):
+        reasons = []
+        for j in range(k):
+            attribute = int(order[row, j])
+            contribution = float(chosen[row, j])
+            feature = attribute_map.leading_feature(contributions, row, attribute)
+            reasons.append(_reason(target, attribute_map.attributes[attribute], feature, features, row,
+                                   typical, contribution, float(effects[row, j])))
+        out.append(reasons)
+    return out
+
+
+def _reason(target: Target, attribute: str, feature: str, features: pd.DataFrame, row: int, typical: dict,
+            contribution: float, effect: float) -> dict:
+    spec = FEATURES_BY_NAME.get(feature)
+    value = _plain(features[feature].iloc[row]) if feature in features.columns else None
+    typical_value = typical.get(feature)
+    label = spec.label if spec else feature
+    value_text, typical_text = format_value(feature, value), format_value(feature, typical_value)
+    effect_text = f"{effect:+,.2f}"
+    return {
+        "attribute": attribute,
+        "attribute_label": attribute_label(feature),
+        "group": GROUPS.get(spec.group, spec.group) if spec else None,
+        "feature": feature,
+        "label": label,
+        "value": value,
+        "typical": typical_value,
+        "direction": "raises" if contribution > 0 else "lowers",
+        "contribution": contribution,
+        "effect": effect,
+        "sentence": f"{label} {value_text} (typical {typical_text}): {target.words} {effect_text}",
+    }
+
+
+def _plain(value):
+    """A JSON-ready Python value (numpy and pandas scalars, missing as None)."""
+    if value is None or value is pd.NA or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return None
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def sigmoid_effect(margin: np.ndarray, without: np.ndarray) -> np.ndarray:
+    return _sigmoid(margin) - _sigmoid(without)
+
+
+def exp_effect(margin: np.ndarray, without: np.ndarray) -> np.ndarray:
+    return np.exp(margin) - np.exp(without)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax_own_effect(others_logsumexp: np.ndarray):
+    """Effect on the own class's softmax probability; `others_logsumexp` is log(sum(exp(other classes' scores)))."""
+    def effect(margin: np.ndarray, without: np.ndarray) -> np.ndarray:
+        rest = others_logsumexp[:, None]
+        return _sigmoid(margin - rest) - _sigmoid(without - rest)
+
+    return effect
