@@ -117,7 +117,10 @@ def test_evaluation_reports_metrics_baselines_slices_and_figures(evaluation, eli
         ax = figure.axes[0]
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), name
         assert "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), f"{name}: axis labels carry units"
-    assert set(evaluation.figures) == {"calibration", "lift", "gains"}
+    assert set(evaluation.figures) == {"calibration", "lift", "gains", "shap_summary"}
+    importance = evaluation.tables["shap_importance"]
+    assert importance["mean_abs_shap"].is_monotonic_decreasing and importance["feature"].iloc[0] in {
+        "days_since_last_order", "overdue_ratio", "order_gap_mean_days"}  # recency/rhythm drive planted churn
 
 
 def test_evaluation_refuses_a_training_snapshot_that_is_not_out_of_time(model, snapshots):

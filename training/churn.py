@@ -54,6 +54,8 @@ from training.evaluation import (
     probability_metrics,
     ranking_metrics,
     segment_slices,
+    shap_importance,
+    shap_summary_figure,
     slice_table,
 )
 
@@ -281,7 +283,8 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
     so the BG/NBD summary comes from the transactions themselves; without it, an approximation from the feature
     table is used and a note says so.
     Metrics: roc_auc, pr_auc, lift_top_decile, brier, log_loss, ece, and ece_uncalibrated (sigmoid of the margin).
-    Tables: calibration, lift, slices, data_window. Figures: calibration, lift, gains.
+    Tables: calibration, lift, slices, data_window, shap_importance. Figures: calibration, lift, gains,
+    shap_summary (mean |SHAP| per feature, coloured by business attribute).
     """
     check_out_of_time(train, evaluation)
     x, y = evaluation.churn_frame()
@@ -303,11 +306,15 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
         "gains": gains_figure(display_names(lifts), f"Churners captured, as of {evaluation.as_of:%Y-%m-%d}",
                               "churners"),
     }
+    importance = shap_importance(model.contributions(x))
+    figures["shap_summary"] = shap_summary_figure(
+        importance, f"What drives churn risk, as of {evaluation.as_of:%Y-%m-%d}", "log-odds of churn")
     tables = {
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
         "lift": pd.concat([t.assign(scorer=n) for n, t in lifts.items()], ignore_index=True),
         "slices": _churn_slices(x, y.to_numpy(), scorers),
         "data_window": data_window(train, evaluation, model, lambda s: s.churn_frame()[1]),
+        "shap_importance": importance,
     }
     return Evaluation(metrics=metrics, baselines=baselines, figures=figures, tables=tables, n_customers=len(x),
                       as_of=evaluation.as_of, notes=notes)

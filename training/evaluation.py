@@ -322,3 +322,36 @@ def _as_arrays(*columns) -> list[np.ndarray]:
     if len({len(a) for a in arrays}) > 1:
         raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
     return arrays
+
+
+def shap_importance(contributions: pd.DataFrame) -> pd.DataFrame:
+    """Mean |SHAP| per feature and per business attribute group, from exact TreeSHAP contributions.
+
+    In: one column per model feature (plus `expected_value` / `bias`, ignored). Out columns: feature, label, group,
+    mean_abs_shap, group_share (share of the group's total in all attributions), sorted by mean_abs_shap.
+    """
+    from features.catalog import FEATURES_BY_NAME, GROUPS
+
+    values = contributions.drop(columns=["expected_value", "bias"], errors="ignore").abs().mean()
+    table = pd.DataFrame({"feature": values.index, "mean_abs_shap": values.to_numpy()})
+    table["label"] = [FEATURES_BY_NAME[f].label for f in table["feature"]]
+    table["group"] = [GROUPS[FEATURES_BY_NAME[f].group] for f in table["feature"]]
+    totals = table.groupby("group")["mean_abs_shap"].transform("sum")
+    table["group_share"] = totals / table["mean_abs_shap"].sum()
+    return table.sort_values("mean_abs_shap", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def shap_summary_figure(importance: pd.DataFrame, title: str, scale: str, top: int = 15) -> Figure:
+    """Horizontal bars of the top features by mean |SHAP|, coloured by business attribute."""
+    fig, ax = _new_figure()
+    head = importance.head(top).iloc[::-1]
+    groups = list(dict.fromkeys(importance["group"]))
+    colours = [_colour(groups.index(g) + 1) for g in head["group"]]
+    ax.barh(head["label"], head["mean_abs_shap"], color=colours)
+    for group in dict.fromkeys(head["group"]):
+        ax.barh([], [], color=_colour(groups.index(group) + 1), label=group)
+    ax.set_xlabel(f"mean |SHAP| ({scale})")
+    ax.set_ylabel("attribute (feature)")
+    ax.set_title(title)
+    ax.legend(title="business attribute", fontsize="small", loc="lower right")
+    return fig

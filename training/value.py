@@ -63,6 +63,8 @@ from training.evaluation import (
     lift_figure,
     lift_table,
     segment_slices,
+    shap_importance,
+    shap_summary_figure,
     slice_table,
 )
 
@@ -238,11 +240,15 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
                                                  f"Predicted vs actual spend by decile, as of {day}",
                                                  what, "currency units"),
     }
+    importance = shap_importance(model.contributions(x, target="spend"))
+    figures["shap_summary"] = shap_summary_figure(importance, f"What drives expected spend, as of {day}",
+                                                  "log of expected spend")
     tables = {
         "deciles": pd.concat([t.assign(scorer=n) for n, t in deciles.items()], ignore_index=True),
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
         "slices": _value_slices(x, actual["spend_next"].to_numpy(), spend),
         "data_window": data_window(train, evaluation, model, lambda s: value_rows([s])[1]["spend_next"]),
+        "shap_importance": importance,
     }
     return Evaluation(metrics=metrics_of.pop("model"), baselines=metrics_of, figures=figures, tables=tables,
                       n_customers=len(x), as_of=evaluation.as_of, notes=notes)
