@@ -41,7 +41,7 @@ from features.catalog import FEATURE_SET_VERSION
 from features.validate import ValidationResult
 from training.baselines import BGNBDBaseline, align_rfm, recency_score, rfm_summary, rfm_summary_from_features
 from training.data import Snapshot, training_dates
-from training.encoding import FeatureEncoder
+from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import (
     Evaluation,
@@ -506,14 +506,3 @@ def check_out_of_time(train: list[Snapshot], evaluation: Snapshot) -> None:
         raise ValueError(f"training snapshots as of {', '.join(f'{d:%Y-%m-%d}' for d in late)} have outcome windows "
                          f"ending after the evaluation as_of {evaluation.as_of:%Y-%m-%d}: the evaluation would not "
                          f"be out of time")
-
-
-def check_feature_set(features: pd.DataFrame, model_version: str) -> None:
-    """A feature table of another feature-set version must not be scored (its columns may mean other things).
-
-    Checked when the table carries its version (`to_feature_frame` sets `attrs["feature_set_version"]`).
-    """
-    version = features.attrs.get("feature_set_version")
-    if version is not None and version != model_version:
-        raise ValueError(f"feature table has feature set {version}, the model was trained on {model_version}: "
-                         f"rebuild the features with the matching version of the code or retrain")

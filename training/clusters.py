@@ -48,7 +48,7 @@ from sklearn.preprocessing import FunctionTransformer, RobustScaler
 from threadpoolctl import threadpool_limits
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
-from training.encoding import FeatureEncoder
+from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import OKABE_ITO, Evaluation
 
@@ -314,7 +314,7 @@ class ClusterModel:
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """Feature rows -> cluster_id (int64) and cluster_name, same index, from the fitted state only."""
         _require_fitted(self)
-        _check_version(features, self.feature_set_version_)
+        check_feature_set(features, self.feature_set_version_)
         labels = self.assign(features)
         return pd.DataFrame({"cluster_id": labels,
                              "cluster_name": np.asarray(self.names_, dtype=object)[labels]},
@@ -380,12 +380,6 @@ def _require_fitted(model) -> None:
     if not hasattr(model, "state_"):
         raise NotFittedError(f"this {type(model).__name__} is not fitted yet: call fit() or load() first")
 
-
-def _check_version(features: pd.DataFrame, version: str) -> None:
-    found = features.attrs.get("feature_set_version")
-    if found is not None and found != version:
-        raise ValueError(f"feature table has feature set version {found}, the model was trained on {version}: "
-                         "rebuild the features with the model's version or retrain")
 
 
 # ---------------------------------------------------------------------------------------------------------------

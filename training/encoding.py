@@ -73,3 +73,14 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):
         encoder.feature_names_ = state["feature_names"]
         encoder.categories_ = state["categories"]
         return encoder
+
+
+def check_feature_set(features: pd.DataFrame, model_version: str) -> None:
+    """A feature table of another feature-set version must not be scored (its columns may mean other things).
+
+    Checked when the table carries its version (`to_feature_frame` sets `attrs["feature_set_version"]`).
+    """
+    version = features.attrs.get("feature_set_version")
+    if version is not None and version != model_version:
+        raise ValueError(f"feature table has feature set {version}, the model was trained on {model_version}: "
+                         f"rebuild the features with the matching version of the code or retrain")

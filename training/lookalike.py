@@ -41,7 +41,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, GROUPS
-from training.encoding import FeatureEncoder
+from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import OKABE_ITO, Evaluation
 
@@ -140,7 +140,7 @@ class LookalikeModel:
         quantiles stored at fit time, so one customer scores the same alone as in any batch.
         """
         _require_fitted(self)
-        _check_version(features, self.feature_set_version_)
+        check_feature_set(features, self.feature_set_version_)
         g = self._classifier_output(self.encoder_.transform(features))
         return pd.DataFrame({"lookalike_score": np.minimum(g / self.label_frequency_, 1.0),
                              "lookalike_percentile": self._percentile(g)}, index=features.index)
@@ -255,12 +255,6 @@ def _require_fitted(model) -> None:
     if not hasattr(model, "booster_"):
         raise NotFittedError(f"this {type(model).__name__} is not fitted yet: call fit() or load() first")
 
-
-def _check_version(features: pd.DataFrame, version: str) -> None:
-    found = features.attrs.get("feature_set_version")
-    if found is not None and found != version:
-        raise ValueError(f"feature table has feature set version {found}, the model was trained on {version}: "
-                         "rebuild the features with the model's version or retrain")
 
 
 # ---------------------------------------------------------------------------------------------------------------

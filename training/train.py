@@ -83,32 +83,30 @@ def _time_split(data: TrainingData, horizon_days: int, n_snapshots: int, step_da
     return train, data.snapshot(evaluation_as_of, horizon_days)
 
 
+def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: TrainingData, overrides: dict,
+                        horizon_days: int) -> TrainingRecord:
+    """Churn and value share one protocol: fit on older snapshots, evaluate out of time on `as_of - horizon`."""
+    config = make_config(config_cls, overrides, horizon_days=horizon_days)
+    train, evaluation = _time_split(data, horizon_days, config.n_snapshots, config.step_days)
+    data.progress(f"fitting {kind} model")
+    model = model_cls(config).fit(train)
+    data.progress(f"evaluating {kind} model out of time")
+    result = evaluate(model, evaluation, train, data.validation)
+    return TrainingRecord(kind, model, config, result, data.base_data(
+        evaluation_as_of=evaluation.as_of, training_as_of=[s.as_of for s in train], horizon_days=horizon_days),
+        evaluation.features)
+
+
 def train_churn(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:
     from training.churn import ChurnConfig, ChurnModel, evaluate_churn
 
-    config = make_config(ChurnConfig, overrides, horizon_days=horizon_days)
-    train, evaluation = _time_split(data, horizon_days, config.n_snapshots, config.step_days)
-    data.progress("fitting churn model")
-    model = ChurnModel(config).fit(train)
-    data.progress("evaluating churn model out of time")
-    result = evaluate_churn(model, evaluation, train, data.validation)
-    return TrainingRecord("churn", model, config, result, data.base_data(
-        evaluation_as_of=evaluation.as_of, training_as_of=[s.as_of for s in train], horizon_days=horizon_days),
-        evaluation.features)
+    return _train_over_horizon("churn", ChurnConfig, ChurnModel, evaluate_churn, data, overrides, horizon_days)
 
 
 def train_value(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:
     from training.value import ValueConfig, ValueModel, evaluate_value
 
-    config = make_config(ValueConfig, overrides, horizon_days=horizon_days)
-    train, evaluation = _time_split(data, horizon_days, config.n_snapshots, config.step_days)
-    data.progress("fitting value model")
-    model = ValueModel(config).fit(train)
-    data.progress("evaluating value model out of time")
-    result = evaluate_value(model, evaluation, train, data.validation)
-    return TrainingRecord("value", model, config, result, data.base_data(
-        evaluation_as_of=evaluation.as_of, training_as_of=[s.as_of for s in train], horizon_days=horizon_days),
-        evaluation.features)
+    return _train_over_horizon("value", ValueConfig, ValueModel, evaluate_value, data, overrides, horizon_days)
 
 
 def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str) -> TrainingRecord:

@@ -38,7 +38,6 @@ from training.baselines import (
 )
 from training.churn import (
     NOT_POINT_IN_TIME,
-    check_feature_set,
     check_out_of_time,
     config_from_dict,
     data_window,
@@ -52,7 +51,7 @@ from training.churn import (
     write_json,
 )
 from training.data import Snapshot
-from training.encoding import FeatureEncoder
+from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import (
     Evaluation,
