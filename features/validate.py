@@ -9,8 +9,9 @@ For every raw row the validator finds the first rule it breaks, in this priority
    ``loyalty_member='maybe'``); the first such column in contract order is named.
 5. ``negative_quantity``: ``quantity < 0`` on a row that is not a return.
 6. ``future_timestamp``: ``timestamp`` after the run time (the run's wall clock, not a feature ``as_of``).
-7. ``unknown_customer``: a transaction or event whose ``customer_id`` is not in the clean customers table
-   (checked only when a customers table is given).
+7. ``unknown_customer``: a transaction or event whose ``customer_id`` is in no row of the customers table
+   (checked only when a customers table is given). A customer row quarantined for another reason (say a bad
+   ``birth_year``) still makes its id known, so its good transactions and events are kept.
 8. ``duplicate_id``: a repeated id; the first occurrence in file order among rows that pass rules 1-7 is kept.
 
 Duplicates come last on purpose: a bad first occurrence is quarantined for its own reason and the next good
@@ -52,6 +53,7 @@ REASONS = ("missing_key", "unparseable_timestamp", "non_numeric_amount", "wrong_
            "future_timestamp", "unknown_customer", "duplicate_id")  # fmt: skip
 QUARANTINE_COLUMNS = ["table", "source", "row_number", "reason", "column", "value", "record"]
 QUARANTINE_TABLE = "quarantine"
+KNOWN_CUSTOMERS = "__known_customer_ids"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
 _INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
@@ -248,6 +250,9 @@ def _validate_table(
     rules.append(_Rule("duplicate_id", CONTRACTS[table.name].id_column, "false"))
     _mark_duplicates(con, checked, table, columns, rule_index=len(rules))
     rows_in = con.execute(f"SELECT count(*) FROM {checked}").fetchall()[0][0]
+    if table.name == "customers":  # before bad rows go: see rule 7 in the module docstring
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {KNOWN_CUSTOMERS} AS "
+                    f"SELECT DISTINCT customer_id FROM {checked} WHERE customer_id IS NOT NULL")
     con.execute(f"INSERT INTO {QUARANTINE_TABLE} {_quarantine_sql(table, rules, checked)}")
     con.execute(f"DELETE FROM {checked} WHERE __rule IS NOT NULL")
     for helper in ("__row", "__rule", "__value", "__record"):
@@ -377,7 +382,7 @@ def _rules(table: str, columns: dict[str, _Column], run_time: datetime, has_cust
         condition = f"{columns['timestamp'].parsed_ref} > TIMESTAMP '{run_time.isoformat(sep=' ')}'"
         rules.append(_Rule("future_timestamp", "timestamp", condition))
     if has_customers and table != "customers":
-        condition = f"{columns['customer_id'].parsed_ref} NOT IN (SELECT customer_id FROM customers)"
+        condition = f"{columns['customer_id'].parsed_ref} NOT IN (SELECT customer_id FROM {KNOWN_CUSTOMERS})"
         rules.append(_Rule("unknown_customer", "customer_id", condition))
     return rules
 

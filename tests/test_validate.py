@@ -121,6 +121,14 @@ def test_each_transaction_rule_quarantines_exactly_the_bad_row(tmp_path, values,
     assert counts.to_dict("records") == [{"table": "transactions", "reason": reason, "rows": 1}]
 
 
+def test_a_quarantined_customer_row_does_not_take_its_transactions_with_it(tmp_path):
+    customers = [["C1", "2023-01-01", "abc", "yes", "north"], *GOOD_CUSTOMERS[1:]]  # C1: bad birth_year
+    result = run(tmp_path, customers=customers)
+    assert quarantined(result, "customers") == [(1, "wrong_type", "birth_year", "abc")]
+    assert quarantined(result, "transactions") == []
+    assert result.rows_clean == {"customers": 2, "transactions": 3}  # both of C1's transactions are kept
+
+
 def test_unknown_customer_only_when_customers_are_given(tmp_path):
     rows = with_bad_tx(customer_id="C404")
     without = run(tmp_path / "a", transactions=rows) if (tmp_path / "a").mkdir() is None else None
