@@ -130,7 +130,12 @@ def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:
 
     config = make_config(ClusterConfig, overrides)
     features = data.current_features
+    # Data without events or channels (e.g. CDNOW) lacks some default behaviours: cluster on the ones present.
+    absent = [f for f in config.features if f not in features.columns]
+    if absent:
+        config = dataclasses.replace(config, features=tuple(f for f in config.features if f not in absent))
     data.progress("choosing k and fitting clusters")
     model = ClusterModel(config).fit(features)
     result = evaluate_clusters(config, features, as_of=data.as_of, model=model)
-    return TrainingRecord("clusters", model, config, result, data.base_data(evaluation_as_of=data.as_of), features)
+    return TrainingRecord("clusters", model, config, result, data.base_data(
+        evaluation_as_of=data.as_of, features_not_in_data=absent), features)
