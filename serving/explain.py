@@ -64,7 +64,7 @@ def typical_values(features: pd.DataFrame) -> dict[str, float | str | bool | Non
         elif spec.dtype in ("string", "boolean"):
             counts = column.astype("object").value_counts()
             top = counts[counts == counts.max()].index
-            out[name] = bool(top[0]) if spec.dtype == "boolean" else sorted(str(v) for v in top)[0]
+            out[name] = bool(top[0]) if spec.dtype == "boolean" else min(str(v) for v in top)
         else:
             out[name] = float(column.astype("float64").median())
     return out

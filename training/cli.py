@@ -271,42 +271,6 @@ def _print_runs(runs) -> None:
 
 
 @app.command()
-def score(
-    data: DataOpt,
-    as_of: AsOfOpt,
-    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write the scores to.")],
-    alias: Annotated[str, typer.Option(help="Registry alias of the models to use.")] = "champion",
-    max_bad_share: MaxBadOpt = 0.05,
-    explain: Annotated[bool, typer.Option(help="Add each customer's top reasons per model (needs --serve-dir).")] = False,
-    serve_dir: Annotated[Path | None, typer.Option(help="Score with the models pinned in this serve folder "
-                                                        "(segments build), exactly as the service does.")] = None,
-) -> None:
-    """Score every customer known at --as-of with the registered champion models (or a serve folder's)."""
-    from features.pipeline import build_feature_table
-    from training.scoring import ScoringBundle
-
-    if explain or serve_dir is not None:
-        return score_served(data, as_of, out_file, serve_dir, explain, max_bad_share)
-    with fail_cleanly():
-        with step("Validating"):
-            validation = load_validated_for(data, max_bad_share)
-        with step(f"Building features as of {as_of:%Y-%m-%d}"):
-            features = build_feature_table(validation, as_of).table
-    try:
-        with step("Loading champion models"):
-            bundle = ScoringBundle.from_registry(alias)
-    except (LookupError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    with step(f"Scoring {len(features):,} customers"):
-        scores = bundle.score(features)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(out_file, index=False)
-    out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))
-    out.print(f"[green]{len(scores):,} customers x {scores.shape[1] - 1} scores[/] -> {out_file}")
-
-
-@app.command()
 def promote(
     kind: Annotated[str, typer.Argument(help="churn, value, clusters, or lookalike (with --seed-segment).")],
     seed_segment: Annotated[str | None, typer.Option(help="Seed name, for a look-alike model.")] = None,
@@ -326,103 +290,8 @@ def promote(
         raise typer.Exit(1)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Serving: `build` (the serve folder and BentoML store), `serve` (the HTTP service), and batch scoring through the
-# service's own code (`score --serve-dir/--explain`).
-
-ServeDirOpt = Annotated[Path, typer.Option("--serve-dir", help="The serve folder (manifest, feature table, typical "
-                                                               "values); SEGMENTS_SERVE_DIR for the service.")]
-
-
-def use_bentoml_home() -> Path:
-    """BENTOML_HOME (the model store), by default ./bentoml; set before BentoML is imported."""
-    home = Path(os.environ.get("BENTOML_HOME") or "bentoml").resolve()
-    os.environ["BENTOML_HOME"] = str(home)
-    return home
-
-
-@app.command()
-def build(
-    data: DataOpt,
-    as_of: Annotated[datetime, typer.Option(
-        "--as-of", parser=parse_as_of, metavar="YYYY-MM-DD",
-        help="As_of of the feature table the service looks ids up in (and of the typical values).")],
-    serve_dir: ServeDirOpt = Path("serve"),
-    alias: Annotated[str, typer.Option(help="Registry alias of the models to serve.")] = "champion",
-    max_bad_share: MaxBadOpt = 0.05,
-) -> None:
-    """Prepare serving: import the champion models at their pinned versions from MLflow into the BentoML store,
-    and write the serve folder (feature table as of --as-of, typical values, manifest)."""
-    home = use_bentoml_home()
-    from serving.state import build as build_state
-
-    with fail_cleanly(), step("Validating"):
-        validation = load_validated_for(data, max_bad_share)
-    try:
-        with step("Importing models and building the serve folder"):
-            manifest = build_state(validation, as_of, serve_dir, alias)
-    except LookupError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    table = Table("model", "version", "BentoML tag", title=f"Serve folder {serve_dir} (as of {as_of:%Y-%m-%d})")
-    for name, entry in sorted(manifest["models"].items()):
-        table.add_row(name, entry["version"], entry["bento_tag"])
-    out.print(table)
-    out.print(f"{manifest['customers']:,} customers in the feature table; BentoML store: {home}")
-    out.print(f"Serve it: segments serve --serve-dir {serve_dir}")
-
-
-@app.command()
-def serve(
-    serve_dir: ServeDirOpt = Path("serve"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
-) -> None:
-    """Start the scoring service (bentoml serve serving.service:SegmentsService). SEGMENTS_API_KEY, when set, is
-    required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000)."""
-    import sys
-
-    use_bentoml_home()
-    if not (serve_dir / "manifest.json").exists():
-        console.print(f"[bold red]error:[/] no manifest.json in {serve_dir}: run segments build first")
-        raise typer.Exit(2)
-    os.environ["SEGMENTS_SERVE_DIR"] = str(serve_dir.resolve())
-    bentoml = Path(sys.executable).with_name("bentoml")
-    os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:SegmentsService", "--host", host,
-                            "--port", str(port)])
-
-
-def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | None, explain: bool,
-                 max_bad_share: float) -> None:
-    """Batch scoring with a serve folder's models and typical values, through the service's scoring code."""
-    use_bentoml_home()
-    from features.pipeline import build_feature_table
-    from serving.scoring import batch_frame
-    from serving.state import load_state
-
-    if serve_dir is None:
-        console.print("[bold red]error:[/] --explain needs --serve-dir (the typical values the reasons compare "
-                      "with are fitted by segments build)")
-        raise typer.Exit(2)
-    with step("Loading the served models"):
-        state = load_state(serve_dir)
-    if not state.ready:
-        console.print("[bold red]error:[/] " + "; ".join(state.problems))
-        raise typer.Exit(2)
-    with fail_cleanly():
-        with step("Validating"):
-            validation = load_validated_for(data, max_bad_share)
-        with step(f"Building features as of {as_of:%Y-%m-%d}"):
-            features = build_feature_table(validation, as_of).table
-    with step(f"Scoring {len(features):,} customers" + (" with reasons" if explain else "")):
-        scores = batch_frame(state.scorer, features, explain)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(out_file, index=False)
-    out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(state.versions.items())))
-    out.print(f"[green]{len(scores):,} customers scored[/] -> {out_file}")
-
-
 def main() -> None:
+    """The data and training commands alone; the `segments` console command is serving.cli:main (all commands)."""
     configure_runtime()
     app()
 

@@ -1,0 +1,221 @@
+"""Request and response models of the scoring service (pydantic v2): strict, documented, and the OpenAPI source.
+
+Input rules: unknown fields are errors (extra="forbid"); numbers must be numbers (a quoted "12.5" is refused) and
+finite (NaN and infinities are refused); a customer is given by exactly one of: its id alone (looked up in the
+served feature table), its recent raw history, or a ready feature row. The batch cap (413 above it) is checked by
+the service before items are scored, since the cap is configuration (SEGMENTS_MAX_BATCH), not schema.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from features.catalog import FEATURES_BY_NAME
+
+DEFAULT_MAX_BATCH = 10_000
+MAX_TOP_K = 20
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+Text = Annotated[StrictStr, Field(max_length=500)]
+Number = StrictFloat  # accepts JSON integers too; finite by the models' allow_inf_nan=False
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Transaction(Strict):
+    """One purchase or return (the data contract's transactions table, without customer_id)."""
+
+    transaction_id: Id
+    timestamp: datetime = Field(description="UTC; naive values are read as UTC.")
+    amount: Number = Field(description="Paid amount; a negative amount is a return.")
+    quantity: Number | None = None
+    product_id: Text | None = None
+    category: Text | None = None
+    channel: Text | None = Field(None, description="store, online, app, ...")
+    store_id: Text | None = None
+    discount_amount: Number | None = None
+    is_return: StrictBool | None = None
+    points_earned: Number | None = None
+    points_redeemed: Number | None = None
+    currency: Text | None = None
+
+
+class Event(Strict):
+    """One engagement event (the data contract's events table, without customer_id)."""
+
+    event_id: Id
+    timestamp: datetime
+    event_type: Text = Field(description="email_open, email_click, app_open, web_visit, ...")
+    channel: Text | None = None
+    campaign_id: Text | None = None
+    properties: Annotated[StrictStr, Field(max_length=10_000)] | None = Field(None, description="JSON text.")
+
+
+class Profile(Strict):
+    """The customer row of the data contract (without customer_id)."""
+
+    signup_date: datetime | None = None
+    birth_year: StrictInt | None = Field(None, ge=1900, le=2100)
+    gender: Text | None = None
+    region: Text | None = None
+    city: Text | None = None
+    loyalty_member: StrictBool | None = None
+    loyalty_join_date: datetime | None = None
+    loyalty_tier: Text | None = None
+    points_balance: Number | None = None
+    email_opt_in: StrictBool | None = None
+
+
+class History(Strict):
+    """A customer's recent raw records; features are computed from the records strictly before as_of."""
+
+    profile: Profile | None = None
+    transactions: list[Transaction] = Field(default_factory=list, max_length=100_000)
+    events: list[Event] = Field(default_factory=list, max_length=100_000)
+
+
+FeatureValue = StrictFloat | StrictInt | StrictBool | StrictStr | None
+
+
+class CustomerInput(Strict):
+    """One customer: by id alone, by raw history, or by a feature row (at most one of the last two)."""
+
+    customer_id: Id
+    history: History | None = None
+    features: dict[str, FeatureValue] | None = Field(
+        None, description="Feature name -> value (null when missing); names and types from the feature catalog.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CustomerInput:
+        if self.history is not None and self.features is not None:
+            raise ValueError("give either history or features, not both")
+        if self.features is not None:
+            problems = [problem for name, value in self.features.items()
+                        if (problem := feature_value_problem(name, value))]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
+
+def feature_value_problem(name: str, value: Any) -> str | None:
+    """Why a feature row's value is not acceptable for the catalog feature `name` (None when it is)."""
+    spec = FEATURES_BY_NAME.get(name)
+    if spec is None:
+        return f"features.{name}: unknown feature (see `segments catalog`)"
+    if value is None:
+        return None
+    expected = {"int64": (int,), "float64": (int, float), "string": (str,), "boolean": (bool,)}[spec.dtype]
+    if isinstance(value, bool) and spec.dtype != "boolean" or not isinstance(value, expected):
+        return f"features.{name}: expected {spec.dtype}, got {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"features.{name}: must be finite"
+    low, high = spec.bounds
+    if not isinstance(value, str | bool) and (low is not None and value < low or high is not None and value > high):
+        return f"features.{name}: {value} is outside [{low}, {high}]"
+    return None
+
+
+class ScoreRequest(Strict):
+    customers: list[CustomerInput] = Field(description="The batch (at most SEGMENTS_MAX_BATCH customers, "
+                                                       f"default {DEFAULT_MAX_BATCH:,}; 413 above).")
+    as_of: datetime | None = Field(
+        None, description="Point in time for history inputs (default: the served feature table's as_of). Ids are "
+                          "looked up in the feature table, which is as of its build date: another as_of is an error.")
+    explain: bool = Field(False, description="Add the top reasons per score.")
+    top_k: int = Field(3, ge=1, le=MAX_TOP_K, description="Reasons per model when explaining.")
+
+
+class ExplainRequest(Strict):
+    customers: list[CustomerInput]
+    as_of: datetime | None = None
+    top_k: int = Field(3, ge=1, le=MAX_TOP_K)
+
+
+class Reason(BaseModel):
+    attribute: str = Field(description="Business attribute: the feature name without its window.")
+    attribute_label: str
+    group: str | None = Field(description="The catalog group's title (Recency, Spend, ...).")
+    feature: str = Field(description="The attribute's feature with the largest contribution (its value is shown).")
+    label: str
+    value: float | int | str | bool | None
+    typical: float | int | str | bool | None = Field(description="The population's median (or most frequent "
+                                                                 "value) at build time.")
+    direction: str = Field(description="raises or lowers")
+    contribution: float = Field(description="Sum of the attribute's exact TreeSHAP values on the model's margin "
+                                            "(log-odds; log of expected spend for value).")
+    effect: float = Field(description="Approximate change on the output scale (probability; currency for value).")
+    sentence: str
+
+
+class ItemError(BaseModel):
+    code: str = Field(description="unknown_customer, not_known_at_as_of, ...")
+    message: str
+
+
+class Churn(BaseModel):
+    probability: float
+    band: str
+
+
+class Value(BaseModel):
+    expected_purchases: float
+    expected_spend: float
+
+
+class Lookalike(BaseModel):
+    score: float
+    percentile: float
+
+
+class Cluster(BaseModel):
+    id: int
+    name: str
+
+
+class ScoredCustomer(BaseModel):
+    customer_id: str
+    churn: Churn | None = None
+    value: Value | None = None
+    lookalike: dict[str, Lookalike] = Field(default_factory=dict, description="Per seed segment.")
+    cluster: Cluster | None = None
+    segments: list[str] = Field(default_factory=list, description="Predictive segments the customer is in.")
+    reasons: dict[str, list[Reason]] | None = Field(None, description="Per model (churn, value, cluster, "
+                                                                      "lookalike_<seed>) when explain is true.")
+    error: ItemError | None = Field(None, description="Set when this customer could not be scored.")
+
+
+class ExplainedCustomer(BaseModel):
+    customer_id: str
+    reasons: dict[str, list[Reason]] | None = None
+    error: ItemError | None = None
+
+
+class Versions(BaseModel):
+    models: dict[str, str] = Field(description="Registered model name -> registry version.")
+    feature_set_version: str
+    as_of: str = Field(description="The as_of the customers were scored at.")
+
+
+class ScoreResponse(BaseModel):
+    versions: Versions
+    customers: list[ScoredCustomer]
+
+
+class ExplainResponse(BaseModel):
+    versions: Versions
+    customers: list[ExplainedCustomer]

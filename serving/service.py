@@ -1,0 +1,171 @@
+"""The scoring service (BentoML 1.4): thin HTTP around `serving.requests` and `serving.scoring`.
+
+Run with `segments serve` (or `bentoml serve serving.service:SegmentsService`). Each worker loads the serve folder
+once (SEGMENTS_SERVE_DIR, built by `segments build`): the champion models at their pinned registry versions from the
+BentoML store, the feature table ids are looked up in, and the population's typical values.
+
+Endpoints: POST /score, POST /explain (JSON; schemas in the OpenAPI at /docs.json and the UI at /);
+GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible), /v1/info; BentoML's own
+/livez, /readyz and Prometheus /metrics.
+
+Status codes: 400 for a body that breaks the schema (field-level errors, BentoML's format: loc, msg, type);
+422 for a valid body that cannot be served as asked (feature rows lacking features, ids at another as_of, duplicate
+records); 413 above the batch cap (SEGMENTS_MAX_BATCH, default 10,000); 401 without the API key when
+SEGMENTS_API_KEY is set (header `x-api-key` or `Authorization: Bearer`; the probes /livez, /readyz, /v1/health
+and /v1/ready stay open); 503 when not ready. An unknown customer is an error in its own item; the rest is scored.
+Errors never carry stack traces (they go to the server log).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+
+import bentoml
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from features.catalog import FEATURE_SET_VERSION
+from serving.requests import RequestError, resolve_features
+from serving.schemas import (
+    DEFAULT_MAX_BATCH,
+    ExplainRequest,
+    ExplainResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from serving.state import load_state, serve_dir
+
+logger = logging.getLogger("segments.service")
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health", "/v1/ready"})
+
+status_app = FastAPI(title="segments status", openapi_url=None, docs_url=None, redoc_url=None)
+
+
+class ApiKeyMiddleware:
+    """401 for every request without SEGMENTS_API_KEY (when it is set), except the liveness/readiness probes.
+
+    The key is compared in constant time and never logged or echoed.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self.key = os.environ.get("SEGMENTS_API_KEY", "").encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.key and scope.get("path") not in OPEN_PATHS:
+            headers = dict(scope.get("headers") or [])
+            given = headers.get(b"x-api-key", b"")
+            authorization = headers.get(b"authorization", b"")
+            if not given and authorization.lower().startswith(b"bearer "):
+                given = authorization[7:].strip()
+            if not hmac.compare_digest(given, self.key):
+                response = JSONResponse({"error": "missing or wrong API key: send it in the x-api-key header"},
+                                        status_code=401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def max_batch() -> int:
+    return int(os.environ.get("SEGMENTS_MAX_BATCH") or DEFAULT_MAX_BATCH)
+
+
+def _error(status: int, message: str, detail: list | None = None) -> JSONResponse:
+    body = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+@bentoml.service(name="segments", traffic={"timeout": 120})
+@bentoml.asgi_app(status_app, path="/v1")
+class SegmentsService:
+    """Predictive segments, scores and reasons for loyalty-programme customers."""
+
+    def __init__(self) -> None:
+        self.state = load_state(serve_dir())
+        self.max_batch = max_batch()
+        for problem in self.state.problems:
+            logger.error("not ready: %s", problem)
+
+    def __is_ready__(self) -> bool:
+        return self.state.ready
+
+    def _versions(self, as_of) -> dict:
+        return {"models": self.state.versions, "feature_set_version": FEATURE_SET_VERSION,
+                "as_of": as_of.isoformat()}
+
+    def _resolve(self, request):
+        """Common checks of score and explain: readiness, batch cap, then features (or an error response)."""
+        if not self.state.ready:
+            return None, _error(503, "not ready: " + "; ".join(self.state.problems))
+        if len(request.customers) > self.max_batch:
+            return None, _error(413, f"{len(request.customers):,} customers in one request; the limit is "
+                                     f"{self.max_batch:,} (SEGMENTS_MAX_BATCH): split the batch")
+        try:
+            return resolve_features(self.state, request.customers, request.as_of), None
+        except RequestError as exc:
+            return None, _error(422, str(exc), exc.detail)
+
+    @bentoml.api(route="/score")
+    def score(self, request: ScoreRequest, /) -> ScoreResponse:
+        """Scores and predictive segments per customer (and reasons with explain: true)."""
+        resolved, error = self._resolve(request)
+        if error is not None:
+            return error
+        scored = iter(self.state.scorer.results(resolved.features, request.explain, request.top_k))
+        items = [item_error if item_error is not None else next(scored) for item_error in resolved.errors]
+        return ScoreResponse.model_validate({"versions": self._versions(resolved.as_of), "customers": items})
+
+    @bentoml.api(route="/explain")
+    def explain(self, request: ExplainRequest, /) -> ExplainResponse:
+        """Top reasons per customer and model, grouped to business attributes (exact TreeSHAP)."""
+        resolved, error = self._resolve(request)
+        if error is not None:
+            return error
+        explained = iter(self.state.scorer.explanations(resolved.features, request.top_k)
+                         if not resolved.features.empty else [])
+        items = []
+        for customer, item_error in zip(request.customers, resolved.errors, strict=True):
+            if item_error is not None:
+                items.append({"customer_id": item_error["customer_id"], "error": item_error["error"]})
+            else:
+                items.append({"customer_id": customer.customer_id, "reasons": next(explained)})
+        return ExplainResponse.model_validate({"versions": self._versions(resolved.as_of), "customers": items})
+
+    @status_app.get("/health")
+    def health(self) -> dict:
+        """Liveness: the worker answers."""
+        return {"status": "ok"}
+
+    @status_app.get("/ready")
+    def ready(self):
+        """Readiness: true when every model loaded and matches the feature set; otherwise false with the reason."""
+        if self.state.ready:
+            return {"ready": True}
+        return JSONResponse({"ready": False, "reason": "; ".join(self.state.problems)}, status_code=503)
+
+    @status_app.get("/info")
+    def info(self) -> dict:
+        """Models (registry versions, BentoML tags), feature set, as_of of the feature table, limits, engines."""
+        from serving.scoring import PREDICTIVE_SEGMENTS
+        from serving.treeshap import engine_name
+
+        manifest = self.state.manifest
+        engines = {}
+        if self.state.scorer is not None:
+            engines = {e.target.key: engine_name(e.engine) for e in self.state.scorer.explainers.values()}
+        return json.loads(json.dumps({
+            "ready": self.state.ready, "problems": self.state.problems,
+            "feature_set_version": FEATURE_SET_VERSION, "as_of": manifest.get("as_of"),
+            "models": manifest.get("models", {}), "customers_in_feature_table": manifest.get("customers"),
+            "built_at": manifest.get("built_at"), "max_batch": self.max_batch,
+            "explanation_engines": engines, "predictive_segments": PREDICTIVE_SEGMENTS,
+            "api_key_required": bool(os.environ.get("SEGMENTS_API_KEY")),
+        }, default=str))
+
+
+SegmentsService.add_asgi_middleware(ApiKeyMiddleware)

@@ -1,0 +1,153 @@
+"""What the service serves, built once by `segments build` and loaded once per worker.
+
+A serve folder (SEGMENTS_SERVE_DIR, default ./serve) holds:
+- manifest.json: feature-set version, as_of, the contract columns the features were built from, and per registered
+  model its registry version and the BentoML model tag it was imported as (BentoML store: BENTOML_HOME);
+- features.parquet: the feature table as of as_of (what ids are looked up in), with its metadata;
+- typical.json: the population's typical value of every feature at as_of (reasons compare against it).
+
+Models are imported from the MLflow registry at their pinned versions (`models:/NAME/VERSION`) into the BentoML model
+store, so the service never reads "latest" from MLflow and runs without the tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from features.build import FeatureQuery, to_feature_frame
+from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
+from features.pipeline import build_feature_table, read_feature_table, write_feature_table
+from serving.explain import typical_values
+from training.scoring import ScoringBundle
+
+MANIFEST, FEATURES_FILE, TYPICAL_FILE = "manifest.json", "features.parquet", "typical.json"
+DEFAULT_SERVE_DIR = "serve"
+DEFAULT_BENTOML_HOME = "bentoml"
+
+
+def serve_dir() -> Path:
+    """SEGMENTS_SERVE_DIR, else ./serve."""
+    return Path(os.environ.get("SEGMENTS_SERVE_DIR") or DEFAULT_SERVE_DIR)
+
+
+def bento_name(registered: str) -> str:
+    """A BentoML model name for a registered model name (lower case; BentoML's allowed characters)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in registered.lower())
+
+
+def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", progress=lambda message: None) -> dict:
+    """Import the `alias` models into the BentoML store at their pinned versions, write the feature table as of
+    `as_of` and the population's typical values, and the manifest tying them together. Returns the manifest."""
+    import bentoml
+
+    from training.tracking import _alias_version, client, registered_names
+
+    mlflow_client = client()
+    models = {}
+    for name in registered_names():
+        version = _alias_version(mlflow_client, name, alias)
+        if version is None:
+            continue
+        progress(f"importing {name} v{version.version} into the BentoML store")
+        imported = bentoml.mlflow.import_model(
+            bento_name(name), f"models:/{name}/{version.version}",
+            labels={"registered_name": name, "registry_version": str(version.version)},
+            metadata={"feature_set_version": version.tags.get("feature_set_version", FEATURE_SET_VERSION)})
+        models[name] = {"version": str(version.version), "bento_tag": str(imported.tag)}
+    if not models:
+        raise LookupError(f"no model has the alias '{alias}': train models first (segments train all ...)")
+    progress(f"building features as of {as_of:%Y-%m-%d}")
+    run = build_feature_table(validation, as_of)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_feature_table(run, out_dir / FEATURES_FILE)
+    (out_dir / TYPICAL_FILE).write_text(json.dumps(typical_values(run.table), indent=1, sort_keys=True))
+    manifest = {"feature_set_version": FEATURE_SET_VERSION, "as_of": as_of.isoformat(), "alias": alias,
+                "columns": run.query.columns, "features": [f.name for f in run.query.features],
+                "models": models, "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "customers": len(run.table)}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def load_bento_model(tag: str):
+    """Our model object from a BentoML-stored MLflow model (loaded from code, no pickles of ours)."""
+    import bentoml
+
+    return bentoml.mlflow.load_model(tag).unwrap_python_model().model
+
+
+@dataclass
+class ServingState:
+    """Everything a worker serves, or why it cannot (`problems`, reported by readiness)."""
+
+    directory: Path
+    manifest: dict = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+    typical: dict = field(default_factory=dict)
+    scorer: object | None = None
+    query: FeatureQuery | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems and self.scorer is not None
+
+    @property
+    def as_of(self) -> datetime:
+        return datetime.fromisoformat(self.manifest["as_of"])
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {name: m["version"] for name, m in self.manifest.get("models", {}).items()}
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.manifest.get("features", []))
+
+
+def load_state(directory: Path) -> ServingState:
+    """Load the serve folder, never raising: what is missing or incompatible goes to `problems`."""
+    from serving.scoring import Scorer
+
+    state = ServingState(Path(directory))
+    path = state.directory / MANIFEST
+    if not path.exists():
+        state.problems.append(f"no {MANIFEST} in {state.directory.resolve()}: run segments build first")
+        return state
+    state.manifest = json.loads(path.read_text())
+    if state.manifest.get("feature_set_version") != FEATURE_SET_VERSION:
+        state.problems.append(f"the serve folder was built for feature set {state.manifest.get('feature_set_version')}"
+                              f", this code builds {FEATURE_SET_VERSION}: rebuild it (segments build)")
+        return state
+    bundle = ScoringBundle()
+    for name, entry in state.manifest["models"].items():
+        try:
+            model = load_bento_model(entry["bento_tag"])
+        except Exception as exc:  # noqa: BLE001 - any failure to load is a readiness problem, reported by name
+            state.problems.append(f"model {name} v{entry['version']} ({entry['bento_tag']}) cannot be loaded from "
+                                  f"the BentoML store: {type(exc).__name__}: {exc}")
+            continue
+        version = getattr(model, "feature_set_version_", None)
+        if version != FEATURE_SET_VERSION:
+            state.problems.append(f"model {name} v{entry['version']} was trained on feature set {version}, this code "
+                                  f"builds {FEATURE_SET_VERSION}: retrain it")
+            continue
+        bundle.models[name], bundle.versions[name] = model, entry["version"]
+    table, meta = read_feature_table(state.directory / FEATURES_FILE)
+    if meta.get("feature_set_version") != FEATURE_SET_VERSION:
+        state.problems.append(f"{FEATURES_FILE} has feature set {meta.get('feature_set_version')}: rebuild it")
+    features = [FEATURES_BY_NAME[name] for name in state.feature_names]
+    state.table = to_feature_frame(table, features).set_index("customer_id", drop=False)
+    state.typical = json.loads((state.directory / TYPICAL_FILE).read_text())
+    state.query = FeatureQuery(state.manifest["columns"], features)
+    _ = state.query.sql  # compiled once, at start
+    if bundle.models:
+        state.scorer = Scorer(bundle, state.typical)
+    return state

@@ -1,0 +1,71 @@
+"""Shared by the serving tests: small real models trained, registered in a temp MLflow, and built into a serve folder.
+
+Small configs (the tests are about plumbing and exactness, not quality); the churn model keeps its default 7-leaf
+trees so that the fast exact TreeSHAP path is exercised.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+AS_OF = datetime(2026, 7, 1)
+SMALL = {
+    "churn": {"n_estimators": 40},
+    "value": {"n_estimators": 15, "num_leaves": 7},
+    "lookalike": {"num_boost_round": 15, "num_leaves": 7},
+    "clusters": {"k_range": (3, 4), "bootstrap_rounds": 2, "n_init": 2, "surrogate_num_boost_round": 10,
+                 "surrogate_num_leaves": 7, "sample_size": 1500},
+}
+
+
+@contextmanager
+def environment(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def use_bentoml_home(home: Path) -> None:
+    """Point BentoML's model store at `home`, also when BentoML was imported already in this process."""
+    os.environ["BENTOML_HOME"] = str(home)
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    models = Path(home) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    # BentoML caches the home and the store on first use: replace both (tests use one store per module).
+    BentoMLContainer.bentoml_home.set(str(home))
+    BentoMLContainer.model_store_dir.set(str(models))
+    BentoMLContainer.model_store.set(ModelStore(str(models)))
+
+
+def build_served(root: Path, validation, data_folder: Path) -> dict:
+    """Train the four model kinds (small), register them, and run `segments build` logic. Returns paths and env."""
+    from training import train as training
+    from training.tracking import log_training_run
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "BENTOML_HOME": str(root / "bentoml"),
+           "SEGMENTS_SERVE_DIR": str(root / "serve")}
+    with environment(MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"]):
+        use_bentoml_home(root / "bentoml")
+        shared = training.TrainingData(validation, AS_OF, str(data_folder))
+        records = [training.train_churn(shared, SMALL["churn"], 90), training.train_value(shared, SMALL["value"], 90),
+                   training.train_lookalike(shared, SMALL["lookalike"], "best_members"),
+                   training.train_clusters(shared, SMALL["clusters"])]
+        for record in records:
+            log_training_run(record)
+        from serving.state import build
+
+        manifest = build(validation, AS_OF, root / "serve")
+    return {"env": env, "manifest": manifest, "serve_dir": root / "serve", "records": records,
+            "features": shared.current_features}

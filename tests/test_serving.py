@@ -1,0 +1,248 @@
+"""Serving in process: exact explanations, reasons, input resolution, the ASGI app, and batch/service parity.
+
+One ASGI app per process (a second one registers BentoML's Prometheus collectors twice; NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from serving_setup import AS_OF, build_served, environment, use_bentoml_home
+
+from serving.explain import AttributeMap, attribute_of, format_value, typical_values
+from serving.treeshap import FastTreeShap, pred_contrib
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, generated_validation, generated):
+    root = tmp_path_factory.mktemp("served")
+    return build_served(root, generated_validation, generated[1])
+
+
+@pytest.fixture(scope="module")
+def state(served):
+    from serving.state import load_state
+
+    use_bentoml_home(served["env"]["BENTOML_HOME"])
+    loaded = load_state(served["serve_dir"])
+    assert loaded.ready, loaded.problems
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def client(served, state):
+    from starlette.testclient import TestClient
+
+    with environment(**served["env"]):
+        from serving.service import SegmentsService
+
+        with TestClient(SegmentsService.to_asgi()) as test_client:
+            yield test_client
+
+
+@pytest.fixture(scope="module")
+def sample(served):
+    return served["features"].sample(300, random_state=0).reset_index(drop=True)
+
+
+def test_attribute_is_the_feature_without_its_window():
+    assert {attribute_of(f"orders_count_{w}") for w in ("14d", "30d", "90d", "365d", "total")} == {"orders_count"}
+    assert attribute_of("orders_count_prev_90d") == "orders_count_prev"  # a trend input, not a window of counts
+    assert attribute_of("days_since_last_order") == "days_since_last_order"
+    grouping = AttributeMap(["orders_count_14d", "orders_count_90d", "days_since_last_order"])
+    summed = grouping.group(np.array([[0.1, 0.2, -0.5]]))
+    assert grouping.attributes == ["orders_count", "days_since_last_order"]
+    np.testing.assert_allclose(summed, [[0.3, -0.5]])
+    assert grouping.leading_feature(np.array([[0.1, 0.2, -0.5]]), 0, 0) == "orders_count_90d"
+
+
+def test_values_in_words():
+    assert format_value("days_since_last_order", 94.0) == "94 days"
+    assert format_value("online_share_365d", 0.25) == "25%"
+    assert format_value("spend_sum_90d", 1234.5) == "1,234.50"
+    assert format_value("loyalty_member", True) == "yes"
+    assert format_value("days_since_last_order", None) == "none"
+
+
+def test_typical_values_are_medians_and_modes():
+    frame = pd.DataFrame({"orders_count_90d": [1, 2, 10], "region": pd.Series(["n", "s", "s"], dtype="string"),
+                          "loyalty_member": pd.Series([True, True, False], dtype="boolean")})
+    assert typical_values(frame) == {"orders_count_90d": 2.0, "region": "s", "loyalty_member": True}
+
+
+@pytest.mark.parametrize("name", ["segments-churn", "segments-value", "segments-lookalike-best_members",
+                                  "segments-clusters"])
+def test_contributions_plus_base_value_equal_the_margin(state, sample, name):
+    explainer = state.scorer.explainers[name]
+    contributions, base = explainer.contributions(sample)
+    np.testing.assert_allclose(contributions.sum(axis=1) + base, explainer.margin(sample), rtol=0, atol=1e-6)
+    # and the values are LightGBM's own pred_contrib (whatever engine computed them)
+    reference = pred_contrib(explainer.booster)(explainer.matrix(sample))
+    if explainer.kind == "clusters":
+        reference = reference.reshape(len(sample), -1, explainer.n_inputs + 1)[
+            np.arange(len(sample)), explainer.model.assign(sample)]
+    np.testing.assert_allclose(np.c_[contributions, base], reference, rtol=0, atol=1e-9)
+
+
+def test_fast_treeshap_is_used_for_small_trees_and_matches_pred_contrib_on_missing_values(state, sample):
+    explainer = state.scorer.explainers["segments-churn"]
+    assert isinstance(explainer.engine, FastTreeShap)
+    X = explainer.matrix(sample).copy()
+    X[::3, :] = np.nan  # every split's missing-value rule
+    X[1::3, :] = 0.0  # zero-as-missing and the 0 side of every threshold
+    np.testing.assert_allclose(explainer.engine(X), pred_contrib(explainer.booster)(X), rtol=0, atol=1e-9)
+
+
+def test_reasons_are_sorted_signed_and_phrased(state, sample):
+    reasons = state.scorer.explanations(sample.head(20), top_k=3)
+    assert set(reasons[0]) == {"churn", "value", "lookalike_best_members", "cluster"}
+    for customer in reasons:
+        churn = customer["churn"]
+        assert len(churn) == 3
+        sizes = [abs(r["contribution"]) for r in churn]
+        assert sizes == sorted(sizes, reverse=True)
+        for r in churn:
+            assert r["direction"] == ("raises" if r["contribution"] > 0 else "lowers")
+            assert np.sign(r["effect"]) == np.sign(r["contribution"]) or r["effect"] == 0
+            assert r["sentence"].startswith(r["label"]) and "churn risk" in r["sentence"]
+            assert r["typical"] == state.typical.get(r["feature"])
+
+
+def test_one_customer_gets_the_same_result_alone_and_in_a_batch(state, sample):
+    batch = state.scorer.results(sample.head(50), explain=True)
+    alone = state.scorer.results(sample.iloc[[7]], explain=True)
+    assert json.dumps(alone[0], sort_keys=True) == json.dumps(batch[7], sort_keys=True)
+
+
+def test_score_by_id_with_an_unknown_id_in_the_batch(client, state):
+    ids = list(state.table.index[:2])
+    response = client.post("/score", json={"customers": [{"customer_id": ids[0]}, {"customer_id": "nobody"},
+                                                         {"customer_id": ids[1]}]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["versions"]["models"] == state.versions
+    assert body["versions"]["feature_set_version"] == state.manifest["feature_set_version"]
+    first, unknown, third = body["customers"]
+    assert unknown["error"]["code"] == "unknown_customer" and unknown["churn"] is None
+    assert first["customer_id"] == ids[0] and 0 < first["churn"]["probability"] < 1 and first["error"] is None
+    assert third["customer_id"] == ids[1] and set(first["lookalike"]) == {"best_members"}
+    assert f"churn_risk_{first['churn']['band']}" in first["segments"]
+
+
+def test_history_and_feature_row_inputs_give_the_id_result(client, state, generated_validation):
+    con = generated_validation.con
+    cid = con.execute("SELECT customer_id FROM transactions GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
+    txns = con.execute("SELECT * EXCLUDE (customer_id) FROM transactions WHERE customer_id = ?", [cid]).df()
+    events = con.execute("SELECT * EXCLUDE (customer_id) FROM events WHERE customer_id = ?", [cid]).df()
+    profile = con.execute("SELECT * EXCLUDE (customer_id, tags) FROM customers WHERE customer_id = ?", [cid]).df()
+    history = {"profile": _records(profile)[0], "transactions": _records(txns), "events": _records(events)}
+    row = state.table.loc[cid]
+    features = {name: _plain(row[name]) for name in state.feature_names}
+    body = {"customers": [{"customer_id": cid}, {"customer_id": cid, "history": history},
+                          {"customer_id": cid, "features": features}], "explain": True}
+    response = client.post("/score", json=body)
+    assert response.status_code == 200, response.text
+    by_id, by_history, by_row = response.json()["customers"]
+    # The one-customer query sums in another order than the batch query: feature values agree to ~1e-15
+    assert _rounded(by_history) == _rounded(by_id)
+    assert by_row == by_id
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def test_bad_inputs_are_field_level_4xx_without_traces(client, state):
+    cid = state.table.index[0]
+    cases = [
+        ({"customers": [{"customer_id": cid, "extra": 1}]}, 400, ["customers", 0, "extra"]),
+        ({"customers": [{"customer_id": cid}], "bogus": True}, 400, ["bogus"]),
+        ({"customers": [{"customer_id": 5}]}, 400, ["customers", 0, "customer_id"]),
+        ({}, 400, ["customers"]),
+        ({"customers": [{"customer_id": "x", "history": {"transactions": [
+            {"transaction_id": "t", "timestamp": "2026-01-01", "amount": "12"}]}}]}, 400, None),
+        ({"customers": [{"customer_id": "x", "features": {"orders_count_14d": 1}}]}, 422, None),
+        ({"customers": [{"customer_id": cid}], "as_of": "2026-01-01"}, 422, ["as_of"]),
+    ]
+    for body, status, loc in cases:
+        response = client.post("/score", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert "Traceback" not in response.text
+        if loc is not None:
+            assert loc in [d["loc"][:len(loc)] for d in response.json()["detail"]], response.text
+    not_finite = client.post("/score", content=b'{"customers": [{"customer_id": "x", "history": {"transactions": '
+                                                b'[{"transaction_id": "t", "timestamp": "2026-01-01", '
+                                                b'"amount": NaN}]}}]}', headers={"content-type": "application/json"})
+    assert not_finite.status_code == 400 and "finite" in not_finite.text
+
+
+def test_status_endpoints(client, state):
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    assert client.get("/v1/ready").json() == {"ready": True}
+    info = client.get("/v1/info").json()
+    assert info["explanation_engines"]["churn"] == "FastTreeShap"
+    assert {name: m["version"] for name, m in info["models"].items()} == state.versions
+    # /metrics needs the Prometheus set-up of a real server: tests/test_serving_http.py
+
+
+def test_readiness_reports_a_missing_model(served, tmp_path):
+    import shutil
+
+    from serving.state import load_state
+
+    broken = tmp_path / "serve"
+    shutil.copytree(served["serve_dir"], broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["models"]["segments-churn"]["bento_tag"] = "segments-churn:doesnotexist"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    state = load_state(broken)
+    assert not state.ready and "segments-churn" in state.problems[0]
+
+
+def test_batch_scoring_and_the_service_agree(client, served, state, generated, tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    out = tmp_path / "scores.parquet"
+    with environment(**served["env"]):
+        result = CliRunner().invoke(app, ["score", "--data", str(generated[1]), "--as-of", AS_OF.date().isoformat(),
+                                          "--out", str(out), "--serve-dir", str(served["serve_dir"]), "--explain"])
+    assert result.exit_code == 0, result.output
+    batch = pd.read_parquet(out).set_index("customer_id")
+    ids = list(batch.index[:40])
+    response = client.post("/score", json={"customers": [{"customer_id": i} for i in ids], "explain": True})
+    for item in response.json()["customers"]:
+        row = batch.loc[item["customer_id"]]
+        assert item["churn"] == {"probability": row["churn_probability"], "band": row["churn_band"]}
+        assert item["value"]["expected_spend"] == row["expected_spend"]
+        assert item["lookalike"]["best_members"]["percentile"] == row["lookalike_best_members_percentile"]
+        assert item["cluster"]["id"] == row["cluster_id"]
+        assert item["segments"] == list(row["segments"])
+        assert item["reasons"] == json.loads(row["reasons"])
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    out = []
+    for record in frame.to_dict(orient="records"):
+        out.append({k: _plain(v) for k, v in record.items() if _plain(v) is not None})
+    return out
+
+
+def _plain(value):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
