@@ -87,6 +87,9 @@ def build(
     serve_dir: ServeDirOpt = Path("serve"),
     alias: Annotated[str, typer.Option(help="Registry alias of the models to serve.")] = "champion",
     max_bad_share: MaxBadOpt = 0.05,
+    bento: Annotated[bool, typer.Option(help="Also package code, serve folder and models as the bento "
+                                              "'segments' (offline), to run with `bentoml serve segments:latest`.")]
+    = False,
 ) -> None:
     """Prepare serving: import the champion models at their pinned versions from MLflow into the BentoML store,
     and write the serve folder (feature table as of --as-of, typical values, manifest)."""
@@ -107,6 +110,12 @@ def build(
     out.print(table)
     out.print(f"{manifest['customers']:,} customers in the feature table; BentoML store: {home}")
     out.print(f"Serve it: segments serve --serve-dir {serve_dir}")
+    if bento:
+        from serving.bento import build_bento
+
+        with step("Building the bento"):
+            tag = build_bento(serve_dir, manifest)
+        out.print(f"Bento {tag} in {home}: BENTOML_HOME={home} bentoml serve {tag}")
 
 
 @app.command()

@@ -120,3 +120,42 @@ def test_docs_metrics_and_info(server):
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
     info = httpx.get(f"{server['base']}/v1/info", headers=headers, timeout=10).json()
     assert info["ready"] and info["max_batch"] == 5
+
+
+def test_bento_builds_offline_and_serves(server, generated, tmp_path):
+    """`segments build --bento` packages code, serve folder and pinned models; `bentoml serve` runs the bento."""
+    env = {**os.environ, **server["state"]["env"], "BENTOML_DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true"}
+    env.pop("SEGMENTS_SERVE_DIR", None)  # the bento carries its own serve folder
+    segments = Path(sys.executable).with_name("segments")
+    built = subprocess.run([str(segments), "build", "--data", str(generated[1]), "--as-of", "2026-07-01",
+                            "--serve-dir", str(tmp_path / "serve"), "--bento"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "Bento segments:" in built.stdout
+    port = _free_port()
+    log = tmp_path / "bento.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "segments:latest",
+                                    "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        ids = _ids(server, 2)
+        answer = httpx.post(f"http://127.0.0.1:{port}/score", json={"customers": [{"customer_id": i} for i in ids]},
+                            headers={"x-api-key": KEY}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [c["customer_id"] for c in body["customers"]] == ids
+        assert body["versions"]["models"] == {name: entry["version"]
+                                              for name, entry in server["state"]["manifest"]["models"].items()}
+    finally:
+        _stop(process)
