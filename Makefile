@@ -29,6 +29,9 @@ demo: env
 	cd $(DEMO) && ../$(BIN)/segments train all --data data --as-of 2026-07-01 \
 		--seed-segment best_members --seed-segment loyalty_members
 	cd $(DEMO) && ../$(BIN)/segments score --data data --as-of 2026-07-01 --out scores.parquet
+	cd $(DEMO) && ../$(BIN)/segments build --data data --as-of 2026-07-01
+	cd $(DEMO) && ../$(BIN)/segments score --data data --as-of 2026-07-01 --serve-dir serve --explain \
+		--out scores_explained.parquet
 	$(BIN)/segments import-cdnow --out $(DEMO)/cdnow
 	$(BIN)/segments features --data $(DEMO)/cdnow --as-of 1997-10-01 --out $(DEMO)/cdnow_features.parquet
 	@echo
@@ -37,10 +40,12 @@ demo: env
 	@echo "  quarantine report     $(DEMO)/quarantine/"
 	@echo "  feature table         $(DEMO)/features.parquet"
 	@echo "  models (MLflow)       $(DEMO)/mlflow.db, artifacts in $(DEMO)/mlruns/"
-	@echo "  scores                $(DEMO)/scores.parquet"
+	@echo "  scores                $(DEMO)/scores.parquet, with reasons: $(DEMO)/scores_explained.parquet"
+	@echo "  serve folder          $(DEMO)/serve/ (models in $(DEMO)/bentoml/)"
 	@echo "  CDNOW (real data)     $(DEMO)/cdnow/ and $(DEMO)/cdnow_features.parquet"
 	@echo
 	@echo "Browse runs and registered models:  cd $(DEMO) && ../$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Start the scoring service:          cd $(DEMO) && ../$(BIN)/segments serve   (README: Scoring service)"
 
 test: env
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
