@@ -3,7 +3,7 @@
 Usage (2 cores, one run): python bench/serving_bench.py --data DIR --as-of YYYY-MM-DD [--rows 1000] [--repeat 5]
 Trains a default churn model (ChurnConfig()) on DIR, then times both engines on the same rows and checks that their
 values agree to 1e-6. Benchmarks (a) (single-customer latency at 50 req/s) and (b) (batches of 1,000 against the
-in-process limit) are not written yet.
+in-process limit) are in bench/serving_load.py.
 """
 
 from __future__ import annotations

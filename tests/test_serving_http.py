@@ -38,6 +38,14 @@ def server(tmp_path_factory, generated_validation, generated):
                                     "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=root, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    _wait_ready(base, process, log)
+    yield {"base": base, "process": process, "log": log, "state": served}
+    _stop(process)
+
+
+def _wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll /v1/ready until 200; fail with the server log when it exits, says 503 (a load problem that waiting
+    will not fix) or takes longer than READY_TIMEOUT_S."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     answer = "no answer"
     while True:
@@ -45,8 +53,8 @@ def server(tmp_path_factory, generated_validation, generated):
             ready = httpx.get(f"{base}/v1/ready", timeout=2)
             answer = ready.text
             if ready.status_code == 200:
-                break
-            if ready.status_code == 503:  # up but not ready: a load problem, waiting will not fix it
+                return
+            if ready.status_code == 503:
                 deadline = 0
         except httpx.HTTPError:
             pass
@@ -54,8 +62,6 @@ def server(tmp_path_factory, generated_validation, generated):
             _stop(process)
             pytest.fail(f"server not ready: {answer}\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield {"base": base, "process": process, "log": log, "state": served}
-    _stop(process)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -140,15 +146,7 @@ def test_bento_builds_offline_and_serves(server, generated, tmp_path):
                                     "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        _wait_ready(f"http://127.0.0.1:{port}", process, log)
         ids = _ids(server, 2)
         answer = httpx.post(f"http://127.0.0.1:{port}/score", json={"customers": [{"customer_id": i} for i in ids]},
                             headers={"x-api-key": KEY}, timeout=30)
