@@ -51,7 +51,7 @@ def resolve_features(state, customers: list[CustomerInput], as_of: datetime | No
             f"{as_of.isoformat()} send their history (or feature rows), or rebuild (segments build --as-of)",
             [{"loc": ["as_of"], "msg": "differs from the feature table's as_of", "type": "as_of_mismatch"}])
     features = [FEATURES_BY_NAME[name] for name in state.feature_names]
-    rows: dict[int, pd.DataFrame] = {}
+    pieces: list[pd.DataFrame] = []  # feature rows, each tagged with the position of its request item
     errors: list[dict | None] = [None] * len(customers)
     by_id = [i for i, c in enumerate(customers) if c.history is None and c.features is None]
     known = state.table.index
@@ -61,31 +61,37 @@ def resolve_features(state, customers: list[CustomerInput], as_of: datetime | No
                                     f"customer {customers[i].customer_id!r} is not in the feature table as of "
                                     f"{state.as_of:%Y-%m-%d}: send their history or feature row")
     found = [i for i in by_id if errors[i] is None]
-    if found:
-        table = state.table.loc[[customers[i].customer_id for i in found]].reset_index(drop=True)
-        for j, i in enumerate(found):
-            rows[i] = table.iloc[[j]]
+    if found:  # one lookup for the whole batch: per-row frames made 1,000 ids take 12 s
+        pieces.append(state.table.loc[[customers[i].customer_id for i in found]].reset_index(drop=True)
+                      .assign(__item=found))
     with_history = [i for i, c in enumerate(customers) if c.history is not None]
     if with_history:
         built = _from_history(state, [customers[i] for i in with_history], as_of).set_index("customer_id",
                                                                                            drop=False)
+        present = []
         for i in with_history:
             cid = customers[i].customer_id
             if cid in built.index:
-                rows[i] = built.loc[[cid]].reset_index(drop=True)
+                present.append(i)
             else:
                 errors[i] = _item_error(cid, "no_records_before_as_of",
                                         f"customer {cid!r} has no record before {as_of.isoformat()}")
+        if present:
+            pieces.append(built.loc[[customers[i].customer_id for i in present]].reset_index(drop=True)
+                          .assign(__item=present))
     with_row = [i for i, c in enumerate(customers) if c.features is not None]
     if with_row:
         _check_feature_rows(customers, with_row, state.feature_names)
-        for i in with_row:
-            values = {"customer_id": customers[i].customer_id,
-                      **{name: customers[i].features.get(name) for name in state.feature_names}}
-            rows[i] = pd.DataFrame([values])
-    ordered = [rows[i] for i in range(len(customers)) if i in rows]
-    frame = (to_feature_frame(pd.concat([to_feature_frame(r, features) for r in ordered], ignore_index=True),
-                              features) if ordered else pd.DataFrame(columns=["customer_id"]))
+        pieces.append(pd.DataFrame([{"customer_id": customers[i].customer_id,
+                                     **{name: customers[i].features.get(name) for name in state.feature_names}}
+                                    for i in with_row]).assign(__item=with_row))
+    if pieces:
+        typed = [to_feature_frame(piece.drop(columns="__item"), features).assign(__item=piece["__item"].to_numpy())
+                 for piece in pieces]
+        merged = pd.concat(typed, ignore_index=True).sort_values("__item", kind="stable")
+        frame = to_feature_frame(merged.drop(columns="__item").reset_index(drop=True), features)
+    else:
+        frame = pd.DataFrame(columns=["customer_id"])
     return Resolved(frame, errors, as_of)
 
 

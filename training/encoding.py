@@ -46,16 +46,17 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):
         missing = [c for c in self.feature_names_ if c not in features.columns]
         if missing:
             raise ValueError(f"feature table lacks columns the model was trained on: {', '.join(missing)}")
-        out = {}
-        for name in self.feature_names_:
-            column = features[name]
-            if name in self.categories_:
-                codes = {value: float(i) for i, value in enumerate(self.categories_[name])}
-                out[name] = column.astype("object").map(codes).astype("float64")
-            else:
-                out[name] = pd.to_numeric(column.astype("object").where(column.notna(), np.nan),
-                                          errors="raise").astype("float64")
-        return pd.DataFrame(out, index=features.index)
+        # One conversion for all numeric columns: per-column conversion dominated single-customer scoring.
+        numeric = [n for n in self.feature_names_ if n not in self.categories_]
+        try:
+            values = features[numeric].to_numpy(dtype="float64", na_value=np.nan)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"non-numeric values in numeric features: {exc}") from exc
+        out = pd.DataFrame(values, index=features.index, columns=numeric)
+        for name, vocabulary in self.categories_.items():
+            codes = {value: float(i) for i, value in enumerate(vocabulary)}
+            out[name] = features[name].astype("object").map(codes).astype("float64")
+        return out[self.feature_names_]
 
     @property
     def categorical_features(self) -> list[str]:
