@@ -173,35 +173,20 @@ class ChurnModel:
 
     def save(self, directory: Path) -> None:
         """Write booster.txt, encoder.json, calibration.json and model.json (config and metadata) to `directory`."""
-        require_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(directory / "booster.txt"))
-        (directory / "encoder.json").write_text(self.encoder_.to_json())
-        write_json(directory / "calibration.json", self.calibration_)
-        write_json(directory / "model.json", {
-            **model_metadata(self, fit_as_of=self.fit_as_of_, validation_as_of=self.validation_as_of_),
+        directory = save_snapshot_model(self, directory, {"booster": self.booster_}, {
             "best_iteration": self.best_iteration_, "calibration_method": self.calibration_method_,
-            "calibration_scores": self.calibration_scores_,
-            "n_train_rows": self.n_train_rows_, "n_validation_rows": self.n_validation_rows_,
-        })
+            "calibration_scores": self.calibration_scores_})
+        write_json(directory / "calibration.json", self.calibration_)
 
     @classmethod
     def load(cls, directory: Path) -> ChurnModel:
         """Load a model written by `save`; it scores identically."""
-        directory = Path(directory)
-        meta = read_metadata(directory / "model.json", cls.kind)
-        model = cls(config_from_dict(ChurnConfig, meta["config"]))
-        model.booster_ = lgb.Booster(model_file=str(directory / "booster.txt"))
-        model.encoder_ = FeatureEncoder.from_json((directory / "encoder.json").read_text())
-        model.calibration_ = json.loads((directory / "calibration.json").read_text())
+        model, meta, boosters = load_snapshot_model(cls, ChurnConfig, directory, ["booster"])
+        model.booster_ = boosters["booster"]
+        model.calibration_ = json.loads((Path(directory) / "calibration.json").read_text())
         model.calibration_method_ = meta["calibration_method"]
         model.calibration_scores_ = meta["calibration_scores"]
         model.best_iteration_ = meta["best_iteration"]
-        model.fit_as_of_ = [datetime.fromisoformat(d) for d in meta["fit_as_of"]]
-        model.validation_as_of_ = datetime.fromisoformat(meta["validation_as_of"])
-        model.n_train_rows_, model.n_validation_rows_ = meta["n_train_rows"], meta["n_validation_rows"]
-        model.feature_set_version_ = meta["feature_set_version"]
         return model
 
 
@@ -476,6 +461,35 @@ def require_fitted(model) -> None:
     """Raise sklearn's NotFittedError (a ValueError) when `model` has not been fitted or loaded."""
     if not hasattr(model, "booster_") and not hasattr(model, "boosters_"):
         raise NotFittedError(f"this {type(model).__name__} is not fitted: call fit() or load() first")
+
+
+def save_snapshot_model(model, directory: Path, boosters: dict, extra: dict) -> Path:
+    """Save what churn and value models share: boosters as <name>.txt, encoder.json, and model.json with the
+    config, training dates, row counts and `extra`. Returns the folder."""
+    require_fitted(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, booster in boosters.items():
+        booster.save_model(str(directory / f"{name}.txt"))
+    (directory / "encoder.json").write_text(model.encoder_.to_json())
+    write_json(directory / "model.json", {
+        **model_metadata(model, fit_as_of=model.fit_as_of_, validation_as_of=model.validation_as_of_),
+        "n_train_rows": model.n_train_rows_, "n_validation_rows": model.n_validation_rows_, **extra})
+    return directory
+
+
+def load_snapshot_model(cls, config_cls, directory: Path, booster_names: list[str]):
+    """Read what `save_snapshot_model` wrote: (model with the shared attributes set, metadata, boosters by name)."""
+    directory = Path(directory)
+    meta = read_metadata(directory / "model.json", cls.kind)
+    model = cls(config_from_dict(config_cls, meta["config"]))
+    boosters = {name: lgb.Booster(model_file=str(directory / f"{name}.txt")) for name in booster_names}
+    model.encoder_ = FeatureEncoder.from_json((directory / "encoder.json").read_text())
+    model.fit_as_of_ = [datetime.fromisoformat(d) for d in meta["fit_as_of"]]
+    model.validation_as_of_ = datetime.fromisoformat(meta["validation_as_of"])
+    model.n_train_rows_, model.n_validation_rows_ = meta["n_train_rows"], meta["n_validation_rows"]
+    model.feature_set_version_ = meta["feature_set_version"]
+    return model, meta, boosters
 
 
 def write_json(path: Path, value) -> None:

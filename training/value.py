@@ -39,16 +39,14 @@ from training.baselines import (
 from training.churn import (
     NOT_POINT_IN_TIME,
     check_out_of_time,
-    config_from_dict,
     data_window,
     display_names,
     lightgbm_params,
-    model_metadata,
-    read_metadata,
+    load_snapshot_model,
     require_fitted,
+    save_snapshot_model,
     split_snapshots,
     train_booster,
-    write_json,
 )
 from training.data import Snapshot
 from training.encoding import FeatureEncoder, check_feature_set
@@ -166,31 +164,15 @@ class ValueModel:
 
     def save(self, directory: Path) -> None:
         """Write booster_purchases.txt, booster_spend.txt, encoder.json and model.json to `directory`."""
-        require_fitted(self)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for target, booster in self.boosters_.items():
-            booster.save_model(str(directory / f"booster_{target}.txt"))
-        (directory / "encoder.json").write_text(self.encoder_.to_json())
-        write_json(directory / "model.json", {
-            **model_metadata(self, fit_as_of=self.fit_as_of_, validation_as_of=self.validation_as_of_),
-            "best_iterations": self.best_iterations_,
-            "n_train_rows": self.n_train_rows_, "n_validation_rows": self.n_validation_rows_,
-        })
+        save_snapshot_model(self, directory, {f"booster_{t}": b for t, b in self.boosters_.items()},
+                            {"best_iterations": self.best_iterations_})
 
     @classmethod
     def load(cls, directory: Path) -> ValueModel:
         """Load a model written by `save`; it scores identically."""
-        directory = Path(directory)
-        meta = read_metadata(directory / "model.json", cls.kind)
-        model = cls(config_from_dict(ValueConfig, meta["config"]))
-        model.boosters_ = {t: lgb.Booster(model_file=str(directory / f"booster_{t}.txt")) for t in TARGETS}
-        model.encoder_ = FeatureEncoder.from_json((directory / "encoder.json").read_text())
+        model, meta, boosters = load_snapshot_model(cls, ValueConfig, directory, [f"booster_{t}" for t in TARGETS])
+        model.boosters_ = {t: boosters[f"booster_{t}"] for t in TARGETS}
         model.best_iterations_ = meta["best_iterations"]
-        model.fit_as_of_ = [datetime.fromisoformat(d) for d in meta["fit_as_of"]]
-        model.validation_as_of_ = datetime.fromisoformat(meta["validation_as_of"])
-        model.n_train_rows_, model.n_validation_rows_ = meta["n_train_rows"], meta["n_validation_rows"]
-        model.feature_set_version_ = meta["feature_set_version"]
         return model
 
 
