@@ -112,3 +112,15 @@ def test_catalog_writes_markdown(tmp_path):
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "FEATURES.md").read_text()
     assert "`days_since_last_order`" in text and FEATURE_SET_VERSION in text
+
+
+def test_train_config_errors_are_clear(tmp_path):
+    data = tmp_path / "data"
+    assert run("generate", "--out", str(data), "--customers", "200", "--months", "6").returncode == 0
+    missing = run("train", "churn", "--data", str(data), "--as-of", "2026-07-01", "--config", "nope.yaml")
+    assert missing.returncode == 2 and "cannot read the config file nope.yaml" in " ".join(missing.stderr.split())
+    (tmp_path / "bad.yaml").write_text("churn:\n  bogus_field: 1\n")
+    bad = run("train", "churn", "--data", str(data), "--as-of", "2026-07-01", "--config", str(tmp_path / "bad.yaml"),
+              cwd=tmp_path)
+    assert bad.returncode == 1 and "unknown ChurnConfig fields ['bogus_field']" in " ".join(bad.stderr.split())
+    assert "Traceback" not in missing.stderr + bad.stderr

@@ -215,8 +215,11 @@ def train(
         raise typer.BadParameter(f"use one of {', '.join(TRAIN_KINDS)}", param_hint="KIND")
     os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, our runs go to their own experiments
     kinds = ["churn", "value", "lookalike", "clusters"] if kind == "all" else [kind]
-    with fail_cleanly():
+    try:
         overrides = training.load_config_file(config)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    with fail_cleanly():
         with step("Validating"):
             validation = load_validated_for(data, max_bad_share)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:

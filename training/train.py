@@ -28,7 +28,12 @@ def load_config_file(path: Path | None) -> dict[str, dict]:
     """A YAML file with optional sections churn, value, lookalike, clusters: {field: value}."""
     if path is None:
         return {}
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc}") from exc
+    if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
+        raise ValueError(f"{path}: expected sections of fields, e.g. 'churn: {{num_leaves: 15}}'")
     unknown = set(values) - set(CONFIG_SECTIONS)
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; use {', '.join(CONFIG_SECTIONS)}")
