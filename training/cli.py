@@ -219,9 +219,8 @@ def train(
         overrides = training.load_config_file(config)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--config") from None
-    with fail_cleanly():
-        with step("Validating"):
-            validation = load_validated_for(data, max_bad_share)
+    with fail_cleanly(), step("Validating"):
+        validation = load_validated_for(data, max_bad_share)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("Preparing", total=None)
         shared = training.TrainingData(validation, as_of, str(data),
