@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from features.build import FeatureQuery
 from features.catalog import FEATURE_SET_VERSION
 from features.io import load_raw
+from features.schema import check_feature_table
 from features.validate import ValidationResult, validate
 
 
@@ -32,9 +33,10 @@ def load_validated(source: Path, run_time: datetime | None = None, max_bad_share
 
 
 def build_feature_table(validation: ValidationResult, as_of: datetime) -> FeatureRun:
-    """The feature table as of `as_of` from validated tables: one row per customer known at as_of."""
+    """The feature table as of `as_of` from validated tables: one row per customer known at as_of, checked against
+    the schema the catalog declares (dtypes, ranges, unique customers)."""
     query = FeatureQuery(validation.columns)
-    table = query.run_duckdb(validation.con, as_of)
+    table = check_feature_table(query.run_duckdb(validation.con, as_of))
     return FeatureRun(table=table, validation=validation, as_of=as_of, query=query)
 
 
