@@ -106,13 +106,7 @@ class ChurnModel:
 
     def fit(self, train: list[Snapshot]) -> ChurnModel:
         """Fit on snapshots ordered oldest first; the newest is the validation set (see the module docstring)."""
-        fitting, validation = split_snapshots(train, self.config.horizon_days)
-        x_fit, y_fit = _churn_rows(fitting)
-        x_val, y_val = _churn_rows([validation])
-        self._check_minimums(y_fit, [s.as_of for s in fitting], "training snapshots")
-        self._check_minimums(y_val, [validation.as_of], "validation snapshot")
-
-        self.encoder_ = FeatureEncoder().fit(x_fit.drop(columns=list(self.config.exclude_features), errors="ignore"))
+        x_fit, y_fit, x_val, y_val = prepare_snapshot_fit(self, train, _churn_rows)
         self.booster_, self.best_iteration_ = train_booster(
             self._params(), self.encoder_, (x_fit, y_fit), (x_val, y_val), self.config.n_estimators,
             self.config.early_stopping_rounds)
@@ -120,10 +114,6 @@ class ChurnModel:
         self.calibration_method_, self.calibration_scores_ = choose_calibration(
             margin, y_val.to_numpy(), self.config.calibration_folds, self.config.seed)
         self.calibration_ = fit_calibration(self.calibration_method_, margin, y_val.to_numpy())
-        self.fit_as_of_ = [s.as_of for s in fitting]
-        self.validation_as_of_ = validation.as_of
-        self.n_train_rows_, self.n_validation_rows_ = len(x_fit), len(x_val)
-        self.feature_set_version_ = FEATURE_SET_VERSION
         return self
 
     def _check_minimums(self, y: pd.Series, as_of: list[datetime], where: str) -> None:
@@ -461,6 +451,22 @@ def require_fitted(model) -> None:
     """Raise sklearn's NotFittedError (a ValueError) when `model` has not been fitted or loaded."""
     if not hasattr(model, "booster_") and not hasattr(model, "boosters_"):
         raise NotFittedError(f"this {type(model).__name__} is not fitted: call fit() or load() first")
+
+
+def prepare_snapshot_fit(model, train: list[Snapshot], rows):
+    """What churn and value fits share: split the snapshots (the newest validates), build their rows with
+    `rows(snapshots) -> (x, y)`, check the model's data minimums on both parts, fit the encoder on the training rows
+    (without `exclude_features`) and record the training dates and sizes. Returns (x_fit, y_fit, x_val, y_val)."""
+    fitting, validation = split_snapshots(train, model.config.horizon_days)
+    x_fit, y_fit = rows(fitting)
+    x_val, y_val = rows([validation])
+    model._check_minimums(y_fit, [s.as_of for s in fitting], "training snapshots")
+    model._check_minimums(y_val, [validation.as_of], "validation snapshot")
+    model.encoder_ = FeatureEncoder().fit(x_fit.drop(columns=list(model.config.exclude_features), errors="ignore"))
+    model.fit_as_of_, model.validation_as_of_ = [s.as_of for s in fitting], validation.as_of
+    model.n_train_rows_, model.n_validation_rows_ = len(x_fit), len(x_val)
+    model.feature_set_version_ = FEATURE_SET_VERSION
+    return x_fit, y_fit, x_val, y_val
 
 
 def save_snapshot_model(model, directory: Path, boosters: dict, extra: dict) -> Path:

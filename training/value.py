@@ -27,7 +27,6 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.catalog import FEATURE_SET_VERSION
 from features.validate import ValidationResult
 from training.baselines import (
     BGNBDBaseline,
@@ -43,13 +42,13 @@ from training.churn import (
     display_names,
     lightgbm_params,
     load_snapshot_model,
+    prepare_snapshot_fit,
     require_fitted,
     save_snapshot_model,
-    split_snapshots,
     train_booster,
 )
 from training.data import Snapshot
-from training.encoding import FeatureEncoder, check_feature_set
+from training.encoding import check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import (
     Evaluation,
@@ -110,22 +109,12 @@ class ValueModel:
 
     def fit(self, train: list[Snapshot]) -> ValueModel:
         """Fit both targets on snapshots ordered oldest first; the newest early-stops both."""
-        fitting, validation = split_snapshots(train, self.config.horizon_days)
-        x_fit, y_fit = value_rows(fitting)
-        x_val, y_val = value_rows([validation])
-        self._check_minimums(y_fit, [s.as_of for s in fitting], "training snapshots")
-        self._check_minimums(y_val, [validation.as_of], "validation snapshot")
-
-        self.encoder_ = FeatureEncoder().fit(x_fit.drop(columns=list(self.config.exclude_features), errors="ignore"))
+        x_fit, y_fit, x_val, y_val = prepare_snapshot_fit(self, train, value_rows)
         self.boosters_, self.best_iterations_ = {}, {}
         for target, column in TARGETS.items():
             self.boosters_[target], self.best_iterations_[target] = train_booster(
                 self._params(target), self.encoder_, (x_fit, y_fit[column]), (x_val, y_val[column]),
                 self.config.n_estimators, self.config.early_stopping_rounds)
-        self.fit_as_of_ = [s.as_of for s in fitting]
-        self.validation_as_of_ = validation.as_of
-        self.n_train_rows_, self.n_validation_rows_ = len(x_fit), len(x_val)
-        self.feature_set_version_ = FEATURE_SET_VERSION
         return self
 
     def _check_minimums(self, y: pd.DataFrame, as_of: list[datetime], where: str) -> None:
