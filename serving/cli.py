@@ -168,6 +168,9 @@ def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | 
     out.print(f"[green]{len(scores):,} customers scored[/] -> {out_file}")
 
 
+import serving.segments_cli  # noqa: E402,F401 - registers the segment commands on the same app
+
+
 def main() -> None:
     configure_runtime()
     app()

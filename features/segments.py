@@ -1,0 +1,650 @@
+"""The segment language: dynamic segments declared in YAML, validated, and evaluated over feature and score rows.
+
+A segments file (the default ships as `features/segments.yaml`)::
+
+    holdout_percent: 10            # default share of each segment kept out of campaigns
+    segments:
+      loyal:
+        description: At least 2 purchases in the last 14 days, totalling over 100
+        when:
+          all:
+            - orders_count_14d >= 2
+            - spend_sum_14d > 100
+      at_risk_vip:
+        kind: predictive
+        when: {all: [segment vip, churn_band == high]}
+      best_members_lookalike: {kind: lookalike, seed: best_members, reach: 10}
+      clusters: {kind: cluster}    # one segment per behavioural cluster: cluster_0, cluster_1, ...
+
+A condition is `<field> <operator> [value]`. Fields are catalog features or model outputs (churn_probability,
+churn_band, expected_purchases, expected_spend, lookalike_<seed>_score, lookalike_<seed>_percentile, cluster_id,
+cluster_name); `segment <name>` is true for members of another segment. Operators: > >= < <= == != in, not in,
+between [lo, hi] (inclusive), is null, is not null, and `in top N%` / `in bottom N%` (thresholds fitted on the whole
+population at a batch refresh and reused for single customers until the next one). Conditions nest with all / any /
+not. A missing value makes every comparison false (and `is null` true), so `not` of a comparison holds for it.
+
+Kinds: rule (features only), predictive (model outputs, may mix with features), lookalike (seed + reach: the top
+`reach` percent by look-alike percentile), cluster (expands to one segment per cluster of the served model).
+
+Everything is checked before anything runs: unknown fields (with the nearest names), bad operators, values of the
+wrong type, unknown or cyclic segment references; each error names the segment and the condition.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from features.catalog import FEATURES_BY_NAME
+
+DEFAULT_HOLDOUT_PERCENT = 10.0
+KINDS = ("rule", "predictive", "lookalike", "cluster")
+COMPARISONS = (">", ">=", "<", "<=", "==", "!=")
+OPERATORS = (*COMPARISONS, "in", "not in", "between", "is null", "is not null", "in top", "in bottom")
+BANDS = ("low", "medium", "high")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_CONDITION = re.compile(
+    r"^\s*(?P<field>[A-Za-z_][A-Za-z0-9_]*)\s+"
+    r"(?P<op>>=|<=|==|!=|>|<|not in|in top|in bottom|in|between|is not null|is null)(?:\s+|$)(?P<value>.*)$")
+_SEGMENT_REF = re.compile(r"^\s*segment\s+(?P<name>\S+)\s*$")
+
+# Model outputs a condition may use: dtype kind and label (lookalike outputs are per seed, matched by pattern).
+OUTPUTS = {
+    "churn_probability": ("number", "Churn probability"),
+    "churn_band": ("band", "Churn risk band"),
+    "expected_purchases": ("number", "Expected purchases"),
+    "expected_spend": ("number", "Expected spend"),
+    "cluster_id": ("number", "Cluster"),
+    "cluster_name": ("string", "Cluster name"),
+}
+_LOOKALIKE_OUTPUT = re.compile(r"^lookalike_(?P<seed>[A-Za-z0-9_]+?)_(?P<what>score|percentile)$")
+_DTYPE_KIND = {"int64": "number", "float64": "number", "string": "string", "boolean": "boolean"}
+
+
+class SegmentDefinitionError(ValueError):
+    """A segments file that cannot be used; `problems` lists every problem found, each naming segment and condition."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s) in the segment definitions:\n  - "
+                         + "\n  - ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parsed form
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One comparison of a field, as written (`text`) and parsed."""
+
+    field: str
+    op: str
+    value: object = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """`segment <name>`: true for the members of another segment."""
+
+    segment: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Group:
+    """all / any / not over conditions, references and groups."""
+
+    mode: str
+    parts: tuple
+
+
+@dataclass
+class Segment:
+    name: str
+    kind: str
+    when: object
+    description: str = ""
+    holdout_percent: float = DEFAULT_HOLDOUT_PERCENT
+    cluster_id: int | None = None
+
+    def leaves(self) -> list[Condition | SegmentRef]:
+        return list(_leaves(self.when))
+
+    def references(self) -> set[str]:
+        return {leaf.segment for leaf in self.leaves() if isinstance(leaf, SegmentRef)}
+
+    def fields(self) -> set[str]:
+        return {leaf.field for leaf in self.leaves() if isinstance(leaf, Condition)}
+
+
+def _leaves(node):
+    if isinstance(node, Group):
+        for part in node.parts:
+            yield from _leaves(part)
+    elif node is not None:
+        yield node
+
+
+@dataclass
+class Fields:
+    """What conditions may refer to: features (name -> dtype) and model outputs (name -> kind), cluster names."""
+
+    features: dict[str, str]
+    outputs: dict[str, str] = field(default_factory=dict)
+    cluster_names: dict[int, str] | None = None
+    any_seed: bool = False  # checking a file on its own: every look-alike seed may exist
+
+    @classmethod
+    def catalog(cls) -> Fields:
+        """Every catalog feature and every model output (any look-alike seed): for checking a file on its own."""
+        return cls({name: f.dtype for name, f in FEATURES_BY_NAME.items()}, {k: v[0] for k, v in OUTPUTS.items()},
+                   None, any_seed=True)
+
+    @classmethod
+    def of(cls, feature_names: list[str], score_columns: list[str], cluster_names: dict[int, str] | None) -> Fields:
+        """The fields one run really has: its feature table's columns and its models' score columns."""
+        outputs = {}
+        for column in score_columns:
+            if column in OUTPUTS:
+                outputs[column] = OUTPUTS[column][0]
+            elif _LOOKALIKE_OUTPUT.match(column):
+                outputs[column] = "number"
+        return cls({n: FEATURES_BY_NAME[n].dtype for n in feature_names if n in FEATURES_BY_NAME}, outputs,
+                   cluster_names)
+
+    def kind(self, name: str) -> str | None:
+        if name in self.features:
+            return _DTYPE_KIND[self.features[name]]
+        if name in self.outputs:
+            return self.outputs[name]
+        if self.any_seed and _LOOKALIKE_OUTPUT.match(name):
+            return "number"
+        return None
+
+
+def is_output(name: str) -> bool:
+    return name in OUTPUTS or bool(_LOOKALIKE_OUTPUT.match(name))
+
+
+def label_of(name: str) -> str:
+    if name in FEATURES_BY_NAME:
+        return FEATURES_BY_NAME[name].label
+    if name in OUTPUTS:
+        return OUTPUTS[name][1]
+    match = _LOOKALIKE_OUTPUT.match(name)
+    if match:
+        return f"Look-alike {match['what']} ({match['seed'].replace('_', ' ')})"
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and checking a file
+
+
+@dataclass
+class SegmentSet:
+    """Parsed definitions in evaluation order (a segment after those it refers to)."""
+
+    segments: dict[str, Segment]
+    source: str = ""
+    text: str = ""
+
+    @property
+    def definitions_hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def __getitem__(self, name: str) -> Segment:
+        return self.segments[name]
+
+    def __iter__(self):
+        return iter(self.segments.values())
+
+    def names(self) -> list[str]:
+        return list(self.segments)
+
+    def closure(self, names: list[str]) -> SegmentSet:
+        """The named segments and every segment they refer to, in evaluation order."""
+        needed, stack = set(), list(names)
+        while stack:
+            name = stack.pop()
+            if name not in needed:
+                needed.add(name)
+                stack += self.segments[name].references()
+        return SegmentSet({n: s for n, s in self.segments.items() if n in needed}, self.source, self.text)
+
+    def resolve(self, fields: Fields) -> tuple[SegmentSet, dict[str, str]]:
+        """Expand cluster segments, check every field against what this run has, and drop the segments whose
+        fields the data or the loaded models cannot give (with their dependents). Returns (usable set,
+        {skipped segment: reason})."""
+        expanded: dict[str, Segment] = {}
+        for segment in self:
+            if segment.kind == "cluster" and segment.cluster_id is None and fields.cluster_names is not None:
+                for cid, cname in sorted(fields.cluster_names.items()):
+                    expanded[f"{segment.name}_{cid}"] = Segment(
+                        f"{segment.name}_{cid}", "cluster", Condition("cluster_id", "==", cid, f"cluster_id == {cid}"),
+                        f"Behavioural cluster {cid}: {cname}", segment.holdout_percent, cid)
+            else:
+                expanded[segment.name] = segment
+        skipped: dict[str, str] = {}
+        for segment in expanded.values():
+            if segment.kind == "cluster" and segment.cluster_id is None:
+                skipped[segment.name] = "no cluster model is loaded (segments train clusters)"
+                continue
+            missing = sorted(f for f in segment.fields() if fields.kind(f) is None)
+            if missing:
+                skipped[segment.name] = _missing_reason(missing)
+                continue
+            gone = sorted(r for r in segment.references() if r in skipped)
+            if gone:
+                skipped[segment.name] = f"refers to {', '.join(gone)}, which cannot be evaluated"
+        problems = [f"segment {n!r}: {p}" for s in expanded.values() if s.name not in skipped
+                    for p in _value_problems(s, fields)]
+        if problems:
+            raise SegmentDefinitionError(self.source, problems)
+        usable = {n: s for n, s in expanded.items() if n not in skipped}
+        return SegmentSet(usable, self.source, self.text), skipped
+
+
+def _missing_reason(missing: list[str]) -> str:
+    models = [m for m in missing if is_output(m)]
+    if models:
+        return f"needs model output {', '.join(models)}, which no loaded model gives (train and promote it)"
+    return f"needs {', '.join(missing)}, which this data cannot build (a source column or table is missing)"
+
+
+def default_segments_path() -> Path:
+    return Path(str(resources.files("features") / "segments.yaml"))
+
+
+def load_segments(path: Path | None = None) -> SegmentSet:
+    """Read and check a segments file (the default when `path` is None) against the catalog and the model outputs;
+    `SegmentSet.resolve` then checks it against what one run really has. Raises SegmentDefinitionError listing
+    every problem."""
+    path = Path(path) if path is not None else default_segments_path()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SegmentDefinitionError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    return parse_segments(text, str(path))
+
+
+def parse_segments(text: str, source: str = "<segments>") -> SegmentSet:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SegmentDefinitionError(source, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(document, dict) or not isinstance(document.get("segments"), dict) or not document["segments"]:
+        raise SegmentDefinitionError(source, ["expected a mapping with a non-empty `segments:` mapping of name -> "
+                                              "definition"])
+    default_holdout, problems = _holdout(document.get("holdout_percent", DEFAULT_HOLDOUT_PERCENT), "file", [])
+    segments: dict[str, Segment] = {}
+    for name, spec in document["segments"].items():
+        segment = _parse_segment(str(name), spec, default_holdout or DEFAULT_HOLDOUT_PERCENT, problems)
+        if segment is not None:
+            segments[segment.name] = segment
+    fields = Fields.catalog()
+    for segment in segments.values():
+        problems += [f"segment {segment.name!r}: {p}" for p in _reference_problems(segment, segments, fields)]
+    if not problems:
+        problems += _cycles(segments)
+    if problems:
+        raise SegmentDefinitionError(source, problems)
+    return SegmentSet({n: segments[n] for n in _evaluation_order(segments)}, source, text)
+
+
+def _holdout(value, where: str, problems: list[str]) -> tuple[float | None, list[str]]:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 100:
+        problems.append(f"{where}: holdout_percent must be a number in [0, 100), got {value!r}")
+        return None, problems
+    return float(value), problems
+
+
+def _parse_segment(name: str, spec, default_holdout: float, problems: list[str]) -> Segment | None:
+    where = f"segment {name!r}"
+    if not NAME.match(name):
+        problems.append(f"{where}: names are lower case letters, digits and _ (starting with a letter)")
+        return None
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: expected a mapping with `when:` (or kind: lookalike / cluster)")
+        return None
+    allowed = {"kind", "description", "when", "holdout_percent", "seed", "reach"}
+    for key in sorted(set(spec) - allowed):
+        problems.append(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+    kind = spec.get("kind", "rule")
+    if kind not in KINDS:
+        problems.append(f"{where}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
+        return None
+    holdout = default_holdout
+    if "holdout_percent" in spec:
+        holdout = _holdout(spec["holdout_percent"], where, problems)[0] or default_holdout
+    description = str(spec.get("description") or "")
+    if kind == "lookalike":
+        when = _lookalike_condition(spec, where, problems)
+    elif kind == "cluster":
+        cluster_id = spec.get("when")
+        if cluster_id is not None:
+            problems.append(f"{where}: a cluster segment takes no `when:`; it becomes one segment per cluster")
+        return Segment(name, kind, None, description or "One segment per behavioural cluster", holdout)
+    elif "when" not in spec:
+        problems.append(f"{where}: a {kind} segment needs `when:` (its conditions)")
+        return None
+    else:
+        when = _parse_node(spec["when"], where, problems)
+    if when is None:
+        return None
+    return Segment(name, kind, when, description, holdout)
+
+
+def _lookalike_condition(spec: dict, where: str, problems: list[str]) -> Condition | None:
+    seed, reach = spec.get("seed"), spec.get("reach", 10)
+    if not isinstance(seed, str) or not seed:
+        problems.append(f"{where}: a lookalike segment needs `seed:` (the seed segment its model was trained on)")
+        return None
+    if isinstance(reach, bool) or not isinstance(reach, int | float) or not 0 < reach <= 100:
+        problems.append(f"{where}: reach must be a percentage in (0, 100], got {reach!r}")
+        return None
+    column = f"lookalike_{seed}_percentile"
+    return Condition(column, ">=", 100.0 - float(reach), f"{column} >= {100 - reach:g}")
+
+
+def _parse_node(node, where: str, problems: list[str]):
+    if isinstance(node, str):
+        return _parse_leaf(node, where, problems)
+    if isinstance(node, dict) and len(node) == 1:
+        (mode, body), = node.items()
+        if mode in ("all", "any"):
+            if not isinstance(body, list) or not body:
+                problems.append(f"{where}: `{mode}:` takes a non-empty list of conditions")
+                return None
+            parts = [_parse_node(part, where, problems) for part in body]
+            return Group(mode, tuple(parts)) if all(p is not None for p in parts) else None
+        if mode == "not":
+            part = _parse_node(body, where, problems)
+            return Group("not", (part,)) if part is not None else None
+    problems.append(f"{where}: cannot read {node!r}: write a condition like 'orders_count_90d >= 2', or a mapping "
+                    f"with one key all / any (a list) or not")
+    return None
+
+
+def _parse_leaf(text: str, where: str, problems: list[str]):
+    ref = _SEGMENT_REF.match(text)
+    if ref:
+        return SegmentRef(ref["name"], text.strip())
+    match = _CONDITION.match(text)
+    if not match:
+        problems.append(f"{where}, condition {text!r}: expected '<field> <operator> <value>' with an operator "
+                        f"among {', '.join(OPERATORS)}, or 'segment <name>'")
+        return None
+    op, raw = match["op"], match["value"].strip()
+    if op in ("is null", "is not null"):
+        if raw:
+            problems.append(f"{where}, condition {text!r}: {op} takes no value")
+            return None
+        return Condition(match["field"], op, None, text.strip())
+    if op in ("in top", "in bottom"):
+        number = raw.removesuffix("%").strip()
+        try:
+            value = float(number)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < 100:
+            problems.append(f"{where}, condition {text!r}: {op} takes a percentage in (0, 100), e.g. 'in top 20%'")
+            return None
+        return Condition(match["field"], op, value, text.strip())
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        problems.append(f"{where}, condition {text!r}: cannot read the value {raw!r}")
+        return None
+    if value is None:
+        problems.append(f"{where}, condition {text!r}: {op} needs a value")
+        return None
+    return Condition(match["field"], op, value, text.strip())
+
+
+def _reference_problems(segment: Segment, segments: dict[str, Segment], fields: Fields) -> list[str]:
+    problems = []
+    for leaf in segment.leaves():
+        if isinstance(leaf, SegmentRef):
+            if leaf.segment not in segments:
+                near = difflib.get_close_matches(leaf.segment, list(segments), n=1)
+                problems.append(f"condition {leaf.text!r}: no segment named {leaf.segment!r}"
+                                + (f" (did you mean {near[0]}?)" if near else ""))
+            elif leaf.segment == segment.name:
+                problems.append(f"condition {leaf.text!r}: a segment cannot refer to itself")
+            continue
+        if fields.kind(leaf.field) is None:
+            known = [*fields.features, *fields.outputs, *OUTPUTS]
+            near = difflib.get_close_matches(leaf.field, known, n=2)
+            problems.append(f"condition {leaf.text!r}: unknown field {leaf.field!r}"
+                            + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+            continue
+        if segment.kind == "rule" and is_output(leaf.field):
+            problems.append(f"condition {leaf.text!r}: {leaf.field} is a model output; use kind: predictive")
+        else:
+            problems += [f"condition {leaf.text!r}: {p}" for p in _type_problems(leaf, fields.kind(leaf.field))]
+    return problems
+
+
+def _value_problems(segment: Segment, fields: Fields) -> list[str]:
+    return [f"condition {leaf.text!r}: {p}" for leaf in segment.leaves() if isinstance(leaf, Condition)
+            for p in _type_problems(leaf, fields.kind(leaf.field))]
+
+
+def _type_problems(cond: Condition, kind: str) -> list[str]:
+    op, value = cond.op, cond.value
+
+    def fits(v) -> bool:
+        if kind == "number":
+            return isinstance(v, int | float) and not isinstance(v, bool)
+        if kind == "boolean":
+            return isinstance(v, bool)
+        if kind == "band":
+            return v in BANDS
+        return isinstance(v, str | int | float) and not isinstance(v, bool)
+
+    if op in ("is null", "is not null"):
+        return []
+    if op in ("in top", "in bottom", "<", "<=", ">", ">=", "between") and kind != "number":
+        return [f"{op} needs a numeric field; {cond.field} is {kind}"]
+    if op == "between":
+        if not (isinstance(value, list) and len(value) == 2 and all(fits(v) for v in value)):
+            return [f"between takes [low, high] of {kind} values, got {value!r}"]
+        if kind == "number" and value[0] > value[1]:
+            return [f"between [{value[0]}, {value[1]}]: low is above high"]
+        return []
+    if op in ("in", "not in"):
+        if not (isinstance(value, list) and value and all(fits(v) for v in value)):
+            return [f"{op} takes a non-empty list of {kind} values, e.g. [a, b], got {value!r}"]
+        return []
+    if op in ("in top", "in bottom"):
+        return []
+    if not fits(value):
+        expected = {"band": f"one of {', '.join(BANDS)}", "boolean": "true or false"}.get(kind, f"a {kind}")
+        return [f"{cond.field} takes {expected}, got {value!r}"]
+    if kind == "boolean" and op not in ("==", "!="):
+        return [f"{op} does not apply to a true/false field"]
+    return []
+
+
+def _cycles(segments: dict[str, Segment]) -> list[str]:
+    problems, state = [], {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "open":
+            cycle = path[path.index(name):] + [name]
+            problems.append(f"segment {name!r}: segments refer to each other in a cycle: {' -> '.join(cycle)}")
+            return
+        state[name] = "open"
+        for ref in sorted(segments[name].references()):
+            visit(ref, [*path, name])
+        state[name] = "done"
+
+    for name in segments:
+        visit(name, [])
+    return problems
+
+
+def _evaluation_order(segments: dict[str, Segment]) -> list[str]:
+    order, done = [], set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for ref in sorted(segments[name].references()):
+            visit(ref)
+        order.append(name)
+
+    for name in segments:
+        visit(name)
+    return order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def fit_thresholds(segments: SegmentSet, values: pd.DataFrame) -> dict[str, float]:
+    """The population cut-off of every `in top N%` / `in bottom N%` condition, keyed by condition text."""
+    out = {}
+    for segment in segments:
+        for leaf in segment.leaves():
+            if isinstance(leaf, Condition) and leaf.op in ("in top", "in bottom"):
+                column = pd.to_numeric(values[leaf.field], errors="coerce").dropna()
+                q = 1 - leaf.value / 100 if leaf.op == "in top" else leaf.value / 100
+                out[leaf.text] = float(column.quantile(q)) if len(column) else float("nan")
+    return out
+
+
+def leaf_mask(leaf: Condition | SegmentRef, values: pd.DataFrame, thresholds: dict[str, float],
+              members: dict[str, np.ndarray]) -> np.ndarray:
+    """True where the leaf holds, per row of `values`; missing values fail every comparison."""
+    if isinstance(leaf, SegmentRef):
+        return members[leaf.segment]
+    column = values[leaf.field]
+    present = column.notna().to_numpy(dtype=bool)
+    op, value = leaf.op, leaf.value
+    if op in ("is null", "is not null"):
+        return ~present if op == "is null" else present
+    if op in ("in top", "in bottom"):
+        op, value = (">=", "<=")[op == "in bottom"], thresholds.get(leaf.text, float("nan"))
+    if _numeric(value):
+        data = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            hit = _compare(data, op, value)
+    else:  # text, bands and booleans: missing values become a marker no value equals
+        data = column.astype(object).where(column.notna(), _MISSING).to_numpy()
+        hit = _compare(data, op, value)
+    return np.asarray(hit, dtype=bool) & present
+
+
+_MISSING = "\x00missing"
+
+
+def _numeric(value) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_numeric(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _compare(data: np.ndarray, op: str, value) -> np.ndarray:
+    if op in ("in", "not in"):
+        hit = pd.Series(data).isin(value).to_numpy(dtype=bool)
+        return hit if op == "in" else ~hit
+    if op == "between":
+        return (data >= value[0]) & (data <= value[1])
+    return {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal,
+            "!=": np.not_equal}[op](data, value)
+
+
+def node_mask(node, values: pd.DataFrame, thresholds: dict, members: dict) -> np.ndarray:
+    if isinstance(node, Group):
+        masks = [node_mask(part, values, thresholds, members) for part in node.parts]
+        if node.mode == "all":
+            return np.logical_and.reduce(masks)
+        if node.mode == "any":
+            return np.logical_or.reduce(masks)
+        return ~masks[0]
+    return leaf_mask(node, values, thresholds, members)
+
+
+def evaluate(segments: SegmentSet, values: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+    """Membership of every row of `values` (customer_id plus the fields) in every segment: a boolean frame indexed
+    by customer_id with one column per segment, evaluated in dependency order."""
+    members: dict[str, np.ndarray] = {}
+    for segment in segments:
+        members[segment.name] = np.asarray(node_mask(segment.when, values, thresholds, members), dtype=bool)
+    return pd.DataFrame(members, index=pd.Index(values["customer_id"].astype(str), name="customer_id"))
+
+
+def in_holdout(customer_ids, segment: str, percent: float) -> np.ndarray:
+    """The deterministic holdout: a customer is held out of `segment` when the hash of (segment, customer) falls in
+    the first `percent` of 10,000 buckets. Stable while membership changes, independent across segments."""
+    limit = round(percent * 100)
+    return np.array([int.from_bytes(hashlib.sha256(f"{segment}\x1f{cid}".encode()).digest()[:4], "big") % 10_000
+                     < limit for cid in customer_ids], dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Causes
+
+
+def causes(segment: Segment, old: pd.DataFrame, new: pd.DataFrame, old_thresholds: dict, new_thresholds: dict,
+           old_members: dict[str, np.ndarray], new_members: dict[str, np.ndarray]) -> list[list[dict]]:
+    """Per row (old and new values of the same customers, aligned): the conditions of `segment` whose truth flipped,
+    each with the field, old and new values (and thresholds for top/bottom conditions). A row with no previous
+    evaluation has missing old values."""
+    flipped: list[list[dict]] = [[] for _ in range(len(new))]
+    for leaf in segment.leaves():
+        before = leaf_mask(leaf, old, old_thresholds, old_members)
+        after = leaf_mask(leaf, new, new_thresholds, new_members)
+        for i in np.flatnonzero(before != after):
+            flipped[i].append(_cause(leaf, old, new, i, bool(before[i]), bool(after[i]), old_thresholds,
+                                     new_thresholds))
+    return flipped
+
+
+def _cause(leaf, old: pd.DataFrame, new: pd.DataFrame, i: int, was: bool, now: bool, old_thresholds: dict,
+           new_thresholds: dict) -> dict:
+    if isinstance(leaf, SegmentRef):
+        verb = "joined" if now else "left"
+        return {"condition": leaf.text, "field": f"segment {leaf.segment}", "old": was, "new": now,
+                "text": f"{verb} segment {leaf.segment}"}
+    before, after = plain(old[leaf.field].iloc[i]), plain(new[leaf.field].iloc[i])
+    cause = {"condition": leaf.text, "field": leaf.field, "old": before, "new": after,
+             "text": f"{label_of(leaf.field)} {_show(before)} -> {_show(after)} ({leaf.text}: "
+                     f"{'now true' if now else 'no longer true'})"}
+    if leaf.op in ("in top", "in bottom"):
+        cause["threshold_old"] = plain(old_thresholds.get(leaf.text))
+        cause["threshold_new"] = plain(new_thresholds.get(leaf.text))
+    return cause
+
+
+def plain(value):
+    """A JSON-ready scalar (None for missing)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return str(value)

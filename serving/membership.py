@@ -1,0 +1,205 @@
+"""Segment membership: evaluate the segments on feature and score rows, diff against the store, explain each change.
+
+One path for both doors: a batch refresh (`segments refresh`, every customer as of a date) and an event arriving at
+the service (one customer, now). Both build the rows with the same feature code and score them with the same
+bundle, then call `changes_for`, which compares the new membership with the stored one and gives every entry and
+exit its cause: the conditions whose truth flipped, with the old and new values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from features.segments import Fields, SegmentSet, plain, causes, evaluate, fit_thresholds
+from training.scoring import ScoringBundle, kind_of
+
+REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
+                 "text": "the segment is no longer in the definitions"}
+
+
+def cluster_names(bundle: ScoringBundle | None) -> dict[int, str] | None:
+    """Cluster id -> name of the bundle's cluster model (None without one)."""
+    for name, model in (bundle.models.items() if bundle else []):
+        if kind_of(name)[0] == "clusters":
+            return dict(enumerate(model.names_))
+    return None
+
+
+def segment_values(features: pd.DataFrame, bundle: ScoringBundle | None) -> pd.DataFrame:
+    """Feature rows plus the bundle's score columns: what segment conditions read."""
+    features = features.reset_index(drop=True)
+    if bundle is None or not bundle.models or features.empty:
+        return features
+    scores = bundle.score(features).drop(columns="customer_id")
+    return pd.concat([features, scores.reset_index(drop=True)], axis=1)
+
+
+def run_fields(values: pd.DataFrame, bundle: ScoringBundle | None) -> Fields:
+    columns = [c for c in values.columns if c != "customer_id"]
+    return Fields.of(columns, columns, cluster_names(bundle))
+
+
+@dataclass
+class Changes:
+    """What one evaluation changes: log rows, customer states to store, and the new membership."""
+
+    changes: list[dict] = field(default_factory=list)
+    states: dict[str, dict] = field(default_factory=dict)
+    membership: pd.DataFrame | None = None
+
+    def counts(self) -> pd.DataFrame:
+        """Entries and exits per segment."""
+        if not self.changes:
+            return pd.DataFrame(columns=["segment", "entered", "exited"])
+        frame = pd.DataFrame(self.changes)
+        return (frame.groupby(["segment", "change"]).size().unstack(fill_value=0)
+                .reindex(columns=["entered", "exited"], fill_value=0).reset_index())
+
+
+def stored_state_values(values_columns: list[str], customer_ids: list[str], states: dict[str, dict]) -> pd.DataFrame:
+    """Old values of the given customers as a frame (missing for a customer never evaluated)."""
+    rows = [states.get(cid) or {} for cid in customer_ids]
+    frame = pd.DataFrame.from_records(rows, columns=values_columns) if rows else pd.DataFrame(columns=values_columns)
+    frame["customer_id"] = customer_ids
+    return frame
+
+
+def membership_matrix(stored: pd.DataFrame, customer_ids: pd.Index, segments: list[str]) -> pd.DataFrame:
+    """The stored membership (segment, customer_id rows) as a boolean customers x segments frame."""
+    matrix = pd.DataFrame(False, index=customer_ids, columns=segments)
+    known = stored[stored["segment"].isin(segments) & stored["customer_id"].isin(customer_ids)]
+    for segment, group in known.groupby("segment"):
+        matrix.loc[group["customer_id"].to_numpy(), segment] = True
+    return matrix
+
+
+def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, stored_members: pd.DataFrame,
+                stored_states: dict[str, dict], old_thresholds: dict, at: datetime, source: str) -> Changes:
+    """Entries and exits (with causes) of the customers in `values` against what the store holds for them.
+
+    `stored_members` (segment, customer_id) and `stored_states` must cover these customers; members of segments no
+    longer defined exit with REMOVED_CAUSE (only in a batch refresh, which sees every customer).
+    """
+    new = evaluate(segments, values, thresholds)
+    old = membership_matrix(stored_members, new.index, segments.names())
+    state_columns = sorted({f for s in segments for f in s.fields()})
+    result = Changes(membership=new)
+    flipped = new.to_numpy() != old.to_numpy()
+    rows = np.flatnonzero(flipped.any(axis=1))
+    if len(rows):
+        ids = new.index[rows].tolist()
+        old_values = stored_state_values(state_columns, ids, stored_states)
+        new_values = values.iloc[rows].reset_index(drop=True)
+        old_members = {s: old[s].to_numpy()[rows] for s in old.columns}
+        new_members = {s: new[s].to_numpy()[rows] for s in new.columns}
+        for j, segment in enumerate(segments):
+            moved = np.flatnonzero(flipped[rows, j])
+            if not len(moved):
+                continue
+            why = causes(segment, old_values.iloc[moved].reset_index(drop=True),
+                         new_values.iloc[moved].reset_index(drop=True), old_thresholds, thresholds,
+                         {s: m[moved] for s, m in old_members.items()}, {s: m[moved] for s, m in new_members.items()})
+            for k, i in enumerate(moved):
+                entered = bool(new_members[segment.name][i])
+                result.changes.append({"customer_id": ids[i], "segment": segment.name,
+                                       "change": "entered" if entered else "exited", "at": at,
+                                       "cause": why[k], "source": source})
+    if source == "refresh":
+        gone = stored_members[~stored_members["segment"].isin(segments.names())]
+        result.changes += [{"customer_id": cid, "segment": seg, "change": "exited", "at": at,
+                            "cause": [REMOVED_CAUSE], "source": source}
+                           for seg, cid in zip(gone["segment"], gone["customer_id"], strict=True)]
+    result.states = changed_states(values, state_columns, stored_states)
+    return result
+
+
+def changed_states(values: pd.DataFrame, columns: list[str], stored: dict[str, dict]) -> dict[str, dict]:
+    """The values conditions read, per customer, where they differ from the stored ones (so re-running writes
+    nothing)."""
+    frame = values[["customer_id", *columns]]
+    out = {}
+    for row in frame.itertuples(index=False, name=None):
+        state = {c: plain(v) for c, v in zip(columns, row[1:], strict=True)}
+        if json.dumps(state, sort_keys=True, default=str) != json.dumps(stored.get(row[0]), sort_keys=True,
+                                                                          default=str):
+            out[str(row[0])] = state
+    return out
+
+
+
+class RefreshOrderError(ValueError):
+    """A refresh before the last one: the log only moves forward in time."""
+
+
+@dataclass
+class RefreshReport:
+    as_of: datetime
+    sizes: pd.DataFrame  # segment, kind, members, holdout, entered, exited
+    skipped: dict[str, str]
+    changes: int
+    written: bool
+
+
+def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None):
+    """(values, usable segments, skipped {name: reason}, thresholds) for a whole population as of one date."""
+    values = segment_values(features, bundle)
+    usable, skipped = segments.resolve(run_fields(values, bundle))
+    return values, usable, skipped, fit_thresholds(usable, values)
+
+
+def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None,
+            as_of: datetime) -> RefreshReport:
+    """Evaluate every segment for every customer in `features` (as of `as_of`) and record the changes, the
+    customers' new states and the refresh in one transaction. The same as_of again writes nothing new."""
+    last = store.last_refresh()
+    if last is not None and as_of < last["as_of"]:
+        raise RefreshOrderError(f"the last refresh was as of {last['as_of']:%Y-%m-%d %H:%M}; a refresh as of "
+                                f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
+    values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
+    result = changes_for(usable, values, thresholds, store.memberships(), store.states(),
+                         last["thresholds"] if last else {}, as_of, "refresh")
+    repeat = last is not None and last["as_of"] == as_of and last["definitions_hash"] == segments.definitions_hash
+    written = not (repeat and not result.changes and not result.states)
+    if written:
+        with store.transaction() as conn:
+            store.record(conn, result.changes, result.states, as_of,
+                         refresh={"as_of": as_of, "definitions_hash": segments.definitions_hash,
+                                  "thresholds": thresholds, "customers": len(values),
+                                  "changes": len(result.changes)})
+    return RefreshReport(as_of, size_table(usable, result), skipped, len(result.changes), written)
+
+
+def size_table(segments: SegmentSet, result: Changes) -> pd.DataFrame:
+    """Per segment: kind, members, members held out, entries and exits of this evaluation."""
+    from features.segments import in_holdout
+
+    counts = result.counts().set_index("segment")
+    rows = []
+    for segment in segments:
+        members = result.membership.index[result.membership[segment.name].to_numpy()]
+        rows.append({"segment": segment.name, "kind": segment.kind, "members": len(members),
+                     "holdout": int(in_holdout(members, segment.name, segment.holdout_percent).sum()),
+                     "entered": int(counts["entered"].get(segment.name, 0)) if len(counts) else 0,
+                     "exited": int(counts["exited"].get(segment.name, 0)) if len(counts) else 0})
+    return pd.DataFrame(rows)
+
+
+def preview(segments: SegmentSet, name: str, features: pd.DataFrame, bundle: ScoringBundle | None,
+            sample: int = 10, seed: int = 0) -> tuple[int, pd.DataFrame, dict[str, str]]:
+    """(exact size, a random sample of members with the fields the segment reads, skipped) without saving anything."""
+    if name not in segments.names() and not any(name.startswith(f"{s.name}_") and s.kind == "cluster"
+                                                for s in segments):
+        raise KeyError(f"no segment named {name!r}; defined: {', '.join(segments.names())}")
+    values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
+    if name in skipped:
+        raise LookupError(f"segment {name!r} cannot be evaluated here: {skipped[name]}")
+    needed = usable.closure([name])
+    membership = evaluate(needed, values, thresholds)[name]
+    columns = ["customer_id", *sorted(needed[name].fields())]
+    members = values.loc[membership.to_numpy(), columns]
+    return int(membership.sum()), members.sample(min(sample, len(members)), random_state=seed), skipped
