@@ -247,7 +247,7 @@ class SegmentSet:
             gone = sorted(r for r in segment.references() if r in skipped)
             if gone:
                 skipped[segment.name] = f"refers to {', '.join(gone)}, which cannot be evaluated"
-        problems = [f"segment {n!r}: {p}" for s in expanded.values() if s.name not in skipped
+        problems = [f"segment {s.name!r}: {p}" for s in expanded.values() if s.name not in skipped
                     for p in _value_problems(s, fields)]
         if problems:
             raise SegmentDefinitionError(self.source, problems)
@@ -284,12 +284,13 @@ def parse_segments(text: str, source: str = "<segments>") -> SegmentSet:
     except yaml.YAMLError as exc:
         raise SegmentDefinitionError(source, [f"not valid YAML: {exc}"]) from None
     if not isinstance(document, dict) or not isinstance(document.get("segments"), dict) or not document["segments"]:
-        raise SegmentDefinitionError(source, ["expected a mapping with a non-empty `segments:` mapping of name -> "
-                                              "definition"])
+        raise SegmentDefinitionError(source, [("expected a mapping with a non-empty `segments:` mapping of name -> "
+                                               "definition")])
     default_holdout, problems = _holdout(document.get("holdout_percent", DEFAULT_HOLDOUT_PERCENT), "file", [])
     segments: dict[str, Segment] = {}
     for name, spec in document["segments"].items():
-        segment = _parse_segment(str(name), spec, default_holdout or DEFAULT_HOLDOUT_PERCENT, problems)
+        segment = _parse_segment(str(name), spec, DEFAULT_HOLDOUT_PERCENT if default_holdout is None else default_holdout,
+                                 problems)
         if segment is not None:
             segments[segment.name] = segment
     fields = Fields.catalog()
@@ -326,7 +327,8 @@ def _parse_segment(name: str, spec, default_holdout: float, problems: list[str])
         return None
     holdout = default_holdout
     if "holdout_percent" in spec:
-        holdout = _holdout(spec["holdout_percent"], where, problems)[0] or default_holdout
+        given = _holdout(spec["holdout_percent"], where, problems)[0]
+        holdout = default_holdout if given is None else given
     description = str(spec.get("description") or "")
     if kind == "lookalike":
         when = _lookalike_condition(spec, where, problems)

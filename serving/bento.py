@@ -17,7 +17,8 @@ import yaml
 PACKAGES = ("features", "training", "serving")
 BENTO_SERVE_DIR = "serve"  # the serve folder's path inside the bento, read through SEGMENTS_SERVE_DIR
 PYTHON_PACKAGES = ["lightgbm>=4.5", "scikit-learn>=1.5", "pandas>=2.2", "numpy>=2.0", "pyarrow>=17", "duckdb>=1.1",
-                   "ibis-framework[duckdb]>=10.0", "mlflow>=3.17", "bentoml>=1.4", "pyyaml>=6.0"]
+                   "ibis-framework[duckdb]>=10.0", "mlflow>=3.17", "bentoml>=1.4", "pyyaml>=6.0", "sqlalchemy>=2.0",
+                   "psycopg[binary]>=3.2"]
 
 
 def build_bento(serve_dir: Path, manifest: dict) -> str:
@@ -33,7 +34,7 @@ def build_bento(serve_dir: Path, manifest: dict) -> str:
         bentofile = {
             "service": "serving.service:SegmentsService",
             "labels": {"feature_set_version": manifest["feature_set_version"], "as_of": manifest["as_of"][:10]},
-            "include": [f"{p}/**/*.py" for p in PACKAGES] + [f"{BENTO_SERVE_DIR}/**"],
+            "include": [f"{p}/**/*.py" for p in PACKAGES] + ["features/*.yaml", f"{BENTO_SERVE_DIR}/**"],
             "envs": [{"name": "SEGMENTS_SERVE_DIR", "value": BENTO_SERVE_DIR}],
             "python": {"packages": PYTHON_PACKAGES, "lock_packages": False},
             "models": [entry["bento_tag"] for entry in manifest["models"].values()],

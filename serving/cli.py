@@ -123,9 +123,14 @@ def serve(
     serve_dir: ServeDirOpt = Path("serve"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    segments_file: Annotated[Path | None, typer.Option("--segments", help="Segments YAML the event path evaluates "
+                                                                          "(default: the shipped one).")] = None,
+    db: Annotated[str | None, typer.Option(help="Membership store URL (default: SEGMENTS_DB_URL, else "
+                                                "./segments.db).")] = None,
 ) -> None:
     """Start the scoring service (bentoml serve serving.service:SegmentsService). SEGMENTS_API_KEY, when set, is
-    required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000)."""
+    required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000). Posted events update the
+    membership store that `segments refresh` writes."""
     import sys
 
     use_bentoml_home()
@@ -133,6 +138,10 @@ def serve(
         console.print(f"[bold red]error:[/] no manifest.json in {serve_dir}: run segments build first")
         raise typer.Exit(2)
     os.environ["SEGMENTS_SERVE_DIR"] = str(serve_dir.resolve())
+    if db or not os.environ.get("SEGMENTS_DB_URL"):  # a relative SQLite path must not depend on the worker's cwd
+        os.environ["SEGMENTS_DB_URL"] = db or f"sqlite:///{Path('segments.db').resolve()}"
+    if segments_file is not None:
+        os.environ["SEGMENTS_DEFINITIONS"] = str(segments_file.resolve())
     bentoml = Path(sys.executable).with_name("bentoml")
     os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:SegmentsService", "--host", host,
                             "--port", str(port)])
@@ -168,7 +177,7 @@ def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | 
     out.print(f"[green]{len(scores):,} customers scored[/] -> {out_file}")
 
 
-import serving.segments_cli  # noqa: E402,F401 - registers the segment commands on the same app
+import serving.segments_cli  # noqa: F401 - registers the segment commands on the same app
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from features.segments import Fields, SegmentSet, plain, causes, evaluate, fit_thresholds
+from features.segments import Fields, SegmentSet, causes, evaluate, fit_thresholds, plain
 from training.scoring import ScoringBundle, kind_of
 
 REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,

@@ -9,7 +9,7 @@ the service before items are scored, since the cap is configuration (SEGMENTS_MA
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -219,3 +219,64 @@ class ScoreResponse(BaseModel):
 class ExplainResponse(BaseModel):
     versions: Versions
     customers: list[ExplainedCustomer]
+
+
+class PostedTransaction(Transaction):
+    """A transaction pushed to the service as it happens."""
+
+    customer_id: Id
+
+
+class PostedEvent(Event):
+    """An engagement event pushed to the service as it happens."""
+
+    customer_id: Id
+
+
+class EventsRequest(Strict):
+    """New records: each is stored once by its id (a repeat is acknowledged as a duplicate and changes nothing)."""
+
+    transactions: list[PostedTransaction] = Field(default_factory=list)
+    events: list[PostedEvent] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> EventsRequest:
+        if not self.transactions and not self.events:
+            raise ValueError("send at least one transaction or event")
+        return self
+
+    def rows(self) -> list[dict]:
+        """The records in the store's shape (kind, id, customer_id, timestamp as naive UTC, payload)."""
+        out = []
+        for kind, items, key in (("transaction", self.transactions, "transaction_id"),
+                                 ("event", self.events, "event_id")):
+            for item in items:
+                moment = item.timestamp
+                moment = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+                payload = item.model_dump(mode="json", exclude={"customer_id"})
+                payload["timestamp"] = moment.isoformat()
+                out.append({"kind": kind, "id": getattr(item, key), "customer_id": item.customer_id,
+                            "timestamp": moment, "payload": payload})
+        return out
+
+
+class Change(BaseModel):
+    segment: str
+    change: str = Field(description="entered or exited")
+    at: datetime
+    cause: list[dict] = Field(description="The conditions that flipped: condition, field, old, new, text.")
+
+
+class CustomerUpdate(BaseModel):
+    customer_id: str
+    stored: list[str] = Field(description="Ids stored by this request.")
+    duplicates: list[str] = Field(description="Ids already stored before (ignored).")
+    as_of: datetime | None = Field(description="When the customer was re-evaluated (just after the latest record).")
+    changes: list[Change]
+    segments: list[str] = Field(description="The customer's segments after this request.")
+
+
+class EventsResponse(BaseModel):
+    models: dict[str, str]
+    feature_set_version: str
+    customers: list[CustomerUpdate]

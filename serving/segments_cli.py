@@ -4,6 +4,7 @@ backtest. The membership store is SEGMENTS_DB_URL (or --db), by default the SQLi
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -262,7 +263,9 @@ def backtest(
     except (ValueError, KeyError) as exc:
         console.print(f"[bold red]error:[/] {exc.args[0]}")
         raise typer.Exit(2) from None
-    out.print(_frame_table(table, f"{segment_name}: members against the population over the next {horizon} days"))
+    wide = table.assign(as_of=table["as_of"].map(lambda d: f"{d:%Y-%m-%d}")).set_index("as_of").T  # a column per date
+    out.print(_frame_table(wide.rename_axis("metric").reset_index(),
+                           f"{segment_name}: members against the population over the next {horizon} days"))
 
 
 def _cause_text(cause) -> str:
@@ -279,6 +282,8 @@ def _frame_table(frame, title: str) -> Table:
 
 
 def _cell(value) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, datetime):

@@ -22,6 +22,8 @@ import hmac
 import json
 import logging
 import os
+from datetime import datetime
+from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI
@@ -31,6 +33,8 @@ from features.catalog import FEATURE_SET_VERSION
 from serving.requests import RequestError, resolve_features
 from serving.schemas import (
     DEFAULT_MAX_BATCH,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ScoreRequest,
@@ -88,8 +92,23 @@ class SegmentsService:
     def __init__(self) -> None:
         self.state = load_state(serve_dir())
         self.max_batch = max_batch()
+        self.store, self.events = None, None
+        if self.state.ready:
+            self._start_segments()
         for problem in self.state.problems:
             logger.error("not ready: %s", problem)
+
+    def _start_segments(self) -> None:
+        """The membership store (SEGMENTS_DB_URL) and the event path; a failure is a readiness problem."""
+        from serving.realtime import EventProcessor
+        from serving.store import SegmentStore
+
+        try:
+            self.store = SegmentStore()
+            definitions = os.environ.get("SEGMENTS_DEFINITIONS")
+            self.events = EventProcessor(self.state, self.store, Path(definitions) if definitions else None)
+        except Exception as exc:  # noqa: BLE001 - reported by readiness, with its reason
+            self.state.problems.append(f"segments: {type(exc).__name__}: {exc}")
 
     def __is_ready__(self) -> bool:
         return self.state.ready
@@ -135,6 +154,82 @@ class SegmentsService:
             else:
                 items.append({"customer_id": customer.customer_id, "reasons": next(explained)})
         return ExplainResponse.model_validate({"versions": self._versions(resolved.as_of), "customers": items})
+
+    @bentoml.api(route="/events")
+    def post_events(self, request: EventsRequest, /) -> EventsResponse:
+        """Push new transactions and engagement events. Each is stored durably (once per id) before the answer; the
+        customer's features are rebuilt, rescored and their segments updated; the answer lists the changes."""
+        if not self.state.ready or self.events is None:
+            return _error(503, "not ready: " + "; ".join(self.state.problems))
+        rows = request.rows()
+        if len(rows) > self.max_batch:
+            return _error(413, f"{len(rows):,} records in one request; the limit is {self.max_batch:,} "
+                               f"(SEGMENTS_MAX_BATCH): split the batch")
+        updates = self.events.ingest(rows)
+        return EventsResponse.model_validate({"models": self.state.versions,
+                                              "feature_set_version": FEATURE_SET_VERSION, "customers": updates})
+
+    @status_app.get("/customers/{customer_id}")
+    def customer_segments(self, customer_id: str):
+        """A customer's current segments and their history of entries and exits with causes (newest first)."""
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        info = store.customer(customer_id)
+        if not info["segments"] and not info["history"]:
+            return _error(404, f"customer {customer_id!r} has no membership record")
+        return json.loads(json.dumps(info, default=str))
+
+    @status_app.get("/segments")
+    def segments(self):
+        """Every evaluated segment: kind, description, holdout share and exact current size."""
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        return {"segments": [{"name": s.name, "kind": s.kind, "description": s.description,
+                              "holdout_percent": s.holdout_percent, "size": store.segment_size(s.name)}
+                             for s in self.events.segments],
+                "not_evaluated": self.events.skipped}
+
+    @status_app.get("/segments/{name}")
+    def segment(self, name: str, limit: int = 100, offset: int = 0, start: str | None = None,
+                end: str | None = None):
+        """A segment's exact size, a page of members (by customer id), and with start and end (YYYY-MM-DD) its
+        entries, exits and size per day."""
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        if name not in self.events.segments.names():
+            return _error(404, f"no segment named {name!r}")
+        if not 0 < limit <= 10_000 or offset < 0:
+            return _error(400, "limit must be in 1..10000 and offset >= 0")
+        body = {"segment": name, "size": store.segment_size(name),
+                "members": store.members(name, limit=limit, offset=offset), "limit": limit, "offset": offset}
+        if start and end:
+            try:
+                daily = store.daily_changes(name, datetime.fromisoformat(start), datetime.fromisoformat(end))
+            except ValueError as exc:
+                return _error(400, f"start/end: {exc}")
+            body["daily"] = daily.to_dict(orient="records")
+        return json.loads(json.dumps(body, default=str))
+
+    @status_app.get("/flows")
+    def flows(self, start: str, end: str, segments: str):
+        """Customers moving between the comma-separated segments from start to end (null: none of them)."""
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        try:
+            table = store.flows(datetime.fromisoformat(start), datetime.fromisoformat(end),
+                                [s for s in segments.split(",") if s])
+        except ValueError as exc:
+            return _error(400, f"start/end: {exc}")
+        return json.loads(table.to_json(orient="records"))
+
+    def _read_store(self):
+        if self.store is None or self.events is None:
+            return None, _error(503, "not ready: " + "; ".join(self.state.problems))
+        return self.store, None
 
     @status_app.get("/health")
     def health(self) -> dict:

@@ -4,7 +4,8 @@ A serve folder (SEGMENTS_SERVE_DIR, default ./serve) holds:
 - manifest.json: feature-set version, as_of, the contract columns the features were built from, and per registered
   model its registry version and the BentoML model tag it was imported as (BentoML store: BENTOML_HOME);
 - features.parquet: the feature table as of as_of (what ids are looked up in), with its metadata;
-- typical.json: the population's typical value of every feature at as_of (reasons compare against it).
+- typical.json: the population's typical value of every feature at as_of (reasons compare against it);
+- history.duckdb: the clean tables sorted by customer, from which posted events rebuild a customer's features.
 
 Models are imported from the MLflow registry at their pinned versions (`models:/NAME/VERSION`) into the BentoML model
 store, so the service never reads "latest" from MLflow and runs without the tracking server.
@@ -24,6 +25,7 @@ from features.build import FeatureQuery, to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from features.pipeline import build_feature_table, read_feature_table, write_feature_table
 from serving.explain import typical_values
+from serving.realtime import HISTORY_FILE, write_history
 from training.scoring import ScoringBundle
 
 MANIFEST, FEATURES_FILE, TYPICAL_FILE = "manifest.json", "features.parquet", "typical.json"
@@ -68,6 +70,8 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
     out_dir.mkdir(parents=True, exist_ok=True)
     write_feature_table(run, out_dir / FEATURES_FILE)
     (out_dir / TYPICAL_FILE).write_text(json.dumps(typical_values(run.table), indent=1, sort_keys=True))
+    progress("writing the customers' history (the event path rebuilds features from it)")
+    write_history(validation, run.query.columns, out_dir / HISTORY_FILE)
     manifest = {"feature_set_version": FEATURE_SET_VERSION, "as_of": as_of.isoformat(), "alias": alias,
                 "columns": run.query.columns, "features": [f.name for f in run.query.features],
                 "models": models, "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -146,6 +150,9 @@ def load_state(directory: Path) -> ServingState:
     features = [FEATURES_BY_NAME[name] for name in state.feature_names]
     state.table = to_feature_frame(table, features).set_index("customer_id", drop=False)
     state.typical = json.loads((state.directory / TYPICAL_FILE).read_text())
+    if not (state.directory / HISTORY_FILE).exists():
+        state.problems.append(f"no {HISTORY_FILE} in {state.directory.resolve()} (posted events rebuild features "
+                              f"from it): rebuild the serve folder (segments build)")
     state.query = FeatureQuery(state.manifest["columns"], features)
     _ = state.query.sql  # compiled once, at start
     if bundle.models:

@@ -38,3 +38,39 @@ def generated_validation(generated):
     from features.pipeline import load_validated
 
     return load_validated(generated[1])
+
+
+# The segment store's tests run against both backends. PostgreSQL comes from SEGMENTS_TEST_PG_URL (`.ci/run` starts a
+# throwaway server and sets it); each test gets a database of its own, so pytest-xdist workers never share rows.
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A URL of an empty segment store database: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'segments.db'}"
+        return
+    admin_url = os.environ.get("SEGMENTS_TEST_PG_URL")
+    if not admin_url:
+        reason = (
+            "SEGMENTS_TEST_PG_URL is not set (a PostgreSQL URL whose role may CREATE DATABASE, e.g. "
+            "postgresql://segments:PASSWORD@127.0.0.1:55432/postgres; `.ci/run postgres` starts one)"
+        )
+        if os.environ.get("SEGMENTS_REQUIRE_PG") == "1":
+            pytest.fail(f"SEGMENTS_REQUIRE_PG=1 but {reason}")
+        pytest.skip(reason)
+
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from serving.store import sqlalchemy_url
+
+    admin = create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")  # CREATE DATABASE needs autocommit
+    name = f"test_{uuid.uuid4().hex}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # FORCE: stores left open
+        admin.dispose()

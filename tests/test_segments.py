@@ -121,7 +121,7 @@ def test_segments_without_their_data_or_model_are_skipped_with_a_reason():
     assert "churn_band" in skipped["likely_to_churn"] and "train" in skipped["likely_to_churn"]
     assert "engagement_events_90d" in skipped["engaged_non_buyers"]
     assert "refers to vip" in skipped["at_risk_vip"] or "churn_band" in skipped["at_risk_vip"]
-    assert skipped["clusters"].startswith("no cluster model")
+    assert skipped["cluster"].startswith("no cluster model")
 
 
 def test_cluster_segments_expand_to_one_per_cluster():
@@ -137,7 +137,7 @@ def test_the_default_file_has_the_promised_segments():
     names = load_segments().names()
     for name in ("loyal", "vip", "inactive", "serial_returners", "likely_to_churn", "at_risk_vip", "lifecycle_new",
                  "lifecycle_active", "lifecycle_lapsing", "lifecycle_lapsed", "lifecycle_reactivated",
-                 "engaged_non_buyers", "best_members_lookalike", "clusters"):
+                 "engaged_non_buyers", "best_members_lookalike", "cluster"):
         assert name in names
     assert names.index("vip") < names.index("at_risk_vip")  # evaluation order follows references
 

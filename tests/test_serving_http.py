@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
+import psutil
 import pytest
 from serving_setup import build_served
 
@@ -157,3 +159,109 @@ def test_bento_builds_offline_and_serves(server, generated, tmp_path):
                                               for name, entry in server["state"]["manifest"]["models"].items()}
     finally:
         _stop(process)
+
+
+def _customer_with_history(server) -> str:
+    features = server["state"]["features"]
+    return str(features.loc[features["orders_count_365d"] >= 12, "customer_id"].iloc[0])
+
+
+def _transaction(customer_id: str, i: int, hour: int) -> dict:
+    return {"customer_id": customer_id, "transaction_id": f"rt-{customer_id}-{i}",
+            "timestamp": f"2026-07-01T{hour:02d}:00:00Z", "amount": 90.0, "channel": "app"}
+
+
+def test_events_move_customers_with_causes_and_are_idempotent(server):
+    headers = {"x-api-key": KEY}
+    cid = _customer_with_history(server)
+    body = {"transactions": [_transaction(cid, 1, 9), _transaction(cid, 2, 10)]}
+    first = httpx.post(f"{server['base']}/events", json=body, headers=headers, timeout=60)
+    assert first.status_code == 200, first.text
+    update = first.json()["customers"][0]
+    assert update["stored"] == [f"rt-{cid}-1", f"rt-{cid}-2"] and update["duplicates"] == []
+    assert update["as_of"].startswith("2026-07-01T10:00:00")
+    entered = {c["segment"]: c for c in update["changes"] if c["change"] == "entered"}
+    assert "loyal" in entered and "loyal" in update["segments"]   # two orders of 90 within 14 days
+    assert any(c["field"] == "orders_count_14d" for c in entered["loyal"]["cause"])
+    again = httpx.post(f"{server['base']}/events", json=body, headers=headers, timeout=60).json()["customers"][0]
+    assert again["stored"] == [] and again["changes"] == [] and again["segments"] == update["segments"]
+    history = httpx.get(f"{server['base']}/v1/customers/{cid}", headers=headers, timeout=30).json()
+    assert any(h["segment"] == "loyal" and h["change"] == "entered" and h["source"] == "event"
+               for h in history["history"])
+    loyal = httpx.get(f"{server['base']}/v1/segments/loyal", headers=headers, timeout=30).json()
+    assert loyal["size"] >= 1 and cid in [m["customer_id"] for m in loyal["members"]]
+
+
+def test_bad_events_are_field_errors(server):
+    headers = {"x-api-key": KEY}
+    missing = httpx.post(f"{server['base']}/events", json={"transactions": [{"customer_id": "a", "amount": 1.0}]},
+                         headers=headers, timeout=30)
+    assert missing.status_code == 400 and {tuple(d["loc"])[-1] for d in missing.json()["detail"]} >= {
+        "transaction_id", "timestamp"}
+    empty = httpx.post(f"{server['base']}/events", json={}, headers=headers, timeout=30)
+    assert empty.status_code == 400 and "at least one" in empty.text
+    unauthorised = httpx.post(f"{server['base']}/events", json={"transactions": [_transaction("x", 1, 9)]},
+                              timeout=30)
+    assert unauthorised.status_code == 401
+
+
+def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_none_twice(server, generated,
+                                                                                           tmp_path):
+    """A stream of events to a second server on the same store; SIGKILL it mid-stream, restart, resend everything
+    (a client retries what it does not know was stored): every acknowledged event is stored once, none twice, and
+    the customer's features count each one once."""
+    from serving.store import SegmentStore
+
+    cid = str(server["state"]["features"]["customer_id"].iloc[-1])
+    events = [_transaction(cid, i, 0) | {"timestamp": f"2026-07-01T{i // 60:02d}:{i % 60:02d}:00Z",
+                                         "amount": 5.0} for i in range(40)]
+    db = f"sqlite:///{tmp_path / 'stream.db'}"
+
+    def start():
+        port = _free_port()
+        log = tmp_path / f"stream-{port}.log"
+        env = {**os.environ, **server["state"]["env"], "SEGMENTS_API_KEY": KEY, "BENTOML_DO_NOT_TRACK": "1"}
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("segments")), "serve", "--serve-dir",
+                 str(server["state"]["serve_dir"]), "--port", str(port), "--db", db], env=env, cwd=tmp_path,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_ready(f"http://127.0.0.1:{port}", process, log)
+        return process, f"http://127.0.0.1:{port}"
+
+    process, base = start()
+    acknowledged = []
+    for i, event in enumerate(events):
+        if i == 15:  # SIGKILL the whole tree: BentoML's workers run in sessions of their own
+            tree = psutil.Process(process.pid)
+            for proc in [tree, *tree.children(recursive=True)]:
+                proc.kill()
+            process.wait(timeout=30)
+        try:
+            answer = httpx.post(f"{base}/events", json={"transactions": [event]}, headers={"x-api-key": KEY},
+                                timeout=30)
+        except httpx.HTTPError:
+            continue
+        if answer.status_code == 200:
+            acknowledged.append(event["transaction_id"])
+    assert 10 <= len(acknowledged) < len(events)
+    process, base = start()
+    try:
+        for event in events:  # resend everything, acknowledged or not
+            answer = httpx.post(f"{base}/events", json={"transactions": [event]}, headers={"x-api-key": KEY},
+                                timeout=30)
+            assert answer.status_code == 200, answer.text
+            update = answer.json()["customers"][0]
+            assert (update["duplicates"] == [event["transaction_id"]]) == (event["transaction_id"] in acknowledged)
+    finally:
+        _stop(process)
+    store = SegmentStore(db)
+    posted = store.posted([cid])["transactions"]
+    assert sorted(posted["transaction_id"]) == sorted(e["transaction_id"] for e in events)
+    state = store.states([cid])[cid]
+    last = pd.Timestamp("2026-07-01 00:39:00.000001")  # the evaluation clock: just after the last event
+    history = generated[0].transactions
+    orders = history[(history["customer_id"] == cid) & (history["amount"] > 0) & ~history["is_return"].astype(bool)
+                     & (history["timestamp"] >= last - pd.Timedelta(days=14)) & (history["timestamp"] < last)]
+    assert state["orders_count_14d"] == len(orders) + len(events)
+    store.close()

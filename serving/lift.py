@@ -1,0 +1,260 @@
+"""Does a segment work? Campaign lift against the holdout, and what a rule segment's members did in the past.
+
+`measure` compares the segment's targeted members with its holdout (the deterministic `in_holdout` draw the campaign
+left alone) over a window after the campaign started: conversion, orders and spend per customer, the difference
+with a 95% confidence interval, the relative lift and a p-value.
+
+`backtest` evaluates a rule segment at past dates, point in time, and compares what its members did in the following
+horizon with what the active population did: a segment meant to catch churners should churn more than the
+population, one meant to catch loyal customers less.
+
+Both are pure: they read the validated tables and return results; the caller reads the membership log, prints and
+writes. Purchases are counted as everywhere else (`training.data.future_activity`): returns are not orders, spend
+is the amount of purchases, and a purchase stamped exactly at the window start belongs to the window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+from features.pipeline import build_feature_table
+from features.segments import Segment, SegmentSet, evaluate, in_holdout, plain
+from features.validate import ValidationResult
+from serving.membership import evaluate_population
+from training.data import data_end, future_activity
+
+Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95%: 1.95996...
+TABLE_COLUMNS = ["metric", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "p_value"]
+BACKTEST_METRICS = ("churn_rate", "conversion_rate", "mean_orders", "mean_spend")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What customers did in a window
+
+
+def window_outcomes(validation: ValidationResult, customer_ids, start: datetime, end: datetime) -> pd.DataFrame:
+    """Per given customer (in the given order), purchases in [start, end): customer_id, orders, spend, converted.
+
+    Customers without a purchase in the window get 0 orders, 0 spend, converted False.
+    """
+    # future_activity takes a horizon in days; a fractional one keeps any end exact to the microsecond.
+    activity = future_activity(validation, start, (end - start) / timedelta(days=1))
+    frame = pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype=str).to_numpy()})
+    frame = frame.merge(activity.astype({"customer_id": str}), on="customer_id", how="left", validate="many_to_one")
+    return pd.DataFrame({"customer_id": frame["customer_id"],
+                         "orders": frame["purchases_next"].fillna(0).astype("int64"),
+                         "spend": frame["spend_next"].fillna(0.0).astype("float64"),
+                         "converted": frame["purchases_next"].fillna(0).to_numpy() > 0})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Targeted against holdout
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric, targeted against holdout: difference (targeted - holdout) with its 95% interval, relative lift
+    (targeted / holdout - 1, NaN when the holdout figure is 0) and two-sided p-value (NaN when undefined)."""
+
+    metric: str
+    targeted: float
+    holdout: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    lift: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The result of `measure`: group sizes and one Comparison per metric (conversion_rate, mean_orders,
+    mean_spend)."""
+
+    segment: str
+    start: datetime
+    end: datetime
+    holdout_percent: float
+    targeted_customers: int
+    holdout_customers: int
+    comparisons: tuple[Comparison, ...]
+
+    def table(self) -> pd.DataFrame:
+        """Columns metric, targeted, holdout, difference, ci_low, ci_high, lift, p_value; the first row, `customers`,
+        holds the group sizes (its other columns are NaN)."""
+        sizes = {"metric": "customers", "targeted": self.targeted_customers, "holdout": self.holdout_customers}
+        rows = [sizes, *(vars(c) for c in self.comparisons)]
+        return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: dates as ISO text, NaN as None."""
+        return {"segment": self.segment, "start": self.start.isoformat(), "end": self.end.isoformat(),
+                "holdout_percent": self.holdout_percent,
+                "customers": {"targeted": self.targeted_customers, "holdout": self.holdout_customers},
+                "metrics": [{k: plain(v) for k, v in vars(c).items()} for c in self.comparisons]}
+
+
+def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResult, start: datetime,
+            end: datetime) -> Measurement:
+    """Lift of a campaign on `segment` over [start, end) (naive UTC): targeted members against the holdout.
+
+    Args:
+        members: column customer_id: the segment's members at `start` (duplicates count once).
+        segment: gives the name and holdout_percent that decide the holdout (`in_holdout`).
+        validation: the clean transactions to count purchases in.
+
+    Conversion (at least one purchase) is compared with the unpooled Wald interval, mean orders and mean spend
+    per customer with Welch's; both are normal approximations, so p-values are two-sided z tests.
+    Raises ValueError when the window is empty, `members` has no customer_id, or either group is empty.
+    """
+    if end <= start:
+        raise ValueError(f"the measurement window is empty: end {end:%Y-%m-%d %H:%M} is not after start "
+                         f"{start:%Y-%m-%d %H:%M}")
+    if "customer_id" not in members.columns:
+        raise ValueError(f"members needs a customer_id column; it has {', '.join(map(str, members.columns))}")
+    ids = pd.unique(members["customer_id"].astype(str))
+    held = in_holdout(ids, segment.name, segment.holdout_percent)
+    _check_groups(segment, len(ids), int(held.sum()))
+    outcomes = window_outcomes(validation, ids, start, end)
+    targeted, holdout = outcomes[~held], outcomes[held]
+    comparisons = (
+        compare("conversion_rate", targeted["converted"].to_numpy(float), holdout["converted"].to_numpy(float), True),
+        compare("mean_orders", targeted["orders"].to_numpy(float), holdout["orders"].to_numpy(float), False),
+        compare("mean_spend", targeted["spend"].to_numpy(float), holdout["spend"].to_numpy(float), False),
+    )
+    return Measurement(segment.name, start, end, segment.holdout_percent, len(targeted), len(holdout), comparisons)
+
+
+def _check_groups(segment: Segment, members: int, held: int) -> None:
+    if held == 0 and segment.holdout_percent == 0:
+        raise ValueError(
+            f"no holdout members: the segment {segment.name!r} has {members} members and a holdout of 0%: without "
+            f"a holdout there is nothing to compare against; set holdout_percent above 0 before the next campaign")
+    if held == 0:
+        raise ValueError(
+            f"no holdout members: the segment {segment.name!r} has {members} members and a holdout of "
+            f"{segment.holdout_percent:g}%, which put none of them in the holdout; there is nothing to compare "
+            f"against: measure when the segment has more members, or set a larger holdout_percent before the "
+            f"campaign")
+    if held == members:
+        raise ValueError(
+            f"no targeted members: all {members} members of the segment {segment.name!r} are in its "
+            f"{segment.holdout_percent:g}% holdout; measure when the segment has more members")
+
+
+def compare(metric: str, targeted: np.ndarray, holdout: np.ndarray, rate: bool) -> Comparison:
+    """Targeted against holdout for per-customer values (0/1 when `rate`), normal approximation at 95%.
+
+    The standard error is unpooled: sqrt(v_t / n_t + v_h / n_h) with the Bernoulli variance p (1 - p) for a rate
+    (Wald) and the sample variance otherwise (Welch; undefined, hence NaN, for a group of one).
+    """
+    mean_t, mean_h = float(targeted.mean()), float(holdout.mean())
+    var_t, var_h = (_bernoulli_var(mean_t), _bernoulli_var(mean_h)) if rate else (_var(targeted), _var(holdout))
+    se = math.sqrt(var_t / len(targeted) + var_h / len(holdout))
+    difference = mean_t - mean_h
+    # A zero standard error (both groups constant) gives no test: report NaN rather than a certain p of 0 or 1.
+    p_value = math.erfc(abs(difference / se) / math.sqrt(2)) if se > 0 else float("nan")
+    lift = mean_t / mean_h - 1 if mean_h > 0 else float("nan")
+    return Comparison(metric, mean_t, mean_h, difference, difference - Z95 * se, difference + Z95 * se, lift, p_value)
+
+
+def _bernoulli_var(p: float) -> float:
+    return p * (1 - p)
+
+
+def _var(values: np.ndarray) -> float:
+    return float(values.var(ddof=1)) if len(values) > 1 else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backtest of a rule segment
+
+
+def backtest(segments: SegmentSet, name: str, validation: ValidationResult, dates: list[datetime],
+             horizon_days: int = 90, bundle=None) -> pd.DataFrame:
+    """What the members of rule segment `name` did in the `horizon_days` after each date, against the population.
+
+    At each date (naive UTC) the features are built as of that date, the segment is evaluated on them (thresholds of
+    `in top/bottom N%` fitted on that date's customers) and purchases are counted over [date, date + horizon).
+    The population is the customers with at least one purchase in the 365 days before the date
+    (orders_count_365d > 0, the churn model's population); members need not belong to it (an `inactive` member may
+    not have bought for years), so member_share = members / population can exceed 1.
+
+    Returns one row per date: as_of, members, population, member_share, and for each metric (churn_rate: share
+    with no purchase; conversion_rate; mean_orders; mean_spend, per customer) <metric>_members,
+    <metric>_population and <metric>_ratio (members / population, NaN when the population figure is 0).
+
+    Raises KeyError for an unknown segment; ValueError for a segment that reads model outputs (predictive,
+    lookalike, cluster, or referring to one), and for a date whose outcome window ends after the data does.
+    `bundle` is passed to `evaluate_population` as in a refresh; a rule segment never reads its scores.
+    """
+    if name not in segments.names():
+        raise KeyError(f"no segment named {name!r}; defined: {', '.join(segments.names())}")
+    needed = segments.closure([name])
+    _check_rule_only(needed, name)
+    if not dates:
+        raise ValueError("backtest needs at least one date")
+    _check_windows(validation, dates, horizon_days)
+    return pd.DataFrame([_backtest_row(needed, name, validation, as_of, horizon_days, bundle) for as_of in dates])
+
+
+def _check_rule_only(needed: SegmentSet, name: str) -> None:
+    """Model outputs at a past date would come from models trained on later data: the backtest would be leaked."""
+    for segment in needed:
+        if segment.kind == "rule":
+            continue
+        via = "" if segment.name == name else f" through segment {segment.name!r}, which it refers to,"
+        raise ValueError(
+            f"cannot backtest segment {name!r}: it reads model outputs{via} ({segment.name!r} is a {segment.kind} "
+            f"segment). Scoring past dates with today's models, trained on later data, would leak the outcomes "
+            f"into the backtest; only rule segments (features only) can be backtested")
+
+
+def _check_windows(validation: ValidationResult, dates: list[datetime], horizon_days: int) -> None:
+    """Every outcome window must be fully observed; the rule is training's (`make_snapshot`): the window may end
+    up to the day after the last transaction, whose day is taken as complete."""
+    last = data_end(validation)
+    if last is None:
+        raise ValueError("the data has no transactions: nothing to backtest")
+    for as_of in dates:
+        if as_of + timedelta(days=horizon_days) > last + timedelta(days=1):
+            raise ValueError(
+                f"the {horizon_days}-day outcome window after {as_of:%Y-%m-%d} ends on "
+                f"{as_of + timedelta(days=horizon_days):%Y-%m-%d}, after the last transaction "
+                f"({last:%Y-%m-%d}): its outcomes would be incomplete; choose dates up to "
+                f"{last + timedelta(days=1) - timedelta(days=horizon_days):%Y-%m-%d} or a shorter horizon")
+
+
+def _backtest_row(needed: SegmentSet, name: str, validation: ValidationResult, as_of: datetime, horizon_days: int,
+                  bundle) -> dict:
+    features = build_feature_table(validation, as_of).table
+    values, usable, skipped, thresholds = evaluate_population(needed, features, bundle)
+    if name in skipped:
+        raise ValueError(f"segment {name!r} cannot be evaluated as of {as_of:%Y-%m-%d}: {skipped[name]}")
+    member = evaluate(usable.closure([name]), values, thresholds)[name].to_numpy()
+    outcomes = window_outcomes(validation, values["customer_id"], as_of, as_of + timedelta(days=horizon_days))
+    population = values["orders_count_365d"].to_numpy() > 0
+    row = {"as_of": as_of, "members": int(member.sum()), "population": int(population.sum()),
+           "member_share": member.sum() / population.sum() if population.any() else float("nan")}
+    of_members, of_population = _group_metrics(outcomes[member]), _group_metrics(outcomes[population])
+    for metric in BACKTEST_METRICS:
+        row[f"{metric}_members"] = of_members[metric]
+        row[f"{metric}_population"] = of_population[metric]
+        row[f"{metric}_ratio"] = (of_members[metric] / of_population[metric] if of_population[metric] > 0
+                                  else float("nan"))
+    return row
+
+
+def _group_metrics(outcomes: pd.DataFrame) -> dict[str, float]:
+    """Churn and conversion rates, mean orders and spend of a group's window outcomes (NaN for an empty group)."""
+    if outcomes.empty:
+        return dict.fromkeys(BACKTEST_METRICS, float("nan"))
+    conversion = float(outcomes["converted"].mean())
+    return {"churn_rate": 1 - conversion, "conversion_rate": conversion,
+            "mean_orders": float(outcomes["orders"].mean()), "mean_spend": float(outcomes["spend"].mean())}

@@ -1,0 +1,632 @@
+"""The membership store of dynamic segments: who is in which segment now, every change with its cause, and the
+transactions and events posted to the service, in SQLite (default, one file) or PostgreSQL (SEGMENTS_DB_URL).
+
+Tables:
+- posted_events: transactions and events posted one at a time, kept once per (kind, id) so a retried post is harmless;
+- membership: the current members of each segment (segment, customer_id, entered_at);
+- membership_log: every entered/exited change, with its cause (the condition or score that flipped), in the order it
+  was recorded (seq); segment size over time, flows and membership at a past moment all come from it;
+- customer_state: the values each customer was last evaluated on, so the next evaluation can say what changed;
+- refreshes: one row per batch refresh (as_of, the hash of the segment definitions, thresholds, counts).
+
+Writes take the connection of `transaction()`, so the caller combines them in one atomic transaction (a posted event,
+the changes it caused and the new state commit together or not at all). Timestamps are naive UTC on the way in and out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+
+import pandas as pd
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
+
+DEFAULT_DB_URL = "sqlite:///segments.db"
+KINDS = {"transaction": "transactions", "event": "events"}  # posted kind -> the contract table it belongs to
+ID_COLUMNS = {"transaction": "transaction_id", "event": "event_id"}
+_IDS_PER_QUERY = 5000  # keeps `customer_id IN (...)` under both backends' bind-parameter limits
+_SQLITE_BUSY_MS = 30_000
+
+metadata = MetaData()
+
+posted_events = Table(
+    "posted_events",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("id", String(200), primary_key=True),
+    Column("customer_id", String(200), nullable=False, index=True),
+    Column("timestamp", DateTime, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("received_at", DateTime, nullable=False),
+)
+
+membership = Table(
+    "membership",
+    metadata,
+    Column("segment", String(200), primary_key=True),
+    Column("customer_id", String(200), primary_key=True),
+    Column("entered_at", DateTime, nullable=False),
+)
+
+membership_log = Table(
+    "membership_log",
+    metadata,
+    # sqlite_autoincrement: never reuse a seq, so seq order is recording order.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("customer_id", String(200), nullable=False, index=True),
+    Column("segment", String(200), nullable=False),
+    Column("change", String(8), nullable=False),
+    Column("at", DateTime, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("recorded_at", DateTime, nullable=False),
+    Index("ix_membership_log_segment_at", "segment", "at"),
+    sqlite_autoincrement=True,
+)
+
+customer_state = Table(
+    "customer_state",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("as_of", DateTime, nullable=False),
+    Column("values", Text, nullable=False),
+)
+
+refreshes = Table(
+    "refreshes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("as_of", DateTime, nullable=False),
+    Column("definitions_hash", String(128), nullable=False),
+    Column("thresholds", Text, nullable=False),
+    Column("customers", Integer, nullable=False),
+    Column("changes", Integer, nullable=False),
+    Column("recorded_at", DateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+LOG_COLUMNS = ["seq", "customer_id", "segment", "change", "at", "cause", "source", "recorded_at"]
+
+
+class StoreError(RuntimeError):
+    """The segment store cannot be reached or set up; the message names the URL with its password masked."""
+
+
+def db_url() -> str:
+    """SEGMENTS_DB_URL, else DEFAULT_DB_URL; a plain postgresql:// (or postgres://) URL gets the psycopg 3 driver."""
+    url = os.environ.get("SEGMENTS_DB_URL") or DEFAULT_DB_URL
+    return sqlalchemy_url(url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL SQLAlchemy should open: a plain postgresql:// (or postgres://) URL gets the psycopg 3 driver."""
+    # SQLAlchemy's default PostgreSQL driver is psycopg2, which we do not install.
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """A naive UTC datetime: aware values are converted to UTC, pandas Timestamps become datetimes."""
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _json_default(value):
+    # Payloads and states often come from pandas rows: numpy scalars, Timestamps, NA.
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if value is pd.NA:
+        return None
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot store a {type(value).__name__} as JSON: {value!r}")
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+def _chunks(items: list, size: int = _IDS_PER_QUERY) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SegmentStore:
+    """Membership of dynamic segments, their change log, customer states and posted events (module docstring)."""
+
+    def __init__(self, url: str | None = None):
+        self.url = make_url(sqlalchemy_url(url or db_url()))
+        self.display_url = self.url.render_as_string(hide_password=True)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        # pre-ping: a long-running service outlives PostgreSQL restarts without handing out dead connections.
+        self.engine = create_engine(self.url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            self._configure_sqlite()
+        try:
+            with self.transaction() as conn:
+                if not self.is_sqlite:
+                    # Service workers starting together would race to create the tables; one creates, others wait.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7411)"))
+                metadata.create_all(conn)
+        except DBAPIError as error:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the segment store at {self.display_url}: {error.orig}") from error
+
+    def _configure_sqlite(self) -> None:
+        # pysqlite opens transactions on its own terms; take that over so transaction() can say BEGIN IMMEDIATE
+        # (take the write lock up front: concurrent writers then wait on busy_timeout instead of failing on upgrade)
+        # while reads keep a plain BEGIN and never block writers under WAL.
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+            cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(conn):
+            immediate = conn.get_execution_options().get("segments_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def close(self) -> None:
+        """Close pooled connections (tests drop their database afterwards)."""
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One atomic transaction for writes: commits when the block ends, rolls everything back on an exception."""
+        with self.engine.connect() as conn:
+            conn.execution_options(segments_write=True)
+            with conn.begin():
+                yield conn
+
+    def _read(self) -> Connection:
+        """A connection for reads: on SQLite a plain (deferred) BEGIN, so a method's queries see one snapshot without
+        blocking writers."""
+        return self.engine.connect()
+
+    # --- writes ---------------------------------------------------------------------------------------------------
+
+    def add_posted(self, conn: Connection, rows: list[dict]) -> list[bool]:
+        """Store posted transactions and events once per (kind, id).
+
+        rows: {"kind": "transaction"|"event", "id", "customer_id", "timestamp" (naive UTC), "payload": dict}.
+        Returns per row True if it was stored now, False if that (kind, id) was already stored (also when it repeats
+        within `rows`).
+        """
+        received_at = _now()
+        keys, records = [], {}
+        for row in rows:
+            if row["kind"] not in KINDS:
+                raise ValueError(
+                    f"posted kind must be one of {sorted(KINDS)}, got {row['kind']!r} (id {row['id']!r})"
+                )
+            key = (row["kind"], str(row["id"]))
+            keys.append(key)
+            records.setdefault(
+                key,
+                {
+                    "kind": key[0],
+                    "id": key[1],
+                    "customer_id": str(row["customer_id"]),
+                    "timestamp": _naive_utc(row["timestamp"]),
+                    "payload": _dumps(row["payload"]),
+                    "received_at": received_at,
+                },
+            )
+        if not records:
+            return []
+        # ON CONFLICT DO NOTHING RETURNING tells which rows went in, also when another transaction posts the same id
+        # at the same moment (it waits for that one to commit, then sees the conflict).
+        statement = (
+            self._insert(posted_events)
+            .on_conflict_do_nothing()
+            .returning(posted_events.c.kind, posted_events.c.id)
+        )
+        stored = {tuple(row) for row in conn.execute(statement, list(records.values()))}
+        inserted = []
+        for key in keys:
+            inserted.append(key in stored)
+            stored.discard(key)  # a repeat later in `rows` is a duplicate
+        return inserted
+
+    def record(
+        self,
+        conn: Connection,
+        changes: list[dict],
+        states: dict[str, dict],
+        at: datetime,
+        refresh: dict | None = None,
+    ) -> int:
+        """Apply membership changes, log them, save the customers' evaluated values and, for a batch refresh, its row.
+
+        changes: {"customer_id", "segment", "change": "entered"|"exited", "at", "cause": list|dict, "source":
+        "refresh"|"event"}, in the order they happened. Membership follows the last change per (segment, customer):
+        "entered" inserts (segment, customer_id, entered_at = the change's at) unless already a member (the first
+        entry time is kept), "exited" deletes. states: customer_id -> values, saved with as_of = at. refresh:
+        {"as_of", "definitions_hash", "thresholds", "customers", "changes"}. Returns the number of changes logged.
+        """
+        recorded_at = _now()
+        log_rows, last_change, exited = [], {}, set()
+        for change in changes:
+            if change["change"] not in ("entered", "exited"):
+                raise ValueError(
+                    f"change must be 'entered' or 'exited', got {change['change']!r} "
+                    f"(customer {change['customer_id']!r}, segment {change['segment']!r})"
+                )
+            row = {
+                "customer_id": str(change["customer_id"]),
+                "segment": change["segment"],
+                "change": change["change"],
+                "at": _naive_utc(change["at"]),
+                "cause": _dumps(change["cause"]),
+                "source": change["source"],
+                "recorded_at": recorded_at,
+            }
+            log_rows.append(row)
+            key = (row["segment"], row["customer_id"])
+            last_change[key] = row
+            if row["change"] == "exited":
+                exited.add(key)
+        if log_rows:
+            conn.execute(membership_log.insert(), log_rows)
+        # Deletes first, then inserts: an exit followed by a re-entry in one call ends as a member since the re-entry.
+        if exited:
+            conn.execute(
+                membership.delete().where(
+                    membership.c.segment == bindparam("b_segment"),
+                    membership.c.customer_id == bindparam("b_customer_id"),
+                ),
+                [{"b_segment": segment, "b_customer_id": customer} for segment, customer in exited],
+            )
+        entered = [
+            {"segment": row["segment"], "customer_id": row["customer_id"], "entered_at": row["at"]}
+            for row in last_change.values()
+            if row["change"] == "entered"
+        ]
+        if entered:
+            conn.execute(self._insert(membership).on_conflict_do_nothing(), entered)
+        if states:
+            as_of = _naive_utc(at)
+            statement = self._insert(customer_state)
+            statement = statement.on_conflict_do_update(
+                index_elements=[customer_state.c.customer_id],
+                set_={"as_of": statement.excluded.as_of, "values": statement.excluded["values"]},
+            )
+            conn.execute(
+                statement,
+                [
+                    {"customer_id": str(cid), "as_of": as_of, "values": _dumps(values)}
+                    for cid, values in states.items()
+                ],
+            )
+        if refresh is not None:
+            conn.execute(
+                refreshes.insert(),
+                {
+                    "as_of": _naive_utc(refresh["as_of"]),
+                    "definitions_hash": refresh["definitions_hash"],
+                    "thresholds": _dumps(refresh["thresholds"]),
+                    "customers": int(refresh["customers"]),
+                    "changes": int(refresh["changes"]),
+                    "recorded_at": recorded_at,
+                },
+            )
+        return len(log_rows)
+
+    def lock_customer(self, conn: Connection, customer_id: str) -> None:
+        """Hold `customer_id` until `conn`'s transaction ends, so two writers evaluating the same customer (two events
+        at once) take turns: the second reads the first one's committed memberships and states.
+
+        SQLite needs nothing (transaction() already serializes writers); PostgreSQL takes a transaction-level
+        advisory lock on a stable 64-bit hash of the id.
+        """
+        if self.is_sqlite:
+            return
+        key = int.from_bytes(
+            hashlib.blake2b(str(customer_id).encode(), digest_size=8).digest(), "big", signed=True
+        )
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    def _insert(self, table: Table):
+        """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL spell it the same way)."""
+        return (sqlite if self.is_sqlite else postgresql).insert(table)
+
+    # --- reads ----------------------------------------------------------------------------------------------------
+
+    def last_refresh(self) -> dict | None:
+        """The most recently recorded refresh: as_of, definitions_hash, thresholds (dict), customers, changes,
+        recorded_at; None before the first refresh."""
+        query = select(refreshes).order_by(refreshes.c.id.desc()).limit(1)
+        with self._read() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        result = {
+            key: row[key] for key in ("as_of", "definitions_hash", "customers", "changes", "recorded_at")
+        }
+        result["thresholds"] = json.loads(row["thresholds"])
+        return result
+
+    def states(self, customer_ids: list[str] | None = None) -> dict[str, dict]:
+        """The values each customer was last evaluated on: customer_id -> values (all customers when ids is None)."""
+        query = select(customer_state.c.customer_id, customer_state.c["values"])
+        with self._read() as conn:
+            rows = self._rows_for(conn, query, customer_state.c.customer_id, customer_ids)
+        return {row["customer_id"]: json.loads(row["values"]) for row in rows}
+
+    def memberships(self, customer_ids: list[str] | None = None) -> pd.DataFrame:
+        """Current members: columns segment, customer_id, entered_at, ordered by segment and customer."""
+        query = select(membership.c.segment, membership.c.customer_id, membership.c.entered_at)
+        with self._read() as conn:
+            rows = self._rows_for(conn, query, membership.c.customer_id, customer_ids)
+        frame = _frame(rows, ["segment", "customer_id", "entered_at"], datetimes=["entered_at"])
+        return frame.sort_values(["segment", "customer_id"], ignore_index=True)
+
+    def posted(
+        self, customer_ids: list[str] | None = None, before: datetime | None = None
+    ) -> dict[str, pd.DataFrame]:
+        """Posted rows as contract tables: {"transactions": frame, "events": frame}.
+
+        Each frame holds the stored payload's fields as columns, with customer_id, timestamp and the id column
+        (transaction_id / event_id) taken from the stored keys. Only timestamps strictly before `before` when given
+        (as the feature definitions read records strictly before as_of).
+        """
+        query = select(
+            posted_events.c.kind,
+            posted_events.c.id,
+            posted_events.c.customer_id,
+            posted_events.c.timestamp,
+            posted_events.c.payload,
+        )
+        if before is not None:
+            query = query.where(posted_events.c.timestamp < _naive_utc(before))
+        with self._read() as conn:
+            rows = self._rows_for(conn, query, posted_events.c.customer_id, customer_ids)
+        rows.sort(key=lambda row: (row["timestamp"], row["id"]))
+        result = {}
+        for kind, name in KINDS.items():
+            id_column = ID_COLUMNS[kind]
+            records = [
+                {
+                    **json.loads(row["payload"]),
+                    id_column: row["id"],
+                    "customer_id": row["customer_id"],
+                    "timestamp": row["timestamp"],
+                }
+                for row in rows
+                if row["kind"] == kind
+            ]
+            result[name] = _frame(
+                records, None if records else [id_column, "customer_id", "timestamp"], ["timestamp"]
+            )
+        return result
+
+    def customer(self, customer_id: str) -> dict:
+        """{"customer_id", "segments": [{segment, entered_at}] by segment, "history": log rows newest first}."""
+        segments_query = (
+            select(membership.c.segment, membership.c.entered_at)
+            .where(membership.c.customer_id == customer_id)
+            .order_by(membership.c.segment)
+        )
+        history_query = (
+            select(membership_log)
+            .where(membership_log.c.customer_id == customer_id)
+            .order_by(membership_log.c.at.desc(), membership_log.c.seq.desc())
+        )
+        with self._read() as conn:
+            segments = [dict(row) for row in conn.execute(segments_query).mappings()]
+            history = [_log_row(row) for row in conn.execute(history_query).mappings()]
+        return {"customer_id": customer_id, "segments": segments, "history": history}
+
+    def segment_size(self, segment: str) -> int:
+        """The number of current members of `segment`."""
+        query = select(func.count()).select_from(membership).where(membership.c.segment == segment)
+        with self._read() as conn:
+            return int(conn.scalar(query))
+
+    def members(self, segment: str, limit: int = 100, offset: int = 0) -> list[dict]:
+        """One page of `segment`'s current members, ordered by customer_id: [{customer_id, entered_at}]."""
+        query = (
+            select(membership.c.customer_id, membership.c.entered_at)
+            .where(membership.c.segment == segment)
+            .order_by(membership.c.customer_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._read() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def log(
+        self,
+        segment: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        customer_id: str | None = None,
+    ) -> pd.DataFrame:
+        """Membership changes in recording order: columns seq, customer_id, segment, change, at, cause (parsed JSON),
+        source, recorded_at. `start` <= at < `end` when given."""
+        query = select(membership_log).order_by(membership_log.c.seq)
+        if segment is not None:
+            query = query.where(membership_log.c.segment == segment)
+        if customer_id is not None:
+            query = query.where(membership_log.c.customer_id == customer_id)
+        if start is not None:
+            query = query.where(membership_log.c.at >= _naive_utc(start))
+        if end is not None:
+            query = query.where(membership_log.c.at < _naive_utc(end))
+        with self._read() as conn:
+            rows = [_log_row(row) for row in conn.execute(query).mappings()]
+        return _frame(rows, LOG_COLUMNS, datetimes=["at", "recorded_at"])
+
+    def membership_at(self, moment: datetime, segments: list[str] | None = None) -> pd.DataFrame:
+        """Who was in which segment at `moment`, from the log: per (customer, segment) the latest change with
+        at <= moment (ties by recording order) is "entered". Columns segment, customer_id."""
+        query = _latest_changes(_naive_utc(moment), segments)
+        with self._read() as conn:
+            rows = [dict(row) for row in conn.execute(query).mappings()]
+        return _frame(rows, ["segment", "customer_id"])
+
+    def daily_changes(self, segment: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Per calendar day from `start`'s day up to `end` (exclusive; an end at midnight adds no day): customers
+        who entered and exited `segment` that day and its size at the end of the day. Days with no change included.
+
+        Only real changes count: a repeated "entered" for a customer already in (or "exited" for one already out)
+        is ignored, so size always equals the previous size + entered - exited.
+        """
+        start, end = _naive_utc(start), _naive_utc(end)
+        days = pd.date_range(
+            pd.Timestamp(start).floor("D"), pd.Timestamp(end).ceil("D"), freq="D", inclusive="left"
+        )
+        if len(days) == 0:
+            return pd.DataFrame({"day": days, "entered": [], "exited": [], "size": []}, dtype="int64")
+        end_of_last_day = (days[-1] + pd.Timedelta(days=1)).to_pydatetime()
+        # Each log row's effect on membership: +1 out->in, -1 in->out, 0 if it repeats the customer's state.
+        previous = func.lag(membership_log.c.change).over(
+            partition_by=membership_log.c.customer_id, order_by=(membership_log.c.at, membership_log.c.seq)
+        )
+        steps = (
+            select(membership_log.c.at, membership_log.c.change, previous.label("previous"))
+            .where(membership_log.c.segment == segment, membership_log.c.at < end_of_last_day)
+            .subquery()
+        )
+        entered = (steps.c.change == "entered") & (
+            (steps.c.previous.is_(None)) | (steps.c.previous == "exited")
+        )
+        exited = (steps.c.change == "exited") & (steps.c.previous == "entered")
+        day = func.date(steps.c.at)
+        query = select(
+            day.label("day"),
+            func.sum(case((entered, 1), else_=0)).label("entered"),
+            func.sum(case((exited, 1), else_=0)).label("exited"),
+        ).group_by(day)
+        with self._read() as conn:
+            counts = pd.DataFrame(
+                [dict(row) for row in conn.execute(query).mappings()], columns=["day", "entered", "exited"]
+            )
+        counts["day"] = pd.to_datetime(counts["day"])
+        counts = counts.astype({"entered": "int64", "exited": "int64"})
+        before = counts[counts["day"] < days[0]]
+        size_before = int(before["entered"].sum() - before["exited"].sum())
+        result = counts.set_index("day").reindex(days, fill_value=0).rename_axis("day").reset_index()
+        result["size"] = size_before + (result["entered"] - result["exited"]).cumsum()
+        return result.astype({"entered": "int64", "exited": "int64", "size": "int64"})
+
+    def flows(self, start: datetime, end: datetime, segments: list[str]) -> pd.DataFrame:
+        """Customers moving between `segments` from `start` to `end`: columns from_segment, to_segment, customers.
+
+        Compares each customer's set of (given) segments at `start` and at `end` (membership_at); customers whose set
+        did not change are not counted. from_segment None: in none of them at start; to_segment None: in none at end;
+        otherwise a customer in A at start and in B at end (A != B) counts A->B (with overlapping segments, once per
+        such pair). Pairs with no customers are omitted; largest flows first.
+        """
+        at_start = self.membership_at(start, segments).groupby("customer_id")["segment"].agg(frozenset)
+        at_end = self.membership_at(end, segments).groupby("customer_id")["segment"].agg(frozenset)
+        counts: dict[tuple, int] = {}
+        for customer in at_start.index.union(at_end.index):
+            before = at_start.get(customer, frozenset())
+            after = at_end.get(customer, frozenset())
+            if before == after:
+                continue
+            pairs = (
+                [(None, b) for b in after]
+                if not before
+                else [(a, None) for a in before]
+                if not after
+                else [(a, b) for a in before for b in after if a != b]
+            )
+            for pair in pairs:
+                counts[pair] = counts.get(pair, 0) + 1
+        # object columns: None (no segment) must stay None, not become NaN in a string column
+        frame = pd.DataFrame(
+            {
+                "from_segment": pd.Series([pair[0] for pair in counts], dtype=object),
+                "to_segment": pd.Series([pair[1] for pair in counts], dtype=object),
+                "customers": pd.Series(list(counts.values()), dtype="int64"),
+            }
+        )
+        return frame.sort_values(
+            ["customers", "from_segment", "to_segment"], ascending=[False, True, True], na_position="first"
+        ).reset_index(drop=True)
+
+    def _rows_for(self, conn: Connection, query, column, customer_ids: list[str] | None) -> list[dict]:
+        """Run `query`, limited to `customer_ids` when given (in chunks, under the bind-parameter limits)."""
+        if customer_ids is None:
+            return [dict(row) for row in conn.execute(query).mappings()]
+        ids = sorted({str(customer_id) for customer_id in customer_ids})
+        return [
+            dict(row)
+            for chunk in _chunks(ids)
+            for row in conn.execute(query.where(column.in_(chunk))).mappings()
+        ]
+
+
+def _latest_changes(moment: datetime, segments: list[str] | None):
+    """SELECT segment, customer_id of members at `moment`: per (customer, segment) the latest log row at or before
+    `moment`, by at then seq, is an "entered"."""
+    log = membership_log
+    rank = func.row_number().over(
+        partition_by=(log.c.customer_id, log.c.segment), order_by=(log.c.at.desc(), log.c.seq.desc())
+    )
+    ranked = select(log.c.segment, log.c.customer_id, log.c.change, rank.label("rank"))
+    ranked = ranked.where(log.c.at <= moment)
+    if segments is not None:
+        ranked = ranked.where(log.c.segment.in_(list(segments)))
+    ranked = ranked.subquery()
+    return (
+        select(ranked.c.segment, ranked.c.customer_id)
+        .where(ranked.c.rank == 1, ranked.c.change == "entered")
+        .order_by(ranked.c.segment, ranked.c.customer_id)
+    )
+
+
+def _log_row(row) -> dict:
+    result = dict(row)
+    result["cause"] = json.loads(result["cause"])
+    return result
+
+
+def _frame(rows: list[dict], columns: list[str] | None, datetimes: tuple | list = ()) -> pd.DataFrame:
+    """A frame of `rows` with exactly `columns` (also when empty; None: the rows' keys), datetime columns as naive
+    datetime64."""
+    frame = pd.DataFrame.from_records(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    for column in datetimes:
+        frame[column] = pd.to_datetime(frame[column])
+    return frame
