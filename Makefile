@@ -32,8 +32,14 @@ demo: env
 	cd $(DEMO) && ../$(BIN)/segments build --data data --as-of 2026-07-01
 	cd $(DEMO) && ../$(BIN)/segments score --data data --as-of 2026-07-01 --serve-dir serve --explain \
 		--out scores_explained.parquet
+	rm -f $(DEMO)/segments.db $(DEMO)/cdnow_segments.db
+	cd $(DEMO) && ../$(BIN)/segments refresh --data data --as-of 2026-06-01
+	cd $(DEMO) && ../$(BIN)/segments refresh --data data --as-of 2026-07-01
+	cd $(DEMO) && ../$(BIN)/segments flows --from 2026-06-02 --to 2026-07-02
 	$(BIN)/segments import-cdnow --out $(DEMO)/cdnow
 	$(BIN)/segments features --data $(DEMO)/cdnow --as-of 1997-10-01 --out $(DEMO)/cdnow_features.parquet
+	cd $(DEMO) && for d in 1997-09-01 1997-10-01; do ../$(BIN)/segments refresh --data cdnow --as-of $$d \
+		--no-models --db sqlite:///cdnow_segments.db || exit 1; done
 	@echo
 	@echo "Demo outputs:"
 	@echo "  synthetic data        $(DEMO)/data/ (ground truth in ground_truth.parquet)"
@@ -42,10 +48,12 @@ demo: env
 	@echo "  models (MLflow)       $(DEMO)/mlflow.db, artifacts in $(DEMO)/mlruns/"
 	@echo "  scores                $(DEMO)/scores.parquet, with reasons: $(DEMO)/scores_explained.parquet"
 	@echo "  serve folder          $(DEMO)/serve/ (models in $(DEMO)/bentoml/)"
+	@echo "  segment membership    $(DEMO)/segments.db (refreshed 2026-06-01 and 2026-07-01; CDNOW: cdnow_segments.db)"
 	@echo "  CDNOW (real data)     $(DEMO)/cdnow/ and $(DEMO)/cdnow_features.parquet"
 	@echo
 	@echo "Browse runs and registered models:  cd $(DEMO) && ../$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "Start the scoring service:          cd $(DEMO) && ../$(BIN)/segments serve   (README: Scoring service)"
+	@echo "Who moved and why:                  cd $(DEMO) && ../$(BIN)/segments segment loyal --members 5   (README: Segments)"
 
 test: env
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
