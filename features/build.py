@@ -199,6 +199,23 @@ class FeatureQuery:
         finally:
             con.close()
 
+    def prepare(self, con, name: str = "feature_row") -> None:
+        """Prepare the feature SQL once on `con` as the statement `name`, for `run_prepared`.
+
+        `con` must already hold tables named like the contract tables (e.g. temp tables refilled per call); the table
+        `run_as_of` is created here. Suited to one long-lived connection per thread that runs the same SQL on many
+        small inputs (one customer at request time): the large SQL is not parsed again per run (DuckDB 2.0 still
+        re-binds and re-optimizes it on each EXECUTE, ~20 ms of a one-customer run on 2 cores).
+        """
+        con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {AS_OF_TABLE} (as_of TIMESTAMP)")
+        con.execute(f"PREPARE {name} AS {self.sql}")
+
+    def run_prepared(self, con, as_of: datetime, name: str = "feature_row") -> pd.DataFrame:
+        """Run the statement made by `prepare` on what the connection's tables hold now -> pandas (as run_duckdb)."""
+        con.execute(f"DELETE FROM {AS_OF_TABLE}")
+        con.execute(f"INSERT INTO {AS_OF_TABLE} VALUES (?::TIMESTAMP)", [as_of])
+        return to_feature_frame(con.sql(f"EXECUTE {name}").to_arrow_table().to_pandas(), self.features)
+
     def run_arrow(self, con, as_of: datetime):
         """Run on a DuckDB connection holding tables (or views) named like the contract tables -> Arrow table."""
         con.execute(f"CREATE OR REPLACE TEMP TABLE {AS_OF_TABLE} AS SELECT ?::TIMESTAMP AS as_of", [as_of])
