@@ -109,16 +109,23 @@ class AttributeMap:
         self.matrix = np.zeros((len(self.feature_names), len(self.attributes)))
         for i, feature in enumerate(self.feature_names):
             self.matrix[i, index[attribute_of(feature)]] = 1.0
-        self.member_of = np.array([index[attribute_of(f)] for f in self.feature_names])
+        # Each attribute's inputs, in input order, padded with -1: the leading input of many rows at once.
+        members = [[i for i, f in enumerate(self.feature_names) if attribute_of(f) == a] for a in self.attributes]
+        self.members = np.full((len(members), max(map(len, members), default=0)), -1)
+        for a, inputs in enumerate(members):
+            self.members[a, :len(inputs)] = inputs
 
     def group(self, contributions: np.ndarray) -> np.ndarray:
         """Per-row sums of the contributions of each attribute's inputs (rows x attributes)."""
         return contributions @ self.matrix
 
-    def leading_feature(self, contributions: np.ndarray, row: int, attribute: int) -> str:
-        """The attribute's input with the largest absolute contribution in this row (the value shown)."""
-        members = np.flatnonzero(self.member_of == attribute)
-        return self.feature_names[members[np.argmax(np.abs(contributions[row, members]))]]
+    def leading_inputs(self, contributions: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        """For rows x chosen attributes: the attribute's input with the largest absolute contribution in that row
+        (the first of equals; its value is shown), as an input position."""
+        members = self.members[attributes]  # rows x chosen x most inputs of one attribute
+        rows = np.arange(len(contributions))[:, None, None]
+        size = np.where(members >= 0, np.abs(contributions)[rows, np.maximum(members, 0)], -np.inf)
+        return np.take_along_axis(members, size.argmax(axis=2)[..., None], axis=2)[..., 0]
 
 
 def top_reasons(target: Target, attribute_map: AttributeMap, contributions: np.ndarray, margin: np.ndarray,
@@ -137,23 +144,23 @@ def top_reasons(target: Target, attribute_map: AttributeMap, contributions: np.n
     order = np.argsort(-np.abs(grouped), axis=1, kind="stable")[:, :k]
     chosen = np.take_along_axis(grouped, order, axis=1)
     effects = effect_of(margin[:, None], margin[:, None] - chosen)
+    names = attribute_map.feature_names
+    leading = attribute_map.leading_inputs(contributions, order)
+    # The shown values, one column read per feature shown (a pandas lookup per reason cost more than the model).
+    values = {names[i]: features[names[i]].tolist() if names[i] in features.columns else None
+              for i in np.unique(leading)}
     out = []
-    for row in range(len(grouped)):
-        reasons = []
-        for j in range(k):
-            attribute = int(order[row, j])
-            contribution = float(chosen[row, j])
-            feature = attribute_map.leading_feature(contributions, row, attribute)
-            reasons.append(_reason(target, attribute_map.attributes[attribute], feature, features, row,
-                                   typical, contribution, float(effects[row, j])))
-        out.append(reasons)
+    for row, (attributes, inputs, contribution, effect) in enumerate(
+            zip(order.tolist(), leading.tolist(), chosen.tolist(), effects.tolist(), strict=True)):
+        out.append([_reason(target, attribute_map.attributes[a], names[i], values[names[i]], row, typical, c, e)
+                    for a, i, c, e in zip(attributes, inputs, contribution, effect, strict=True)])
     return out
 
 
-def _reason(target: Target, attribute: str, feature: str, features: pd.DataFrame, row: int, typical: dict,
+def _reason(target: Target, attribute: str, feature: str, column: list | None, row: int, typical: dict,
             contribution: float, effect: float) -> dict:
     spec = FEATURES_BY_NAME.get(feature)
-    value = _plain(features[feature].iloc[row]) if feature in features.columns else None
+    value = _plain(column[row]) if column is not None else None
     typical_value = typical.get(feature)
     label = spec.label if spec else feature
     value_text, typical_text = format_value(feature, value), format_value(feature, typical_value)

@@ -22,6 +22,7 @@ from serving.explain import (
     top_reasons,
 )
 from serving.treeshap import contribution_engine
+from training.encoding import FeatureArrays
 from training.scoring import ScoringBundle, kind_of
 
 # Predictive segments over model outputs, declared here until the segment rule language (DESIGN.md section 7) lands.
@@ -59,42 +60,54 @@ class ModelExplainer:
         self.attribute_map = AttributeMap(self.encoder.feature_names_)
         self.n_inputs = len(self.encoder.feature_names_)
 
-    def matrix(self, features: pd.DataFrame) -> np.ndarray:
-        return self.encoder.transform(features).to_numpy(dtype=np.float64)
+    def matrix(self, features: pd.DataFrame | FeatureArrays) -> np.ndarray:
+        return self.encoder.matrix(features)
 
-    def contributions(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def contributions(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
         """(contributions rows x inputs, base value per row) of the explained score; they add up to its margin.
 
         For clusters the explained score is the surrogate's class score of each row's own (assigned) cluster.
+        `encoded`: the rows already through `matrix` (encoded once per request, shared with the scores).
         """
-        values = self.engine(self.matrix(features))
-        if self.kind == "clusters":
-            own = self.model.assign(features)
-            values = values.reshape(len(features), -1, self.n_inputs + 1)[np.arange(len(features)), own]
-        return values[:, :-1], values[:, -1]
+        X = self.matrix(features) if encoded is None else encoded
+        return self._contributions(X, self._own(features, X))
 
-    def margin(self, features: pd.DataFrame) -> np.ndarray:
+    def margin(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
         """The explained score computed by LightGBM's plain prediction (what contributions must add up to)."""
-        raw = self.booster.predict(self.matrix(features), raw_score=True)
+        X = self.matrix(features) if encoded is None else encoded
+        raw = self.booster.predict(X, raw_score=True)
         if self.kind == "clusters":
-            return raw[np.arange(len(features)), self.model.assign(features)]
+            return raw[np.arange(len(X)), self._own(features, X)]
         return raw
 
-    def explain(self, features: pd.DataFrame, typical: dict, top_k: int = DEFAULT_TOP_K) -> list[list[dict]]:
-        contributions, base = self.contributions(features)
+    def explain(self, features: pd.DataFrame, typical: dict, top_k: int = DEFAULT_TOP_K,
+                encoded: np.ndarray | None = None) -> list[list[dict]]:
+        X = self.matrix(features) if encoded is None else encoded
+        own = self._own(features, X)
+        contributions, base = self._contributions(X, own)
         margin = base + contributions.sum(axis=1)
         if self.kind == "churn" or self.kind == "lookalike":
             effect = sigmoid_effect
         elif self.kind == "value":
             effect = exp_effect
         else:
-            raw = self.booster.predict(self.matrix(features), raw_score=True)
-            own = self.model.assign(features)
+            raw = self.booster.predict(X, raw_score=True)
             others = raw.copy()
             others[np.arange(len(raw)), own] = -np.inf
             effect = softmax_own_effect(np.log(np.exp(others - raw.max(axis=1, keepdims=True)).sum(axis=1))
                                         + raw.max(axis=1))
         return top_reasons(self.target, self.attribute_map, contributions, margin, effect, features, typical, top_k)
+
+    def _own(self, features: pd.DataFrame, X: np.ndarray) -> np.ndarray | None:
+        """Each row's assigned cluster (clusters only): the surrogate class whose score is explained."""
+        return self.model.assign(features, X) if self.kind == "clusters" else None
+
+    def _contributions(self, X: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        values = self.engine(X)
+        if own is not None:
+            values = values.reshape(len(X), -1, self.n_inputs + 1)[np.arange(len(X)), own]
+        return values[:, :-1], values[:, -1]
 
 
 @dataclass
@@ -106,33 +119,52 @@ class Scorer:
 
     def __post_init__(self):
         self.explainers = {name: ModelExplainer(name, model) for name, model in sorted(self.bundle.models.items())}
+        self.seeds = sorted(seed for name in self.bundle.models if (seed := kind_of(name)[1]) is not None)
 
-    @property
-    def seeds(self) -> list[str]:
-        return sorted(seed for name in self.bundle.models if (seed := kind_of(name)[1]) is not None)
+    def encode(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Model name -> the rows through its encoder, from one conversion of the frame: done once per request and
+        shared by scores and reasons (without `encoded`, each model converts and encodes the frame itself)."""
+        arrays = FeatureArrays.for_encoders(features, [e.encoder for e in self.explainers.values()])
+        return {name: explainer.matrix(arrays) for name, explainer in self.explainers.items()}
 
-    def score_frame(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score_frame(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """The bundle's flat score columns plus `segments` (list of predictive segment names) per row."""
-        scores = self.bundle.score(features)
-        scores["segments"] = [segments_of(row, self.seeds) for row in scores.to_dict(orient="records")]
-        return scores
+        return self._scores(features, encoded)[0]
 
-    def explanations(self, features: pd.DataFrame, top_k: int = DEFAULT_TOP_K) -> list[dict[str, list[dict]]]:
+    def explanations(self, features: pd.DataFrame, top_k: int = DEFAULT_TOP_K,
+                     encoded: dict[str, np.ndarray] | None = None) -> list[dict[str, list[dict]]]:
         """Per row: model key (churn, value, cluster, lookalike_<seed>) -> its top-k reasons."""
-        rows = features.reset_index(drop=True)
-        per_model = {e.target.key: e.explain(rows, self.typical, top_k) for e in self.explainers.values()}
-        return [{key: reasons[i] for key, reasons in per_model.items()} for i in range(len(rows))]
+        encoded = encoded if encoded is not None else self.encode(features)
+        per_model = {e.target.key: e.explain(features, self.typical, top_k, encoded[name])
+                     for name, e in self.explainers.items()}
+        return [{key: reasons[i] for key, reasons in per_model.items()} for i in range(len(features))]
 
     def results(self, features: pd.DataFrame, explain: bool = False, top_k: int = DEFAULT_TOP_K) -> list[dict]:
         """One JSON-ready dict per row, in the `serving.schemas.ScoredCustomer` shape."""
         if features.empty:
             return []
-        flat = self.score_frame(features).to_dict(orient="records")
-        items = [nest(row, self.seeds) for row in flat]
+        encoded = self.encode(features)
+        items = [nest(row, self.seeds) for row in self._scores(features, encoded)[1]]
         if explain:
-            for item, reasons in zip(items, self.explanations(features, top_k), strict=True):
+            for item, reasons in zip(items, self.explanations(features, top_k, encoded), strict=True):
                 item["reasons"] = reasons
         return items
+
+    def _scores(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None) -> tuple[pd.DataFrame,
+                                                                                              list[dict]]:
+        """The score frame with `segments`, and the same as one flat dict per row."""
+        scores = self.bundle.score(features, encoded)
+        rows = records(scores)
+        for row in rows:
+            row["segments"] = segments_of(row, self.seeds)
+        scores["segments"] = [row["segments"] for row in rows]
+        return scores, rows
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """`frame.to_dict(orient="records")` (Python scalars) without its per-cell cost: one `tolist` per column."""
+    columns = list(frame.columns)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*(frame[c].tolist() for c in columns))]
 
 
 def segments_of(row: dict, seeds: list[str]) -> list[str]:
@@ -168,7 +200,8 @@ def nest(row: dict, seeds: list[str]) -> dict:
 def batch_frame(scorer: Scorer, features: pd.DataFrame, explain: bool, top_k: int = DEFAULT_TOP_K) -> pd.DataFrame:
     """What `segments score` writes: the flat scores, `segments`, and with `explain` a `reasons` column (JSON text,
     the service's `reasons` object of the same customer)."""
-    out = scorer.score_frame(features)
+    encoded = scorer.encode(features) if explain else None
+    out = scorer.score_frame(features, encoded)
     if explain:
-        out["reasons"] = [json.dumps(r, sort_keys=True) for r in scorer.explanations(features, top_k)]
+        out["reasons"] = [json.dumps(r, sort_keys=True) for r in scorer.explanations(features, top_k, encoded)]
     return out

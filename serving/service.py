@@ -18,6 +18,7 @@ Errors never carry stack traces (they go to the server log).
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -97,6 +98,10 @@ class SegmentsService:
             self._start_segments()
         for problem in self.state.problems:
             logger.error("not ready: %s", problem)
+        # The loaded models and tables are ~400k long-lived objects: a full collection scanning them paused requests
+        # for ~230 ms once per ~1,000 requests. Frozen, collections scan only what requests allocate.
+        gc.collect()
+        gc.freeze()
 
     def _start_segments(self) -> None:
         """The membership store (SEGMENTS_DB_URL) and the event path; a failure is a readiness problem."""

@@ -14,6 +14,7 @@ from serving_setup import AS_OF, build_served, environment, use_bentoml_home
 
 from serving.explain import AttributeMap, attribute_of, format_value, typical_values
 from serving.treeshap import FastTreeShap, pred_contrib
+from training.encoding import SMALL_BATCH
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,9 @@ def test_attribute_is_the_feature_without_its_window():
     summed = grouping.group(np.array([[0.1, 0.2, -0.5]]))
     assert grouping.attributes == ["orders_count", "days_since_last_order"]
     np.testing.assert_allclose(summed, [[0.3, -0.5]])
-    assert grouping.leading_feature(np.array([[0.1, 0.2, -0.5]]), 0, 0) == "orders_count_90d"
+    # the attribute's input with the largest absolute contribution, per row and chosen attribute (first of equals)
+    leading = grouping.leading_inputs(np.array([[0.1, 0.2, -0.5], [-0.3, 0.3, 0.0]]), np.array([[0, 1], [1, 0]]))
+    assert leading.tolist() == [[1, 2], [2, 0]]
 
 
 def test_values_in_words():
@@ -96,6 +99,47 @@ def test_fast_treeshap_is_used_for_small_trees_and_matches_pred_contrib_on_missi
     np.testing.assert_allclose(explainer.engine(X), pred_contrib(explainer.booster)(X), rtol=0, atol=1e-9)
 
 
+def test_categorical_splits_of_fast_treeshap_match_pred_contrib():
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(5)
+    X = np.c_[rng.integers(0, 12, 3000).astype(float), rng.normal(size=3000)]
+    X[rng.random(3000) < 0.1, 0] = np.nan
+    y = (np.isin(X[:, 0], [1, 4, 7, 9]) + 0.5 * X[:, 1] + rng.normal(size=3000) > 0.7).astype(float)
+    params = {"objective": "binary", "num_leaves": 7, "max_cat_to_onehot": 4, "min_data_per_group": 5,
+              "verbosity": -1, "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[0]), num_boost_round=30)
+    engine = FastTreeShap(booster)
+    assert len(engine.categorical_nodes) > 0
+    # negative, fractional, unseen, huge and missing codes: LightGBM's rule, read from the table (no fallback)
+    odd = np.array([np.nan, -1.0, -0.5, 0.0, 0.5, 1.0, 1.7, 4.0, 11.0, 12.0, 60.0, 1e9, 3e9, -3e9])
+    Z = np.c_[rng.choice(odd, 700), rng.normal(size=700)]
+    assert not np.isnan(engine.table[engine.offsets + engine.patterns(Z)]).any()
+    np.testing.assert_allclose(engine(Z), pred_contrib(booster)(Z), rtol=0, atol=1e-9)
+
+
+def test_one_encoding_per_request_is_each_models_own(state, sample):
+    rows = sample.head(40).copy()
+    rows.loc[3, "region"] = "a region never seen"  # unknown text -> NaN, like a missing one
+    rows.loc[4, "region"] = pd.NA
+    shared = state.scorer.encode(rows)
+    # a batch above SMALL_BATCH converts its columns another way: the same floats
+    large = state.scorer.encode(pd.concat([rows, sample], ignore_index=True))
+    assert len(rows) <= SMALL_BATCH < len(rows) + len(sample)
+    for name, explainer in state.scorer.explainers.items():
+        alone = explainer.encoder.transform(rows)
+        np.testing.assert_array_equal(shared[name], alone.to_numpy())
+        np.testing.assert_array_equal(large[name][:len(rows)], shared[name])
+        assert list(alone.columns) == explainer.encoder.feature_names_
+    region = state.scorer.explainers["segments-churn"].encoder.feature_names_.index("region")
+    assert np.isnan(shared["segments-churn"][[3, 4], region]).all()
+    clusters = state.scorer.explainers["segments-clusters"].model
+    np.testing.assert_array_equal(clusters.assign(rows, shared["segments-clusters"]), clusters.assign(rows))
+    frame = state.scorer.bundle.score(rows)
+    pd.testing.assert_frame_equal(state.scorer.bundle.score(rows, shared), frame)
+    assert frame.index.equals(pd.RangeIndex(len(rows))) and frame["churn_band"].dtype == "category"
+
+
 def test_reasons_are_sorted_signed_and_phrased(state, sample):
     reasons = state.scorer.explanations(sample.head(20), top_k=3)
     assert set(reasons[0]) == {"churn", "value", "lookalike_best_members", "cluster"}
@@ -112,9 +156,12 @@ def test_reasons_are_sorted_signed_and_phrased(state, sample):
 
 
 def test_one_customer_gets_the_same_result_alone_and_in_a_batch(state, sample):
-    batch = state.scorer.results(sample.head(50), explain=True)
-    alone = state.scorer.results(sample.iloc[[7]], explain=True)
-    assert json.dumps(alone[0], sort_keys=True) == json.dumps(batch[7], sort_keys=True)
+    batch = state.scorer.results(sample.head(100), explain=True)  # above SMALL_BATCH: the other conversion
+    for i in (0, 7, 99):
+        alone = state.scorer.results(sample.iloc[[i]], explain=True)
+        assert json.dumps(alone[0], sort_keys=True) == json.dumps(batch[i], sort_keys=True)
+    # scores without reasons are the same items less the reasons
+    assert [dict(item, reasons=None) for item in batch] == state.scorer.results(sample.head(100))
 
 
 def test_score_by_id_with_an_unknown_id_in_the_batch(client, state):

@@ -131,10 +131,13 @@ class ChurnModel:
         monotone = {"days_since_last_order": 1, "orders_count_": -1}
         return lightgbm_params(self.config, objective="binary", monotone=monotone)
 
-    def margin(self, features: pd.DataFrame) -> np.ndarray:
-        """Raw LightGBM margin (log-odds before calibration): what SHAP contributions add up to."""
+    def margin(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
+        """Raw LightGBM margin (log-odds before calibration): what SHAP contributions add up to.
+
+        `encoded`: the rows already through `encoder_.matrix` (the service encodes once for scores and reasons).
+        """
         require_fitted(self)
-        return self.booster_.predict(self.encoder_.transform(features), raw_score=True)
+        return self.booster_.predict(self.encoder_.matrix(features) if encoded is None else encoded, raw_score=True)
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
         """Exact TreeSHAP contributions to the margin: one column per model feature plus `expected_value`."""
@@ -142,18 +145,18 @@ class ChurnModel:
         values = self.booster_.predict(self.encoder_.transform(features), pred_contrib=True)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
-    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
         """Calibrated churn probability per row."""
-        return apply_calibration(self.calibration_, self.margin(features))
+        return apply_calibration(self.calibration_, self.margin(features, encoded))
 
-    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature table -> churn_probability (calibrated) and churn_band (low/medium/high), same index.
 
         The model is trained on customers who bought in the year before as_of; other rows get a score too,
         extrapolated (a customer who never bought has no purchase to lapse from: filter them out upstream).
         """
         check_feature_set(features, self.feature_set_version_)
-        probability = self.predict_proba(features)
+        probability = self.predict_proba(features, encoded)
         low, high = self.config.band_thresholds
         band = np.where(probability >= high, BANDS[2], np.where(probability >= low, BANDS[1], BANDS[0]))
         return pd.DataFrame({

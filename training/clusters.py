@@ -311,19 +311,26 @@ class ClusterModel:
         self.n_customers_, self.feature_set_version_ = len(X), FEATURE_SET_VERSION
         return self
 
-    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature rows -> cluster_id (int64) and cluster_name, same index, from the fitted state only."""
         _require_fitted(self)
         check_feature_set(features, self.feature_set_version_)
-        labels = self.assign(features)
+        labels = self.assign(features, encoded)
         return pd.DataFrame({"cluster_id": labels,
                              "cluster_name": np.asarray(self.names_, dtype=object)[labels]},
                             index=features.index)
 
-    def assign(self, features: pd.DataFrame) -> np.ndarray:
-        """Cluster ids of feature rows (int64 array)."""
+    def assign(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
+        """Cluster ids of feature rows (int64 array).
+
+        `encoded`: the rows already through the surrogate's `encoder_.matrix` (the service encodes once). Its
+        inputs are the cluster features, all numeric, so their columns hold the values `feature_matrix` reads.
+        """
         _require_fitted(self)
-        X = feature_matrix(features, tuple(self.state_["features"]))
+        if encoded is None:
+            X = feature_matrix(features, tuple(self.state_["features"]))
+        else:
+            X = encoded[:, [self.encoder_.feature_names_.index(f) for f in self.state_["features"]]]
         return assign(self.state_, transform(self.state_, X))
 
     def surrogate_contributions(self, features: pd.DataFrame) -> pd.DataFrame:

@@ -133,15 +133,16 @@ class LookalikeModel:
         self.reference_quantiles_ = np.quantile(scores, levels).tolist()
         return self
 
-    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature rows -> lookalike_score (0..1) and lookalike_percentile (0..100), same index as `features`.
 
         The percentile is the share of the fitted population with a lower score (ties count half), from the
-        quantiles stored at fit time, so one customer scores the same alone as in any batch.
+        quantiles stored at fit time, so one customer scores the same alone as in any batch. `encoded`: the rows
+        already through `encoder_.matrix` (the service encodes once for scores and reasons).
         """
         _require_fitted(self)
         check_feature_set(features, self.feature_set_version_)
-        g = self._classifier_output(self.encoder_.transform(features))
+        g = self._classifier_output(self.encoder_.matrix(features) if encoded is None else encoded)
         return pd.DataFrame({"lookalike_score": np.minimum(g / self.label_frequency_, 1.0),
                              "lookalike_percentile": self._percentile(g)}, index=features.index)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from features.catalog import FEATURE_SET_VERSION
@@ -46,16 +47,20 @@ class ScoringBundle:
                                  f"builds {FEATURE_SET_VERSION}: retrain it")
         return bundle
 
-    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
         """Per customer: churn_probability, churn_band, expected_purchases, expected_spend,
-        lookalike_<seed>_score / _percentile per seed, cluster_id, cluster_name (for the models present)."""
-        out = features[["customer_id"]].reset_index(drop=True)
-        rows = features.reset_index(drop=True)
+        lookalike_<seed>_score / _percentile per seed, cluster_id, cluster_name (for the models present).
+
+        `encoded`: model name -> the rows already through that model's `encoder_.matrix` (the service encodes
+        once per model and request, for scores and reasons alike).
+        """
+        # Columns gathered as arrays (positional, whatever the index) and one frame built at the end: a concat per
+        # model cost more than the models for one customer.
+        columns = {"customer_id": features["customer_id"].array}
         for name in sorted(self.models, key=lambda n: (kind_of(n)[0] == "lookalike", n)):
             _, seed = kind_of(name)
-            scores = self.models[name].score(rows).reset_index(drop=True)
-            if seed is not None:
-                scores = scores.rename(columns={c: c.replace("lookalike_", f"lookalike_{seed}_", 1)
-                                                for c in scores.columns})
-            out = pd.concat([out, scores], axis=1)
-        return out
+            scores = self.models[name].score(features, (encoded or {}).get(name))
+            for column in scores.columns:
+                key = column.replace("lookalike_", f"lookalike_{seed}_", 1) if seed is not None else column
+                columns[key] = scores[column].array
+        return pd.DataFrame(columns)

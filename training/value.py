@@ -144,11 +144,14 @@ class ValueModel:
         values = self.boosters_[target].predict(self.encoder_.transform(features), pred_contrib=True)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
-    def score(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Feature table -> expected_purchases and expected_spend over the horizon, same index."""
+    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+        """Feature table -> expected_purchases and expected_spend over the horizon, same index.
+
+        `encoded`: the rows already through `encoder_.matrix` (the service encodes once for scores and reasons).
+        """
         require_fitted(self)
         check_feature_set(features, self.feature_set_version_)
-        matrix = self.encoder_.transform(features)
+        matrix = self.encoder_.matrix(features) if encoded is None else encoded
         return pd.DataFrame({OUTPUTS[t]: self.boosters_[t].predict(matrix) for t in TARGETS}, index=features.index)
 
     def save(self, directory: Path) -> None:
