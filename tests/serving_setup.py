@@ -55,7 +55,7 @@ def build_served(root: Path, validation, data_folder: Path) -> dict:
     from training.tracking import log_training_run
 
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "BENTOML_HOME": str(root / "bentoml"),
-           "SEGMENTS_SERVE_DIR": str(root / "serve")}
+           "SEGMENTS_SERVE_DIR": str(root / "serve"), "SEGMENTS_DB_URL": f"sqlite:///{root / 'segments.db'}"}
     with environment(MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"]):
         use_bentoml_home(root / "bentoml")
         shared = training.TrainingData(validation, AS_OF, str(data_folder))
