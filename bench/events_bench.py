@@ -45,6 +45,7 @@ from serving_load import (  # the shared setup of the serving benchmarks
     env_for,
     free_port,
     percentiles,
+    send_on_schedule,
     setup,
     start_server,
     stop_server,
@@ -148,19 +149,7 @@ async def open_loop(base: str, customers: list[str], rate: float, duration: floa
             except Exception as exc:  # noqa: BLE001 - every failure is counted
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-        tasks = []
-        t0 = time.perf_counter() + 0.1
-        for i in range(n):
-            scheduled = t0 + i * interval
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        sent_s = time.perf_counter() - t0
-        _, pending = await asyncio.wait(tasks, timeout=timeout + 5)
-        for task in pending:
-            task.cancel()
-        elapsed = time.perf_counter() - t0
+        sent_s, pending, elapsed = await send_on_schedule(one, n, interval, timeout)
     return {"requests": n, "rate_per_s": rate, "duration_s": duration, "wall_s": elapsed,
             "achieved_send_rate_per_s": n / sent_s if sent_s > 0 else None,
             "achieved_answer_rate_per_s": len(latencies) / elapsed,

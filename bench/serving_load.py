@@ -139,6 +139,25 @@ def sequential(base: str, ids: list[str], n: int) -> dict:
     return {"requests": n, **percentiles(latencies), "capacity_req_per_s": 1000 / statistics.mean(latencies)}
 
 
+async def send_on_schedule(one, n: int, interval: float, timeout: float) -> tuple[float, set, float]:
+    """Start `one(i, scheduled)` for i < n at fixed steps of `interval` s, whatever earlier requests are doing (an
+    open loop: a slow server cannot slow the sender down). Returns (seconds spent sending, the tasks still pending
+    after `timeout` + 5 s, cancelled, and the wall time)."""
+    tasks = []
+    t0 = time.perf_counter() + 0.1
+    for i in range(n):
+        scheduled = t0 + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    sent_s = time.perf_counter() - t0
+    _, pending = await asyncio.wait(tasks, timeout=timeout + 5)
+    for task in pending:
+        task.cancel()
+    return sent_s, pending, time.perf_counter() - t0
+
+
 async def open_loop(base: str, ids: list[str], rate: float, duration: float, timeout: float) -> dict:
     import httpx
 
@@ -167,18 +186,7 @@ async def open_loop(base: str, ids: list[str], rate: float, duration: float, tim
         # ~100 ms; frozen, they scan only what the loop allocates, so client pauses are not counted as latency.
         gc.collect()
         gc.freeze()
-        tasks = []
-        t0 = time.perf_counter() + 0.1
-        for i in range(n):
-            scheduled = t0 + i * interval
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        _, pending = await asyncio.wait(tasks, timeout=timeout + 5)
-        for task in pending:
-            task.cancel()
-        elapsed = time.perf_counter() - t0
+        _, pending, elapsed = await send_on_schedule(one, n, interval, timeout)
     return {"requests": n, "rate_per_s": rate, "duration_s": duration, "wall_s": elapsed,
             "completed": len(latencies), "errors": len(errors) + len(pending), "unfinished": len(pending),
             "error_samples": errors[:5], "statuses": {str(k): v for k, v in statuses.items()},

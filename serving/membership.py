@@ -15,7 +15,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from features.segments import Fields, SegmentSet, causes, evaluate, fit_thresholds, plain
+from features.segments import Fields, SegmentSet, causes, evaluate, fit_thresholds, in_holdout, plain
 from training.scoring import ScoringBundle, kind_of
 
 REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
@@ -63,8 +63,7 @@ class Changes:
 
 def stored_state_values(values_columns: list[str], customer_ids: list[str], states: dict[str, dict]) -> pd.DataFrame:
     """Old values of the given customers as a frame (missing for a customer never evaluated)."""
-    rows = [states.get(cid) or {} for cid in customer_ids]
-    frame = pd.DataFrame.from_records(rows, columns=values_columns) if rows else pd.DataFrame(columns=values_columns)
+    frame = pd.DataFrame.from_records([states.get(cid) or {} for cid in customer_ids], columns=values_columns)
     frame["customer_id"] = customer_ids
     return frame
 
@@ -176,16 +175,14 @@ def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Scoring
 
 def size_table(segments: SegmentSet, result: Changes) -> pd.DataFrame:
     """Per segment: kind, members, members held out, entries and exits of this evaluation."""
-    from features.segments import in_holdout
-
     counts = result.counts().set_index("segment")
     rows = []
     for segment in segments:
         members = result.membership.index[result.membership[segment.name].to_numpy()]
         rows.append({"segment": segment.name, "kind": segment.kind, "members": len(members),
                      "holdout": int(in_holdout(members, segment.name, segment.holdout_percent).sum()),
-                     "entered": int(counts["entered"].get(segment.name, 0)) if len(counts) else 0,
-                     "exited": int(counts["exited"].get(segment.name, 0)) if len(counts) else 0})
+                     "entered": int(counts["entered"].get(segment.name, 0)),
+                     "exited": int(counts["exited"].get(segment.name, 0))})
     return pd.DataFrame(rows)
 
 

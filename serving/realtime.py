@@ -17,12 +17,10 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-from sqlalchemy import func, select
 
 from features.segments import SegmentSet, load_segments
 from serving.membership import changes_for, run_fields, segment_values
-from serving.requests import _typed as typed_records  # the request path's typing of raw records
-from serving.store import membership_log
+from serving.requests import typed_records
 
 HISTORY_FILE = "history.duckdb"
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
@@ -96,12 +94,8 @@ class EventProcessor:
         """Just after the latest new record, never before the customer's last evaluation (late events are counted
         at the current time of the customer, not back-dated in the log)."""
         latest = max(r["timestamp"] for r in new) + AFTER_LAST_EVENT
-        query = select(func.max(membership_log.c.at)).where(membership_log.c.customer_id == str(customer_id))
-        with self.store.engine.connect() as conn:  # the latest change only, not the customer's whole log
-            previous = conn.execute(query).scalar()
-        if previous is not None:
-            latest = max(latest, pd.Timestamp(previous).to_pydatetime())
-        return latest
+        previous = self.store.last_change_at(customer_id)
+        return latest if previous is None else max(latest, previous)
 
     def _session(self) -> duckdb.DuckDBPyConnection:
         """This thread's DuckDB connection: empty temp tables shaped like the history's, the feature SQL prepared."""

@@ -128,7 +128,7 @@ def _from_history(state, customers: list[CustomerInput], as_of: datetime) -> pd.
         records["transactions"] += [{"customer_id": c.customer_id, **t.model_dump()} for t in c.history.transactions]
         records["events"] += [{"customer_id": c.customer_id, **e.model_dump()} for e in c.history.events]
     _check_unique(records, customers)
-    frames = {name: _typed(name, records[name], cols) for name, cols in columns.items()}
+    frames = {name: typed_records(name, records[name], cols) for name, cols in columns.items()}
     return state.query.run_frames(frames, as_of)
 
 
@@ -149,7 +149,7 @@ def _check_unique(records: dict[str, list[dict]], customers: list[CustomerInput]
         raise RequestError("duplicate ids in the request's history records", detail)
 
 
-def _typed(table: str, records: list[dict], columns: list[str]) -> pd.DataFrame:
+def typed_records(table: str, records: list[dict], columns: list[str]) -> pd.DataFrame:
     """Records typed like the validated table (contract types; trimmed text, empty as missing; naive UTC)."""
     contract = CONTRACTS[table].columns
     out = {}

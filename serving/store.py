@@ -351,6 +351,13 @@ class SegmentStore:
             )
         return len(log_rows)
 
+    def last_change_at(self, customer_id: str) -> datetime | None:
+        """The time of the customer's latest logged change (None when they have none)."""
+        query = select(func.max(membership_log.c.at)).where(membership_log.c.customer_id == str(customer_id))
+        with self._read() as conn:
+            latest = conn.execute(query).scalar()
+        return None if latest is None else pd.Timestamp(latest).to_pydatetime()
+
     def lock_customer(self, conn: Connection, customer_id: str) -> None:
         """Hold `customer_id` until `conn`'s transaction ends, so two writers evaluating the same customer (two events
         at once) take turns: the second reads the first one's committed memberships and states.
