@@ -40,6 +40,7 @@ demo: env
 	$(BIN)/segments features --data $(DEMO)/cdnow --as-of 1997-10-01 --out $(DEMO)/cdnow_features.parquet
 	cd $(DEMO) && for d in 1997-09-01 1997-10-01; do ../$(BIN)/segments refresh --data cdnow --as-of $$d \
 		--no-models --db sqlite:///cdnow_segments.db || exit 1; done
+	cd $(DEMO) && ../$(BIN)/segments report --out reports
 	@echo
 	@echo "Demo outputs:"
 	@echo "  synthetic data        $(DEMO)/data/ (ground truth in ground_truth.parquet)"
@@ -54,6 +55,8 @@ demo: env
 	@echo "Browse runs and registered models:  cd $(DEMO) && ../$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "Start the scoring service:          cd $(DEMO) && ../$(BIN)/segments serve   (README: Scoring service)"
 	@echo "Who moved and why:                  cd $(DEMO) && ../$(BIN)/segments segment loyal --members 5   (README: Segments)"
+	@echo "Reports, also served at http://127.0.0.1:3000/reports/ (customer pages: /reports/customers/ID):"
+	@echo "$(abspath $(DEMO))/reports/index.html"
 
 test: env
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)

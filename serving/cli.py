@@ -127,6 +127,8 @@ def serve(
                                                                           "(default: the shipped one).")] = None,
     db: Annotated[str | None, typer.Option(help="Membership store URL (default: SEGMENTS_DB_URL, else "
                                                 "./segments.db).")] = None,
+    reports: Annotated[Path, typer.Option(help="Folder of reports (segments report) served read-only at "
+                                               "/reports/.")] = Path("reports"),
 ) -> None:
     """Start the scoring service (bentoml serve serving.service:SegmentsService). SEGMENTS_API_KEY, when set, is
     required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000). Posted events update the
@@ -142,6 +144,7 @@ def serve(
         os.environ["SEGMENTS_DB_URL"] = db or f"sqlite:///{Path('segments.db').resolve()}"
     if segments_file is not None:
         os.environ["SEGMENTS_DEFINITIONS"] = str(segments_file.resolve())
+    os.environ["SEGMENTS_REPORTS_DIR"] = str(reports.resolve())
     bentoml = Path(sys.executable).with_name("bentoml")
     os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:SegmentsService", "--host", host,
                             "--port", str(port)])

@@ -86,7 +86,9 @@ def format_value(feature: str, value) -> str:
         text = f"{number:,.2f}"
     else:
         text = f"{int(number):,}"
-    return f"{text} days" if spec.unit == "days" else text
+    if spec.unit == "days":
+        return f"{text} day" if number == 1 else f"{text} days"
+    return text
 
 
 @dataclass(frozen=True)

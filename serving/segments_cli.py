@@ -268,6 +268,43 @@ def backtest(
                            f"{segment_name}: members against the population over the next {horizon} days"))
 
 
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the HTML reports to (created).")],
+    serve_dir: Annotated[Path | None, typer.Option(
+        "--serve-dir", help="The serve folder (segments build): models, feature table, purchase history "
+                            "(default: SEGMENTS_SERVE_DIR, else ./serve).")] = None,
+    db: DbOpt = None,
+    segments_file: SegmentsFileOpt = None,
+) -> None:
+    """Write the marketer reports: an overview of every segment, a page per segment and per served model; one
+    self-contained HTML file each (charts inside, works offline). Open index.html."""
+    from serving.cli import use_bentoml_home
+    from serving.reports.build import ReportError, write_reports
+    from serving.state import serve_dir as default_serve_dir
+
+    folder = serve_dir if serve_dir is not None else default_serve_dir()
+    if not (folder / "manifest.json").exists():
+        console.print(f"[bold red]error:[/] no serve folder at {folder.resolve()} (no manifest.json): build it with "
+                      f"`segments build --data DIR --as-of DATE`, or point --serve-dir to it")
+        raise typer.Exit(2)
+    use_bentoml_home()
+    definitions_file = segments_file if segments_file is None else segments_file.resolve()
+    _segments(definitions_file)  # a bad file stops here, with every problem listed
+    store = _store(db)
+    if store.last_refresh() is None:
+        out.print("[yellow]note:[/] no refresh yet: run segments refresh; the pages say so")
+    try:
+        written = write_reports(out_dir, folder, store, definitions_file, progress=lambda m: out.print(f"  {m}"))
+    except ReportError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    out.print(f"[green]{len(written)} report pages written[/] to {out_dir}")
+    print((out_dir / "index.html").resolve())
+
+
 def _cause_text(cause) -> str:
     if isinstance(cause, list):
         return "; ".join(c.get("text", str(c)) for c in cause) or "-"

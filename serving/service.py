@@ -5,8 +5,10 @@ once (SEGMENTS_SERVE_DIR, built by `segments build`): the champion models at the
 BentoML store, the feature table ids are looked up in, and the population's typical values.
 
 Endpoints: POST /score, POST /explain (JSON; schemas in the OpenAPI at /docs.json and the UI at /);
-GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible), /v1/info; BentoML's own
-/livez, /readyz and Prometheus /metrics.
+POST /events; GET /v1/customers/{id}, /v1/customers/{id}/counterfactual, /v1/segments, /v1/segments/{name},
+/v1/flows; GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible), /v1/info;
+BentoML's own /livez, /readyz and Prometheus /metrics. Marketers' HTML, read-only: /reports/ (the files
+`segments report` wrote into SEGMENTS_REPORTS_DIR) and /reports/customers/{id} (rendered per request).
 
 Status codes: 400 for a body that breaks the schema (field-level errors, BentoML's format: loc, msg, type);
 422 for a valid body that cannot be served as asked (feature rows lacking features, ids at another as_of, duplicate
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import hmac
+import html
 import json
 import logging
 import os
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
 from serving.requests import RequestError, resolve_features
@@ -47,6 +50,10 @@ logger = logging.getLogger("segments.service")
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health", "/v1/ready"})
 
 status_app = FastAPI(title="segments status", openapi_url=None, docs_url=None, redoc_url=None)
+# Marketers' HTML: the report files written by `segments report` (SEGMENTS_REPORTS_DIR) and a page per customer.
+reports_app = FastAPI(title="segments reports", openapi_url=None, docs_url=None, redoc_url=None)
+REPORT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
+                ".css": "text/css; charset=utf-8"}
 
 
 class ApiKeyMiddleware:
@@ -85,8 +92,24 @@ def _error(status: int, message: str, detail: list | None = None) -> JSONRespons
     return JSONResponse(body, status_code=status)
 
 
+def reports_dir() -> Path:
+    return Path(os.environ.get("SEGMENTS_REPORTS_DIR") or "reports").resolve()
+
+
+def report_file(path: str) -> Path | None:
+    """The file `path` names inside the reports folder, or None: no way out of the folder, only report file types."""
+    folder = reports_dir()
+    target = (folder / (path or "index.html")).resolve()
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_relative_to(folder) or target.suffix not in REPORT_TYPES or not target.is_file():
+        return None
+    return target
+
+
 @bentoml.service(name="segments", traffic={"timeout": 120})
 @bentoml.asgi_app(status_app, path="/v1")
+@bentoml.asgi_app(reports_app, path="/reports")
 class SegmentsService:
     """Predictive segments, scores and reasons for loyalty-programme customers."""
 
@@ -230,6 +253,54 @@ class SegmentsService:
         except ValueError as exc:
             return _error(400, f"start/end: {exc}")
         return json.loads(table.to_json(orient="records"))
+
+    @status_app.get("/customers/{customer_id}/counterfactual")
+    def counterfactual(self, customer_id: str, goal: str = "leave likely_to_churn", max_actions: int = 4):
+        """The smallest change of actionable behaviour (purchases, visits, clicks, redemptions; never age, region or
+        tenure) that reaches `goal` ("leave SEGMENT", "enter SEGMENT" or a condition such as "churn_probability <
+        0.3"), tried for real: the records are added to the history, the features rebuilt and the models rerun."""
+        from serving.counterfactual import SearchLimits, counterfactuals
+
+        _, error = self._read_store()
+        if error is not None:
+            return error
+        if not 1 <= max_actions <= 6:
+            return _error(400, "max_actions must be in 1..6")
+        if not self._knows(customer_id):
+            return _error(404, f"customer {customer_id!r} is not in the served feature table and has no posted "
+                               f"records")
+        try:
+            result = counterfactuals(self.events, customer_id, goal, limits=SearchLimits(max_actions=max_actions))
+        except ValueError as exc:
+            return _error(422, str(exc))
+        return json.loads(json.dumps(result.to_dict(), default=str))
+
+    def _knows(self, customer_id: str) -> bool:
+        return customer_id in self.state.table.index or any(
+            len(frame) for frame in self.store.posted([customer_id]).values())
+
+    @reports_app.get("/customers/{customer_id}")
+    def customer_page(self, customer_id: str, goal: str | None = None):
+        """A customer's page: scores with reasons, segments and their history, and what would move them."""
+        from serving.reports.customer import customer_page
+
+        _, error = self._read_store()
+        if error is not None:
+            return HTMLResponse(f"<h1>Not ready</h1><p>{html.escape(error.body.decode())}</p>", status_code=503)
+        if not self._knows(customer_id):
+            return HTMLResponse(f"<h1>Unknown customer</h1><p>No customer {html.escape(customer_id)!r} in the served "
+                                f"feature table or the posted events.</p>", status_code=404)
+        return HTMLResponse(customer_page(self.events, customer_id, goal))
+
+    @reports_app.get("/{path:path}")
+    def report(self, path: str = ""):
+        """A report file written by `segments report` (read-only)."""
+        target = report_file(path)
+        if target is None:
+            return HTMLResponse(f"<h1>Not found</h1><p>No report {html.escape(path)!r} in the reports folder. "
+                                f"Write the reports with <code>segments report --out DIR</code> and start the service "
+                                f"with <code>segments serve --reports DIR</code>.</p>", status_code=404)
+        return FileResponse(target, media_type=REPORT_TYPES[target.suffix])
 
     def _read_store(self):
         if self.store is None or self.events is None:

@@ -56,9 +56,11 @@ def browser():
             instance.close()
 
 
-def open_page(instance, url: str, screenshot_name: str, width: int = 1280) -> OpenedPage:
-    """Load `url` (file:// or http://127.0.0.1), wait for the network to settle, screenshot the whole page."""
-    page = instance.new_page(viewport={"width": width, "height": 900})
+def open_page(instance, url: str, screenshot_name: str, width: int = 1280,
+              headers: dict[str, str] | None = None) -> OpenedPage:
+    """Load `url` (file:// or http://127.0.0.1), wait for the network to settle, screenshot the whole page.
+    `headers` go with every request of the page (e.g. the service's API key)."""
+    page = instance.new_page(viewport={"width": width, "height": 900}, extra_http_headers=headers)
     opened = OpenedPage(page)
     page.on("console", lambda m: opened.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda exc: opened.page_errors.append(str(exc)))

@@ -41,7 +41,7 @@ def server(tmp_path_factory, generated_validation, generated):
                                    stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     _wait_ready(base, process, log)
-    yield {"base": base, "process": process, "log": log, "state": served}
+    yield {"base": base, "process": process, "log": log, "state": served, "root": root}
     _stop(process)
 
 
@@ -265,3 +265,76 @@ def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_n
                      & (history["timestamp"] >= last - pd.Timedelta(days=14)) & (history["timestamp"] < last)]
     assert state["orders_count_14d"] == len(orders) + len(events)
     store.close()
+
+
+def _riskiest(server, ids: list[str]) -> dict:
+    scored = httpx.post(f"{server['base']}/score", json={"customers": [{"customer_id": c} for c in ids]},
+                        headers={"x-api-key": KEY}, timeout=60).json()["customers"]
+    return max(scored, key=lambda item: item["churn"]["probability"])
+
+
+def test_counterfactual_api_proposes_actions_and_refuses_bad_goals(server):
+    headers = {"x-api-key": KEY}
+    ids = list(server["state"]["features"]["customer_id"].iloc[100:105])
+    risky = _riskiest(server, ids)
+    target = round(risky["churn"]["probability"] * 0.8, 4)
+    url = f"{server['base']}/v1/customers/{risky['customer_id']}/counterfactual"
+    answer = httpx.get(url, params={"goal": f"churn_probability < {target}"}, headers=headers, timeout=120)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["customer_id"] == risky["customer_id"] and body["goal"]["measure"] == "churn_probability"
+    assert body["current"]["churn_probability"] == pytest.approx(risky["churn"]["probability"])
+    if body["reached"]:
+        assert body["plan"]["predicted"]["churn_probability"] < target
+        posted = body["plan"]["records"]["transactions"] + body["plan"]["records"]["events"]
+        assert posted and all(r["customer_id"] == risky["customer_id"] for r in posted)
+    else:
+        assert "no plan" in body["message"]
+    assert httpx.get(url, params={"goal": "enter no_such_segment"}, headers=headers, timeout=60).status_code == 422
+    unknown = httpx.get(f"{server['base']}/v1/customers/nobody/counterfactual", headers=headers, timeout=60)
+    assert unknown.status_code == 404
+    assert httpx.get(url, timeout=30).status_code == 401
+
+
+def test_reports_folder_is_served_read_only(server):
+    headers = {"x-api-key": KEY}
+    reports = server["root"] / "reports"
+    reports.mkdir(exist_ok=True)
+    (reports / "index.html").write_text("<!DOCTYPE html><title>Overview</title><h1>Overview</h1>")
+    (server["root"] / "secret.html").write_text("not a report")
+    index = httpx.get(f"{server['base']}/reports/", headers=headers, timeout=30)
+    assert index.status_code == 200 and "<h1>Overview</h1>" in index.text
+    assert index.headers["content-type"].startswith("text/html")
+    assert httpx.get(f"{server['base']}/reports/index.html", headers=headers, timeout=30).text == index.text
+    for path in ("../secret.html", "%2e%2e/secret.html", "missing.html", "index.py"):
+        answer = httpx.get(f"{server['base']}/reports/{path}", headers=headers, timeout=30)
+        assert answer.status_code == 404 and "not a report" not in answer.text, path
+    assert httpx.post(f"{server['base']}/reports/index.html", headers=headers, timeout=30).status_code == 405
+    assert httpx.get(f"{server['base']}/reports/", timeout=30).status_code == 401
+
+
+def test_customer_page_renders_in_chromium(server):
+    from browser import browser, open_page
+
+    headers = {"x-api-key": KEY}
+    risky = _riskiest(server, list(server["state"]["features"]["customer_id"].iloc[110:115]))
+    cid = risky["customer_id"]
+    url = f"{server['base']}/reports/customers/{cid}"
+    assert httpx.get(f"{server['base']}/reports/customers/nobody", headers=headers, timeout=60).status_code == 404
+    with browser() as instance:
+        opened = open_page(instance, f"{url}?goal=churn_probability < 0.01", "customer-page", headers=headers)
+        page = opened.page
+        assert opened.problems == []
+        assert page.inner_text("[data-metric=customer-id]") == cid
+        shown = float(page.get_attribute("[data-metric=churn-probability]", "data-value"))
+        assert shown == pytest.approx(risky["churn"]["probability"])
+        assert page.inner_text("[data-metric=churn-band]") == risky["churn"]["band"]
+        for section in ("scores", "reasons", "segments", "whatif", "history"):
+            assert page.locator(f"[data-section={section}]").count() == 1, section
+        assert page.locator("table[data-model=churn] tbody tr").count() >= 1
+        assert page.locator("figure svg.chart").count() >= 1
+        # the goal form submits to the same page (GET), and the answer is the API's
+        api = httpx.get(f"{server['base']}/v1/customers/{cid}/counterfactual",
+                        params={"goal": "churn_probability < 0.01"}, headers=headers, timeout=120).json()
+        reached = page.get_attribute("[data-metric=whatif-reached]", "data-value")
+        assert reached == str(api["reached"]).lower()

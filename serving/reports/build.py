@@ -1,0 +1,166 @@
+"""Write every report page into one folder: the overview (index.html), one page per segment, the model pages.
+
+Each page is one self-contained HTML file (inline CSS and SVG, no script, nothing fetched), linked to the others by
+relative links, so the folder opens from disk, travels as an attachment and is served as is by the service.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from features.segments import SegmentSet, load_segments
+from serving.reports import segments as segment_data
+from serving.reports.render import (
+    INDEX_FILE,
+    ModelVersion,
+    NavLink,
+    Site,
+    as_datetime,
+    render_page,
+    segment_file,
+    write_page,
+)
+
+MODELS_MODULE = "serving.reports.models"  # the model pages (what unlocks a score, quality, calibration, personas)
+
+
+class ReportError(RuntimeError):
+    """The reports cannot be built; the message says what is missing and how to get it."""
+
+
+def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | None = None, *, state=None,
+                  progress: Callable[[str], None] = lambda message: None,
+                  generated_at: datetime | None = None) -> list[Path]:
+    """Write the overview, a page per segment and the model pages into `out_dir`; return the files written.
+
+    Args:
+        serve_dir: the serve folder (`segments build`): its feature table (profiles), its purchase history (lift),
+            its manifest (models and versions) and, through the BentoML store, the served models.
+        store: the membership store (serving.store.SegmentStore). An empty store still gives every page, saying
+            there was no refresh yet.
+        segments_file: the segment definitions (default: the shipped file).
+        state: a loaded `serving.state.ServingState` of `serve_dir` (the service passes its own); loaded when None.
+
+    Raises ReportError when the serve folder has no manifest (not built).
+    """
+    out_dir = Path(out_dir)
+    state = state if state is not None else _load_state(serve_dir, progress)
+    definitions = load_segments(segments_file)
+    usable, skipped = _resolve(definitions, state)
+    history = segment_data.purchase_history(serve_dir)
+    try:
+        progress("reading sizes, trends and holdout lift from the membership store")
+        data = segment_data.overview(store, definitions, usable, skipped, history)
+    finally:
+        if history is not None:
+            history.con.close()
+    models = _models_module()
+    model_links = _model_links(models, state)
+    site = _site(data, state, model_links, generated_at)
+    links = {s.name: segment_file(s.name) for s in data.summaries}
+    written = [_write_overview(out_dir, site, data, links, model_links, _models_note(models, state))]
+    evaluated = [s.name for s in data.summaries if s.evaluated]
+    for summary in data.summaries:
+        progress(f"segment {summary.name}")
+        segment = usable.segments.get(summary.name) or definitions.segments.get(summary.name)
+        detail = segment_data.segment_detail(store, summary, data, state.table, evaluated, segment,
+                                             _features_as_of(state))
+        html = render_page("segment.html.j2", title=f"Segment {summary.name}", site=site,
+                           page_file=links[summary.name], detail=detail, segment_links=links,
+                           no_refresh=segment_data.NO_REFRESH)
+        written.append(write_page(out_dir, links[summary.name], html))
+    written += _write_model_pages(models, out_dir, site, state, progress)
+    return written
+
+
+def _load_state(serve_dir: Path, progress):
+    from serving.state import MANIFEST, load_state
+
+    if not (Path(serve_dir) / MANIFEST).exists():
+        raise ReportError(f"no serve folder at {Path(serve_dir).resolve()} (no {MANIFEST}): build it first with "
+                          f"`segments build --data DIR --as-of DATE`, or point --serve-dir to it")
+    progress(f"loading the served models and feature table from {serve_dir}")
+    return load_state(Path(serve_dir))
+
+
+def _resolve(definitions: SegmentSet, state) -> tuple[SegmentSet, dict[str, str]]:
+    """The definitions checked against what the service serves (as the event path does): cluster segments
+    expanded with the served cluster model, segments over missing model outputs skipped with the reason."""
+    from serving.membership import run_fields, segment_values
+
+    bundle = state.scorer.bundle if state.scorer is not None else None
+    sample = state.table.head(1).reset_index(drop=True) if state.table is not None else None
+    if sample is None or sample.empty:
+        from features.segments import Fields
+
+        return definitions.resolve(Fields.of([], [], None))
+    return definitions.resolve(run_fields(segment_values(sample, bundle), bundle))
+
+
+def _features_as_of(state) -> datetime | None:
+    return as_datetime(state.manifest["as_of"]) if state.manifest.get("as_of") else None
+
+
+def _site(data, state, model_links: list[NavLink], generated_at: datetime | None) -> Site:
+    from training.scoring import kind_of
+
+    models = tuple(ModelVersion(kind_of(name)[0] + (f" ({kind_of(name)[1]})" if kind_of(name)[1] else ""), name,
+                                str(entry["version"]))
+                   for name, entry in sorted(state.manifest.get("models", {}).items()))
+    links = (NavLink("Overview", INDEX_FILE, "Overview"),
+             *(NavLink(s.name, segment_file(s.name), "Segments") for s in data.summaries),
+             *model_links)
+    extra = {"generated_at": generated_at} if generated_at is not None else {}
+    return Site(links=links, data_as_of=data.last_as_of, models=models,
+                feature_set_version=state.manifest.get("feature_set_version"),
+                features_as_of=_features_as_of(state), **extra)
+
+
+def _write_overview(out_dir: Path, site: Site, data, links: dict[str, str], model_links: list[NavLink],
+                    models_note: str) -> Path:
+    html = render_page("overview.html.j2", title="Segments overview", site=site, page_file=INDEX_FILE, data=data,
+                       segment_links=links, model_links=model_links, models_note=models_note,
+                       no_refresh=segment_data.NO_REFRESH)
+    return write_page(out_dir, INDEX_FILE, html)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model pages (serving/reports/models.py, built alongside)
+
+
+def _models_module():
+    """serving.reports.models when it is installed, else None (the reports then have no model pages)."""
+    if importlib.util.find_spec(MODELS_MODULE) is None:
+        return None
+    return importlib.import_module(MODELS_MODULE)
+
+
+def _models_note(models, state) -> str:
+    """Why there are no model pages (when there are none)."""
+    if models is None:
+        return f"this installation has no {MODELS_MODULE}"
+    if state.scorer is None:
+        return "the serve folder's models cannot be loaded: " + ("; ".join(state.problems) or "none is served")
+    return "no champion model is served"
+
+
+def _model_links(models, state) -> list[NavLink]:
+    """The model pages' links, known before any page is rendered (every page's navigation lists them)."""
+    if models is None or state.scorer is None:
+        return []
+    return list(models.model_links(state.manifest))
+
+
+def _write_model_pages(models, out_dir: Path, site: Site, state, progress) -> list[Path]:
+    """The model pages (serving.reports.models), with the shared navigation and footer."""
+    if models is None:
+        return []
+    if state.scorer is None:
+        progress(f"no model pages: no served model can be loaded ({'; '.join(state.problems) or 'none served'})")
+        return []
+    progress("model pages: quality, calibration and lift, what unlocks each score, cluster personas")
+    return list(models.model_pages(state.directory, out_dir, site=site, state=state))

@@ -1,0 +1,771 @@
+"""Model pages of the marketer reports: how good each served model is, and what "unlocks" its score.
+
+One page per served model (`model-churn.html`, `model-value.html`, `model-lookalike-<seed>.html`) and one for the
+clusters (`clusters.html`, personas). Everything shown comes from two places:
+
+- MLflow: the serve folder's manifest names each model's registered name and version; that version's run holds the
+  out-of-time evaluation (metrics, `baseline.<name>.<metric>`, evaluation.json, tables/*.csv). The quality grade,
+  the figures beside the baselines and the calibration, lift and reach charts are read from there, never recomputed.
+- The served models on a fixed sample of the serve folder's feature table: exact TreeSHAP grouped to business
+  attributes (`serving.reports.drivers`), which gives the "what unlocks it" sentences and their charts.
+
+Key numbers sit in elements with data attributes (`data-metric`, `data-scorer`, `data-value`, `data-driver`,
+`data-threshold`, ...) so tests compare them with their sources.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, SHARE
+from serving.reports import drivers as drv
+from serving.reports.plots import ACCENT, MAIN, NEGATIVE, NEUTRAL, OKABE_ITO, POSITIVE, figure, svg
+from serving.reports.render import ModelVersion, NavLink, Site, as_datetime, render_page, write_page
+from training.scoring import kind_of
+
+DEFAULT_SAMPLE = 2000
+GRADES = ("Poor", "Fair", "Good", "Excellent")
+CLUSTERS_FILE = "clusters.html"
+TOP_GROUP_SHARE = 0.10  # look-alike: "customers most like the seed" = the top 10% of the sample by score
+
+
+@dataclass(frozen=True)
+class GradeRule:
+    """A plain-words grade from one out-of-time figure: below cutoffs[0] Poor, below [1] Fair, below [2] Good."""
+
+    metric: str
+    cutoffs: tuple[float, float, float]
+    why: str
+
+    def grade(self, value: float) -> str:
+        if value is None or not math.isfinite(value):
+            return "Not graded"
+        return GRADES[sum(value >= c for c in self.cutoffs)]
+
+
+# Cut-offs per model kind, printed on each page. Churn: ROC AUC 0.5 is a coin toss; 0.75-0.85 is what recency and
+# frequency alone usually reach, so "Excellent" asks for more. Look-alike: recall of held-out seed members in the top
+# 10% (random finds 10%). Value: rank correlation of predicted and actual spend. Clusters: bootstrap stability
+# (adjusted Rand index), after Hennig's (2007) reading of cluster-wise stability (< 0.6 dissolved, > 0.85 stable).
+GRADE_RULES = {
+    "churn": GradeRule("roc_auc", (0.65, 0.75, 0.85),
+                       "how often a customer who lapsed is ranked above one who bought again (0.5 = coin toss)"),
+    "lookalike": GradeRule("recall_at_10", (0.25, 0.45, 0.65),
+                           "share of held-out seed members found in the top 10% of scores (random: 10%)"),
+    "value": GradeRule("spearman_spend", (0.4, 0.6, 0.8),
+                       "rank correlation of predicted and actual spend over the next horizon (0 = unrelated)"),
+    "clusters": GradeRule("stability_ari", (0.6, 0.75, 0.85),
+                          "agreement of the clusters with those of refits on resampled customers (1 = identical)"),
+}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    label: str
+    better: str  # "higher", "lower" or "near 1"
+    style: str  # "decimal", "percent", "times", "amount", "count"
+    digits: int = 2
+
+
+METRICS = {
+    "roc_auc": MetricSpec("ROC AUC", "higher", "decimal"),
+    "pr_auc": MetricSpec("PR AUC (average precision)", "higher", "decimal"),
+    "lift_top_decile": MetricSpec("Lift in the top 10%", "higher", "times", 1),
+    "brier": MetricSpec("Brier score", "lower", "decimal", 3),
+    "log_loss": MetricSpec("Log-loss", "lower", "decimal", 3),
+    "ece": MetricSpec("Calibration error (ECE)", "lower", "decimal", 3),
+    "recall_at_1": MetricSpec("Seed members found in the top 1%", "higher", "percent", 0),
+    "recall_at_5": MetricSpec("Seed members found in the top 5%", "higher", "percent", 0),
+    "recall_at_10": MetricSpec("Seed members found in the top 10%", "higher", "percent", 0),
+    "recall_at_20": MetricSpec("Seed members found in the top 20%", "higher", "percent", 0),
+    "lift_at_10": MetricSpec("Lift in the top 10%", "higher", "times", 1),
+    "spearman_spend": MetricSpec("Rank correlation, spend", "higher", "decimal"),
+    "top_decile_capture_spend": MetricSpec("Spend captured by the top 10%", "higher", "percent", 0),
+    "mae_spend": MetricSpec("Mean absolute error, spend", "lower", "amount"),
+    "total_ratio_spend": MetricSpec("Predicted / actual total spend", "near 1", "decimal"),
+    "spearman_purchases": MetricSpec("Rank correlation, purchases", "higher", "decimal"),
+    "mae_purchases": MetricSpec("Mean absolute error, purchases", "lower", "decimal"),
+    "stability_ari": MetricSpec("Stability (adjusted Rand index)", "higher", "decimal"),
+    "silhouette": MetricSpec("Silhouette", "higher", "decimal"),
+    "surrogate_fidelity": MetricSpec("Explainer agreement (surrogate fidelity)", "higher", "percent", 1),
+    "k": MetricSpec("Clusters", "higher", "count", 0),
+}
+SHOWN = {
+    "churn": ("roc_auc", "pr_auc", "lift_top_decile", "brier", "log_loss", "ece"),
+    "lookalike": ("recall_at_1", "recall_at_5", "recall_at_10", "recall_at_20", "lift_at_10"),
+    "value": ("spearman_spend", "top_decile_capture_spend", "mae_spend", "total_ratio_spend",
+              "spearman_purchases", "mae_purchases"),
+    "clusters": ("stability_ari", "silhouette", "surrogate_fidelity", "k"),
+}
+BASELINE_NAMES = {"recency": "recency-only", "bgnbd": "BG/NBD", "bgnbd_gamma_gamma": "BG/NBD × Gamma-Gamma",
+                  "last_horizon": "last-horizon-repeats", "random": "random", "centroid_similarity":
+                  "centroid-similarity", "majority_cluster": "majority-cluster"}
+TITLES = {"churn": "Churn risk model", "value": "Customer value model", "lookalike": "Look-alike model",
+          "clusters": "Behavioural clusters"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evidence from MLflow
+
+
+@dataclass
+class RunEvidence:
+    """What the MLflow run of one served model version logged."""
+
+    name: str
+    version: str
+    kind: str
+    seed: str | None
+    run_id: str
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    evaluation: dict
+    tables: dict[str, pd.DataFrame]
+    params: dict[str, str]
+
+    @property
+    def evaluated_at(self) -> datetime | None:
+        return as_datetime(self.evaluation.get("as_of")) if self.evaluation.get("as_of") else None
+
+
+def load_evidence(mlflow_client, name: str, version: str) -> RunEvidence:
+    """The run behind `name` version `version`: metrics split into model and `baseline.<name>.<metric>`,
+    evaluation.json and every tables/*.csv."""
+    run_id = mlflow_client.get_model_version(name, version).run_id
+    run = mlflow_client.get_run(run_id)
+    metrics, baselines = {}, {}
+    for key, value in run.data.metrics.items():
+        if key.startswith("baseline."):
+            baseline, metric = key.removeprefix("baseline.").rsplit(".", 1)
+            baselines.setdefault(baseline, {})[metric] = value
+        else:
+            metrics[key] = value
+    evaluation, tables = _run_files(mlflow_client, run_id)
+    kind, seed = kind_of(name)
+    return RunEvidence(name, str(version), kind, seed, run_id, metrics, baselines, evaluation, tables,
+                       dict(run.data.params))
+
+
+def _run_files(mlflow_client, run_id: str) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """evaluation.json and tables/*.csv of a run (empty when it logged none, e.g. a run of older code)."""
+    logged = {a.path for a in mlflow_client.list_artifacts(run_id)}
+    tables_logged = [a.path for a in mlflow_client.list_artifacts(run_id, "tables") if a.path.endswith(".csv")]
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation = json.loads(Path(mlflow_client.download_artifacts(run_id, "evaluation.json", tmp)).read_text()) \
+            if "evaluation.json" in logged else {}
+        tables = {Path(path).stem: pd.read_csv(mlflow_client.download_artifacts(run_id, path, tmp))
+                  for path in tables_logged}
+    return evaluation, tables
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quality in plain words
+
+
+def format_metric(metric: str, value: float | None) -> str:
+    """A metric for the page: 0.81, 45%, 3.2×, 1,234.50."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    spec = METRICS.get(metric, MetricSpec(metric, "higher", "decimal"))
+    if spec.style == "percent":
+        return f"{value:.{spec.digits}%}"
+    if spec.style == "times":
+        return f"{value:.{spec.digits}f}×"
+    if spec.style == "count":
+        return f"{value:,.0f}"
+    return f"{value:,.{spec.digits}f}"
+
+
+def format_margin(metric: str, margin: float) -> str:
+    """The model's lead over a baseline, signed: +0.07, −3 pts, +1.2×."""
+    spec = METRICS.get(metric, MetricSpec(metric, "higher", "decimal"))
+    sign = "−" if margin < 0 else "+"
+    size = abs(margin) * (100 if spec.style == "percent" else 1)
+    digits = spec.digits
+    while digits < spec.digits + 2 and 0 < size < 0.5 * 10 ** -digits:  # a small lead never reads as ±0.00
+        digits += 1
+    unit = {"percent": " pts", "times": "×"}.get(spec.style, "")
+    return f"{sign}{size:,.{digits}f}{unit}"
+
+
+def better_than(metric: str, model: float, baseline: float) -> bool | None:
+    """Whether the model's figure is better than the baseline's (None when one is missing)."""
+    if not (math.isfinite(model) and math.isfinite(baseline)):
+        return None
+    better = METRICS.get(metric, MetricSpec(metric, "higher", "decimal")).better
+    if better == "lower":
+        return model < baseline
+    if better == "near 1":
+        return abs(model - 1) < abs(baseline - 1)
+    return model > baseline
+
+
+@dataclass
+class MetricRow:
+    metric: str
+    label: str
+    better: str
+    model: float
+    model_text: str
+    baselines: list[dict]  # name, label, value, text, margin_text, better
+
+
+def metric_rows(evidence: RunEvidence) -> list[MetricRow]:
+    """The shown metrics of the model beside each baseline that has them, with the margin."""
+    rows = []
+    for metric in SHOWN[evidence.kind]:
+        if metric not in evidence.metrics:
+            continue
+        value = float(evidence.metrics[metric])
+        cells = []
+        for baseline, values in evidence.baselines.items():
+            other = values.get(metric)
+            cells.append({"name": baseline, "label": BASELINE_NAMES.get(baseline, baseline), "value": other,
+                          "text": format_metric(metric, other),
+                          "margin_text": "" if other is None else format_margin(metric, value - other),
+                          "better": None if other is None else better_than(metric, value, other)})
+        spec = METRICS[metric]
+        rows.append(MetricRow(metric, spec.label, spec.better, value, format_metric(metric, value), cells))
+    return rows
+
+
+@dataclass
+class Quality:
+    """The grade and its reading: the figure, the cut-offs, the baselines beaten or not."""
+
+    grade: str
+    metric: str
+    label: str
+    value: float
+    value_text: str
+    label_in_text: str  # the label inside a sentence ("ROC AUC", "seed members found in the top 10%")
+    cutoffs: list[dict]  # grade, lower bound text
+    why: str
+    headline: str
+    caveat: str | None
+
+
+def quality(evidence: RunEvidence) -> Quality:
+    """The plain-words grade of a model from its out-of-time primary figure, with the baselines beside it."""
+    rule = GRADE_RULES[evidence.kind]
+    value = float(evidence.metrics.get(rule.metric, float("nan")))
+    label = METRICS[rule.metric].label
+    comparisons = [(BASELINE_NAMES.get(b, b), values[rule.metric]) for b, values in evidence.baselines.items()
+                   if rule.metric in values]
+    headline = f"{label}: {format_metric(rule.metric, value)}"
+    if comparisons:
+        headline += " vs " + "; ".join(
+            f"{format_metric(rule.metric, v)} for the {b} baseline ({format_margin(rule.metric, value - v)})"
+            for b, v in comparisons)
+    behind = [b for b, v in comparisons if better_than(rule.metric, value, v) is False]
+    caveat = (f"The model does not beat the {' and '.join(behind)} baseline on this figure: a simpler method "
+              "ranks customers as well.") if behind else None
+    bounds = [{"grade": GRADES[0], "range": f"below {format_metric(rule.metric, rule.cutoffs[0])}"}]
+    bounds += [{"grade": GRADES[i + 1], "range": f"{format_metric(rule.metric, low)} to below "
+                                                 f"{format_metric(rule.metric, high)}"}
+               for i, (low, high) in enumerate(zip(rule.cutoffs[:-1], rule.cutoffs[1:], strict=True))]
+    bounds.append({"grade": GRADES[-1], "range": f"{format_metric(rule.metric, rule.cutoffs[-1])} or more"})
+    return Quality(rule.grade(value), rule.metric, label, value, format_metric(rule.metric, value),
+                   drv.lower_first(label), bounds, rule.why, headline, caveat)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Charts redrawn from the logged tables
+
+
+def _series_name(scorer: str) -> str:
+    return "this model" if scorer == "model" else f"{BASELINE_NAMES.get(scorer, scorer)} baseline"
+
+
+def _colour(i: int) -> str:
+    return [MAIN, ACCENT, POSITIVE, OKABE_ITO["reddish_purple"], OKABE_ITO["sky_blue"]][i % 5]
+
+
+def calibration_chart(table: pd.DataFrame, what: str) -> str:
+    """Reliability diagram from tables/calibration.csv (bin, mean_predicted, observed_rate, n, scorer)."""
+    fig, ax = figure(f"Predicted vs observed {what}", f"Predicted {what} (% of customers)",
+                     f"Observed {what} (% of customers)", width=6.4, height=4.4,
+                     subtitle="Each point is a band of customers; on the dotted line, predictions come true")
+    ax.plot([0, 100], [0, 100], color=NEUTRAL, linestyle=":", linewidth=1.2, label="perfectly calibrated")
+    for i, (scorer, rows) in enumerate(table.groupby("scorer", sort=False)):
+        filled = rows[rows["n"] > 0]
+        ax.plot(100 * filled["mean_predicted"], 100 * filled["observed_rate"], marker="o", color=_colour(i),
+                linestyle="-" if scorer == "model" else "--", label=_series_name(scorer))
+    ax.set(xlim=(0, 100), ylim=(0, 100))
+    ax.legend(loc="upper left")
+    return svg(fig)
+
+
+def lift_chart(table: pd.DataFrame, what: str) -> str:
+    """Lift per score decile from tables/lift.csv or deciles.csv (group, lift, scorer): grouped bars."""
+    scorers = list(dict.fromkeys(table["scorer"]))
+    fig, ax = figure(f"{what.capitalize()} by score decile, relative to average",
+                     "Score decile (1 = the 10% with the highest scores)", f"Lift ({what} / average, ×)",
+                     width=7.0, height=3.8)
+    width = 0.8 / len(scorers)
+    for i, scorer in enumerate(scorers):
+        rows = table[table["scorer"] == scorer]
+        ax.bar(rows["group"] + (i - (len(scorers) - 1) / 2) * width, rows["lift"], width=width, color=_colour(i),
+               label=_series_name(scorer))
+    ax.axhline(1.0, color=NEUTRAL, linestyle=":", linewidth=1.2, label="average (random targeting)")
+    ax.set_xticks(sorted(table["group"].unique()))
+    ax.legend(loc="upper right")
+    return svg(fig)
+
+
+def amount_calibration_chart(table: pd.DataFrame, what: str) -> str:
+    """Mean predicted vs mean actual per predicted decile from tables/calibration.csv of the value model."""
+    fig, ax = figure(f"Predicted vs actual {what} per decile", f"Mean predicted {what} (currency, log scale)",
+                     f"Mean actual {what} (currency, log scale)", width=6.4, height=4.4,
+                     subtitle="Each point is a tenth of customers by prediction (those spending next to nothing "
+                              "are off the chart)")
+    high = float(table[["mean_predicted", "mean_actual"]].max().max()) * 1.5
+    low = high / 1e3  # three decades: deciles that buy next to nothing would squash the rest into a corner
+    positive = table[(table["mean_predicted"] >= low) & (table["mean_actual"] >= low)]
+    ax.plot([low, high], [low, high], color=NEUTRAL, linestyle=":", linewidth=1.2, label="predicted = actual")
+    for i, (scorer, rows) in enumerate(positive.groupby("scorer", sort=False)):
+        ax.plot(rows["mean_predicted"], rows["mean_actual"], marker="o", color=_colour(i),
+                linestyle="-" if scorer == "model" else "--", label=_series_name(scorer))
+    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high))
+    ax.legend(loc="upper left")
+    return svg(fig)
+
+
+def reach_chart(table: pd.DataFrame, seed: str) -> str:
+    """Held-out seed members found against reach, from tables/reach.csv (model, baselines, random)."""
+    fig, ax = figure(f"Held-out {seed} found, by reach", "Customers reached (% of customers, best scores first)",
+                     "Held-out seed members found (%)", width=7.0, height=4.0)
+    ax.plot(table["reach_pct"], 100 * table["recall"], color=MAIN, label="this model")
+    others = [c for c in table.columns if c.startswith("recall_")]
+    for i, column in enumerate(others, start=1):
+        name = column.removeprefix("recall_")
+        random = name == "random"
+        ax.plot(table["reach_pct"], 100 * table[column], color=NEUTRAL if random else _colour(i),
+                linestyle=":" if random else "--", label=_series_name(name))
+    ax.set(xlim=(0, 100), ylim=(0, 102))
+    ax.legend(loc="lower right")
+    return svg(fig)
+
+
+def reach_lift_chart(table: pd.DataFrame, seed: str, up_to: int = 30) -> str:
+    """Lift (share of held-out seed members found / share of customers reached) for the first `up_to`% reached."""
+    head = table[table["reach_pct"] <= up_to]
+    fig, ax = figure(f"Lift of look-alike targeting for {seed}", "Customers reached (% of customers)",
+                     "Lift (found / reached, ×)", width=7.0, height=3.6)
+    ax.plot(head["reach_pct"], head["recall"] / (head["reach_pct"] / 100), marker="o", color=MAIN,
+            label="this model")
+    for i, column in enumerate([c for c in table.columns if c.startswith("recall_") and c != "recall_random"], 1):
+        ax.plot(head["reach_pct"], head[column] / (head["reach_pct"] / 100), marker="o", color=_colour(i),
+                linestyle="--", label=_series_name(column.removeprefix("recall_")))
+    ax.axhline(1.0, color=NEUTRAL, linestyle=":", linewidth=1.2, label="random targeting")
+    ax.set(ylim=(0, None))
+    ax.legend(loc="upper right")
+    return svg(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver charts
+
+
+def axis_label(feature: str) -> str:
+    """A feature's label with its unit for an axis: "Days since last purchase (days)", "... (%)"."""
+    spec = FEATURES_BY_NAME[feature]
+    if spec.dtype == "boolean":
+        return f"{spec.label} (no / yes)"
+    if spec.bounds == SHARE:
+        return f"{spec.label} (%)"
+    unit = {"currency": "currency", "orders": "purchases"}.get(spec.unit, spec.unit)
+    return f"{spec.label} ({unit})" if unit else spec.label
+
+
+def plotted_values(feature: str, values: np.ndarray) -> np.ndarray:
+    """Shares as percentages (what the axis says); everything else as it is."""
+    return 100 * values if FEATURES_BY_NAME[feature].bounds == SHARE else values
+
+
+def drivers_chart(drivers: drv.DriverSet, title: str) -> str:
+    """Horizontal bars: mean |effect| per business attribute, strongest on top."""
+    table = drv.importance_table(drivers).iloc[::-1]
+    fig, ax = figure(title, f"Average size of the effect on {drivers.subject} ({drivers.scale})",
+                     "Business attribute", width=7.0, height=0.38 * len(table) + 1.4)
+    pairs = zip(table["label"], table["group"], strict=True)
+    names = [label if label == group else f"{label}  ·  {group}" for label, group in pairs]
+    ax.barh(names, table["mean_abs"], color=MAIN)
+    ax.grid(axis="y", visible=False)
+    return svg(fig)
+
+
+def dependence_chart(drivers: drv.DriverSet, driver: drv.Driver, max_points: int = 600) -> str:
+    """The attribute's effect against its leading feature's value: customers as dots, bin means as a line, the
+    threshold as a dashed line."""
+    feature = driver.feature
+    x = drv.numeric_values(drivers.features[feature])
+    y = drivers.grouped[driver.attribute].to_numpy(dtype=float)
+    present = np.flatnonzero(np.isfinite(x))
+    shown = np.random.default_rng(0).permutation(present)[:max_points]  # fewer dots keep the SVG light
+    low, high = np.quantile(x[present], [0.0, 0.99]) if len(present) else (0.0, 1.0)
+    x_label = axis_label(feature)
+    if len(present) and high < np.nanmax(x):
+        x_label = x_label[:-1] + "; the top 1% off the chart)" if x_label.endswith(")") else \
+            f"{x_label} (the top 1% off the chart)"
+    fig, ax = figure(f"{driver.label}: effect on {drivers.subject}", x_label,
+                     f"Effect on {drivers.subject} ({drivers.scale})", width=7.0, height=3.6)
+    ax.scatter(plotted_values(feature, x[shown]), y[shown], s=9, alpha=0.45, color=MAIN, linewidths=0,
+               label="customers (sample)")
+    bins = drv.effect_bins(x[present], y[present])
+    ax.step(plotted_values(feature, bins["upper"].to_numpy()), bins["mean_effect"], where="pre", color=ACCENT,
+            label="average per band of values")
+    ax.axhline(0, color=NEUTRAL, linewidth=1)
+    if driver.threshold is not None:
+        ax.axvline(plotted_values(feature, np.array([driver.threshold.value]))[0], color=NEGATIVE, linestyle="--",
+                   label=f"effect changes: {drv.format_amount(feature, driver.threshold.value)}")
+    if FEATURES_BY_NAME[feature].dtype == "boolean":
+        ax.set_xticks([0, 1], ["no", "yes"])
+    elif high > low:
+        pad = 0.03 * (high - low)
+        ax.set_xlim(*plotted_values(feature, np.array([low - pad, high + pad])))
+    ax.legend(loc="best")
+    return svg(fig)
+
+
+def category_chart(drivers: drv.DriverSet, driver: drv.Driver) -> str:
+    """Mean effect per category of a text feature."""
+    categories = driver.categories.head(12).iloc[::-1]
+    fig, ax = figure(f"{driver.label}: effect on {drivers.subject}", f"Average effect ({drivers.scale})",
+                     FEATURES_BY_NAME[driver.feature].label, width=6.4, height=0.35 * len(categories) + 1.4)
+    ax.barh([str(c) for c in categories.index], categories.to_numpy(),
+            color=[POSITIVE if v >= 0 else NEGATIVE for v in categories])
+    ax.axvline(0, color=NEUTRAL, linewidth=1)
+    return svg(fig)
+
+
+def effect_charts(drivers: drv.DriverSet, top: int = 2) -> list[str]:
+    return [category_chart(drivers, d) if d.categories is not None else dependence_chart(drivers, d)
+            for d in drivers.drivers[:top]]
+
+
+def driver_items(drivers: drv.DriverSet) -> list[dict]:
+    """The drivers as template rows (sentence plus the numbers behind it, for data attributes)."""
+    return [{"attribute": d.attribute, "feature": d.feature, "label": d.label, "group": d.group,
+             "sentence": d.sentence, "share": d.share, "direction": d.direction or "",
+             "threshold": "" if d.threshold is None else repr(d.threshold.value),
+             "mean_abs": d.mean_abs} for d in drivers.drivers]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sample and its contributions
+
+
+def report_sample(table: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    """Up to `size` customers of the feature table, drawn with a fixed seed (the same sample on every run)."""
+    return table.sample(min(size, len(table)), random_state=seed) if len(table) > size else table
+
+
+def churn_population(table: pd.DataFrame) -> pd.DataFrame:
+    """The churn model's population: customers with a purchase in the year before as_of."""
+    return table[table["orders_count_365d"].fillna(0) > 0] if "orders_count_365d" in table else table
+
+
+def seed_words(seed: str) -> str:
+    return seed.replace("_", " ")
+
+
+def single_output_drivers(explainer, sample: pd.DataFrame, subject: str) -> drv.DriverSet:
+    values = drv.explainer_contributions(explainer, sample)
+    return drv.driver_set(subject, explainer.target.margin_scale, explainer.encoder.feature_names_, sample,
+                          values[:, 0, :-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pages
+
+
+@dataclass
+class Context:
+    """What every model page of one build shares."""
+
+    state: object  # serving.state.ServingState
+    mlflow_client: object
+    site: Site
+    out_dir: Path
+    sample_size: int
+    seed: int
+    written: list[Path] = field(default_factory=list)
+
+
+def model_file(name: str) -> str:
+    """The page of a registered model: model-churn.html, model-value.html, model-lookalike-<seed>.html,
+    clusters.html."""
+    kind, seed = kind_of(name)
+    if kind == "clusters":
+        return CLUSTERS_FILE
+    return f"model-{kind}-{seed}.html" if seed else f"model-{kind}.html"
+
+
+def model_links(manifest: dict) -> list[NavLink]:
+    """Navigation links to the model pages of a serve folder's manifest (section "Models")."""
+    links = []
+    for name in sorted(manifest.get("models", {}), key=lambda n: ("clusters" in n, n)):
+        kind, seed = kind_of(name)
+        label = "Clusters" if kind == "clusters" else f"Look-alike: {seed_words(seed)}" if seed else kind.capitalize()
+        links.append(NavLink(label, model_file(name), "Models"))
+    return links
+
+
+def default_site(state) -> Site:
+    models = tuple(ModelVersion(kind_of(n)[0], n, v) for n, v in sorted(state.versions.items()))
+    return Site(links=tuple(model_links(state.manifest)), data_as_of=state.as_of, models=models,
+                feature_set_version=FEATURE_SET_VERSION)
+
+
+def model_pages(serve_dir: Path, out_dir: Path, *, site: Site | None = None, state=None,
+                sample_size: int = DEFAULT_SAMPLE, seed: int = 0) -> list[Path]:
+    """Write the model pages of the models served from `serve_dir` into `out_dir`; returns the files written.
+
+    Args:
+        serve_dir: the serve folder (manifest with each model's registered name and version, feature table).
+        out_dir: where the pages go (created).
+        site: navigation and footer facts shared with the other reports (default: links to the model pages only).
+        state: an already loaded `serving.state.ServingState` of `serve_dir` (loaded here when None).
+        sample_size, seed: the customers the SHAP drivers are computed on (a fixed-seed sample).
+
+    MLflow is read at the current tracking URI (`training.tracking.client()`).
+    """
+    from serving.state import load_state
+    from training.tracking import client
+
+    state = state if state is not None else load_state(Path(serve_dir))
+    if state.scorer is None:
+        raise LookupError(f"no model can be loaded from {serve_dir}: {'; '.join(state.problems) or 'none served'}")
+    context = Context(state, client(), site or default_site(state), Path(out_dir), sample_size, seed)
+    for name, explainer in state.scorer.explainers.items():
+        evidence = load_evidence(context.mlflow_client, name, state.versions[name])
+        writer = clusters_page if explainer.kind == "clusters" else model_page
+        context.written.append(writer(context, explainer, evidence))
+    return context.written
+
+
+def _write(context: Context, file_name: str, template: str, **values) -> Path:
+    html = render_page(template, site=context.site, page_file=file_name, **values)
+    return write_page(context.out_dir, file_name, html)
+
+
+def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
+    """The page of a churn, value or look-alike model."""
+    table = context.state.table
+    population = churn_population(table) if evidence.kind == "churn" else table
+    sample = report_sample(population, context.sample_size, context.seed)
+    subject = explainer.target.words if evidence.kind != "lookalike" else f"likeness to {seed_words(evidence.seed)}"
+    drivers = single_output_drivers(explainer, sample, subject)
+    contrast = lookalike_contrast(explainer, drivers, sample) if evidence.kind == "lookalike" else ""
+    title = TITLES[evidence.kind] + (f": {seed_words(evidence.seed)}" if evidence.seed else "")
+    return _write(context, model_file(evidence.name), "model.html.j2", title=title, evidence=evidence,
+                  kind=evidence.kind, purpose=purpose(evidence), quality=quality(evidence), subject=subject,
+                  rows=metric_rows(evidence), baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
+                  drivers=driver_items(drivers), contrast=contrast,
+                  population_text=population_text(evidence.kind, len(sample), len(population)),
+                  drivers_chart=drivers_chart(drivers, f"What moves {subject} most"),
+                  effect_charts=effect_charts(drivers), evaluation_charts=evaluation_charts(evidence),
+                  data_window=data_window_rows(evidence), warnings=leak_warnings(evidence))
+
+
+def purpose(evidence: RunEvidence) -> str:
+    horizon = evidence.params.get("data.horizon_days", "90")
+    if evidence.kind == "churn":
+        return (f"The probability that a customer who bought in the last year makes no purchase in the next "
+                f"{horizon} days.")
+    if evidence.kind == "value":
+        return f"Expected purchases and spend of each customer over the next {horizon} days."
+    definition = json.loads(evidence.params.get("data.seed_definition", "{}") or "{}")
+    what = definition.get("description") or seed_words(evidence.seed)
+    return (f"How much each customer resembles the seed segment '{seed_words(evidence.seed)}' ({what}); the "
+            f"features that define the seed are left out, so the model finds customers like them, not copies.")
+
+
+def population_text(kind: str, n_sample: int, n_population: int) -> str:
+    who = "customers with a purchase in the last 365 days" if kind == "churn" else "customers"
+    return f"Computed on {n_sample:,} {who} drawn at random (fixed seed) from {n_population:,}."
+
+
+def _chart(section: str, title: str, chart: str, caption: str, square: bool = False) -> dict:
+    return {"id": section, "title": title, "svg": chart, "caption": caption, "shape": "square" if square else ""}
+
+
+CHART_TABLES = {"churn": ("calibration", "lift"), "value": ("calibration", "deciles"), "lookalike": ("reach",)}
+
+
+def evaluation_charts(evidence: RunEvidence) -> list[dict]:
+    """The calibration and lift (or reach) charts of a model, redrawn from its logged tables (none when the run
+    lacks them: the page says so)."""
+    tables = evidence.tables
+    if any(name not in tables for name in CHART_TABLES[evidence.kind]):
+        return []
+    horizon = evidence.params.get("data.horizon_days", "90")
+    if evidence.kind == "churn":
+        return [_chart("calibration", "Calibration", calibration_chart(tables["calibration"], f"{horizon}-day churn"),
+                       "Does a predicted 30% churn risk mean that 30% of such customers lapse?", square=True),
+                _chart("lift", "Lift", lift_chart(tables["lift"], "churn rate"),
+                       "How much more often the customers ranked highest actually lapsed.")]
+    if evidence.kind == "value":
+        return [_chart("calibration", "Calibration",
+                       amount_calibration_chart(tables["calibration"], f"{horizon}-day spend"),
+                       "Do customers predicted to spend more actually spend that much?", square=True),
+                _chart("lift", "Lift", lift_chart(tables["deciles"], "spend"),
+                       "How much more the customers ranked highest actually spent.")]
+    seed = seed_words(evidence.seed)
+    return [_chart("lift", "Lift", reach_lift_chart(tables["reach"], seed),
+                   "How many times more seed members the model finds than random targeting, by reach."),
+            _chart("reach", "Reach", reach_chart(tables["reach"], seed),
+                   "Share of held-out seed members found as more customers are reached. A look-alike score ranks "
+                   "customers; it is not a probability that can be checked against outcomes, so it has no "
+                   "calibration chart.")]
+
+
+def data_window_rows(evidence: RunEvidence) -> list[dict]:
+    table = evidence.tables.get("data_window")
+    if table is None:
+        return []
+    return [{"as_of": str(r.as_of)[:10], "role": r.role, "customers": int(r.customers),
+             "target_mean": float(r.target_mean)} for r in table.itertuples()]
+
+
+def leak_warnings(evidence: RunEvidence) -> list[str]:
+    """Look-alikes: inputs that alone separate the seed (from tables/separating_features.csv)."""
+    from training.lookalike import LEAK_AUC
+
+    table = evidence.tables.get("separating_features")
+    if table is None:
+        return []
+    leaks = table[table["auc"] >= LEAK_AUC]
+    return [f"{r.label} alone separates seed members from everyone else (AUC {r.auc:.3f}): it may restate the "
+            "seed's definition, so the look-alikes it finds may simply be near-members." for r in leaks.itertuples()]
+
+
+def lookalike_contrast(explainer, drivers: drv.DriverSet, sample: pd.DataFrame) -> str:
+    """The top 10% of the sample by look-alike score against the whole sample, on the top drivers' features."""
+    score = explainer.model.ranking_score(sample)
+    top = sample[score >= np.quantile(score, 1 - TOP_GROUP_SHARE)]
+    who = f"the {TOP_GROUP_SHARE:.0%} of customers most like {seed_words(explainer.seed)}"
+    return drv.contrast_sentence(who, drivers.drivers, top, sample)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clusters
+
+
+def clusters_page(context: Context, explainer, evidence: RunEvidence) -> Path:
+    """Personas of every served cluster: size, what sets it apart, its surrogate SHAP drivers, a profile chart."""
+    model = explainer.model
+    sample = report_sample(context.state.table, context.sample_size, context.seed)
+    values = drv.explainer_contributions(explainer, sample)
+    assigned = model.assign(sample)
+    profiles = evidence.tables["profiles"].set_index("cluster_id")
+    population = evidence.tables["population"].set_index("feature")
+    personas = []
+    for cluster_id, name in enumerate(model.names_):
+        drivers = drv.driver_set("membership", "log-odds", explainer.encoder.feature_names_, sample,
+                                 values[:, cluster_id, :-1])
+        members = sample[assigned == cluster_id]
+        profile = profiles.loc[cluster_id]
+        personas.append({
+            "id": cluster_id, "name": name, "size": int(profile["size"]), "share": float(profile["share"]),
+            "persona": persona_sentence(profile, population),
+            "drivers": driver_items(drivers),
+            "contrast": cluster_contrast(drivers, profile, members, sample),
+            "profile_chart": profile_chart(profile, population, name),
+            "drivers_chart": drivers_chart(drivers, "What decides membership"),
+        })
+    return _write(context, CLUSTERS_FILE, "clusters.html.j2", title=TITLES["clusters"], evidence=evidence,
+                  kind="clusters", quality=quality(evidence), rows=metric_rows(evidence),
+                  baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
+                  personas=personas,
+                  sizes_chart=sizes_chart(evidence.tables["profiles"]),
+                  heatmap=profile_heatmap(evidence.tables["profiles"]),
+                  population_text=population_text("clusters", len(sample), len(context.state.table)),
+                  k_note=f"{len(model.names_)} clusters, chosen by {model.criterion_} over "
+                         f"k = {int(model.k_scores_['k'].min())}…{int(model.k_scores_['k'].max())}.")
+
+
+def cluster_contrast(drivers: drv.DriverSet, profile: pd.Series, members: pd.DataFrame,
+                     sample: pd.DataFrame) -> str:
+    """The drivers' features not already in the persona sentence: members against the whole sample."""
+    described = set(distinguishing(profile))
+    rest = [d for d in drivers.drivers if d.feature not in described]
+    if members.empty or not rest:
+        return ""
+    return drv.contrast_sentence("also typical of its members (in the sample)", rest, members, sample)
+
+
+def distinguishing(profile: pd.Series, top: int = 3) -> list[str]:
+    """The profile's features furthest from the population (by |standardized difference|), strongest first."""
+    diffs = {c.removesuffix("__std_diff"): float(v) for c, v in profile.items()
+             if str(c).endswith("__std_diff") and pd.notna(v)}
+    return sorted(diffs, key=lambda f: -abs(diffs[f]))[:top]
+
+
+def persona_sentence(profile: pd.Series, population: pd.DataFrame, top: int = 3) -> str:
+    """"Compared with all customers, they have days since last purchase 240 days (all customers: 60 days), ..."
+    from the logged profile (cluster medians) and population (medians)."""
+    phrases = []
+    for feature in distinguishing(profile, top):
+        label = drv.lower_first(FEATURES_BY_NAME[feature].label)
+        word = "higher" if profile[f"{feature}__std_diff"] > 0 else "lower"
+        phrases.append(f"{word} {label}: {drv.format_amount(feature, profile[f'{feature}__median'])} "
+                       f"(all customers: {drv.format_amount(feature, population.loc[feature, 'median'])})")
+    return "Compared with all customers: " + "; ".join(phrases) + "." if phrases else ""
+
+
+def profile_chart(profile: pd.Series, population: pd.DataFrame, name: str, top: int = 8) -> str:
+    """Bars of the standardized difference from the population for the cluster's most distinguishing features."""
+    features = distinguishing(profile, top)[::-1]
+    diffs = [float(profile[f"{f}__std_diff"]) for f in features]
+    fig, ax = figure("How its members differ from all customers",
+                     "Difference from all customers (standard deviations)", "Feature", width=7.0,
+                     height=0.36 * len(features) + 1.5)
+    ax.barh([FEATURES_BY_NAME[f].label for f in features], diffs,
+            color=[NEGATIVE if d > 0 else MAIN for d in diffs])
+    ax.axvline(0, color=NEUTRAL, linewidth=1)
+    ax.grid(axis="y", visible=False)
+    return svg(fig)
+
+
+def sizes_chart(profiles: pd.DataFrame) -> str:
+    rows = profiles.iloc[::-1]
+    fig, ax = figure("Customers per cluster", "Customers (count)", "Cluster", width=7.0,
+                     height=0.42 * len(rows) + 1.3)
+    ax.barh(rows["cluster_name"], rows["size"], color=[_colour(int(c)) for c in rows["cluster_id"]])
+    for y, (size, share) in enumerate(zip(rows["size"], rows["share"], strict=True)):
+        ax.text(size, y, f" {size:,} ({share:.0%})", va="center", fontsize=9)
+    ax.margins(x=0.18)
+    ax.grid(axis="y", visible=False)
+    return svg(fig)
+
+
+def profile_heatmap(profiles: pd.DataFrame, top: int = 12) -> str:
+    """Clusters x the most distinguishing features: standardized difference, blue below, vermillion above."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    columns = [c for c in profiles.columns if c.endswith("__std_diff")]
+    diffs = profiles.set_index("cluster_name")[columns]
+    strongest = diffs.abs().max().sort_values(ascending=False).index[:top]
+    diffs = diffs[strongest]
+    labels = [FEATURES_BY_NAME[c.removesuffix("__std_diff")].label for c in strongest]
+    fig, ax = figure("Cluster profiles: difference from all customers", "Feature", "Cluster",
+                     width=9.0, height=0.5 * len(diffs) + 3.4)
+    cmap = LinearSegmentedColormap.from_list("blue_white_vermillion", [MAIN, "#FFFFFF", NEGATIVE])
+    image = ax.imshow(diffs.to_numpy(), cmap=cmap, vmin=-2, vmax=2, aspect="auto")
+    for (i, j), value in np.ndenumerate(diffs.to_numpy()):
+        ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(diffs)), diffs.index, fontsize=9)
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="Difference (standard deviations)")
+    return svg(fig)

@@ -1,0 +1,664 @@
+"""The data of the overview and segment pages, from the membership store and the serve folder. No HTML here.
+
+Where the figures come from:
+- sizes now: the store's current membership; sizes at each refresh: the log (`membership_at` the refresh's as_of);
+- shares: of the customers the last refresh evaluated;
+- holdout lift: `serving.lift.measure` on the members at the previous refresh, purchases over [previous refresh,
+  last refresh), counted in the serve folder's history (the clean tables `segments build` wrote);
+- entries and exits per day: `store.daily_changes`; flows: who entered came from which segments at the previous
+  refresh, who left went to which (membership from the log);
+- profiles: the serve folder's feature table, members (now) against every customer in it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter
+from sqlalchemy import select
+
+from features.catalog import FEATURES_BY_NAME, SHARE
+from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
+from serving.explain import attribute_of
+from serving.reports import plots
+from serving.reports.render import as_datetime, number, signed_percent
+from serving.store import SegmentStore, refreshes
+
+PROFILE_ROWS = 8
+MIN_PROFILE_MEMBERS = 5  # below this a member average describes a handful of people, not a segment
+RECENT_LOG_ROWS = 25
+NO_REFRESH = "no refresh yet: run segments refresh"
+SIGNIFICANCE = 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refreshes and sizes
+
+
+def refresh_history(store: SegmentStore) -> pd.DataFrame:
+    """Every batch refresh in recording order: as_of, customers, changes, recorded_at."""
+    query = select(refreshes.c.as_of, refreshes.c.customers, refreshes.c.changes,
+                   refreshes.c.recorded_at).order_by(refreshes.c.id)
+    with store.engine.connect() as conn:
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+    frame = pd.DataFrame(rows, columns=["as_of", "customers", "changes", "recorded_at"])
+    for column in ("as_of", "recorded_at"):
+        frame[column] = pd.to_datetime(frame[column])
+    # The same as_of refreshed again (new definitions) is one point in time.
+    return frame.drop_duplicates("as_of", keep="last").reset_index(drop=True)
+
+
+def sizes_at(store: SegmentStore, moments: list[datetime]) -> pd.DataFrame:
+    """Members per segment at each moment (from the log): index segment, one column per moment."""
+    columns = {}
+    for moment in moments:
+        columns[moment] = store.membership_at(moment).groupby("segment").size()
+    return pd.DataFrame(columns).fillna(0).astype("int64")
+
+
+def current_sizes(store: SegmentStore) -> dict[str, int]:
+    """Current members per segment (the membership table: refreshes and events alike)."""
+    return store.memberships().groupby("segment").size().astype("int64").to_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A definition in words
+
+
+@dataclass
+class Clause:
+    """One line of a definition: its words, the segment it refers to (for a link) and its sub-clauses."""
+
+    text: str  # with `segment`, the words before the segment's name
+    parts: list[Clause] = field(default_factory=list)
+    segment: str | None = None
+
+    @property
+    def words(self) -> str:
+        return f"{self.text} {self.segment}" if self.segment else self.text
+
+
+_OPERATOR_WORDS = {">": "more than", ">=": "at least", "<": "less than", "<=": "at most", "==": "is",
+                   "!=": "is not", "in": "is one of", "not in": "is none of"}
+
+
+def definition_clauses(segment: Segment) -> list[Clause]:
+    """The conditions of `segment` as nested clauses a marketer reads ("Purchases in the last 14 days: at least
+    2"); all/any/not become "all of", "any of", "not"."""
+    if segment.kind == "lookalike" and isinstance(segment.when, Condition):
+        seed = segment.when.field.removeprefix("lookalike_").removesuffix("_percentile").replace("_", " ")
+        reach = 100 - float(segment.when.value)
+        return [Clause(f"Among the {reach:g}% of customers the look-alike model finds most like {seed}")]
+    if segment.kind == "cluster" and segment.cluster_id is not None:
+        return [Clause(f"Assigned to behavioural cluster {segment.cluster_id} by the cluster model")]
+    if segment.when is None:
+        return [Clause("One segment per behavioural cluster of the cluster model")]
+    clause = _clause(segment.when)
+    return clause.parts if isinstance(segment.when, Group) and segment.when.mode == "all" else [clause]
+
+
+def _clause(node) -> Clause:
+    if isinstance(node, Group) and node.mode == "not" and isinstance(node.parts[0], SegmentRef):
+        return Clause("Not a member of the segment", segment=node.parts[0].segment)
+    if isinstance(node, Group):
+        head = {"all": "All of:", "any": "Any of:", "not": "Not:"}[node.mode]
+        return Clause(head, [_clause(part) for part in node.parts])
+    if isinstance(node, SegmentRef):
+        return Clause("Member of the segment", segment=node.segment)
+    return Clause(condition_text(node))
+
+
+def condition_text(condition: Condition) -> str:
+    """One condition in words: "Purchases in the last 14 days: at least 2", "Churn risk band: is high"."""
+    label, op, value = label_of(condition.field), condition.op, condition.value
+    if op == "is null":
+        return f"{label}: unknown"
+    if op == "is not null":
+        return f"{label}: known"
+    if op in ("in top", "in bottom"):
+        return f"{label}: in the {op.removeprefix('in ')} {value:g}% of customers"
+    if op == "between":
+        return f"{label}: between {value_text(condition.field, value[0])} and {value_text(condition.field, value[1])}"
+    if op in ("in", "not in"):
+        return f"{label}: {_OPERATOR_WORDS[op]} {', '.join(value_text(condition.field, v) for v in value)}"
+    return f"{label}: {_OPERATOR_WORDS[op]} {value_text(condition.field, value)}"
+
+
+def value_text(feature: str, value, digits: int | None = None) -> str:
+    """A feature value with its unit: "94 days", "312.50", "45%", "yes"; `digits` rounds averages."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    spec = FEATURES_BY_NAME.get(feature)
+    if isinstance(value, bool) or (spec is not None and spec.dtype == "boolean"):
+        return "yes" if bool(value) else "no"
+    if isinstance(value, str):
+        return value
+    number_value = float(value)
+    if spec is not None and spec.bounds == SHARE:
+        return f"{number_value:.0%}"
+    unit = spec.unit if spec is not None else ""
+    if unit.startswith("currency"):
+        text = f"{number_value:,.2f}" + ("/month" if unit == "currency/month" else "")
+        return text
+    places = digits if digits is not None else (0 if number_value.is_integer() else 2)
+    if abs(number_value) >= 100:
+        places = 0
+    text = f"{number_value:,.{places}f}"
+    return f"{text} {unit}" if unit in ("days", "points", "items", "years") else text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Holdout lift between the last two refreshes
+
+
+@dataclass
+class Lift:
+    """The holdout lift of one segment, or why it was not measured (`measurement` None, `reason` set)."""
+
+    measurement: object | None = None  # serving.lift.Measurement
+    reason: str = ""
+
+    @property
+    def conversion(self):
+        """The conversion-rate comparison (serving.lift.Comparison) or None."""
+        if self.measurement is None:
+            return None
+        return next(c for c in self.measurement.comparisons if c.metric == "conversion_rate")
+
+
+def purchase_history(serve_dir: Path):
+    """The clean tables the serve folder was built from (history.duckdb) as a ValidationResult, or None when the
+    folder has none. `serving.lift` counts purchases in its transactions."""
+    import duckdb
+
+    from features.validate import ValidationResult
+    from serving.realtime import HISTORY_FILE
+
+    path = Path(serve_dir) / HISTORY_FILE
+    if not path.exists():
+        return None
+    con = duckdb.connect()
+    con.execute("ATTACH ? AS history (READ_ONLY)", [str(path)])
+    tables = [row[0] for row in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'history'").fetchall()]
+    columns = {}
+    for table in tables:
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM history.{table}")
+        columns[table] = [row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()]
+    empty = pd.DataFrame()
+    return ValidationResult(con, tables, columns, empty, empty, {}, {}, {t: str(path) for t in tables},
+                            datetime.now(UTC).replace(tzinfo=None), 0.0)
+
+
+def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime | None,
+                 end: datetime | None) -> Lift:
+    """Lift of `segment` over [start, end): its members at `start` (the previous refresh), targeted against the
+    holdout, purchases counted in `history`. Says why when it cannot be measured."""
+    from serving.lift import measure
+    from training.data import data_end
+
+    if start is None or end is None:
+        return Lift(reason="not measured yet: needs two refreshes")
+    if history is None or "transactions" not in history.tables:
+        return Lift(reason="not measured: the serve folder has no purchase history (rebuild it: segments build)")
+    last_purchase = data_end(history)
+    if last_purchase is None or end > last_purchase + timedelta(days=1):
+        return Lift(reason=f"not measured: the purchase history ends {last_purchase or 'before it starts'}, before "
+                           f"the window {start:%Y-%m-%d} to {end:%Y-%m-%d} ends (rebuild the serve folder)")
+    members = store.membership_at(start, [segment.name])
+    if members.empty:
+        return Lift(reason=f"not measured: no members on {start:%Y-%m-%d}")
+    held = int(in_holdout(members["customer_id"], segment.name, segment.holdout_percent).sum())
+    if held in (0, len(members)):
+        group = "none" if held == 0 else "all"
+        return Lift(reason=f"not measured: {group} of its {len(members):,} members on {start:%Y-%m-%d} fell in its "
+                           f"{segment.holdout_percent:g}% holdout, so there is no comparison yet")
+    try:
+        return Lift(measure(members, segment, history, start, end))
+    except ValueError as exc:
+        return Lift(reason=f"not measured: {exc}")
+
+
+def lift_words(lift: Lift) -> str:
+    """The conversion lift in one line: "+12% (95% CI +3% to +21%), p = 0.01: unlikely to be chance".
+
+    The interval is the difference in conversion rate (targeted - holdout) relative to the holdout's rate, so it
+    reads on the same scale as the lift; the p-value is the two-sided test of that difference."""
+    comparison = lift.conversion
+    if comparison is None:
+        return lift.reason
+    if comparison.holdout <= 0:
+        return (f"holdout converted 0%, targeted {comparison.targeted:.0%}: no relative lift "
+                f"(difference {comparison.difference * 100:+.1f} points)")
+    lift_text, interval, verdict = lift_parts(lift)
+    return f"{lift_text} {interval}, {verdict}"
+
+
+def lift_parts(lift: Lift) -> tuple[str, str, str] | None:
+    """(lift, interval, verdict) of `lift_words` for a layout in lines; None when not measured."""
+    comparison = lift.conversion
+    if comparison is None or comparison.holdout <= 0:
+        return None
+    # A rate cannot fall below 0, so the relative change cannot fall below -100%.
+    low, high = max(comparison.ci_low / comparison.holdout, -1.0), comparison.ci_high / comparison.holdout
+    return (signed_percent(comparison.lift), f"(95% CI {signed_percent(low)} to {signed_percent(high)})",
+            p_value_words(comparison.p_value))
+
+
+def p_value_words(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "no test possible (no variation)"
+    shown = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    verdict = "unlikely to be chance" if p < SIGNIFICANCE else "could be chance"
+    return f"{shown}: {verdict}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The overview
+
+
+@dataclass
+class SegmentSummary:
+    """One row of the overview (and the head of a segment page)."""
+
+    name: str
+    kind: str
+    description: str
+    clauses: list[Clause]
+    evaluated: bool
+    reason: str = ""  # why not evaluated
+    size: int | None = None
+    share: float | None = None
+    history: list[tuple[datetime, int]] = field(default_factory=list)  # size at each refresh
+    lift: Lift = field(default_factory=Lift)
+    parent: str | None = None  # the definition a cluster segment was expanded from
+
+    @property
+    def change(self) -> int | None:
+        """Members gained since the previous refresh (None with fewer than two)."""
+        return self.history[-1][1] - self.history[-2][1] if len(self.history) >= 2 else None
+
+    @property
+    def change_share(self) -> float | None:
+        if self.change is None or self.history[-2][1] == 0:
+            return None
+        return self.change / self.history[-2][1]
+
+    @property
+    def sparkline(self) -> str:
+        sizes = [size for _, size in self.history]
+        label = "Members at each refresh: " + ", ".join(f"{m:%Y-%m-%d} {s:,}" for m, s in self.history)
+        return plots.sparkline(sizes, label=label)
+
+    @property
+    def lift_text(self) -> str:
+        return lift_words(self.lift)
+
+    @property
+    def lift_parts(self) -> tuple[str, str, str] | None:
+        return lift_parts(self.lift)
+
+
+@dataclass
+class Overview:
+    summaries: list[SegmentSummary]
+    refreshes: pd.DataFrame  # as_of, customers, changes, recorded_at
+    customers: int | None  # evaluated at the last refresh
+    lift_window: tuple[datetime, datetime] | None
+    sizes_chart: str = ""
+    _memberships: dict = field(default_factory=dict, repr=False)  # moment -> {customer: segments}, read once
+
+    def segments_by_customer(self, store: SegmentStore, moment: datetime | None) -> dict[str, set[str]]:
+        """Each customer's segments at `moment` (None: now), from the store, read once per moment for all pages."""
+        if moment not in self._memberships:
+            frame = store.memberships() if moment is None else store.membership_at(moment)
+            by_customer: dict[str, set[str]] = {}
+            for segment, customer in zip(frame["segment"], frame["customer_id"], strict=True):
+                by_customer.setdefault(customer, set()).add(segment)
+            self._memberships[moment] = by_customer
+        return self._memberships[moment]
+
+    def members(self, store: SegmentStore, name: str) -> list[str]:
+        """The current members of segment `name`."""
+        return [c for c, segments in self.segments_by_customer(store, None).items() if name in segments]
+
+    @property
+    def refreshed(self) -> bool:
+        return not self.refreshes.empty
+
+    @property
+    def last_as_of(self) -> datetime | None:
+        return as_datetime(self.refreshes["as_of"].iloc[-1]) if self.refreshed else None
+
+
+def listed_segments(definitions: SegmentSet, usable: SegmentSet, skipped: dict[str, str]) -> list[tuple]:
+    """(segment, evaluated, reason, parent) for every definition in file order; a cluster definition is replaced
+    by the cluster segments it expanded to (when a cluster model is loaded)."""
+    listed = []
+    for segment in definitions:
+        expanded = [s for s in usable if s.kind == "cluster" and s.cluster_id is not None
+                    and s.name.startswith(f"{segment.name}_")] if segment.kind == "cluster" else []
+        if expanded:
+            listed += [(s, True, "", segment.name) for s in expanded]
+        elif segment.name in usable.segments:
+            listed.append((usable[segment.name], True, "", None))
+        else:
+            listed.append((segment, False, skipped.get(segment.name, "not evaluated"), None))
+    return listed
+
+
+def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, skipped: dict[str, str],
+             history) -> Overview:
+    """Every segment of `definitions` with its size now, its size at each refresh, its share and holdout lift.
+
+    `usable` and `skipped` are `definitions.resolve(...)` against what the served models give; `history` is the
+    purchase history (`purchase_history`) lift is counted in, or None.
+    """
+    refreshed = refresh_history(store)
+    moments = [as_datetime(m) for m in refreshed["as_of"]]
+    at_refreshes = sizes_at(store, moments)
+    now = current_sizes(store)
+    customers = int(refreshed["customers"].iloc[-1]) if len(refreshed) else None
+    window = (moments[-2], moments[-1]) if len(moments) >= 2 else None
+    summaries = []
+    for segment, evaluated, reason, parent in listed_segments(definitions, usable, skipped):
+        summary = SegmentSummary(segment.name, segment.kind, segment.description, definition_clauses(segment),
+                                 evaluated, reason, parent=parent)
+        if evaluated and moments:
+            summary.size = now.get(segment.name, 0)
+            summary.share = summary.size / customers if customers else None
+            row = at_refreshes.loc[segment.name] if segment.name in at_refreshes.index else None
+            summary.history = [(m, int(row[m]) if row is not None else 0) for m in moments]
+            summary.lift = holdout_lift(store, segment, history, *(window or (None, None)))
+        elif evaluated:
+            summary.lift = Lift(reason=NO_REFRESH)
+        summaries.append(summary)
+    result = Overview(summaries, refreshed, customers, window)
+    result.sizes_chart = sizes_chart(result)
+    return result
+
+
+def sizes_chart(data: Overview) -> str:
+    """Horizontal bars: each evaluated segment's share of customers now ("" before the first refresh)."""
+    rows = [s for s in data.summaries if s.evaluated and s.share is not None]
+    if not rows:
+        return ""
+    rows = rows[::-1]  # the first segment of the file on top
+    fig, ax = plots.figure("Segment sizes now", "Share of customers (%)", "Segment",
+                           width=7.5, height=0.32 * len(rows) + 1.2,
+                           subtitle=f"of the {data.customers:,} customers evaluated at the last refresh")
+    bars = ax.barh([s.name for s in rows], [s.share for s in rows], color=plots.MAIN, height=0.65)
+    ax.bar_label(bars, labels=[f"{s.size:,}" for s in rows], padding=3, fontsize=8, color=plots.TEXT_COLOUR)
+    plots.percent_axis(ax, "x")
+    ax.grid(axis="y", visible=False)
+    ax.set_xlim(0, max(s.share for s in rows) * 1.15 or 1)
+    return plots.svg(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One segment's page
+
+
+@dataclass
+class Flow:
+    """Customers who entered from (or exited to) one other segment; segment None: in no evaluated segment."""
+
+    segment: str | None
+    customers: int
+
+
+@dataclass
+class SegmentDetail:
+    summary: SegmentSummary
+    period: tuple[datetime, datetime] | None  # days shown in the daily charts
+    daily: pd.DataFrame  # day, entered, exited, size
+    size_chart: str = ""
+    changes_chart: str = ""
+    profile: pd.DataFrame | None = None  # see `profile`
+    profile_chart: str = ""
+    profile_note: str = ""
+    flow_window: tuple[datetime, datetime] | None = None
+    entered: int = 0  # in the flow window
+    exited: int = 0
+    came_from: list[Flow] = field(default_factory=list)
+    went_to: list[Flow] = field(default_factory=list)
+    recent: list[dict] = field(default_factory=list)  # at, customer_id, change, cause, source
+
+    @property
+    def entered_total(self) -> int:
+        return int(self.daily["entered"].sum())
+
+    @property
+    def exited_total(self) -> int:
+        return int(self.daily["exited"].sum())
+
+    @property
+    def last_day(self):
+        return self.daily["day"].iloc[-1] if len(self.daily) else None
+
+    def moving_days(self) -> pd.DataFrame:
+        """The days with at least one entry or exit."""
+        return self.daily[(self.daily["entered"] > 0) | (self.daily["exited"] > 0)]
+
+
+def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview, table: pd.DataFrame | None,
+                   evaluated_names: list[str], segment: Segment | None = None,
+                   features_as_of: datetime | None = None) -> SegmentDetail:
+    """Everything on a segment's page. `table` is the serve folder's feature table (one row per customer)."""
+    log = store.log(segment=summary.name)
+    period = _period(data, log)
+    daily = store.daily_changes(summary.name, *period) if period else pd.DataFrame(
+        columns=["day", "entered", "exited", "size"])
+    detail = SegmentDetail(summary, period, daily)
+    if summary.evaluated and period:
+        detail.size_chart = size_chart(summary.name, daily, [m for m, _ in summary.history])
+        detail.changes_chart = changes_chart(summary.name, daily)
+    if summary.evaluated and table is not None and data.refreshed:
+        ids = data.members(store, summary.name)
+        defining = segment.fields() if segment is not None else set()
+        detail.profile, detail.profile_note = profile(table, ids, defining)
+        if detail.profile is not None and len(detail.profile):
+            detail.profile_chart = profile_chart(summary.name, detail.profile, features_as_of)
+    if data.lift_window is not None and summary.evaluated:
+        start, end = data.lift_window[0], max(data.lift_window[1], _last_change(log) or data.lift_window[1])
+        detail.flow_window = (start, end)
+        detail.entered, detail.exited, detail.came_from, detail.went_to = flows(
+            data.segments_by_customer(store, start), data.segments_by_customer(store, end), summary.name,
+            set(evaluated_names))
+    detail.recent = recent_changes(log)
+    return detail
+
+
+def _period(data: Overview, log: pd.DataFrame) -> tuple[datetime, datetime] | None:
+    """From the first refresh's day to the day after the latest change (or refresh)."""
+    if not data.refreshed:
+        return None
+    first = as_datetime(data.refreshes["as_of"].iloc[0])
+    last = max(data.last_as_of, _last_change(log) or data.last_as_of)
+    return first, last + timedelta(days=1)
+
+
+def _last_change(log: pd.DataFrame) -> datetime | None:
+    return as_datetime(log["at"].max()) if len(log) else None
+
+
+def flows(before: dict[str, set[str]], after: dict[str, set[str]], name: str, segments: set[str]):
+    """(entered, exited, came_from, went_to) of segment `name` between two memberships (customer -> segments).
+
+    entered: customers in it after and not before; came_from: for them, the other `segments` they were in before
+    (a customer in two counts for both; Flow(None, n): in none); went_to likewise for those who left, with the
+    segments they are in after. Largest first.
+    """
+    entrants = [c for c, s in after.items() if name in s and name not in before.get(c, ())]
+    leavers = [c for c, s in before.items() if name in s and name not in after.get(c, ())]
+    return (len(entrants), len(leavers), _tally(entrants, before, name, segments),
+            _tally(leavers, after, name, segments))
+
+
+def _tally(customers: list[str], membership: dict[str, set[str]], name: str, segments: set[str]) -> list[Flow]:
+    counts: dict[str | None, int] = {}
+    for customer in customers:
+        others = (membership.get(customer, set()) & segments) - {name}
+        for other in others or {None}:
+            counts[other] = counts.get(other, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0] is None, item[0] or ""))
+    return [Flow(segment, count) for segment, count in ordered]
+
+
+def recent_changes(log: pd.DataFrame, limit: int = RECENT_LOG_ROWS) -> list[dict]:
+    """The latest `limit` log rows, newest first, with the cause in words."""
+    latest = log.sort_values("seq", ascending=False).head(limit)
+    return [{"at": as_datetime(row.at), "customer_id": row.customer_id, "change": row.change,
+             "cause": cause_text(row.cause), "source": row.source} for row in latest.itertuples()]
+
+
+def cause_text(cause) -> str:
+    if isinstance(cause, list):
+        return "; ".join(c.get("text", str(c)) for c in cause) or "re-evaluated"
+    if isinstance(cause, dict):
+        return cause.get("text", str(cause))
+    return str(cause)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profile: what sets the members apart
+
+
+PROFILE_COLUMNS = ["feature", "label", "group", "members", "everyone", "members_text", "everyone_text",
+                   "difference", "in_definition"]
+
+
+def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
+            rows: int = PROFILE_ROWS) -> tuple[pd.DataFrame | None, str]:
+    """The attributes that set the members apart from everyone in `table`, most different first.
+
+    Per catalog feature: numbers compare means, yes/no features the share of yes, text features the share of the
+    category whose share differs most. `difference` is standardised: (members - everyone) / the population's
+    standard deviation (for a share p, sqrt(p (1 - p))). Window variants of one attribute (orders in 14, 90, 365
+    days) keep only the most different, so the rows are distinct attributes. Returns (frame of PROFILE_COLUMNS or
+    None, a note saying why there is no profile).
+    """
+    ids = pd.Index(pd.unique(pd.Series(member_ids, dtype=str)))
+    in_segment = table["customer_id"].astype(str).isin(ids).to_numpy()
+    if in_segment.sum() < MIN_PROFILE_MEMBERS:
+        return None, (f"{int(in_segment.sum())} of its members are in the served feature table: too few to profile "
+                      f"(at least {MIN_PROFILE_MEMBERS} are needed)")
+    found = []
+    for name in table.columns:
+        spec = FEATURES_BY_NAME.get(name)
+        if spec is None:
+            continue
+        row = _profile_row(name, spec.dtype, table[name], in_segment)
+        if row is not None:
+            found.append({**row, "feature": name, "group": spec.group, "in_definition": name in defining})
+    if not found:
+        return None, "no feature varies across customers"
+    frame = pd.DataFrame(found)
+    frame["attribute"] = frame["feature"].map(attribute_of)
+    frame["strength"] = frame["difference"].abs()
+    frame = (frame.sort_values("strength", ascending=False).drop_duplicates("attribute").head(rows)
+             .reset_index(drop=True))
+    return frame[PROFILE_COLUMNS], ""
+
+
+def _profile_row(name: str, dtype: str, column: pd.Series, in_segment: np.ndarray) -> dict | None:
+    if dtype == "string":
+        return _category_row(name, column, in_segment)
+    if dtype == "boolean":
+        values = column.astype("float64")
+        everyone, members = values.mean(), values[in_segment].mean()
+        spread = math.sqrt(everyone * (1 - everyone)) if not math.isnan(everyone) else float("nan")
+        label = label_of(name)
+        texts = (f"{members:.0%} yes", f"{everyone:.0%} yes")
+    else:
+        values = pd.to_numeric(column, errors="coerce").astype("float64")
+        everyone, members, spread = values.mean(), values[in_segment].mean(), values.std(ddof=0)
+        label = label_of(name)
+        texts = (value_text(name, round(members, 1), 1), value_text(name, round(everyone, 1), 1))
+    if not spread or math.isnan(spread) or math.isnan(members):
+        return None
+    return {"label": label, "members": float(members), "everyone": float(everyone), "members_text": texts[0],
+            "everyone_text": texts[1], "difference": float((members - everyone) / spread)}
+
+
+def _category_row(name: str, column: pd.Series, in_segment: np.ndarray) -> dict | None:
+    """The category of a text feature whose share among members differs most from its share among everyone."""
+    present = column.notna().to_numpy()
+    if present.sum() == 0 or (present & in_segment).sum() == 0:
+        return None
+    text = column.astype("string")
+    best = None
+    for category in text[present].value_counts().head(10).index:
+        hit = text.eq(category).fillna(False).to_numpy(dtype=bool)
+        everyone = hit[present].mean()
+        members = hit[present & in_segment].mean()
+        spread = math.sqrt(everyone * (1 - everyone))
+        if spread == 0:
+            continue
+        difference = (members - everyone) / spread
+        if best is None or abs(difference) > abs(best["difference"]):
+            best = {"label": f"{label_of(name)}: {category}", "members": float(members), "everyone": float(everyone),
+                    "members_text": f"{members:.0%}", "everyone_text": f"{everyone:.0%}",
+                    "difference": float(difference)}
+    return best
+
+
+def profile_chart(name: str, frame: pd.DataFrame, features_as_of: datetime | None) -> str:
+    rows = frame.iloc[::-1]  # most different on top
+    when = f" as of {features_as_of:%Y-%m-%d}" if features_as_of else ""
+    fig, ax = plots.figure(f"What sets {name} apart",
+                           "Members minus all customers (standard deviations)",
+                           "Attribute", width=7.5, height=0.42 * len(rows) + 1.3,
+                           subtitle=f"averages{when}; right: members higher")
+    colours = [plots.MAIN if d >= 0 else plots.ACCENT for d in rows["difference"]]
+    ax.barh([_wrap(label) for label in rows["label"]], rows["difference"], color=colours, height=0.6)
+    ax.axvline(0, color=plots.TEXT_COLOUR, linewidth=0.8)
+    ax.grid(axis="y", visible=False)
+    limit = max(float(rows["difference"].abs().max()) * 1.1, 0.5)
+    ax.set_xlim(-limit, limit)
+    return plots.svg(fig)
+
+
+def _wrap(label: str, width: int = 38) -> str:
+    if len(label) <= width:
+        return label
+    cut = label.rfind(" ", 0, width)
+    return label if cut < 0 else label[:cut] + "\n" + label[cut + 1:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Charts of a segment over time
+
+
+def size_chart(name: str, daily: pd.DataFrame, refresh_moments: list[datetime]) -> str:
+    """Members at the end of each day, refreshes marked."""
+    fig, ax = plots.figure(f"Members of {name} over time", "Date", "Members (customers)", height=3.0)
+    ax.step(daily["day"], daily["size"], where="post", color=plots.MAIN, label="members at the end of the day")
+    marks = daily[daily["day"].isin(pd.to_datetime([m.date() for m in refresh_moments]))]
+    ax.plot(marks["day"], marks["size"], "o", color=plots.MAIN, label="refresh")
+    for day_value, size in zip(marks["day"], marks["size"], strict=True):
+        ax.annotate(number(size), (day_value, size), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=8, color=plots.TEXT_COLOUR)
+    plots.date_axis(ax)
+    plots.count_axis(ax)
+    ax.set_ylim(0, max(1, int(daily["size"].max())) * 1.2)
+    ax.legend(loc="lower right", fontsize=9)
+    return plots.svg(fig)
+
+
+def changes_chart(name: str, daily: pd.DataFrame) -> str:
+    """Entries up, exits down, per day."""
+    fig, ax = plots.figure(f"Entries and exits of {name} per day", "Date", "Customers per day", height=3.0,
+                           subtitle="entries above the line, exits below; the first refresh enters every member")
+    ax.bar(daily["day"], daily["entered"], width=0.8, color=plots.POSITIVE, label="entered")
+    ax.bar(daily["day"], -daily["exited"], width=0.8, color=plots.NEGATIVE, label="exited")
+    ax.axhline(0, color=plots.TEXT_COLOUR, linewidth=0.8)
+    plots.date_axis(ax)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{abs(value):,.0f}"))
+    ax.legend(loc="upper right", fontsize=9)
+    return plots.svg(fig)
