@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from serving.counterfactual import DEFAULT_GOAL, Goal, counterfactuals, customer_clock
+from serving.explain import format_value
 from serving.reports import plots
 from serving.reports.render import NavLink, Site, render_page, segment_file
 
@@ -33,7 +34,7 @@ def customer_page(processor, customer_id: str, goal: str | None = None) -> str:
         customer_id=customer_id, as_of=as_of, scored=scored, reasons=reason_tables(scored),
         churn_chart=churn_reasons_chart(scored), membership=membership,
         segment_links={name: "../" + segment_file(name) for name in processor.segments.names()},
-        goals=goal_choices(processor, current), goal=goal, whatif=whatif(processor, customer_id, goal, as_of))
+        goals=goal_choices(processor, current, goal), goal=goal, whatif=whatif(processor, customer_id, goal, as_of))
 
 
 def default_goal(current: list[str]) -> str:
@@ -41,10 +42,12 @@ def default_goal(current: list[str]) -> str:
     return DEFAULT_GOAL if "likely_to_churn" in current else "enter loyal"
 
 
-def goal_choices(processor, current: list[str]) -> list[str]:
-    """Leave a segment the customer is in, or enter one they are not in (evaluated segments only)."""
+def goal_choices(processor, current: list[str], goal: str) -> list[str]:
+    """Leave a segment the customer is in, or enter one they are not in (evaluated segments only); the goal asked
+    for (e.g. a condition given in the address) first when it is none of those."""
     names = processor.segments.names()
-    return [f"leave {n}" for n in names if n in current] + [f"enter {n}" for n in names if n not in current]
+    choices = [f"leave {n}" for n in names if n in current] + [f"enter {n}" for n in names if n not in current]
+    return choices if goal in choices else [goal, *choices]
 
 
 def whatif(processor, customer_id: str, goal: str, as_of) -> dict:
@@ -62,7 +65,9 @@ def reason_tables(scored: dict) -> list[dict]:
     reasons = scored.get("reasons") or {}
     keys = sorted(reasons, key=lambda k: (k != "churn", k))
     return [{"key": k, "title": titles.get(k, "Look-alike: " + k.removeprefix("lookalike_").replace("_", " ")),
-             "reasons": reasons[k]} for k in keys if reasons[k]]
+             "reasons": [{**r, "value_text": format_value(r["feature"], r["value"]),
+                          "typical_text": format_value(r["feature"], r["typical"])} for r in reasons[k]]}
+            for k in keys if reasons[k]]
 
 
 def churn_reasons_chart(scored: dict) -> str | None:
