@@ -2,8 +2,9 @@
 
 The expression is built over *unbound* tables named `customers`, `transactions`, `events` and `run_as_of` (one row,
 one column `as_of`), so the same compiled SQL serves every path: a batch snapshot on DuckDB, the same definitions on
-Spark, and one customer's row at request time (bind that customer's rows under the same names). Only records strictly
-before as_of are read.
+Spark, and one customer's row at request time (bind that customer's rows under the same names; there as_of comes from
+a DuckDB variable instead of the one-row table, `FeatureQuery.prepared_sql`). Only records strictly before as_of are
+read.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from functools import cached_property
 
 import duckdb
 import ibis
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
+import numpy as np
 import pandas as pd
 
 from features.catalog import DAY_S, ENGAGEMENT_TYPES, FEATURE_SET_VERSION, Feature, available_features
 from features.contract import CONTRACTS
 
 AS_OF_TABLE = "run_as_of"
+AS_OF_VARIABLE = "feature_as_of"  # where the prepared statement reads as_of (`SET VARIABLE`, one per connection)
 TOP_VALUE_WINDOW_DAYS = 365
 _PANDAS_DTYPES = {"int64": "int64", "float64": "float64", "string": "string", "boolean": "boolean"}
 
@@ -65,6 +69,18 @@ def _known_customers(tables: dict[str, ir.Table], as_of: ir.Value, parts: list[i
             c = c.filter(c.signup_date.isnull() | (c.signup_date < as_of))
         ids.append(c.select("customer_id"))
     return ibis.union(*ids, distinct=True) if len(ids) > 1 else ids[0].distinct()
+
+
+def _joined(known: ir.Table, parts: list[ir.Table]) -> ir.Table:
+    """The known customers left-joined to every per-customer part.
+
+    One join chain compiles to one SELECT. A join then a projection per part nested two SELECT levels per part, which
+    DuckDB binds on every run of the single-customer path: one chain took that run from 20.6 to 18.4 ms and a
+    20,000-customer batch from 1.08 to 0.75 s (same rows)."""
+    chain = known
+    for part in parts:
+        chain = chain.left_join(part, known.customer_id == part.customer_id)
+    return chain.select(known.customer_id, *(part[c] for part in parts for c in part.columns if c != "customer_id"))
 
 
 def _aggregate(prepared: ir.Table, specs: list[Feature]) -> ir.Table:
@@ -148,9 +164,7 @@ def feature_expr(tables: dict[str, ir.Table], as_of: ir.Value | None = None,
         c = tables["customers"]
         parts.append(c.select("customer_id", **{f.name: f.expr(c, as_of) for f in by_source["customers"]}))
 
-    row = _known_customers(tables, as_of, activity)
-    for part in parts:
-        row = row.left_join(part, "customer_id").drop("customer_id_right")
+    row = _joined(_known_customers(tables, as_of, activity), parts)
     row = row.mutate(**{f.name: row[f.name].fill_null(f.fill) for f in wanted
                         if f.fill is not None and f.source != "derived"})
     for f in by_source.get("derived", []):  # declared after their inputs, so one pass in order suffices
@@ -166,6 +180,27 @@ def to_feature_frame(raw: pd.DataFrame, features: list[Feature]) -> pd.DataFrame
         out[f.name] = out[f.name].astype(_PANDAS_DTYPES[f.dtype])
     out.attrs["feature_set_version"] = FEATURE_SET_VERSION
     return out.reset_index(drop=True)
+
+
+def rows_to_feature_frame(names: list[str], rows: list[tuple], features: list[Feature]) -> pd.DataFrame:
+    """`to_feature_frame` of rows fetched as Python tuples (columns `names`): the same values and dtypes, each column
+    built in its catalog dtype at once, ~10x faster for the one row of a request than casting a frame column by
+    column."""
+    dtypes = {"customer_id": "string", **{f.name: _PANDAS_DTYPES[f.dtype] for f in features}}
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    out = pd.DataFrame({name: _column(values, dtypes[name]) for name, values in zip(names, columns, strict=True)})
+    out.attrs["feature_set_version"] = FEATURE_SET_VERSION
+    return out
+
+
+def _column(values: tuple, dtype: str):
+    # NumPy builds plain number columns ~5x faster than pandas' array constructor (None -> NaN, as Arrow gives).
+    return np.array(values, dtype=dtype) if dtype in ("float64", "int64") else pd.array(list(values), dtype=dtype)
+
+
+@ibis.udf.scalar.builtin(name="getvariable")
+def _variable(name: str) -> dt.timestamp:
+    """DuckDB's getvariable(name): the connection's value of a `SET VARIABLE`."""
 
 
 class FeatureQuery:
@@ -189,6 +224,13 @@ class FeatureQuery:
     def sql(self) -> str:
         return ibis.to_sql(self.expr, dialect=self.dialect)
 
+    @cached_property
+    def prepared_sql(self) -> str:
+        """The same expression with as_of read from the DuckDB variable AS_OF_VARIABLE, not from the run_as_of
+        table: a scalar instead of a subquery at each of its ~10 uses, which DuckDB binds ~7% faster per run."""
+        as_of = _variable(AS_OF_VARIABLE).name("as_of")
+        return ibis.to_sql(feature_expr(unbound_tables(self.columns), as_of, self.features), dialect="duckdb")
+
     def run_frames(self, frames: dict[str, pd.DataFrame], as_of: datetime) -> pd.DataFrame:
         """Run on in-memory frames of clean, typed rows (e.g. one customer's history at request time)."""
         con = duckdb.connect()
@@ -202,19 +244,20 @@ class FeatureQuery:
     def prepare(self, con, name: str = "feature_row") -> None:
         """Prepare the feature SQL once on `con` as the statement `name`, for `run_prepared`.
 
-        `con` must already hold tables named like the contract tables (e.g. temp tables refilled per call); the table
-        `run_as_of` is created here. Suited to one long-lived connection per thread that runs the same SQL on many
-        small inputs (one customer at request time): the large SQL is not parsed again per run (DuckDB 2.0 still
-        re-binds and re-optimizes it on each EXECUTE, ~20 ms of a one-customer run on 2 cores).
+        `con` must hold tables named like the contract tables when `run_prepared` runs (e.g. temp tables refilled per
+        call). Suited to one long-lived connection per thread that runs the same SQL on many small inputs (one
+        customer at request time): the large SQL (`prepared_sql`) is not parsed again per run (DuckDB 2.0 still
+        re-binds and re-plans it on each EXECUTE).
         """
-        con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {AS_OF_TABLE} (as_of TIMESTAMP)")
-        con.execute(f"PREPARE {name} AS {self.sql}")
+        con.execute(f"SET VARIABLE {AS_OF_VARIABLE} = NULL::TIMESTAMP")
+        con.execute(f"PREPARE {name} AS {self.prepared_sql}")
 
     def run_prepared(self, con, as_of: datetime, name: str = "feature_row") -> pd.DataFrame:
         """Run the statement made by `prepare` on what the connection's tables hold now -> pandas (as run_duckdb)."""
-        con.execute(f"DELETE FROM {AS_OF_TABLE}")
-        con.execute(f"INSERT INTO {AS_OF_TABLE} VALUES (?::TIMESTAMP)", [as_of])
-        return to_feature_frame(con.sql(f"EXECUTE {name}").to_arrow_table().to_pandas(), self.features)
+        con.execute(f"SET VARIABLE {AS_OF_VARIABLE} = ?::TIMESTAMP", [as_of])
+        result = con.execute(f"EXECUTE {name}")
+        # Python tuples, not Arrow: for a few rows, Arrow -> pandas and a cast per column cost more than the query.
+        return rows_to_feature_frame([c[0] for c in result.description], result.fetchall(), self.features)
 
     def run_arrow(self, con, as_of: datetime):
         """Run on a DuckDB connection holding tables (or views) named like the contract tables -> Arrow table."""

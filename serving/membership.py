@@ -70,6 +70,13 @@ def stored_state_values(values_columns: list[str], customer_ids: list[str], stat
 
 def membership_matrix(stored: pd.DataFrame, customer_ids: pd.Index, segments: list[str]) -> pd.DataFrame:
     """The stored membership (segment, customer_id rows) as a boolean customers x segments frame."""
+    if customer_ids.is_unique:  # one row per customer (always, in practice): set the cells by position at once
+        rows = customer_ids.get_indexer(stored["customer_id"])
+        columns = pd.Index(segments).get_indexer(stored["segment"])
+        known = (rows >= 0) & (columns >= 0)
+        cells = np.zeros((len(customer_ids), len(segments)), dtype=bool)
+        cells[rows[known], columns[known]] = True
+        return pd.DataFrame(cells, index=customer_ids, columns=segments)
     matrix = pd.DataFrame(False, index=customer_ids, columns=segments)
     known = stored[stored["segment"].isin(segments) & stored["customer_id"].isin(customer_ids)]
     for segment, group in known.groupby("segment"):

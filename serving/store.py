@@ -10,7 +10,9 @@ Tables:
 - refreshes: one row per batch refresh (as_of, the hash of the segment definitions, thresholds, counts).
 
 Writes take the connection of `transaction()`, so the caller combines them in one atomic transaction (a posted event,
-the changes it caused and the new state commit together or not at all). Timestamps are naive UTC on the way in and out.
+the changes it caused and the new state commit together or not at all). The reads the event path makes take that
+connection too (`conn=`), so they see the transaction's own writes and open no connection of their own. Timestamps are
+naive UTC on the way in and out.
 """
 
 from __future__ import annotations
@@ -110,6 +112,18 @@ refreshes = Table(
 )
 
 LOG_COLUMNS = ["seq", "customer_id", "segment", "change", "at", "cause", "source", "recorded_at"]
+
+# membership's key is (segment, customer_id) and no index leads with customer_id: walk the few distinct segments
+# through the key (a loose index scan) and look the customer up in each, instead of scanning every member (on SQLite
+# 0.03 ms instead of 1.3 ms for 57k members).
+_SEGMENTS_OF = text("""
+WITH RECURSIVE segments(name) AS (
+    SELECT min(segment) FROM membership
+    UNION ALL
+    SELECT (SELECT min(segment) FROM membership WHERE segment > name) FROM segments WHERE name IS NOT NULL
+)
+SELECT segment FROM segments JOIN membership ON segment = name AND customer_id = :customer_id ORDER BY segment
+""")
 
 
 class StoreError(RuntimeError):
@@ -221,6 +235,16 @@ class SegmentStore:
         """A connection for reads: on SQLite a plain (deferred) BEGIN, so a method's queries see one snapshot without
         blocking writers."""
         return self.engine.connect()
+
+    @contextmanager
+    def _reading(self, conn: Connection | None) -> Iterator[Connection]:
+        """`conn` when given (a caller inside `transaction()` reads its own writes, without a connection per read),
+        else a read connection of its own."""
+        if conn is not None:
+            yield conn
+            return
+        with self._read() as own:
+            yield own
 
     # --- writes ---------------------------------------------------------------------------------------------------
 
@@ -351,11 +375,11 @@ class SegmentStore:
             )
         return len(log_rows)
 
-    def last_change_at(self, customer_id: str) -> datetime | None:
+    def last_change_at(self, customer_id: str, conn: Connection | None = None) -> datetime | None:
         """The time of the customer's latest logged change (None when they have none)."""
         query = select(func.max(membership_log.c.at)).where(membership_log.c.customer_id == str(customer_id))
-        with self._read() as conn:
-            latest = conn.execute(query).scalar()
+        with self._reading(conn) as reader:
+            latest = reader.execute(query).scalar()
         return None if latest is None else pd.Timestamp(latest).to_pydatetime()
 
     def lock_customer(self, conn: Connection, customer_id: str) -> None:
@@ -378,12 +402,18 @@ class SegmentStore:
 
     # --- reads ----------------------------------------------------------------------------------------------------
 
-    def last_refresh(self) -> dict | None:
+    def last_refresh_id(self, conn: Connection | None = None) -> int | None:
+        """The id of the most recent refresh (ids only grow), None before the first: a cheap test of whether
+        thresholds read from `last_refresh` are still the latest."""
+        with self._reading(conn) as reader:
+            return reader.execute(select(func.max(refreshes.c.id))).scalar()
+
+    def last_refresh(self, conn: Connection | None = None) -> dict | None:
         """The most recently recorded refresh: as_of, definitions_hash, thresholds (dict), customers, changes,
         recorded_at; None before the first refresh."""
         query = select(refreshes).order_by(refreshes.c.id.desc()).limit(1)
-        with self._read() as conn:
-            row = conn.execute(query).mappings().first()
+        with self._reading(conn) as reader:
+            row = reader.execute(query).mappings().first()
         if row is None:
             return None
         result = {
@@ -392,23 +422,35 @@ class SegmentStore:
         result["thresholds"] = json.loads(row["thresholds"])
         return result
 
-    def states(self, customer_ids: list[str] | None = None) -> dict[str, dict]:
+    def states(
+        self, customer_ids: list[str] | None = None, conn: Connection | None = None
+    ) -> dict[str, dict]:
         """The values each customer was last evaluated on: customer_id -> values (all customers when ids is None)."""
         query = select(customer_state.c.customer_id, customer_state.c["values"])
-        with self._read() as conn:
-            rows = self._rows_for(conn, query, customer_state.c.customer_id, customer_ids)
+        with self._reading(conn) as reader:
+            rows = self._rows_for(reader, query, customer_state.c.customer_id, customer_ids)
         return {row["customer_id"]: json.loads(row["values"]) for row in rows}
 
-    def memberships(self, customer_ids: list[str] | None = None) -> pd.DataFrame:
+    def memberships(
+        self, customer_ids: list[str] | None = None, conn: Connection | None = None
+    ) -> pd.DataFrame:
         """Current members: columns segment, customer_id, entered_at, ordered by segment and customer."""
         query = select(membership.c.segment, membership.c.customer_id, membership.c.entered_at)
-        with self._read() as conn:
-            rows = self._rows_for(conn, query, membership.c.customer_id, customer_ids)
+        with self._reading(conn) as reader:
+            rows = self._rows_for(reader, query, membership.c.customer_id, customer_ids)
         frame = _frame(rows, ["segment", "customer_id", "entered_at"], datetimes=["entered_at"])
         return frame.sort_values(["segment", "customer_id"], ignore_index=True)
 
+    def segments_of(self, customer_id: str, conn: Connection | None = None) -> list[str]:
+        """The segments `customer_id` is a member of now, sorted (one customer's `memberships` without a frame)."""
+        with self._reading(conn) as reader:
+            return list(reader.execute(_SEGMENTS_OF, {"customer_id": str(customer_id)}).scalars())
+
     def posted(
-        self, customer_ids: list[str] | None = None, before: datetime | None = None
+        self,
+        customer_ids: list[str] | None = None,
+        before: datetime | None = None,
+        conn: Connection | None = None,
     ) -> dict[str, pd.DataFrame]:
         """Posted rows as contract tables: {"transactions": frame, "events": frame}.
 
@@ -416,6 +458,21 @@ class SegmentStore:
         (transaction_id / event_id) taken from the stored keys. Only timestamps strictly before `before` when given
         (as the feature definitions read records strictly before as_of).
         """
+        records = self.posted_records(customer_ids, before, conn)
+        result = {}
+        for kind, name in KINDS.items():
+            columns = None if records[name] else [ID_COLUMNS[kind], "customer_id", "timestamp"]
+            result[name] = _frame(records[name], columns, ["timestamp"])
+        return result
+
+    def posted_records(
+        self,
+        customer_ids: list[str] | None = None,
+        before: datetime | None = None,
+        conn: Connection | None = None,
+    ) -> dict[str, list[dict]]:
+        """`posted` as lists of records (dicts, in time order) instead of frames: a few records are typed faster
+        without a frame in between."""
         query = select(
             posted_events.c.kind,
             posted_events.c.id,
@@ -425,26 +482,22 @@ class SegmentStore:
         )
         if before is not None:
             query = query.where(posted_events.c.timestamp < _naive_utc(before))
-        with self._read() as conn:
-            rows = self._rows_for(conn, query, posted_events.c.customer_id, customer_ids)
+        with self._reading(conn) as reader:
+            rows = self._rows_for(reader, query, posted_events.c.customer_id, customer_ids)
         rows.sort(key=lambda row: (row["timestamp"], row["id"]))
-        result = {}
-        for kind, name in KINDS.items():
-            id_column = ID_COLUMNS[kind]
-            records = [
+        return {
+            name: [
                 {
                     **json.loads(row["payload"]),
-                    id_column: row["id"],
+                    ID_COLUMNS[kind]: row["id"],
                     "customer_id": row["customer_id"],
                     "timestamp": row["timestamp"],
                 }
                 for row in rows
                 if row["kind"] == kind
             ]
-            result[name] = _frame(
-                records, None if records else [id_column, "customer_id", "timestamp"], ["timestamp"]
-            )
-        return result
+            for kind, name in KINDS.items()
+        }
 
     def customer(self, customer_id: str) -> dict:
         """{"customer_id", "segments": [{segment, entered_at}] by segment, "history": log rows newest first}."""

@@ -1,0 +1,183 @@
+"""The event path's feature row (`EventProcessor.features`) against the batch feature SQL, and its cached thresholds.
+
+No models: a small generated programme, its history written as `segments build` writes it, and a processor whose
+scoring bundle is empty (segments over scores are skipped; features and rule segments are what is tested here).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import pandas as pd
+import pytest
+
+from features.build import FeatureQuery
+from serving.requests import typed_records
+from serving.schemas import EventsRequest
+
+AS_OF = datetime(2026, 7, 1)
+# The batch table sums each customer's rows in parallel, the event path in one thread: the last bit may differ.
+FLOAT_RTOL = 1e-12
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from features.generator import generate_tables, write_tables
+    from features.pipeline import build_feature_table, load_validated
+    from serving.realtime import HISTORY_FILE, write_history
+
+    root = tmp_path_factory.mktemp("realtime")
+    write_tables(generate_tables(300, 14, seed=5, end=AS_OF.date()), root / "data")
+    validation = load_validated(root / "data")
+    run = build_feature_table(validation, AS_OF)
+    write_history(validation, run.query.columns, root / HISTORY_FILE)
+    return {"root": root, "validation": validation, "run": run}
+
+
+@pytest.fixture
+def processor(served, store_url):
+    """On each store backend (conftest's `store_url`): the event path reads inside the store's transaction."""
+    from serving.realtime import EventProcessor
+    from serving.scoring import Scorer
+    from serving.state import ServingState
+    from serving.store import SegmentStore
+    from training.scoring import ScoringBundle
+
+    run = served["run"]
+    state = ServingState(served["root"], manifest={"columns": run.query.columns, "as_of": AS_OF.isoformat(),
+                                                   "features": [f.name for f in run.query.features]},
+                         table=run.table, scorer=Scorer(ScoringBundle(), {}), query=run.query)
+    store = SegmentStore(store_url)
+    yield EventProcessor(state, store)
+    store.close()
+
+
+def _customers(served, n: int) -> list[str]:
+    """Customers with the most, a median number of and no transactions (the last: a customer row only)."""
+    con = served["validation"].con
+    counts = con.execute("SELECT c.customer_id, count(t.transaction_id) AS n FROM customers c LEFT JOIN "
+                         "transactions t USING (customer_id) GROUP BY 1 ORDER BY n DESC, 1").df()
+    picks = [*counts["customer_id"].iloc[: n // 2], *counts["customer_id"].iloc[len(counts) // 2:][: n // 2]]
+    return [str(c) for c in [*picks, *counts.loc[counts["n"] == 0, "customer_id"].iloc[:1]]]
+
+
+def test_event_rows_equal_the_batch_rows(served, processor):
+    batch = served["run"].table.set_index("customer_id", drop=False)
+    for customer in _customers(served, 12):
+        row = processor.features(customer, [], AS_OF)
+        expected = batch.loc[[customer]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(row, expected, check_exact=False, rtol=FLOAT_RTOL)
+        assert row.attrs == expected.attrs
+
+
+def test_posted_and_new_records_count_like_history(served, processor):
+    """history + posted + hypothetical rows through the event path == the batch SQL over the same rows; a record
+    with a history id replaces that history record."""
+    validation, query = served["validation"], served["run"].query
+    customer = _customers(served, 2)[0]
+    history = {t: validation.con.execute(f"SELECT {', '.join(cols)} FROM {t} WHERE customer_id = ?",
+                                         [customer]).df() for t, cols in query.columns.items()}
+    replaced = history["transactions"]["transaction_id"].iloc[-1]
+    posted = _rows({"transactions": [_transaction(customer, "posted-1", AS_OF + timedelta(hours=1), 80.0)]})
+    processor.ingest(posted)
+    as_of = AS_OF + timedelta(days=3)
+    new = _rows({"transactions": [_transaction(customer, replaced, AS_OF + timedelta(days=1), 999.0)],
+                 "events": [{"customer_id": customer, "event_id": "new-e", "event_type": "app_open",
+                             "timestamp": (AS_OF + timedelta(days=2)).isoformat() + "Z"}]})
+
+    row = processor.features(customer, new, as_of)
+
+    extra = {"transactions": [r for r in [*posted, *new] if r["kind"] == "transaction"],
+             "events": [r for r in new if r["kind"] == "event"]}
+    frames = dict(history)
+    frames["transactions"] = frames["transactions"][frames["transactions"]["transaction_id"] != replaced]
+    for table, rows in extra.items():
+        typed = typed_records(table, [{**r["payload"], "customer_id": customer} for r in rows], query.columns[table])
+        frames[table] = pd.concat([frames[table], typed], ignore_index=True)
+    expected = query.run_frames(frames, as_of)
+    pd.testing.assert_frame_equal(row, expected, check_exact=False, rtol=FLOAT_RTOL)
+    assert row["spend_sum_total"].iloc[0] != processor.features(customer, [], as_of)["spend_sum_total"].iloc[0]
+
+
+def test_unknown_customer_gives_an_empty_row_of_catalog_dtypes(served, processor):
+    row = processor.features("nobody", [], AS_OF)
+    assert row.empty and list(row.columns) == list(served["run"].table.columns)
+    assert row.dtypes.to_dict() == served["run"].table.dtypes.to_dict()
+
+
+def test_run_prepared_equals_run_duckdb_on_edge_cases():
+    """The prepared path (fetched as Python rows) and the batch path (Arrow) on the hand-made fixture of
+    test_features: nulls, returns, customers with no records, records at and after as_of."""
+    from test_features import AS_OF as FIXTURE_AS_OF
+    from test_features import FRAMES, _columns
+
+    query = FeatureQuery(_columns(FRAMES))
+    con = duckdb.connect()
+    for name, frame in FRAMES.items():
+        con.register(f"{name}_frame", frame)
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_frame")
+    query.prepare(con, "rows")
+    for as_of in (FIXTURE_AS_OF, FIXTURE_AS_OF - timedelta(days=200), datetime(2000, 1, 1)):
+        batch = query.run_duckdb(con, as_of)
+        prepared = query.run_prepared(con, as_of, "rows")
+        pd.testing.assert_frame_equal(prepared, batch, check_exact=True)
+        assert prepared.attrs == batch.attrs
+
+
+def test_thresholds_are_read_again_after_a_new_refresh(processor):
+    store = processor.store
+
+    def refresh(thresholds: dict, day: int) -> None:
+        with store.transaction() as conn:
+            store.record(conn, [], {}, AS_OF, refresh={"as_of": AS_OF + timedelta(days=day), "thresholds": thresholds,
+                                                       "definitions_hash": "h", "customers": 0, "changes": 0})
+
+    with store.transaction() as conn:
+        assert processor._thresholds(conn) == {}
+    refresh({"spend_sum_365d in top 10%": 500.0}, 0)
+    with store.transaction() as conn:
+        assert processor._thresholds(conn) == {"spend_sum_365d in top 10%": 500.0}
+        assert processor._thresholds(conn) == {"spend_sum_365d in top 10%": 500.0}
+    refresh({"spend_sum_365d in top 10%": 650.0}, 1)
+    with store.transaction() as conn:
+        assert processor._thresholds(conn) == {"spend_sum_365d in top 10%": 650.0}
+
+
+def test_an_event_answers_with_the_segments_the_store_holds(served, processor):
+    customer = _customers(served, 2)[0]
+    posted = _rows({"transactions": [_transaction(customer, f"big-{i}", AS_OF + timedelta(hours=i), 400.0)
+                                     for i in range(3)]})
+    first, again = processor.ingest(posted), processor.ingest(posted)
+    assert first[0]["stored"] == [r["id"] for r in posted] and again[0]["duplicates"] == first[0]["stored"]
+    held = sorted(processor.store.memberships([customer])["segment"])
+    assert first[0]["segments"] == held and again[0]["segments"] == held and again[0]["changes"] == []
+
+
+def test_segments_of_one_customer_equal_their_memberships(store_url):
+    from serving.store import SegmentStore
+
+    store = SegmentStore(store_url)
+    try:
+        assert store.segments_of("c1") == []
+        entered = [{"customer_id": f"c{i % 7}", "segment": f"s{i % 5}", "change": "entered", "at": AS_OF,
+                    "cause": [], "source": "event"} for i in range(40)]
+        exited = [{**entered[3], "change": "exited"}]
+        with store.transaction() as conn:
+            store.record(conn, entered + exited, {}, AS_OF)
+            assert store.segments_of("c3", conn) == sorted(store.memberships(["c3"], conn)["segment"])
+        for customer in [f"c{i}" for i in range(8)]:
+            expected = sorted(store.memberships([customer])["segment"])
+            assert store.segments_of(customer) == expected
+        assert "s3" not in store.segments_of("c3") and store.segments_of("c7") == []
+    finally:
+        store.close()
+
+
+def _transaction(customer: str, transaction_id: str, moment: datetime, amount: float) -> dict:
+    return {"customer_id": customer, "transaction_id": transaction_id, "timestamp": moment.isoformat() + "Z",
+            "amount": amount, "quantity": 1, "channel": "app"}
+
+
+def _rows(body: dict) -> list[dict]:
+    return EventsRequest.model_validate(body).rows()
