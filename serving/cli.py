@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from training.cli import (
@@ -37,13 +38,23 @@ def score(
     explain: Annotated[bool, typer.Option(help="Add each customer's top reasons per model (needs --serve-dir).")] = False,
     serve_dir: Annotated[Path | None, typer.Option(help="Score with the models pinned in this serve folder "
                                                         "(segments build), exactly as the service does.")] = None,
+    segments_file: Annotated[Path | None, typer.Option(
+        "--segments", help="With --serve-dir: the segments YAML to evaluate (default: SEGMENTS_DEFINITIONS, as "
+                           "the service, else the shipped one).")] = None,
+    db: Annotated[str | None, typer.Option(
+        help="With --serve-dir: membership store whose last refresh gives the `in top N%` thresholds (default: "
+             "SEGMENTS_DB_URL; without a store or a refresh in it they are fitted on the scored customers).")]
+    = None,
 ) -> None:
-    """Score every customer known at --as-of with the registered champion models (or a serve folder's)."""
+    """Score every customer known at --as-of with the registered champion models (or a serve folder's, with the
+    customers' segments as the service evaluates them)."""
     from features.pipeline import build_feature_table
     from training.scoring import ScoringBundle
 
     if explain or serve_dir is not None:
-        return score_served(data, as_of, out_file, serve_dir, explain, max_bad_share)
+        definitions = segments_file or os.environ.get("SEGMENTS_DEFINITIONS")
+        return score_served(data, as_of, out_file, serve_dir, explain, max_bad_share,
+                            Path(definitions) if definitions else None, db or os.environ.get("SEGMENTS_DB_URL"))
     with fail_cleanly():
         with step("Validating"):
             validation = load_validated_for(data, max_bad_share)
@@ -151,8 +162,9 @@ def serve(
 
 
 def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | None, explain: bool,
-                 max_bad_share: float) -> None:
-    """Batch scoring with a serve folder's models and typical values, through the service's scoring code."""
+                 max_bad_share: float, segments_file: Path | None = None, db: str | None = None) -> None:
+    """Batch scoring with a serve folder's models and typical values, through the service's scoring code; the
+    segments are the service's too (same definitions, same evaluation, thresholds of the store's last refresh)."""
     use_bentoml_home()
     from features.pipeline import build_feature_table
     from serving.scoring import batch_frame
@@ -172,12 +184,42 @@ def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | 
             validation = load_validated_for(data, max_bad_share)
         with step(f"Building features as of {as_of:%Y-%m-%d}"):
             features = build_feature_table(validation, as_of).table
+    rules = batch_segment_rules(segments_file, features, state.scorer.bundle, db)
     with step(f"Scoring {len(features):,} customers" + (" with reasons" if explain else "")):
-        scores = batch_frame(state.scorer, features, explain)
+        scores = batch_frame(state.scorer, features, explain, rules)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         scores.to_parquet(out_file, index=False)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(state.versions.items())))
+    out.print(f"Segments: {len(rules.evaluated.names())} evaluated; `in top N%` thresholds: "
+              f"{rules.thresholds_from}")
+    for name, reason in sorted(rules.not_evaluated.items()):
+        out.print(f"  not evaluated: {name}: {escape(reason)}")
     out.print(f"[green]{len(scores):,} customers scored[/] -> {out_file}")
+
+
+def batch_segment_rules(segments_file: Path | None, features, bundle, db: str | None):
+    """The service's segment rules for batch scoring: thresholds of the store's last refresh when `db` is given and
+    has one, else fitted on the scored population (the batch sees all of it, as a refresh does)."""
+    from features.segments import SegmentDefinitionError
+    from serving.membership import SegmentRules, segment_values, served_segments
+    from serving.segments_cli import _store
+
+    try:
+        usable, skipped = served_segments(segments_file, features, bundle)
+    except SegmentDefinitionError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    last = None
+    if db:
+        store = _store(db)
+        try:
+            last = store.last_refresh()
+        finally:
+            store.close()
+    if last is not None:
+        return SegmentRules.of_refresh(usable, skipped, last)
+    with step("Fitting the `in top N%` thresholds on the scored customers (no refresh in a store)"):
+        return SegmentRules.fitted(usable, skipped, segment_values(features, bundle))
 
 
 import serving.segments_cli  # noqa: F401 - registers the segment commands on the same app

@@ -538,12 +538,8 @@ def _resolved_goal(processor, goal: Goal | str, thresholds: dict) -> GoalCheck:
 
 
 def customer_clock(processor, customer_id: str) -> datetime:
-    """The serve folder's as_of, or just after the customer's latest posted record or logged change if later."""
-    moments = [processor.state.as_of, processor.store.last_change_at(customer_id)]
-    for frame in processor.store.posted([customer_id]).values():
-        if len(frame):
-            moments.append(pd.Timestamp(frame["timestamp"].max()).to_pydatetime() + timedelta(microseconds=1))
-    return max(m for m in moments if m is not None)
+    """The customer's current time: when the service would evaluate records posted for them now."""
+    return processor.clock(customer_id)
 
 
 def _search(evaluator: Evaluator, actions: list[Action], current: dict, current_progress: float, window: int,

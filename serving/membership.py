@@ -11,11 +11,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from features.segments import Fields, SegmentSet, causes, evaluate, fit_thresholds, in_holdout, plain
+from features.segments import (
+    Condition,
+    Fields,
+    SegmentSet,
+    causes,
+    evaluate,
+    fit_thresholds,
+    in_holdout,
+    load_segments,
+    plain,
+)
 from training.scoring import ScoringBundle, kind_of
 
 REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
@@ -30,18 +41,125 @@ def cluster_names(bundle: ScoringBundle | None) -> dict[int, str] | None:
     return None
 
 
-def segment_values(features: pd.DataFrame, bundle: ScoringBundle | None) -> pd.DataFrame:
-    """Feature rows plus the bundle's score columns: what segment conditions read."""
+def segment_values(features: pd.DataFrame, bundle: ScoringBundle | None,
+                   scores: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Feature rows plus the bundle's score columns: what segment conditions read.
+
+    `scores`: `bundle.score(features)` when the caller has it already (the scoring service scores once per request).
+    """
     features = features.reset_index(drop=True)
     if bundle is None or not bundle.models or features.empty:
         return features
-    scores = bundle.score(features).drop(columns="customer_id")
+    scores = (bundle.score(features) if scores is None else scores).drop(columns="customer_id")
     return pd.concat([features, scores.reset_index(drop=True)], axis=1)
 
 
 def run_fields(values: pd.DataFrame, bundle: ScoringBundle | None) -> Fields:
     columns = [c for c in values.columns if c != "customer_id"]
     return Fields.of(columns, columns, cluster_names(bundle))
+
+
+def served_segments(segments_file: Path | None, features: pd.DataFrame,
+                    bundle: ScoringBundle | None) -> tuple[SegmentSet, dict[str, str]]:
+    """The segments file (the shipped one when None) resolved against the columns of `features` and the bundle's
+    outputs: (usable set, {skipped segment: reason}). What the event path, /score and batch scoring evaluate."""
+    sample = segment_values(features.head(1), bundle)  # resolution reads column names and cluster names only
+    return load_segments(segments_file).resolve(run_fields(sample, bundle))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Population thresholds outside a refresh: the event path and the scoring service reuse the last refresh's.
+
+TOP_BOTTOM = ("in top", "in bottom")
+
+
+class LastRefresh:
+    """The store's last batch refresh (id, as_of, thresholds), read again only when a newer refresh is recorded.
+
+    One per service worker, shared by the event path and /score, so both evaluate `in top N%` conditions with the
+    same population thresholds; the check costs one indexed `max(id)` per call.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self._seen: tuple[int | None, dict | None] | None = None  # (id, refresh) of the last read
+
+    def read(self, conn=None) -> dict | None:
+        """The last refresh (as `SegmentStore.last_refresh` gives it), None before the first."""
+        latest = self.store.last_refresh_id(conn)
+        seen = self._seen
+        if seen is None or seen[0] != latest:
+            # Read after the id: this refresh is at least as new as `latest` (a newer one is read next time).
+            seen = self._seen = (latest, self.store.last_refresh(conn))
+        return seen[1]
+
+
+def lacking_thresholds(segments: SegmentSet, thresholds: dict, last_refresh_as_of: datetime | None) -> dict[str, str]:
+    """{segment: reason} of the segments with an `in top/bottom N%` condition `thresholds` has no value for, and of
+    the segments referring to them: evaluated without a threshold they would be false for everyone, not "not in"."""
+    lacking: dict[str, str] = {}
+    for segment in segments:  # evaluation order: a segment comes after those it refers to
+        missing = [leaf.text for leaf in segment.leaves()
+                   if isinstance(leaf, Condition) and leaf.op in TOP_BOTTOM and leaf.text not in thresholds]
+        gone = sorted(ref for ref in segment.references() if ref in lacking)
+        if missing:
+            conditions = ", ".join(repr(text) for text in missing)
+            lacking[segment.name] = (
+                f"{conditions} needs the population threshold of a batch refresh; none has run yet "
+                f"(segments refresh --as-of ...)" if last_refresh_as_of is None else
+                f"{conditions} has no threshold in the last refresh (as of {last_refresh_as_of:%Y-%m-%d %H:%M}), "
+                f"made with other definitions: run segments refresh again")
+        elif gone:
+            lacking[segment.name] = f"refers to {', '.join(gone)}, which cannot be evaluated"
+    return lacking
+
+
+@dataclass(frozen=True)
+class SegmentRules:
+    """The served segments as scoring evaluates them, outside a refresh: by definition (no holdout applied), with
+    fixed population thresholds for `in top/bottom N%`, so a customer's segments never depend on who else is scored.
+
+    `thresholds_from` says where the thresholds come from (shown to users); `thresholds_as_of` is the as_of of the
+    refresh they come from (None when fitted on a scored population, or when there is no refresh).
+    """
+
+    evaluated: SegmentSet
+    thresholds: dict[str, float]
+    not_evaluated: dict[str, str]
+    thresholds_from: str
+    thresholds_as_of: datetime | None = None
+
+    @classmethod
+    def of_refresh(cls, usable: SegmentSet, skipped: dict[str, str], refresh: dict | None) -> SegmentRules:
+        """With the thresholds of a refresh (`LastRefresh.read`); segments lacking theirs are not evaluated."""
+        as_of = refresh["as_of"] if refresh else None
+        thresholds = refresh["thresholds"] if refresh else {}
+        lacking = lacking_thresholds(usable, thresholds, as_of)
+        evaluated = SegmentSet({n: s for n, s in usable.segments.items() if n not in lacking}, usable.source,
+                               usable.text)
+        source = f"the refresh as of {as_of.isoformat()}" if refresh else "none (no batch refresh yet)"
+        return cls(evaluated, thresholds, {**skipped, **lacking}, source, as_of)
+
+    @classmethod
+    def fitted(cls, usable: SegmentSet, skipped: dict[str, str], values: pd.DataFrame) -> SegmentRules:
+        """With thresholds fitted on `values` (a whole population's `segment_values`, as a refresh fits them)."""
+        return cls(usable, fit_thresholds(usable, values), dict(skipped),
+                   f"fitted on the {len(values):,} scored customers")
+
+    def fields(self) -> list[str]:
+        return sorted({f for segment in self.evaluated for f in segment.fields()})
+
+    def segments_of(self, features: pd.DataFrame, scores: pd.DataFrame, bundle: ScoringBundle | None
+                    ) -> list[list[str]]:
+        """Per row of `features` (aligned with its `scores`): the sorted names of the evaluated segments it is in.
+
+        One `evaluate` over all rows and segments (vectorised per condition), on the feature columns the
+        conditions read only: concatenating the whole feature row would cost more than evaluating it.
+        """
+        read = ["customer_id", *(f for f in self.fields() if f in features.columns)]
+        membership = evaluate(self.evaluated, segment_values(features[read], bundle, scores), self.thresholds)
+        names = np.array(sorted(membership.columns), dtype=object)
+        return [names[row].tolist() for row in membership[names].to_numpy()]
 
 
 @dataclass

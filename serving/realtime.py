@@ -19,8 +19,8 @@ import duckdb
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from features.segments import SegmentSet, load_segments
-from serving.membership import changes_for, run_fields, segment_values
+from features.segments import SegmentSet
+from serving.membership import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
 from serving.requests import typed_records
 
 HISTORY_FILE = "history.duckdb"
@@ -62,11 +62,11 @@ class EventProcessor:
         self.history.execute("ATTACH ? AS history (READ_ONLY)", [str(state.directory / HISTORY_FILE)])
         self._local = threading.local()
         self._cursor_lock = threading.Lock()
-        self._refresh: tuple[int | None, dict] | None = None  # (id, thresholds) of the last refresh read
+        self.last_refresh = LastRefresh(store)
+        self._rules: tuple[dict | None, SegmentRules] | None = None  # (refresh, rules) of the last /score
         _ = state.query.prepared_sql  # compiled now, not on the first event (~0.5 s)
-        sample = segment_values(state.table.head(1).reset_index(drop=True), self.bundle)
         self.segments: SegmentSet
-        self.segments, self.skipped = load_segments(segments_file).resolve(run_fields(sample, self.bundle))
+        self.segments, self.skipped = served_segments(segments_file, state.table, self.bundle)
 
     def ingest(self, rows: list[dict]) -> list[dict]:
         """rows: {"kind", "id", "customer_id", "timestamp", "payload"}. Per customer (request order): the events
@@ -87,7 +87,7 @@ class EventProcessor:
                       "as_of": None, "changes": []}
             segments = self.store.segments_of(customer_id, conn)
             if new:
-                as_of = self._clock(customer_id, new, conn)
+                as_of = self.clock(customer_id, new, conn)
                 values = segment_values(self.features(customer_id, new, as_of, conn), self.bundle)
                 thresholds = self._thresholds(conn)
                 members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
@@ -99,21 +99,31 @@ class EventProcessor:
         result["segments"] = segments
         return result
 
-    def _clock(self, customer_id: str, new: list[dict], conn: Connection | None = None) -> datetime:
-        """Just after the latest new record, never before the customer's last evaluation (late events are counted
-        at the current time of the customer, not back-dated in the log)."""
-        latest = max(r["timestamp"] for r in new) + AFTER_LAST_EVENT
-        previous = self.store.last_change_at(customer_id, conn)
-        return latest if previous is None else max(latest, previous)
+    def clock(self, customer_id: str, new: list[dict] = (), conn: Connection | None = None) -> datetime:
+        """When the customer is evaluated: just after their latest record (`new` or posted before), never before
+        their current time, the latest of the serve folder's as_of, the last batch refresh and their last logged
+        change. Late events count at the customer's current time and are never back-dated in the log, and a
+        counterfactual (serving/counterfactual.py) evaluates its plan at the time its records would be posted."""
+        last = self.last_refresh.read(conn)
+        moments = [self.state.as_of, last["as_of"] if last else None, self.store.last_change_at(customer_id, conn)]
+        records = [r["timestamp"] for r in new] + [r["timestamp"] for rows in self.store.posted_records(
+            [customer_id], conn=conn).values() for r in rows]
+        if records:
+            moments.append(pd.Timestamp(max(records)).to_pydatetime() + AFTER_LAST_EVENT)
+        return max(m for m in moments if m is not None)
 
     def _thresholds(self, conn: Connection) -> dict:
         """The population thresholds of the last refresh, read again only when a newer refresh has been recorded."""
-        latest = self.store.last_refresh_id(conn)
-        cached = self._refresh
-        if cached is None or cached[0] != latest:
-            # Read after the id: these thresholds are at least as new as `latest` (a newer pair is read next time).
-            last = self.store.last_refresh(conn)
-            cached = self._refresh = (latest, last["thresholds"] if last else {})
+        last = self.last_refresh.read(conn)
+        return last["thresholds"] if last else {}
+
+    def segment_rules(self) -> SegmentRules:
+        """The segments this worker evaluates, with the last refresh's thresholds: what /score evaluates, so a
+        scored customer's `segments` and the event path's membership come from the same definitions."""
+        last = self.last_refresh.read()
+        cached = self._rules
+        if cached is None or cached[0] is not last:  # rebuilt only when another refresh has been read
+            cached = self._rules = (last, SegmentRules.of_refresh(self.segments, self.skipped, last))
         return cached[1]
 
     def _session(self) -> duckdb.DuckDBPyConnection:

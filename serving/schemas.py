@@ -193,7 +193,12 @@ class ScoredCustomer(BaseModel):
     value: Value | None = None
     lookalike: dict[str, Lookalike] = Field(default_factory=dict, description="Per seed segment.")
     cluster: Cluster | None = None
-    segments: list[str] = Field(default_factory=list, description="Predictive segments the customer is in.")
+    segments: list[str] = Field(
+        default_factory=list,
+        description="Names of the served segment definitions (GET /v1/info; the same language and names as the "
+                    "membership store and POST /events) this customer satisfies on the scored features and scores, "
+                    "sorted. By definition: no holdout is applied. Segments listed in "
+                    "`segment_evaluation.not_evaluated` are never in it (unknown, not false).")
     reasons: dict[str, list[Reason]] | None = Field(None, description="Per model (churn, value, cluster, "
                                                                       "lookalike_<seed>) when explain is true.")
     error: ItemError | None = Field(None, description="Set when this customer could not be scored.")
@@ -211,8 +216,22 @@ class Versions(BaseModel):
     as_of: str = Field(description="The as_of the customers were scored at.")
 
 
+class SegmentEvaluation(BaseModel):
+    """How the customers' `segments` were evaluated."""
+
+    definitions_hash: str = Field(description="Hash of the served segments file (as recorded by a refresh).")
+    thresholds_as_of: str | None = Field(
+        description="`in top N%` / `in bottom N%` conditions compare with the population thresholds of the "
+                    "membership store's last batch refresh, as of this time; null when there is none.")
+    not_evaluated: dict[str, str] = Field(
+        description="Segment -> why it is left out of every customer's `segments`: a model output or feature "
+                    "this service does not have, or (before the first refresh) an `in top N%` condition without "
+                    "its population threshold, and the segments referring to those.")
+
+
 class ScoreResponse(BaseModel):
     versions: Versions
+    segment_evaluation: SegmentEvaluation
     customers: list[ScoredCustomer]
 
 

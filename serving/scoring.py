@@ -1,7 +1,9 @@
-"""Scores, predictive segments and reasons for feature rows: the one code path of the service and batch scoring.
+"""Scores, segments and reasons for feature rows: the one code path of the service and batch scoring.
 
-`Scorer.results(features, explain, top_k)` returns one JSON-ready dict per row (the `ScoredCustomer` shape); the
-service returns them as they are and `segments score` writes the same values to Parquet, so the two cannot disagree.
+`Scorer.results(features, explain, top_k, rules)` returns one JSON-ready dict per row (the `ScoredCustomer` shape);
+the service returns them as they are and `segments score` writes the same values to Parquet, so the two cannot
+disagree. `segments` are the served segment definitions (features/segments.yaml or SEGMENTS_DEFINITIONS) the row
+satisfies, evaluated by `serving.membership.SegmentRules` with the same `evaluate` as a refresh and the event path.
 """
 
 from __future__ import annotations
@@ -21,17 +23,10 @@ from serving.explain import (
     softmax_own_effect,
     top_reasons,
 )
+from serving.membership import SegmentRules
 from serving.treeshap import contribution_engine
 from training.encoding import FeatureArrays
 from training.scoring import ScoringBundle, kind_of
-
-# Predictive segments over model outputs, declared here until the segment rule language (DESIGN.md section 7) lands.
-LOOKALIKE_TOP_PERCENTILE = 90.0
-PREDICTIVE_SEGMENTS = {
-    "churn_risk_<band>": "churn band low, medium or high (calibrated probability; thresholds from the churn config)",
-    "lookalike_<seed>_top10": f"look-alike percentile >= {LOOKALIKE_TOP_PERCENTILE:g} for the seed segment",
-    "cluster_<id>": "the behavioural cluster",
-}
 
 
 class ModelExplainer:
@@ -127,9 +122,11 @@ class Scorer:
         arrays = FeatureArrays.for_encoders(features, [e.encoder for e in self.explainers.values()])
         return {name: explainer.matrix(arrays) for name, explainer in self.explainers.items()}
 
-    def score_frame(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-        """The bundle's flat score columns plus `segments` (list of predictive segment names) per row."""
-        return self._scores(features, encoded)[0]
+    def score_frame(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None = None,
+                    rules: SegmentRules | None = None) -> pd.DataFrame:
+        """The bundle's flat score columns plus `segments` (names of the `rules`' segments the row is in; empty
+        without rules) per row."""
+        return self._scores(features, encoded, rules)[0]
 
     def explanations(self, features: pd.DataFrame, top_k: int = DEFAULT_TOP_K,
                      encoded: dict[str, np.ndarray] | None = None) -> list[dict[str, list[dict]]]:
@@ -139,25 +136,29 @@ class Scorer:
                      for name, e in self.explainers.items()}
         return [{key: reasons[i] for key, reasons in per_model.items()} for i in range(len(features))]
 
-    def results(self, features: pd.DataFrame, explain: bool = False, top_k: int = DEFAULT_TOP_K) -> list[dict]:
-        """One JSON-ready dict per row, in the `serving.schemas.ScoredCustomer` shape."""
+    def results(self, features: pd.DataFrame, explain: bool = False, top_k: int = DEFAULT_TOP_K,
+                rules: SegmentRules | None = None) -> list[dict]:
+        """One JSON-ready dict per row, in the `serving.schemas.ScoredCustomer` shape (`segments` empty without
+        `rules`)."""
         if features.empty:
             return []
         encoded = self.encode(features)
-        items = [nest(row, self.seeds) for row in self._scores(features, encoded)[1]]
+        items = [nest(row, self.seeds) for row in self._scores(features, encoded, rules)[1]]
         if explain:
             for item, reasons in zip(items, self.explanations(features, top_k, encoded), strict=True):
                 item["reasons"] = reasons
         return items
 
-    def _scores(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None) -> tuple[pd.DataFrame,
-                                                                                              list[dict]]:
+    def _scores(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None,
+                rules: SegmentRules | None) -> tuple[pd.DataFrame, list[dict]]:
         """The score frame with `segments`, and the same as one flat dict per row."""
         scores = self.bundle.score(features, encoded)
+        segments = ([[] for _ in range(len(scores))] if rules is None
+                    else rules.segments_of(features, scores, self.bundle))
         rows = records(scores)
-        for row in rows:
-            row["segments"] = segments_of(row, self.seeds)
-        scores["segments"] = [row["segments"] for row in rows]
+        for row, names in zip(rows, segments, strict=True):
+            row["segments"] = names
+        scores["segments"] = segments
         return scores, rows
 
 
@@ -165,19 +166,6 @@ def records(frame: pd.DataFrame) -> list[dict]:
     """`frame.to_dict(orient="records")` (Python scalars) without its per-cell cost: one `tolist` per column."""
     columns = list(frame.columns)
     return [dict(zip(columns, values, strict=True)) for values in zip(*(frame[c].tolist() for c in columns))]
-
-
-def segments_of(row: dict, seeds: list[str]) -> list[str]:
-    """The predictive segments of one flat score row (see PREDICTIVE_SEGMENTS)."""
-    out = []
-    if row.get("churn_band") is not None:
-        out.append(f"churn_risk_{row['churn_band']}")
-    for seed in seeds:
-        if row.get(f"lookalike_{seed}_percentile", 0.0) >= LOOKALIKE_TOP_PERCENTILE:
-            out.append(f"lookalike_{seed}_top10")
-    if row.get("cluster_id") is not None:
-        out.append(f"cluster_{int(row['cluster_id'])}")
-    return out
 
 
 def nest(row: dict, seeds: list[str]) -> dict:
@@ -197,11 +185,12 @@ def nest(row: dict, seeds: list[str]) -> dict:
     return item
 
 
-def batch_frame(scorer: Scorer, features: pd.DataFrame, explain: bool, top_k: int = DEFAULT_TOP_K) -> pd.DataFrame:
-    """What `segments score` writes: the flat scores, `segments`, and with `explain` a `reasons` column (JSON text,
-    the service's `reasons` object of the same customer)."""
+def batch_frame(scorer: Scorer, features: pd.DataFrame, explain: bool, rules: SegmentRules,
+                top_k: int = DEFAULT_TOP_K) -> pd.DataFrame:
+    """What `segments score` writes: the flat scores, `segments` (as the service evaluates them with the same
+    `rules`), and with `explain` a `reasons` column (JSON text, the service's `reasons` object of the customer)."""
     encoded = scorer.encode(features) if explain else None
-    out = scorer.score_frame(features, encoded)
+    out = scorer.score_frame(features, encoded, rules)
     if explain:
         out["reasons"] = [json.dumps(r, sort_keys=True) for r in scorer.explanations(features, top_k, encoded)]
     return out

@@ -20,6 +20,7 @@ Errors never carry stack traces (they go to the server log).
 
 from __future__ import annotations
 
+import base64
 import gc
 import hmac
 import html
@@ -52,13 +53,18 @@ OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health", "/v1/read
 status_app = FastAPI(title="segments status", openapi_url=None, docs_url=None, redoc_url=None)
 # Marketers' HTML: the report files written by `segments report` (SEGMENTS_REPORTS_DIR) and a page per customer.
 reports_app = FastAPI(title="segments reports", openapi_url=None, docs_url=None, redoc_url=None)
-REPORT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
-                ".css": "text/css; charset=utf-8"}
+# Reports are self-contained HTML (charts inline): nothing else is served, so no file from the folder (an SVG, say) can
+# run script from the API's origin; the pages have no script of their own, and the policy header keeps it so.
+REPORT_TYPE = "text/html; charset=utf-8"
+REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                            "form-action 'self'", "X-Content-Type-Options": "nosniff"}
 
 
 class ApiKeyMiddleware:
     """401 for every request without SEGMENTS_API_KEY (when it is set), except the liveness/readiness probes.
 
+    The key goes in `x-api-key`, as a bearer token, or as the password of HTTP Basic auth (any user name): a
+    marketer's browser cannot send a header, so the reports answer 401 with a Basic challenge and the browser asks.
     The key is compared in constant time and never logged or echoed.
     """
 
@@ -73,12 +79,39 @@ class ApiKeyMiddleware:
             authorization = headers.get(b"authorization", b"")
             if not given and authorization.lower().startswith(b"bearer "):
                 given = authorization[7:].strip()
+            if not given and authorization.lower().startswith(b"basic "):
+                given = basic_password(authorization[6:].strip())
             if not hmac.compare_digest(given, self.key):
-                response = JSONResponse({"error": "missing or wrong API key: send it in the x-api-key header"},
-                                        status_code=401)
-                await response(scope, receive, send)
+                await self._refuse(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send):
+        if scope["path"].startswith("/reports"):
+            response = HTMLResponse("<h1>API key needed</h1><p>Sign in with any user name and the service's API key "
+                                    "as the password.</p>", status_code=401,
+                                    headers={"WWW-Authenticate": 'Basic realm="segments reports", charset="UTF-8"'})
+        else:
+            response = JSONResponse({"error": "missing or wrong API key: send it in the x-api-key header"},
+                                    status_code=401)
+        await response(scope, receive, send)
+
+
+def basic_password(encoded: bytes) -> bytes:
+    """The password of an HTTP Basic credential (user:password, base64), b"" when malformed."""
+    try:
+        return base64.b64decode(encoded, validate=True).partition(b":")[2]
+    except ValueError:
+        return b""
+
+
+def segment_evaluation(rules) -> dict:
+    """The `SegmentEvaluation` of a score response from the `SegmentRules` it was evaluated with."""
+    as_of = rules.thresholds_as_of
+    return {"definitions_hash": rules.evaluated.definitions_hash,
+            "thresholds_as_of": as_of.isoformat() if as_of is not None else None,
+            "not_evaluated": rules.not_evaluated}
 
 
 def max_batch() -> int:
@@ -99,10 +132,12 @@ def reports_dir() -> Path:
 def report_file(path: str) -> Path | None:
     """The file `path` names inside the reports folder, or None: no way out of the folder, only report file types."""
     folder = reports_dir()
+    if "\x00" in path:
+        return None
     target = (folder / (path or "index.html")).resolve()
     if target.is_dir():
         target = target / "index.html"
-    if not target.is_relative_to(folder) or target.suffix not in REPORT_TYPES or not target.is_file():
+    if not target.is_relative_to(folder) or target.suffix != ".html" or not target.is_file():
         return None
     return target
 
@@ -159,13 +194,17 @@ class SegmentsService:
 
     @bentoml.api(route="/score")
     def score(self, request: ScoreRequest, /) -> ScoreResponse:
-        """Scores and predictive segments per customer (and reasons with explain: true)."""
+        """Scores and segments per customer (and reasons with explain: true). `segments` are the served segment
+        definitions the customer satisfies (the membership store's names); `in top N%` conditions use the last
+        refresh's thresholds, and segments that cannot be evaluated are listed in `segment_evaluation`."""
         resolved, error = self._resolve(request)
         if error is not None:
             return error
-        scored = iter(self.state.scorer.results(resolved.features, request.explain, request.top_k))
+        rules = self.events.segment_rules()
+        scored = iter(self.state.scorer.results(resolved.features, request.explain, request.top_k, rules))
         items = [item_error if item_error is not None else next(scored) for item_error in resolved.errors]
-        return ScoreResponse.model_validate({"versions": self._versions(resolved.as_of), "customers": items})
+        return ScoreResponse.model_validate({"versions": self._versions(resolved.as_of),
+                                             "segment_evaluation": segment_evaluation(rules), "customers": items})
 
     @bentoml.api(route="/explain")
     def explain(self, request: ExplainRequest, /) -> ExplainResponse:
@@ -290,7 +329,7 @@ class SegmentsService:
         if not self._knows(customer_id):
             return HTMLResponse(f"<h1>Unknown customer</h1><p>No customer {html.escape(customer_id)!r} in the served "
                                 f"feature table or the posted events.</p>", status_code=404)
-        return HTMLResponse(customer_page(self.events, customer_id, goal))
+        return HTMLResponse(customer_page(self.events, customer_id, goal), headers=REPORT_HEADERS)
 
     @reports_app.get("/{path:path}")
     def report(self, path: str = ""):
@@ -300,7 +339,16 @@ class SegmentsService:
             return HTMLResponse(f"<h1>Not found</h1><p>No report {html.escape(path)!r} in the reports folder. "
                                 f"Write the reports with <code>segments report --out DIR</code> and start the service "
                                 f"with <code>segments serve --reports DIR</code>.</p>", status_code=404)
-        return FileResponse(target, media_type=REPORT_TYPES[target.suffix])
+        return FileResponse(target, media_type=REPORT_TYPE, headers=REPORT_HEADERS)
+
+    def _served_segments(self) -> dict:
+        """/v1/info's segments: those /score evaluates now, and those it leaves out with the reason."""
+        if self.events is None:
+            return {"evaluated": [], "not_evaluated": {}, "thresholds_as_of": None}
+        rules = self.events.segment_rules()
+        return {"evaluated": [{"name": s.name, "kind": s.kind, "description": s.description}
+                              for s in rules.evaluated],
+                **segment_evaluation(rules)}
 
     def _read_store(self):
         if self.store is None or self.events is None:
@@ -321,8 +369,8 @@ class SegmentsService:
 
     @status_app.get("/info")
     def info(self) -> dict:
-        """Models (registry versions, BentoML tags), feature set, as_of of the feature table, limits, engines."""
-        from serving.scoring import PREDICTIVE_SEGMENTS
+        """Models (registry versions, BentoML tags), feature set, as_of of the feature table, limits, engines, and
+        the segments /score evaluates (name, kind, description) with those it cannot evaluate and why."""
         from serving.treeshap import engine_name
 
         manifest = self.state.manifest
@@ -334,7 +382,7 @@ class SegmentsService:
             "feature_set_version": FEATURE_SET_VERSION, "as_of": manifest.get("as_of"),
             "models": manifest.get("models", {}), "customers_in_feature_table": manifest.get("customers"),
             "built_at": manifest.get("built_at"), "max_batch": self.max_batch,
-            "explanation_engines": engines, "predictive_segments": PREDICTIVE_SEGMENTS,
+            "explanation_engines": engines, "segments": self._served_segments(),
             "api_key_required": bool(os.environ.get("SEGMENTS_API_KEY")),
         }, default=str))
 

@@ -49,6 +49,37 @@ def sample(served):
     return served["features"].sample(300, random_state=0).reset_index(drop=True)
 
 
+@pytest.fixture(scope="module")
+def refreshed(served, state, client):
+    """The shipped segments refreshed at the serve folder's as_of into the store the service reads (a batch refresh
+    as `segments refresh` runs it): its membership and thresholds are what the score responses are compared with."""
+    from features.segments import load_segments
+    from serving.membership import refresh
+    from serving.store import SegmentStore
+
+    store = SegmentStore(served["env"]["SEGMENTS_DB_URL"])
+    refresh(store, load_segments(), state.table.reset_index(drop=True), state.scorer.bundle, state.as_of)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def covering_ids(refreshed, state):
+    """Up to 3 members of every segment of the refresh plus 20 customers at random: every kind of segment (rule,
+    `in top N%`, predictive, look-alike, cluster) and customers in none."""
+    members = refreshed.memberships()
+    ids = list(members.groupby("segment")["customer_id"].apply(lambda c: sorted(c)[:3]).explode())
+    ids += list(state.table.index.to_series().sample(20, random_state=1))
+    return list(dict.fromkeys(ids))
+
+
+def _rules(state, refresh: dict | None):
+    from serving.membership import SegmentRules, served_segments
+
+    usable, skipped = served_segments(None, state.table, state.scorer.bundle)
+    return SegmentRules.of_refresh(usable, skipped, refresh)
+
+
 def test_attribute_is_the_feature_without_its_window():
     assert {attribute_of(f"orders_count_{w}") for w in ("14d", "30d", "90d", "365d", "total")} == {"orders_count"}
     assert attribute_of("orders_count_prev_90d") == "orders_count_prev"  # a trend input, not a window of counts
@@ -155,13 +186,15 @@ def test_reasons_are_sorted_signed_and_phrased(state, sample):
             assert r["typical"] == state.typical.get(r["feature"])
 
 
-def test_one_customer_gets_the_same_result_alone_and_in_a_batch(state, sample):
-    batch = state.scorer.results(sample.head(100), explain=True)  # above SMALL_BATCH: the other conversion
+def test_one_customer_gets_the_same_result_alone_and_in_a_batch(state, sample, refreshed):
+    rules = _rules(state, refreshed.last_refresh())
+    batch = state.scorer.results(sample.head(100), explain=True, rules=rules)  # above SMALL_BATCH: other conversion
+    assert any(item["segments"] for item in batch)
     for i in (0, 7, 99):
-        alone = state.scorer.results(sample.iloc[[i]], explain=True)
+        alone = state.scorer.results(sample.iloc[[i]], explain=True, rules=rules)
         assert json.dumps(alone[0], sort_keys=True) == json.dumps(batch[i], sort_keys=True)
     # scores without reasons are the same items less the reasons
-    assert [dict(item, reasons=None) for item in batch] == state.scorer.results(sample.head(100))
+    assert [dict(item, reasons=None) for item in batch] == state.scorer.results(sample.head(100), rules=rules)
 
 
 def test_score_by_id_with_an_unknown_id_in_the_batch(client, state):
@@ -176,16 +209,80 @@ def test_score_by_id_with_an_unknown_id_in_the_batch(client, state):
     assert unknown["error"]["code"] == "unknown_customer" and unknown["churn"] is None
     assert first["customer_id"] == ids[0] and 0 < first["churn"]["probability"] < 1 and first["error"] is None
     assert third["customer_id"] == ids[1] and set(first["lookalike"]) == {"best_members"}
-    assert f"churn_risk_{first['churn']['band']}" in first["segments"]
+    assert unknown["segments"] == [] and set(body["segment_evaluation"]) == {"definitions_hash", "thresholds_as_of",
+                                                                             "not_evaluated"}
+
+
+def test_score_segments_are_the_store_membership_after_a_refresh(client, state, refreshed, covering_ids):
+    response = client.post("/score", json={"customers": [{"customer_id": c} for c in covering_ids]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    evaluation = body["segment_evaluation"]
+    assert evaluation["thresholds_as_of"] == state.as_of.isoformat()
+    assert evaluation["not_evaluated"] == {}  # the served models give every output the shipped file reads
+    by_id = {item["customer_id"]: item["segments"] for item in body["customers"]}
+    assert by_id == {c: refreshed.segments_of(c) for c in covering_ids}
+    # one vocabulary: the store's names, of every kind (the score's own outputs are not turned into other names)
+    seen = {name for names in by_id.values() for name in names}
+    assert {"vip", "likely_to_churn", "best_members_lookalike", "lifecycle_active"} <= seen
+    assert any(name.startswith("cluster_") for name in seen) and not any(n.startswith("churn_risk") for n in seen)
+    info = client.get("/v1/info").json()["segments"]
+    assert [s["name"] for s in info["evaluated"]] == _rules(state, refreshed.last_refresh()).evaluated.names()
+    assert {s["name"] for s in info["evaluated"]} >= seen and info["thresholds_as_of"] == state.as_of.isoformat()
+    vip = next(s for s in info["evaluated"] if s["name"] == "vip")
+    assert vip["kind"] == "rule" and "Top 20%" in vip["description"]
+
+
+def _boundary_customers(generated) -> list[str]:
+    """The customers with the purchases closest to the 14-day window's start (as_of - 14 days), one each side."""
+    orders = generated[0].transactions
+    orders = orders[(orders["amount"] > 0) & ~orders["is_return"].astype(bool)]
+    start = pd.Timestamp(AS_OF) - pd.Timedelta(days=14)
+    inside = orders[orders["timestamp"] >= start].sort_values("timestamp").iloc[0]
+    outside = orders[orders["timestamp"] < start].sort_values("timestamp").iloc[-1]
+    assert (inside["timestamp"] - outside["timestamp"]) < pd.Timedelta(hours=2)
+    return [str(inside["customer_id"]), str(outside["customer_id"])]
+
+
+def test_segments_at_the_14_day_boundary_by_history_equal_the_store(client, state, refreshed, generated,
+                                                                     generated_validation):
+    """The one-customer feature SQL (a history input) puts a purchase minutes from the window's start on the same
+    side as the batch features the refresh evaluated: same segments as the store."""
+    inside, outside = _boundary_customers(generated)
+    customers = []
+    for cid in (inside, outside):
+        customers += [{"customer_id": cid}, {"customer_id": cid, "history": _history(generated_validation, cid)}]
+    response = client.post("/score", json={"customers": customers, "as_of": AS_OF.isoformat()})
+    assert response.status_code == 200, response.text
+    items = response.json()["customers"]
+    for item in items:
+        assert item["segments"] == refreshed.segments_of(item["customer_id"]), item["customer_id"]
+    counts = state.table.loc[[inside, outside], "orders_count_14d"]
+    assert counts[inside] >= 1  # the purchase just after the window's start is counted
+
+
+def test_before_a_refresh_top_percent_segments_are_not_evaluated_not_false(state, sample, refreshed):
+    """Without a refresh's thresholds, `vip` (`in top 20%`) and `at_risk_vip` (refers to vip) are left out with the
+    reason; every other segment is evaluated as with them. With thresholds from other definitions: the same."""
+    last = refreshed.last_refresh()
+    with_thresholds = _rules(state, last)
+    before = _rules(state, None)
+    assert set(before.not_evaluated) == {"vip", "at_risk_vip"}
+    assert "segments refresh" in before.not_evaluated["vip"] and "vip" in before.not_evaluated["at_risk_vip"]
+    assert before.thresholds_as_of is None and "vip" not in before.evaluated.names()
+    other = _rules(state, {**last, "thresholds": {}})
+    assert set(other.not_evaluated) == {"vip", "at_risk_vip"} and "other definitions" in other.not_evaluated["vip"]
+    rows = sample.head(200)
+    full = state.scorer.results(rows, rules=with_thresholds)
+    assert any("vip" in item["segments"] for item in full)
+    for item, known in zip(state.scorer.results(rows, rules=before), full, strict=True):
+        assert item["segments"] == [s for s in known["segments"] if s not in ("vip", "at_risk_vip")]
 
 
 def test_history_and_feature_row_inputs_give_the_id_result(client, state, generated_validation):
     con = generated_validation.con
     cid = con.execute("SELECT customer_id FROM transactions GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
-    txns = con.execute("SELECT * EXCLUDE (customer_id) FROM transactions WHERE customer_id = ?", [cid]).df()
-    events = con.execute("SELECT * EXCLUDE (customer_id) FROM events WHERE customer_id = ?", [cid]).df()
-    profile = con.execute("SELECT * EXCLUDE (customer_id, tags) FROM customers WHERE customer_id = ?", [cid]).df()
-    history = {"profile": _records(profile)[0], "transactions": _records(txns), "events": _records(events)}
+    history = _history(generated_validation, cid)
     row = state.table.loc[cid]
     features = {name: _plain(row[name]) for name in state.feature_names}
     body = {"customers": [{"customer_id": cid}, {"customer_id": cid, "history": history},
@@ -196,6 +293,15 @@ def test_history_and_feature_row_inputs_give_the_id_result(client, state, genera
     # The one-customer query sums in another order than the batch query: feature values agree to ~1e-15
     assert _rounded(by_history) == _rounded(by_id)
     assert by_row == by_id
+
+
+def _history(validation, cid: str) -> dict:
+    """The customer's raw records as a score request's `history`."""
+    con = validation.con
+    txns = con.execute("SELECT * EXCLUDE (customer_id) FROM transactions WHERE customer_id = ?", [cid]).df()
+    events = con.execute("SELECT * EXCLUDE (customer_id) FROM events WHERE customer_id = ?", [cid]).df()
+    profile = con.execute("SELECT * EXCLUDE (customer_id, tags) FROM customers WHERE customer_id = ?", [cid]).df()
+    return {"profile": _records(profile)[0], "transactions": _records(txns), "events": _records(events)}
 
 
 def _rounded(value):
@@ -237,6 +343,8 @@ def test_status_endpoints(client, state):
     assert client.get("/v1/ready").json() == {"ready": True}
     info = client.get("/v1/info").json()
     assert info["explanation_engines"]["churn"] == "FastTreeShap"
+    assert "predictive_segments" not in info and {"evaluated", "not_evaluated"} <= set(info["segments"])
+    assert all(set(s) == {"name", "kind", "description"} for s in info["segments"]["evaluated"])
     assert {name: m["version"] for name, m in info["models"].items()} == state.versions
     # /metrics needs the Prometheus set-up of a real server: tests/test_serving_http.py
 
@@ -255,27 +363,39 @@ def test_readiness_reports_a_missing_model(served, tmp_path):
     assert not state.ready and "segments-churn" in state.problems[0]
 
 
-def test_batch_scoring_and_the_service_agree(client, served, state, generated, tmp_path):
+def test_batch_scoring_and_the_service_agree(client, served, state, generated, refreshed, covering_ids, tmp_path):
+    """`segments score --serve-dir` and POST /score give the same scores, reasons and segments. The batch takes the
+    thresholds of the store's last refresh (SEGMENTS_DB_URL, as the service); without a store it fits them on the
+    scored population, which at the refresh's as_of is the refresh's population: the same segments again."""
     from typer.testing import CliRunner
 
     from serving.cli import app
 
-    out = tmp_path / "scores.parquet"
-    with environment(**served["env"]):
-        result = CliRunner().invoke(app, ["score", "--data", str(generated[1]), "--as-of", AS_OF.date().isoformat(),
-                                          "--out", str(out), "--serve-dir", str(served["serve_dir"]), "--explain"])
-    assert result.exit_code == 0, result.output
-    batch = pd.read_parquet(out).set_index("customer_id")
-    ids = list(batch.index[:40])
-    response = client.post("/score", json={"customers": [{"customer_id": i} for i in ids], "explain": True})
+    def batch(out, explain: bool, **env) -> pd.DataFrame:
+        args = ["score", "--data", str(generated[1]), "--as-of", AS_OF.date().isoformat(), "--out", str(out),
+                "--serve-dir", str(served["serve_dir"])] + (["--explain"] if explain else [])
+        with environment(**{**served["env"], **env}):
+            result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return result.output, pd.read_parquet(out).set_index("customer_id")
+
+    output, scored = batch(tmp_path / "scores.parquet", True)
+    assert f"thresholds: the refresh as of {AS_OF.isoformat()}" in " ".join(output.split())
+    response = client.post("/score", json={"customers": [{"customer_id": i} for i in covering_ids],
+                                           "explain": True})
+    assert response.status_code == 200, response.text
     for item in response.json()["customers"]:
-        row = batch.loc[item["customer_id"]]
+        row = scored.loc[item["customer_id"]]
         assert item["churn"] == {"probability": row["churn_probability"], "band": row["churn_band"]}
         assert item["value"]["expected_spend"] == row["expected_spend"]
         assert item["lookalike"]["best_members"]["percentile"] == row["lookalike_best_members_percentile"]
         assert item["cluster"]["id"] == row["cluster_id"]
         assert item["segments"] == list(row["segments"])
         assert item["reasons"] == json.loads(row["reasons"])
+    output, fitted = batch(tmp_path / "fitted.parquet", False, SEGMENTS_DB_URL="")
+    assert f"fitted on the {len(fitted):,} scored customers" in " ".join(output.split())
+    assert fitted["segments"].map(list).equals(scored["segments"].map(list))
+    assert fitted["segments"].map(len).sum() > 0
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

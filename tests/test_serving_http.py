@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -91,6 +92,10 @@ def test_score_and_explain_with_the_key(server):
     assert items[1]["error"]["code"] == "unknown_customer"
     assert len(items[0]["reasons"]["churn"]) == 2 and "churn risk" in items[0]["reasons"]["churn"][0]["sentence"]
     assert response.json()["versions"]["models"]["segments-churn"] == "1"
+    # this server's store has had no batch refresh: `in top N%` segments are reported as not evaluated, not false
+    evaluation = response.json()["segment_evaluation"]
+    assert evaluation["thresholds_as_of"] is None and {"vip", "at_risk_vip"} <= set(evaluation["not_evaluated"])
+    assert not any({"vip", "at_risk_vip"} & set(item["segments"]) for item in items)
     explained = httpx.post(f"{server['base']}/explain", json={"customers": [{"customer_id": ids[0]}], "top_k": 1},
                            headers={"authorization": f"Bearer {KEY}"}, timeout=30)
     assert explained.status_code == 200, explained.text
@@ -126,8 +131,12 @@ def test_docs_metrics_and_info(server):
     assert {"/score", "/explain"} <= set(spec["paths"])
     metrics = httpx.get(f"{server['base']}/metrics", headers=headers, timeout=10)
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    assert "segment_evaluation" in json.dumps(spec["components"]) and "not_evaluated" in json.dumps(spec)
     info = httpx.get(f"{server['base']}/v1/info", headers=headers, timeout=10).json()
     assert info["ready"] and info["max_batch"] == 5
+    served = {s["name"]: s for s in info["segments"]["evaluated"]}
+    assert served["loyal"]["kind"] == "rule" and served["likely_to_churn"]["kind"] == "predictive"
+    assert "vip" not in served and "refresh" in info["segments"]["not_evaluated"]["vip"]
 
 
 def test_bento_builds_offline_and_serves(server, generated, tmp_path):
@@ -284,12 +293,18 @@ def test_counterfactual_api_proposes_actions_and_refuses_bad_goals(server):
     body = answer.json()
     assert body["customer_id"] == risky["customer_id"] and body["goal"]["measure"] == "churn_probability"
     assert body["current"]["churn_probability"] == pytest.approx(risky["churn"]["probability"])
-    if body["reached"]:
-        assert body["plan"]["predicted"]["churn_probability"] < target
-        posted = body["plan"]["records"]["transactions"] + body["plan"]["records"]["events"]
-        assert posted and all(r["customer_id"] == risky["customer_id"] for r in posted)
-    else:
-        assert "no plan" in body["message"]
+    assert body["reached"], body["message"]  # a 20% cut in churn risk is within reach of a few purchases or visits
+    assert body["plan"]["predicted"]["churn_probability"] < target
+    # posting the plan's records to /events evaluates the customer as the plan predicted
+    records = body["plan"]["records"]
+    assert records["transactions"] + records["events"]
+    assert all(r["customer_id"] == risky["customer_id"] for r in records["transactions"] + records["events"])
+    posted = httpx.post(f"{server['base']}/events", json=records, headers=headers, timeout=60)
+    assert posted.status_code == 200, posted.text
+    update = posted.json()["customers"][0]
+    assert update["as_of"] == body["as_of"]
+    stored = httpx.get(f"{server['base']}/v1/customers/{risky['customer_id']}", headers=headers, timeout=30).json()
+    assert sorted(s["segment"] for s in stored["segments"]) == body["plan"]["predicted"]["segments"]
     assert httpx.get(url, params={"goal": "enter no_such_segment"}, headers=headers, timeout=60).status_code == 422
     unknown = httpx.get(f"{server['base']}/v1/customers/nobody/counterfactual", headers=headers, timeout=60)
     assert unknown.status_code == 404
@@ -306,11 +321,18 @@ def test_reports_folder_is_served_read_only(server):
     assert index.status_code == 200 and "<h1>Overview</h1>" in index.text
     assert index.headers["content-type"].startswith("text/html")
     assert httpx.get(f"{server['base']}/reports/index.html", headers=headers, timeout=30).text == index.text
-    for path in ("../secret.html", "%2e%2e/secret.html", "missing.html", "index.py"):
+    assert "default-src 'none'" in index.headers["content-security-policy"]
+    (reports / "chart.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
+    for path in ("../secret.html", "%2e%2e/secret.html", "..%2fsecret.html", "missing.html", "index.py",
+                 "chart.svg", "%00.html"):
         answer = httpx.get(f"{server['base']}/reports/{path}", headers=headers, timeout=30)
         assert answer.status_code == 404 and "not a report" not in answer.text, path
     assert httpx.post(f"{server['base']}/reports/index.html", headers=headers, timeout=30).status_code == 405
-    assert httpx.get(f"{server['base']}/reports/", timeout=30).status_code == 401
+    # a browser cannot send x-api-key: the key is the password of HTTP Basic auth, asked for by a challenge
+    refused = httpx.get(f"{server['base']}/reports/", timeout=30)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+    assert httpx.get(f"{server['base']}/reports/", auth=("marketer", KEY), timeout=30).text == index.text
+    assert httpx.get(f"{server['base']}/reports/", auth=("marketer", "wrong"), timeout=30).status_code == 401
 
 
 def test_customer_page_renders_in_chromium(server):

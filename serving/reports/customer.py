@@ -34,7 +34,14 @@ def customer_page(processor, customer_id: str, goal: str | None = None) -> str:
         customer_id=customer_id, as_of=as_of, scored=scored, reasons=reason_tables(scored),
         churn_chart=churn_reasons_chart(scored), membership=membership,
         segment_links={name: "../" + segment_file(name) for name in processor.segments.names()},
-        goals=goal_choices(processor, current, goal), goal=goal, whatif=whatif(processor, customer_id, goal, as_of))
+        goals=goal_choices(processor, current, goal), goal=goal, ordinal=ordinal, whatif=whatif(processor, customer_id, goal, as_of))
+
+
+def ordinal(value: float) -> str:
+    """85 -> "85th", 1 -> "1st", 22 -> "22nd", 13 -> "13th"."""
+    n = round(value)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def default_goal(current: list[str]) -> str:
