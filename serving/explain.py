@@ -70,10 +70,20 @@ def typical_values(features: pd.DataFrame) -> dict[str, float | str | bool | Non
     return out
 
 
-def format_value(feature: str, value) -> str:
-    """A feature value in words: "94 days", "45%", "312.50", "yes", "none"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+COUNTED_UNITS = ("days", "points", "items", "years")  # written after the number: "94 days", "1 day"
+
+
+def format_value(feature: str, value, digits: int | None = None) -> str:
+    """A feature value in words, with its unit: "94 days", "1 day", "12.5 days", "45%", "312.50", "49.90/month",
+    "yes", "none". The one formatter of feature values: reasons, the customer page and the report pages.
+
+    Currency shows cents; a share is a whole percentage; other numbers show up to `digits` decimals (default 2;
+    trailing zeros dropped, so whole numbers show none): 1 gives the rounder figures of averages and thresholds.
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "none"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
     spec = FEATURES_BY_NAME.get(feature)
     if spec is None or spec.dtype == "string":
         return str(value)
@@ -82,13 +92,19 @@ def format_value(feature: str, value) -> str:
     number = float(value)
     if spec.bounds == SHARE:
         return f"{number:.0%}"
-    if spec.unit == "currency" or not number.is_integer():
-        text = f"{number:,.2f}"
-    else:
-        text = f"{int(number):,}"
-    if spec.unit == "days":
-        return f"{text} day" if number == 1 else f"{text} days"
+    if spec.unit.startswith("currency"):
+        return f"{number:,.2f}" + spec.unit.removeprefix("currency")  # "/month" stays
+    text = _decimals(number, 2 if digits is None else digits)
+    if spec.unit in COUNTED_UNITS:
+        return f"{text} {spec.unit.removesuffix('s') if text == '1' else spec.unit}"
     return text
+
+
+def _decimals(number: float, digits: int) -> str:
+    """At most `digits` decimals, trailing zeros dropped: 12.50 -> "12.5", 94.0 -> "94", 1234.5 -> "1,234.5"."""
+    rounded = round(number, digits) + 0.0  # + 0.0: no "-0" for a small negative
+    text = f"{rounded:,.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 `measure` compares the segment's targeted members with its holdout (the deterministic `in_holdout` draw the campaign
 left alone) over a window after the campaign started: conversion, orders and spend per customer, the difference
-with a 95% confidence interval, the relative lift and a p-value.
+with a 95% confidence interval, the relative lift with its own 95% interval and a p-value.
 
 `backtest` evaluates a rule segment at past dates, point in time, and compares what its members did in the following
 horizon with what the active population did: a segment meant to catch churners should churn more than the
@@ -27,10 +27,11 @@ from features.pipeline import build_feature_table
 from features.segments import Segment, SegmentSet, evaluate, in_holdout, plain
 from features.validate import ValidationResult
 from serving.membership import evaluate_population
-from training.data import data_end, future_activity
+from training.data import churn_eligible, data_end, future_activity
 
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95%: 1.95996...
-TABLE_COLUMNS = ["metric", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "p_value"]
+TABLE_COLUMNS = ["metric", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "relative_ci_low",
+                 "relative_ci_high", "p_value"]
 BACKTEST_METRICS = ("churn_rate", "conversion_rate", "mean_orders", "mean_spend")
 
 
@@ -60,7 +61,8 @@ def window_outcomes(validation: ValidationResult, customer_ids, start: datetime,
 @dataclass(frozen=True)
 class Comparison:
     """One metric, targeted against holdout: difference (targeted - holdout) with its 95% interval, relative lift
-    (targeted / holdout - 1, NaN when the holdout figure is 0) and two-sided p-value (NaN when undefined)."""
+    (targeted / holdout - 1, NaN when the holdout figure is 0) with its 95% interval (`relative_interval`; NaN when
+    either figure is 0) and two-sided p-value (NaN when undefined)."""
 
     metric: str
     targeted: float
@@ -69,6 +71,8 @@ class Comparison:
     ci_low: float
     ci_high: float
     lift: float
+    relative_ci_low: float
+    relative_ci_high: float
     p_value: float
 
 
@@ -86,8 +90,8 @@ class Measurement:
     comparisons: tuple[Comparison, ...]
 
     def table(self) -> pd.DataFrame:
-        """Columns metric, targeted, holdout, difference, ci_low, ci_high, lift, p_value; the first row, `customers`,
-        holds the group sizes (its other columns are NaN)."""
+        """Columns TABLE_COLUMNS (metric, targeted, holdout, difference, ci_low, ci_high, lift, relative_ci_low,
+        relative_ci_high, p_value); the first row, `customers`, holds the group sizes (its other columns are NaN)."""
         sizes = {"metric": "customers", "targeted": self.targeted_customers, "holdout": self.holdout_customers}
         rows = [sizes, *(vars(c) for c in self.comparisons)]
         return pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -156,12 +160,30 @@ def compare(metric: str, targeted: np.ndarray, holdout: np.ndarray, rate: bool) 
     """
     mean_t, mean_h = float(targeted.mean()), float(holdout.mean())
     var_t, var_h = (_bernoulli_var(mean_t), _bernoulli_var(mean_h)) if rate else (_var(targeted), _var(holdout))
-    se = math.sqrt(var_t / len(targeted) + var_h / len(holdout))
+    n_t, n_h = len(targeted), len(holdout)
+    se = math.sqrt(var_t / n_t + var_h / n_h)
     difference = mean_t - mean_h
     # A zero standard error (both groups constant) gives no test: report NaN rather than a certain p of 0 or 1.
     p_value = math.erfc(abs(difference / se) / math.sqrt(2)) if se > 0 else float("nan")
     lift = mean_t / mean_h - 1 if mean_h > 0 else float("nan")
-    return Comparison(metric, mean_t, mean_h, difference, difference - Z95 * se, difference + Z95 * se, lift, p_value)
+    relative_low, relative_high = relative_interval(mean_t, var_t / n_t, mean_h, var_h / n_h)
+    return Comparison(metric, mean_t, mean_h, difference, difference - Z95 * se, difference + Z95 * se, lift,
+                      relative_low, relative_high, p_value)
+
+
+def relative_interval(mean_t: float, var_mean_t: float, mean_h: float, var_mean_h: float) -> tuple[float, float]:
+    """95% interval of the relative lift mean_t / mean_h - 1, from each mean and the variance of that mean.
+
+    Delta method on the log of the ratio: Var(log m_t - log m_h) ~ var_t / m_t^2 + var_h / m_h^2, so both groups'
+    uncertainty counts (the holdout's rate is an estimate too, usually from the smaller group); for two rates this is
+    Katz's interval of a risk ratio. The interval is exp(log ratio +- z se) - 1: asymmetric, never below -100%.
+    NaN when either mean is 0 (no log) or a variance is undefined.
+    """
+    if not (mean_t > 0 and mean_h > 0):
+        return float("nan"), float("nan")
+    se_log = math.sqrt(var_mean_t / mean_t ** 2 + var_mean_h / mean_h ** 2)
+    log_ratio = math.log(mean_t / mean_h)
+    return math.expm1(log_ratio - Z95 * se_log), math.expm1(log_ratio + Z95 * se_log)
 
 
 def _bernoulli_var(p: float) -> float:
@@ -239,7 +261,7 @@ def _backtest_row(needed: SegmentSet, name: str, validation: ValidationResult, a
         raise ValueError(f"segment {name!r} cannot be evaluated as of {as_of:%Y-%m-%d}: {skipped[name]}")
     member = evaluate(usable.closure([name]), values, thresholds)[name].to_numpy()
     outcomes = window_outcomes(validation, values["customer_id"], as_of, as_of + timedelta(days=horizon_days))
-    population = values["orders_count_365d"].to_numpy() > 0
+    population = churn_eligible(values)
     row = {"as_of": as_of, "members": int(member.sum()), "population": int(population.sum()),
            "member_share": member.sum() / population.sum() if population.any() else float("nan")}
     of_members, of_population = _group_metrics(outcomes[member]), _group_metrics(outcomes[population])

@@ -155,6 +155,8 @@ def customer(
     limit: Annotated[int, typer.Option(min=1, help="History rows to show (newest first).")] = 20,
 ) -> None:
     """A customer's current segments and their history of entries and exits with causes."""
+    from serving.reports.segments import cause_text
+
     info = _store(db).customer(customer_id)
     if not info["segments"] and not info["history"]:
         console.print(f"[bold red]error:[/] customer {customer_id!r} has no membership record (refresh first?)")
@@ -162,7 +164,7 @@ def customer(
     out.print(f"[bold]{customer_id}[/] is in: " + (", ".join(s["segment"] for s in info["segments"]) or "no segment"))
     table = Table("at", "segment", "change", "cause", title="history (newest first)")
     for row in info["history"][:limit]:
-        table.add_row(f"{row['at']:%Y-%m-%d %H:%M}", row["segment"], row["change"], _cause_text(row["cause"]))
+        table.add_row(f"{row['at']:%Y-%m-%d %H:%M}", row["segment"], row["change"], cause_text(row["cause"]))
     out.print(table)
 
 
@@ -280,14 +282,15 @@ def report(
     """Write the marketer reports: an overview of every segment, a page per segment and per served model; one
     self-contained HTML file each (charts inside, works offline). Open index.html."""
     from serving.cli import use_bentoml_home
-    from serving.reports.build import ReportError, write_reports
+    from serving.reports.build import ReportError, check_serve_dir, write_reports
     from serving.state import serve_dir as default_serve_dir
 
     folder = serve_dir if serve_dir is not None else default_serve_dir()
-    if not (folder / "manifest.json").exists():
-        console.print(f"[bold red]error:[/] no serve folder at {folder.resolve()} (no manifest.json): build it with "
-                      f"`segments build --data DIR --as-of DATE`, or point --serve-dir to it")
-        raise typer.Exit(2)
+    try:
+        check_serve_dir(folder)  # before the store is opened: a wrong --serve-dir leaves no segments.db behind
+    except ReportError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     use_bentoml_home()
     definitions_file = segments_file if segments_file is None else segments_file.resolve()
     _segments(definitions_file)  # a bad file stops here, with every problem listed
@@ -296,19 +299,10 @@ def report(
         out.print("[yellow]note:[/] no refresh yet: run segments refresh; the pages say so")
     try:
         written = write_reports(out_dir, folder, store, definitions_file, progress=lambda m: out.print(f"  {m}"))
-    except ReportError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
     finally:
         store.close()
     out.print(f"[green]{len(written)} report pages written[/] to {out_dir}")
     print((out_dir / "index.html").resolve())
-
-
-def _cause_text(cause) -> str:
-    if isinstance(cause, list):
-        return "; ".join(c.get("text", str(c)) for c in cause) or "-"
-    return str(cause)
 
 
 def _frame_table(frame, title: str) -> Table:

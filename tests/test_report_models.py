@@ -192,6 +192,74 @@ def test_a_planted_step_is_found_and_phrased_with_the_catalog_unit():
                                f"{driver.threshold.value:.0f} days"), sentence
 
 
+@pytest.mark.parametrize("rare", [True, False])
+def test_a_rare_strong_yes_no_driver_is_named_not_called_flat(rare):
+    """1% of customers hold the rare value, whose effect is strong: its bin is under the 2% merging floor, yet it
+    keeps its own bin, so the sentence names the step in yes/no words (no "above", no "barely varies")."""
+    from serving.reports.drivers import describe_driver, driver_sentence, effect_bins
+
+    is_rare = np.arange(1000) % 100 == 0
+    values = pd.Series(is_rare if rare else ~is_rare, name="loyalty_member")
+    effect = pd.Series(np.where(is_rare, 2.0, -0.02))  # the rare value raises the score a lot
+    driver = describe_driver("loyalty_member", "loyalty_member", values, effect, 0.04, 1.0)
+    assert len(effect_bins(values.to_numpy(float), effect.to_numpy())) == 2
+    assert driver.threshold is not None and driver.threshold.crosses_zero
+    sentence = driver_sentence("churn risk", driver)
+    verb = "rises" if rare else "falls"  # yes is the rare value, or no is
+    assert sentence.startswith(f"Churn risk {verb} sharply when ‘loyalty member’ is yes"), sentence
+    assert "above" not in sentence and "below" not in sentence and "barely" not in sentence
+
+
+def test_a_rare_strong_count_keeps_its_own_bin():
+    """A count that is 0 for 99% of customers: the 1% above 0 is where the effect is."""
+    from serving.reports.drivers import describe_driver, driver_sentence
+
+    returns = pd.Series(np.where(np.arange(1000) % 100 == 0, 3.0, 0.0), name="returns_count_365d")
+    effect = pd.Series(np.where(returns > 0, 1.5, -0.01))
+    driver = describe_driver("returns_count", "returns_count_365d", returns, effect, 0.03, 1.0)
+    assert driver.threshold.value == 0 and driver.direction == "rises"
+    assert driver_sentence("churn risk", driver).startswith("Churn risk rises sharply for returns (365 days) above 0 "
+                                                            "(pushed up above that value")
+
+
+def test_a_known_direction_without_a_threshold_is_still_said():
+    from serving.reports.drivers import Driver, driver_sentence
+
+    driver = Driver("orders_count", "Purchases", "Frequency", "orders_count_90d", 0.1, 0.5, -0.6, None)
+    assert driver_sentence("churn risk", driver) == "Churn risk falls with higher purchases in the last 90 days."
+    flat = Driver("orders_count", "Purchases", "Frequency", "orders_count_90d", 0.1, 0.5, None, None)
+    assert driver_sentence("churn risk", flat) == "Churn risk barely varies with purchases in the last 90 days."
+
+
+def svg_fills(chart: str) -> set[str]:
+    """The fill colours of a chart's bars (matplotlib writes them in lower case)."""
+    return set(re.findall(r"fill: (#[0-9a-f]{6})", chart))
+
+
+def test_each_colour_means_one_thing_on_every_chart():
+    """Raising churn risk is a loss (vermillion) on the churn page as on the customer page; raising another score is
+    a gain; members higher than everyone are blue and lower grey, on segment and cluster profiles alike."""
+    from serving.reports import plots, segments
+    from serving.reports.drivers import Driver, DriverSet
+    from serving.reports.models import category_chart, profile_chart
+
+    assert plots.effect_colours([0.3, -0.2], risk=True) == [plots.NEGATIVE, plots.POSITIVE]
+    assert plots.effect_colours([0.3, -0.2], risk=False) == [plots.POSITIVE, plots.NEGATIVE]
+    driver = Driver("region", "Region", "Geography", "region", 0.1, 0.5, None, None,
+                    categories=pd.Series([0.4, -0.3], index=["north", "south"]))  # drawn bottom up: south first
+    gain, loss = plots.POSITIVE.lower(), plots.NEGATIVE.lower()
+    for risk, bars in ((True, [gain, loss]), (False, [loss, gain])):
+        drivers = DriverSet("churn risk", "log-odds", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), risk=risk)
+        chart = category_chart(drivers, driver)
+        assert [c for c in re.findall(r"fill: (#[0-9a-f]{6})", chart) if c in (gain, loss)] == bars, risk
+    members = {plots.MAIN.lower(), plots.NEUTRAL.lower()}
+    meaningful = {plots.NEGATIVE.lower(), plots.POSITIVE.lower(), plots.ACCENT.lower()}
+    frame = pd.DataFrame({"label": ["Spend", "Purchases"], "difference": [1.2, -0.8]})
+    cluster = pd.Series({"spend_sum_90d__std_diff": 1.2, "orders_count_90d__std_diff": -0.8})
+    for chart in (segments.profile_chart("vip", frame, None), profile_chart(cluster, pd.DataFrame(), "big spenders")):
+        assert members <= svg_fills(chart) and not svg_fills(chart) & meaningful
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # "What unlocks it": recomputed from LightGBM's own contributions
 
@@ -230,6 +298,9 @@ def expected_cut(x: np.ndarray, effect: np.ndarray) -> tuple[float, float, float
             carry = 0
     if carry:
         merged[-1] = cuts[-1]
+    if len(merged) < 2:  # never one bin: the most even split in two
+        values = np.unique(x)
+        merged = [max(values[:-1], key=lambda v: min((x <= v).sum(), (x > v).sum())), float(x.max())]
     means = pd.Series(effect).groupby(pd.cut(x, [-math.inf, *merged], right=True), observed=True).mean().to_numpy()
     pairs = list(zip(means[:-1], means[1:], merged[:-1], strict=True))
     crossing = [p for p in pairs if p[0] * p[1] < 0]
@@ -263,6 +334,9 @@ def check_drivers(drivers: list[dict], contributions: pd.DataFrame, sample: pd.D
         assert float(driver["data-threshold"]) == pytest.approx(cut), attribute
         sentence = driver["text"]
         assert (" rises" if above > below else " falls") in sentence, sentence
+        if sample[feature].dtype == bool or str(sample[feature].dtype) == "boolean":  # yes/no: no numbers
+            assert "is yes" in sentence and "above" not in sentence, sentence
+            continue
         if below * above < 0:  # the effect changes sign there: the sentence says so
             assert "up above that value, down below it" in sentence or "down above that value, up below it" \
                 in sentence, sentence
@@ -347,5 +421,8 @@ def test_pages_open_in_chromium_without_errors(report):
 def test_pages_carry_model_versions_from_the_manifest(report):
     manifest = json.loads((report["served"]["serve_dir"] / "manifest.json").read_text())
     for name, entry in manifest["models"].items():
-        version = next(e for e in elements(report, page_of(name), "data-metric") if e["data-metric"] == "version")
-        assert version["text"] == entry["version"]
+        facts = {e["data-metric"]: e["text"] for e in elements(report, page_of(name), "data-metric")}
+        assert facts["version"] == entry["version"]
+        for other, other_entry in manifest["models"].items():  # the footer: every model, look-alikes by seed
+            assert f"{other} v{other_entry['version']}" in facts["models"], (name, other)
+        assert "lookalike (best_members): segments-lookalike-best_members" in facts["models"]

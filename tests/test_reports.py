@@ -11,6 +11,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from browser import ARTIFACTS, browser, open_page
 from serving_setup import build_served, environment, use_bentoml_home
@@ -107,6 +108,7 @@ def test_every_page_opens_offline_without_errors(built, pages):
         footer = one(opened, "[data-metric=models]")
         for registered, entry in built["state"].manifest["models"].items():
             assert f"{registered} v{entry['version']}" in footer, (name, footer)
+        assert "lookalike (best_members): segments-lookalike-best_members v" in footer, (name, footer)
         assert (ARTIFACTS / f"report-{Path(name).stem}.png").exists(), name
 
 
@@ -156,10 +158,15 @@ def test_overview_lift_equals_serving_lift_on_the_clean_tables(built, pages, gen
                         if c.metric == "conversion_rate")
         cell = f"[data-section=segments] tr[data-segment={name}] [data-metric=lift]"
         for attribute, value in (("data-value", expected.lift), ("data-ci-low", expected.ci_low),
-                                 ("data-ci-high", expected.ci_high), ("data-p-value", expected.p_value)):
+                                 ("data-ci-high", expected.ci_high), ("data-p-value", expected.p_value),
+                                 ("data-relative-ci-low", expected.relative_ci_low),
+                                 ("data-relative-ci-high", expected.relative_ci_high)):
             assert math.isclose(float(one(index, cell, attribute)), value, rel_tol=1e-12), (name, attribute)
+        # The interval printed is the relative lift's own (serving.lift), not the difference's scaled by a rate.
+        low, high = (f"{'−' if v < 0 else '+'}{abs(v) * 100:.0f}%" for v in (
+            expected.relative_ci_low, expected.relative_ci_high))
         sign = "−" if expected.lift < 0 else "+"
-        assert one(index, cell).startswith(f"{sign}{abs(expected.lift) * 100:.0f}% (95% CI"), name
+        assert one(index, cell).startswith(f"{sign}{abs(expected.lift) * 100:.0f}% (95% CI {low} to {high})"), name
         checked += 1
     assert checked == 5
     # at_risk_vip is tiny: when no member fell in its holdout the page says so instead of a number
@@ -254,6 +261,47 @@ def test_profile_differences_equal_the_feature_table(built, pages):
     loyal = pages["segment-loyal.html"]
     marked = values(loyal, "[data-section=profile] tr[data-feature]:has(.tag)", "data-feature")
     assert marked and set(marked) <= {"orders_count_14d", "spend_sum_14d"}
+
+
+def test_profile_averages_are_shown_unrounded_and_an_empty_segment_says_so():
+    """344.38 is shown as 344.38 (not rounded to 344.4 first and printed as 344.40)."""
+    from serving.reports.segments import profile
+
+    table = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10)], "aov_365d": [344.38] * 5 + [10.0] * 5,
+                          "days_since_last_order": [12.47] * 5 + [30.0] * 5})
+    frame, _ = profile(table, [f"c{i}" for i in range(5)])
+    rows = frame.set_index("feature")
+    assert rows.loc["aov_365d", ["members_text", "everyone_text"]].tolist() == ["344.38", "177.19"]
+    assert rows.loc["days_since_last_order", "members_text"] == "12.5 days"
+    assert profile(table, []) == (None, "the segment has no members")
+
+
+def test_one_formatter_for_feature_values():
+    """serving.explain.format_value writes every feature value on every page: units in words, money to the cent."""
+    from serving.explain import format_value
+
+    assert format_value("days_since_last_order", 1) == "1 day"
+    assert format_value("days_since_last_order", 12.5) == "12.5 days"
+    assert format_value("days_since_last_order", 12.47, digits=1) == "12.5 days"
+    assert format_value("spend_sum_90d", 5.25, digits=1) == "5.25"
+    assert format_value("spend_per_month_total", 49.9) == "49.90/month"
+    assert format_value("returns_count_365d", 3.0) == "3"
+
+
+def test_a_cause_reads_the_same_in_the_report_and_the_command():
+    from serving.reports.segments import cause_text
+
+    assert cause_text([{"text": "Spend 90 -> 120"}, {"text": "joined"}]) == "Spend 90 -> 120; joined"
+    assert cause_text({"text": "the segment is no longer in the definitions"}).startswith("the segment")
+    assert cause_text([]) == "re-evaluated"
+
+
+def test_the_footer_lists_the_manifest_models_with_look_alike_seeds():
+    from serving.reports.render import ModelVersion, site_models
+
+    manifest = {"models": {"segments-lookalike-best_members": {"version": 2}, "segments-churn": {"version": "3"}}}
+    assert site_models(manifest) == (ModelVersion("churn", "segments-churn", "3"),
+                                     ModelVersion("lookalike (best_members)", "segments-lookalike-best_members", "2"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

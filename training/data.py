@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from features.build import FeatureQuery
@@ -56,6 +57,12 @@ def data_end(validation: ValidationResult) -> datetime:
     return validation.con.execute("SELECT max(timestamp) FROM transactions").fetchall()[0][0]
 
 
+def churn_eligible(features: pd.DataFrame) -> np.ndarray:
+    """The churn population (DESIGN.md section 8), one bool per row: a purchase in the 365 days before as_of
+    (column orders_count_365d > 0; missing counts as none)."""
+    return features["orders_count_365d"].fillna(0).to_numpy() > 0
+
+
 def make_snapshot(validation: ValidationResult, as_of: datetime, horizon_days: int = DEFAULT_HORIZON_DAYS,
                   query: FeatureQuery | None = None, with_outcomes: bool = True) -> Snapshot:
     """Features as of `as_of` and, when asked, outcomes over the horizon (which must lie inside the data)."""
@@ -72,7 +79,7 @@ def make_snapshot(validation: ValidationResult, as_of: datetime, horizon_days: i
     outcomes["purchases_next"] = outcomes["purchases_next"].fillna(0).astype("int64")
     outcomes["spend_next"] = outcomes["spend_next"].fillna(0.0).astype("float64")
     outcomes["churned"] = outcomes["purchases_next"] == 0
-    outcomes["eligible"] = features["orders_count_365d"].to_numpy() > 0
+    outcomes["eligible"] = churn_eligible(features)
     return Snapshot(as_of, horizon_days, features, outcomes)
 
 

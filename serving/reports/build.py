@@ -6,26 +6,23 @@ relative links, so the folder opens from disk, travels as an attachment and is s
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from features.segments import SegmentSet, load_segments
+from serving.reports import models
 from serving.reports import segments as segment_data
 from serving.reports.render import (
     INDEX_FILE,
-    ModelVersion,
     NavLink,
     Site,
     as_datetime,
     render_page,
     segment_file,
+    site_models,
     write_page,
 )
-
-MODELS_MODULE = "serving.reports.models"  # the model pages (what unlocks a score, quality, calibration, personas)
 
 
 class ReportError(RuntimeError):
@@ -45,7 +42,7 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
         segments_file: the segment definitions (default: the shipped file).
         state: a loaded `serving.state.ServingState` of `serve_dir` (the service passes its own); loaded when None.
 
-    Raises ReportError when the serve folder has no manifest (not built).
+    Raises ReportError when the serve folder has no manifest (not built; `check_serve_dir`).
     """
     out_dir = Path(out_dir)
     state = state if state is not None else _load_state(serve_dir, progress)
@@ -58,11 +55,10 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     finally:
         if history is not None:
             history.con.close()
-    models = _models_module()
-    model_links = _model_links(models, state)
+    model_links = _model_links(state)
     site = _site(data, state, model_links, generated_at)
     links = {s.name: segment_file(s.name) for s in data.summaries}
-    written = [_write_overview(out_dir, site, data, links, model_links, _models_note(models, state))]
+    written = [_write_overview(out_dir, site, data, links, model_links, _models_note(state))]
     evaluated = [s.name for s in data.summaries if s.evaluated]
     for summary in data.summaries:
         progress(f"segment {summary.name}")
@@ -73,16 +69,23 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
                            page_file=links[summary.name], detail=detail, segment_links=links,
                            no_refresh=segment_data.NO_REFRESH)
         written.append(write_page(out_dir, links[summary.name], html))
-    written += _write_model_pages(models, out_dir, site, state, progress)
+    written += _write_model_pages(out_dir, site, state, progress)
     return written
 
 
-def _load_state(serve_dir: Path, progress):
-    from serving.state import MANIFEST, load_state
+def check_serve_dir(serve_dir: Path) -> None:
+    """Raise ReportError when `serve_dir` is not a built serve folder (no manifest), saying how to build one."""
+    from serving.state import MANIFEST
 
     if not (Path(serve_dir) / MANIFEST).exists():
         raise ReportError(f"no serve folder at {Path(serve_dir).resolve()} (no {MANIFEST}): build it first with "
                           f"`segments build --data DIR --as-of DATE`, or point --serve-dir to it")
+
+
+def _load_state(serve_dir: Path, progress):
+    from serving.state import load_state
+
+    check_serve_dir(serve_dir)
     progress(f"loading the served models and feature table from {serve_dir}")
     return load_state(Path(serve_dir))
 
@@ -106,16 +109,11 @@ def _features_as_of(state) -> datetime | None:
 
 
 def _site(data, state, model_links: list[NavLink], generated_at: datetime | None) -> Site:
-    from training.scoring import kind_of
-
-    models = tuple(ModelVersion(kind_of(name)[0] + (f" ({kind_of(name)[1]})" if kind_of(name)[1] else ""), name,
-                                str(entry["version"]))
-                   for name, entry in sorted(state.manifest.get("models", {}).items()))
     links = (NavLink("Overview", INDEX_FILE, "Overview"),
              *(NavLink(s.name, segment_file(s.name), "Segments") for s in data.summaries),
              *model_links)
     extra = {"generated_at": generated_at} if generated_at is not None else {}
-    return Site(links=links, data_as_of=data.last_as_of, models=models,
+    return Site(links=links, data_as_of=data.last_as_of, models=site_models(state.manifest),
                 feature_set_version=state.manifest.get("feature_set_version"),
                 features_as_of=_features_as_of(state), **extra)
 
@@ -129,36 +127,23 @@ def _write_overview(out_dir: Path, site: Site, data, links: dict[str, str], mode
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model pages (serving/reports/models.py, built alongside)
+# The model pages (serving/reports/models.py)
 
 
-def _models_module():
-    """serving.reports.models when it is installed, else None (the reports then have no model pages)."""
-    if importlib.util.find_spec(MODELS_MODULE) is None:
-        return None
-    return importlib.import_module(MODELS_MODULE)
-
-
-def _models_note(models, state) -> str:
+def _models_note(state) -> str:
     """Why there are no model pages (when there are none)."""
-    if models is None:
-        return f"this installation has no {MODELS_MODULE}"
     if state.scorer is None:
         return "the serve folder's models cannot be loaded: " + ("; ".join(state.problems) or "none is served")
     return "no champion model is served"
 
 
-def _model_links(models, state) -> list[NavLink]:
+def _model_links(state) -> list[NavLink]:
     """The model pages' links, known before any page is rendered (every page's navigation lists them)."""
-    if models is None or state.scorer is None:
-        return []
-    return list(models.model_links(state.manifest))
+    return [] if state.scorer is None else list(models.model_links(state.manifest))
 
 
-def _write_model_pages(models, out_dir: Path, site: Site, state, progress) -> list[Path]:
+def _write_model_pages(out_dir: Path, site: Site, state, progress) -> list[Path]:
     """The model pages (serving.reports.models), with the shared navigation and footer."""
-    if models is None:
-        return []
     if state.scorer is None:
         progress(f"no model pages: no served model can be loaded ({'; '.join(state.problems) or 'none served'})")
         return []

@@ -13,7 +13,7 @@ import numpy as np
 from serving.counterfactual import DEFAULT_GOAL, Goal, counterfactuals, customer_clock
 from serving.explain import format_value
 from serving.reports import plots
-from serving.reports.render import NavLink, Site, render_page, segment_file
+from serving.reports.render import NavLink, Site, render_page, segment_file, site_models
 
 TOP_REASONS = 5
 GOAL_PREFIXES = ("leave ", "enter ")
@@ -86,20 +86,15 @@ def churn_reasons_chart(scored: dict) -> str | None:
     effects = np.array([r["effect"] for r in reasons][::-1]) * 100
     fig, ax = plots.figure("What drives this customer's churn risk", "Effect on churn probability (points)",
                            "Attribute", height=0.5 + 0.45 * len(labels))
-    colours = [plots.NEGATIVE if e > 0 else plots.POSITIVE for e in effects]
-    ax.barh(labels, effects, color=colours)
+    ax.barh(labels, effects, color=plots.effect_colours(effects, risk=True))
     ax.axvline(0, color=plots.NEUTRAL, linewidth=1)
     return plots.svg(fig, "Effects of the top attributes on this customer's churn probability")
 
 
 def customer_site(processor) -> Site:
     """Navigation back to the written reports (one folder up from /reports/customers/) and the footer's facts."""
-    from serving.reports.render import ModelVersion
-    from training.scoring import kind_of
-
     state = processor.state
-    models = tuple(ModelVersion(kind_of(name)[0], name, version) for name, version in sorted(state.versions.items()))
     last = processor.store.last_refresh()
-    return Site(links=(NavLink("Overview", "../index.html", "Reports"),), models=models,
+    return Site(links=(NavLink("Overview", "../index.html", "Reports"),), models=site_models(state.manifest),
                 data_as_of=last["as_of"] if last else None, features_as_of=state.as_of,
                 feature_set_version=state.manifest.get("feature_set_version"))

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from features.catalog import FEATURES_BY_NAME, GROUPS, SHARE
-from serving.explain import AttributeMap, attribute_label, attribute_of
+from features.catalog import FEATURES_BY_NAME, GROUPS
+from serving.explain import AttributeMap, attribute_label, attribute_of, format_value, typical_values
 
 N_BINS = 10
 MIN_BIN_SHARE = 0.02  # bins (distinct values) with fewer rows than this share merge into a neighbour: noisy means
@@ -82,6 +82,7 @@ class DriverSet:
     contributions: pd.DataFrame  # rows x model inputs (base value excluded)
     grouped: pd.DataFrame  # rows x attributes
     drivers: list[Driver] = field(default_factory=list)
+    risk: bool = False  # the score is a risk (churn): an effect raising it is a loss (`plots.effect_colours`)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,13 +100,14 @@ def explainer_contributions(explainer, features: pd.DataFrame) -> np.ndarray:
 
 
 def driver_set(subject: str, scale: str, feature_names: list[str], features: pd.DataFrame,
-               contributions: np.ndarray, top: int = TOP_DRIVERS) -> DriverSet:
-    """Drivers of one score from its contributions (rows x inputs, base value excluded), strongest first."""
+               contributions: np.ndarray, top: int = TOP_DRIVERS, risk: bool = False) -> DriverSet:
+    """Drivers of one score from its contributions (rows x inputs, base value excluded), strongest first; `risk`:
+    the score is a risk (churn)."""
     frame = pd.DataFrame(contributions, index=features.index, columns=feature_names)
     attribute_map = AttributeMap(feature_names)
     grouped = pd.DataFrame(attribute_map.group(contributions), index=features.index,
                            columns=attribute_map.attributes)
-    result = DriverSet(subject, scale, features, frame, grouped)
+    result = DriverSet(subject, scale, features, frame, grouped, risk=risk)
     importance = grouped.abs().mean().sort_values(ascending=False, kind="stable")
     total = float(importance.sum()) or 1.0
     for attribute in importance.index[:top]:
@@ -176,7 +178,9 @@ def effect_bins(x: np.ndarray, effect: np.ndarray, n_bins: int = N_BINS,
     """Quantile bins of `x` with the mean effect in each: upper (inclusive upper edge), n, mean_effect.
 
     Edges are observed values (quantiles with method "lower"), so bins of a discrete feature are whole values.
-    Bins (x <= edge) with fewer than `min_share` of the rows merge into the next bin up (the last one down).
+    Bins (x <= edge) with fewer than `min_share` of the rows merge into the next bin up (the last one down), but
+    never down to one bin while `x` takes two values: a rare value (a flag 1% of customers hold) keeps its own bin,
+    since a rare value can carry a strong effect (`two_bins`).
     """
     if len(x) == 0:
         return pd.DataFrame(columns=["upper", "n", "mean_effect"])
@@ -184,8 +188,9 @@ def effect_bins(x: np.ndarray, effect: np.ndarray, n_bins: int = N_BINS,
     edges[-1] = x.max()
     index = np.searchsorted(edges, x, side="left")  # bin i holds edges[i-1] < x <= edges[i]
     counts = np.bincount(index, minlength=len(edges))
-    keep = _merge_small(counts, max(math.ceil(min_share * len(x)), 1))
-    edges = edges[keep]
+    edges = edges[_merge_small(counts, max(math.ceil(min_share * len(x)), 1))]
+    if len(edges) < 2 and np.ptp(x) > 0:
+        edges = two_bins(x)
     index = np.searchsorted(edges, x, side="left")
     frame = pd.DataFrame({"bin": index, "effect": effect}).groupby("bin")["effect"].agg(["size", "mean"])
     return pd.DataFrame({"upper": edges[frame.index], "n": frame["size"].to_numpy(),
@@ -206,6 +211,14 @@ def _merge_small(counts: np.ndarray, minimum: int) -> np.ndarray:
     if running:  # rows left after the last kept edge: extend that bin to the top
         kept[-1] = len(counts) - 1
     return np.asarray(kept)
+
+
+def two_bins(x: np.ndarray) -> np.ndarray:
+    """Edges of the most even split of `x` (at least two distinct values) into x <= cut and x > cut."""
+    values, counts = np.unique(x, return_counts=True)
+    below = np.cumsum(counts)[:-1]  # rows at or below each candidate cut (every value but the largest)
+    cut = values[int(np.argmax(np.minimum(below, len(x) - below)))]
+    return np.array([cut, values[-1]])
 
 
 def find_threshold(bins: pd.DataFrame) -> Threshold | None:
@@ -233,34 +246,13 @@ def lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def format_amount(feature: str, value) -> str:
-    """A feature value for a sentence, rounded for reading: "62 days", "45%", "1,235", "3.2", "yes"."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "none"
-    spec = FEATURES_BY_NAME[feature]
-    if spec.dtype == "boolean":
-        return "yes" if float(value) >= 0.5 else "no"
-    if spec.dtype == "string":
-        return str(value)
-    number = float(value)
-    if spec.bounds == SHARE:
-        return f"{number:.0%}"
-    if abs(number) >= 10 or number.is_integer() or spec.dtype == "int64" or spec.unit == "days":
-        text = f"{number:,.0f}"
-    else:
-        text = f"{number:.2g}" if abs(number) >= 1 else f"{number:.2f}"
-    if spec.unit in ("days", "points", "years", "items"):
-        return f"{text} {spec.unit.removesuffix('s') if text == '1' else spec.unit}"
-    return text
-
-
 def capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
 def driver_sentence(subject: str, driver: Driver) -> str:
     """Where the attribute's effect changes, in one sentence, e.g. "Churn risk rises sharply for days since last
-    purchase above 62 days (pushed up above that value, down below it)."."""
+    purchase above 62 days (pushed up above that value, down below it)."; yes/no features say "when ... is yes"."""
     label = lower_first(FEATURES_BY_NAME[driver.feature].label)
     if driver.categories is not None:
         if len(driver.categories) < 2:
@@ -269,13 +261,14 @@ def driver_sentence(subject: str, driver: Driver) -> str:
                 f"is {driver.categories.index[-1]}.")
     threshold = driver.threshold
     if threshold is None:
+        if driver.direction is not None:  # no step to name, but a known direction is still worth saying
+            return f"{capitalise(subject)} {driver.direction} with higher {label}."
         return f"{capitalise(subject)} barely varies with {label}."
+    if FEATURES_BY_NAME[driver.feature].dtype == "boolean":
+        return _yes_no_sentence(subject, label, threshold)
     verb = "rises" if threshold.step > 0 else "falls"
     how = " sharply" if threshold.sharp else ""
-    if FEATURES_BY_NAME[driver.feature].dtype == "boolean":
-        where = f"when ‘{label}’ is yes"
-    else:
-        where = f"for {label} above {format_amount(driver.feature, threshold.value)}"
+    where = f"for {label} above {format_value(driver.feature, threshold.value, digits=1)}"
     sentence = f"{capitalise(subject)} {verb}{how} {where}"
     if threshold.crosses_zero:
         sentence += " (pushed up above that value, down below it)" if threshold.step > 0 \
@@ -285,36 +278,45 @@ def driver_sentence(subject: str, driver: Driver) -> str:
     return sentence + "."
 
 
-def typical(column: pd.Series) -> tuple[object, float | None]:
-    """(typical value, its share) of a column: median of numbers, share of "yes" for yes/no, most common text."""
+def _yes_no_sentence(subject: str, label: str, threshold: Threshold) -> str:
+    """A yes/no feature has two values, so the step is the whole story: no "above", no overall trend."""
+    verb = "rises" if threshold.step > 0 else "falls"
+    how = " sharply" if threshold.sharp else ""
+    sentence = f"{capitalise(subject)} {verb}{how} when ‘{label}’ is yes"
+    if threshold.crosses_zero:
+        sentence += " (pushed up when yes, down when no)" if threshold.step > 0 \
+            else " (pushed down when yes, up when no)"
+    return sentence + "."
+
+
+def typical_of(column: pd.Series) -> object:
+    """The population's typical value of one feature column (named after it): `serving.explain.typical_values`."""
+    return typical_values(column.to_frame())[column.name]
+
+
+def yes_share(column: pd.Series) -> float | None:
     values = column.dropna()
-    if values.empty:
-        return None, None
-    spec = FEATURES_BY_NAME.get(column.name)
-    if spec is not None and spec.dtype == "boolean":
-        share = float(values.astype(bool).mean())
-        return share, share
-    if spec is not None and spec.dtype == "string":
-        counts = values.astype(str).value_counts(normalize=True)
-        return counts.index[0], float(counts.iloc[0])
-    return float(values.astype("float64").median()), None
+    return float(values.astype(bool).mean()) if len(values) else None
+
+
+def share_of(column: pd.Series, value) -> float | None:
+    return float((column.astype("object") == value).mean()) if value is not None and len(column) else None
 
 
 def contrast_phrase(feature: str, group: pd.Series, population: pd.Series) -> str:
-    """"typical days between purchases 21 days (all customers: 48 days)"; yes/no as shares; text as the most
-    common value with its share in both."""
+    """"typical days between purchases 21 days (all customers: 48 days)"; yes/no as shares of yes; text as the
+    most common value with its share in both."""
     spec = FEATURES_BY_NAME[feature]
     label = lower_first(spec.label)
-    value, _ = typical(group.rename(feature))
-    everyone, _ = typical(population.rename(feature))
+    group, population = group.rename(feature), population.rename(feature)
     if spec.dtype == "boolean":
-        return f"{label}: {percent_text(value)} (all customers: {percent_text(everyone)})"
+        return f"{label}: {percent_text(yes_share(group))} (all customers: {percent_text(yes_share(population))})"
+    value, everyone = typical_of(group), typical_of(population)
     if spec.dtype == "string":
-        share_everyone = float((population.astype("object") == value).mean()) if value is not None else None
-        _, share = typical(group.rename(feature))
-        return (f"{label} most often {value} ({percent_text(share)} of them, "
-                f"{percent_text(share_everyone)} of all customers)")
-    return f"{label} {format_amount(feature, value)} (all customers: {format_amount(feature, everyone)})"
+        return (f"{label} most often {value} ({percent_text(share_of(group.dropna(), value))} of them, "
+                f"{percent_text(share_of(population, value))} of all customers)")
+    shown, shown_everyone = format_value(feature, value, digits=1), format_value(feature, everyone, digits=1)
+    return f"{label} {shown} (all customers: {shown_everyone})"
 
 
 def percent_text(value: float | None) -> str:

@@ -25,10 +25,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, SHARE
+from features.catalog import FEATURES_BY_NAME, SHARE
+from serving.explain import format_value
 from serving.reports import drivers as drv
-from serving.reports.plots import ACCENT, MAIN, NEGATIVE, NEUTRAL, OKABE_ITO, POSITIVE, figure, svg
-from serving.reports.render import ModelVersion, NavLink, Site, as_datetime, render_page, write_page
+from serving.reports.plots import (
+    ACCENT,
+    MAIN,
+    NEUTRAL,
+    SERIES,
+    TEXT_COLOUR,
+    difference_colours,
+    effect_colours,
+    figure,
+    svg,
+)
+from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
 from training.scoring import kind_of
 
 DEFAULT_SAMPLE = 2000
@@ -286,7 +297,8 @@ def _series_name(scorer: str) -> str:
 
 
 def _colour(i: int) -> str:
-    return [MAIN, ACCENT, POSITIVE, OKABE_ITO["reddish_purple"], OKABE_ITO["sky_blue"]][i % 5]
+    """The i-th series (this model first): colours that carry no meaning of gain or loss."""
+    return SERIES[i % len(SERIES)]
 
 
 def calibration_chart(table: pd.DataFrame, what: str) -> str:
@@ -425,8 +437,8 @@ def dependence_chart(drivers: drv.DriverSet, driver: drv.Driver, max_points: int
             label="average per band of values")
     ax.axhline(0, color=NEUTRAL, linewidth=1)
     if driver.threshold is not None:
-        ax.axvline(plotted_values(feature, np.array([driver.threshold.value]))[0], color=NEGATIVE, linestyle="--",
-                   label=f"effect changes: {drv.format_amount(feature, driver.threshold.value)}")
+        ax.axvline(plotted_values(feature, np.array([driver.threshold.value]))[0], color=TEXT_COLOUR, linestyle="--",
+                   label=f"effect changes: {format_value(feature, driver.threshold.value, digits=1)}")
     if FEATURES_BY_NAME[feature].dtype == "boolean":
         ax.set_xticks([0, 1], ["no", "yes"])
     elif high > low:
@@ -442,7 +454,7 @@ def category_chart(drivers: drv.DriverSet, driver: drv.Driver) -> str:
     fig, ax = figure(f"{driver.label}: effect on {drivers.subject}", f"Average effect ({drivers.scale})",
                      FEATURES_BY_NAME[driver.feature].label, width=6.4, height=0.35 * len(categories) + 1.4)
     ax.barh([str(c) for c in categories.index], categories.to_numpy(),
-            color=[POSITIVE if v >= 0 else NEGATIVE for v in categories])
+            color=effect_colours(categories.to_numpy(), drivers.risk))
     ax.axvline(0, color=NEUTRAL, linewidth=1)
     return svg(fig)
 
@@ -470,18 +482,20 @@ def report_sample(table: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
 
 
 def churn_population(table: pd.DataFrame) -> pd.DataFrame:
-    """The churn model's population: customers with a purchase in the year before as_of."""
-    return table[table["orders_count_365d"].fillna(0) > 0] if "orders_count_365d" in table else table
+    """The churn model's population (training's rule, `training.data.churn_eligible`)."""
+    from training.data import churn_eligible
+
+    return table[churn_eligible(table)]
 
 
 def seed_words(seed: str) -> str:
     return seed.replace("_", " ")
 
 
-def single_output_drivers(explainer, sample: pd.DataFrame, subject: str) -> drv.DriverSet:
+def single_output_drivers(explainer, sample: pd.DataFrame, subject: str, risk: bool = False) -> drv.DriverSet:
     values = drv.explainer_contributions(explainer, sample)
     return drv.driver_set(subject, explainer.target.margin_scale, explainer.encoder.feature_names_, sample,
-                          values[:, 0, :-1])
+                          values[:, 0, :-1], risk=risk)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,9 +535,8 @@ def model_links(manifest: dict) -> list[NavLink]:
 
 
 def default_site(state) -> Site:
-    models = tuple(ModelVersion(kind_of(n)[0], n, v) for n, v in sorted(state.versions.items()))
-    return Site(links=tuple(model_links(state.manifest)), data_as_of=state.as_of, models=models,
-                feature_set_version=FEATURE_SET_VERSION)
+    return Site(links=tuple(model_links(state.manifest)), data_as_of=state.as_of, models=site_models(state.manifest),
+                feature_set_version=state.manifest.get("feature_set_version"))
 
 
 def model_pages(serve_dir: Path, out_dir: Path, *, site: Site | None = None, state=None,
@@ -564,7 +577,7 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
     population = churn_population(table) if evidence.kind == "churn" else table
     sample = report_sample(population, context.sample_size, context.seed)
     subject = explainer.target.words if evidence.kind != "lookalike" else f"likeness to {seed_words(evidence.seed)}"
-    drivers = single_output_drivers(explainer, sample, subject)
+    drivers = single_output_drivers(explainer, sample, subject, risk=evidence.kind == "churn")
     contrast = lookalike_contrast(explainer, drivers, sample) if evidence.kind == "lookalike" else ""
     title = TITLES[evidence.kind] + (f": {seed_words(evidence.seed)}" if evidence.seed else "")
     return _write(context, model_file(evidence.name), "model.html.j2", title=title, evidence=evidence,
@@ -718,8 +731,8 @@ def persona_sentence(profile: pd.Series, population: pd.DataFrame, top: int = 3)
     for feature in distinguishing(profile, top):
         label = drv.lower_first(FEATURES_BY_NAME[feature].label)
         word = "higher" if profile[f"{feature}__std_diff"] > 0 else "lower"
-        phrases.append(f"{word} {label}: {drv.format_amount(feature, profile[f'{feature}__median'])} "
-                       f"(all customers: {drv.format_amount(feature, population.loc[feature, 'median'])})")
+        phrases.append(f"{word} {label}: {format_value(feature, profile[f'{feature}__median'], digits=1)} "
+                       f"(all customers: {format_value(feature, population.loc[feature, 'median'], digits=1)})")
     return "Compared with all customers: " + "; ".join(phrases) + "." if phrases else ""
 
 
@@ -729,9 +742,9 @@ def profile_chart(profile: pd.Series, population: pd.DataFrame, name: str, top: 
     diffs = [float(profile[f"{f}__std_diff"]) for f in features]
     fig, ax = figure("How its members differ from all customers",
                      "Difference from all customers (standard deviations)", "Feature", width=7.0,
-                     height=0.36 * len(features) + 1.5)
-    ax.barh([FEATURES_BY_NAME[f].label for f in features], diffs,
-            color=[NEGATIVE if d > 0 else MAIN for d in diffs])
+                     height=0.36 * len(features) + 1.5,
+                     subtitle="medians; right (blue): members higher, left (grey): lower")
+    ax.barh([FEATURES_BY_NAME[f].label for f in features], diffs, color=difference_colours(diffs))
     ax.axvline(0, color=NEUTRAL, linewidth=1)
     ax.grid(axis="y", visible=False)
     return svg(fig)
@@ -741,7 +754,7 @@ def sizes_chart(profiles: pd.DataFrame) -> str:
     rows = profiles.iloc[::-1]
     fig, ax = figure("Customers per cluster", "Customers (count)", "Cluster", width=7.0,
                      height=0.42 * len(rows) + 1.3)
-    ax.barh(rows["cluster_name"], rows["size"], color=[_colour(int(c)) for c in rows["cluster_id"]])
+    ax.barh(rows["cluster_name"], rows["size"], color=MAIN)
     for y, (size, share) in enumerate(zip(rows["size"], rows["share"], strict=True)):
         ax.text(size, y, f" {size:,} ({share:.0%})", va="center", fontsize=9)
     ax.margins(x=0.18)
@@ -750,7 +763,8 @@ def sizes_chart(profiles: pd.DataFrame) -> str:
 
 
 def profile_heatmap(profiles: pd.DataFrame, top: int = 12) -> str:
-    """Clusters x the most distinguishing features: standardized difference, blue below, vermillion above."""
+    """Clusters x the most distinguishing features: standardized difference, blue above all customers (the
+    members' colour), grey below (the reference's), as on every profile chart."""
     from matplotlib.colors import LinearSegmentedColormap
 
     columns = [c for c in profiles.columns if c.endswith("__std_diff")]
@@ -760,7 +774,7 @@ def profile_heatmap(profiles: pd.DataFrame, top: int = 12) -> str:
     labels = [FEATURES_BY_NAME[c.removesuffix("__std_diff")].label for c in strongest]
     fig, ax = figure("Cluster profiles: difference from all customers", "Feature", "Cluster",
                      width=9.0, height=0.5 * len(diffs) + 3.4)
-    cmap = LinearSegmentedColormap.from_list("blue_white_vermillion", [MAIN, "#FFFFFF", NEGATIVE])
+    cmap = LinearSegmentedColormap.from_list("grey_white_blue", [NEUTRAL, "#FFFFFF", MAIN])
     image = ax.imshow(diffs.to_numpy(), cmap=cmap, vmin=-2, vmax=2, aspect="auto")
     for (i, j), value in np.ndenumerate(diffs.to_numpy()):
         ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8)

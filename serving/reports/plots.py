@@ -2,8 +2,10 @@
 
 Every chart starts with `figure(title, x_label, y_label)`: a title and both axis labels are required (with the unit
 in the label, e.g. "Customers (count)"), so no chart needs explaining. Colours come from the Okabe-Ito palette,
-which stays distinguishable with the common colour-vision deficiencies. `svg(fig)` returns the chart as an `<svg>`
-element to paste into HTML: text stays text (crisp at any zoom, searchable), nothing refers to a file or the network.
+which stays distinguishable with the common colour-vision deficiencies, and each means one thing on every chart
+(POSITIVE a gain, NEGATIVE a loss, MAIN the subject, NEUTRAL the reference; `effect_colours`, `difference_colours`).
+`svg(fig)` returns the chart as an `<svg>` element to paste into HTML: text stays text (crisp at any zoom,
+searchable), nothing refers to a file or the network.
 
 Figures are made with `matplotlib.figure.Figure`, not pyplot: no global figure registry to leak into and no GUI
 backend; they render with Agg's machinery, whatever backend the process chose.
@@ -35,20 +37,21 @@ OKABE_ITO = {
     "yellow": "#F0E442",
     "black": "#000000",
 }
-PALETTE = list(OKABE_ITO.values())  # the order series take: blue, orange, green, vermillion, ...
-# Meanings used across pages, so "entered" is the same colour on every chart.
-POSITIVE = OKABE_ITO["bluish_green"]
-NEGATIVE = OKABE_ITO["vermillion"]
-NEUTRAL = "#7a7a7a"
-MAIN = OKABE_ITO["blue"]
-ACCENT = OKABE_ITO["orange"]
+# One meaning per colour, on every chart of every page (the customer page included):
+POSITIVE = OKABE_ITO["bluish_green"]  # a gain: members entering; an effect lowering churn risk or raising another score
+NEGATIVE = OKABE_ITO["vermillion"]  # a loss: members leaving; an effect raising churn risk or lowering another score
+MAIN = OKABE_ITO["blue"]  # the subject: this model, the segment's or cluster's members (higher than everyone), sizes
+NEUTRAL = "#7a7a7a"  # the reference: all customers (members lower than them), random targeting, zero lines
+ACCENT = OKABE_ITO["orange"]  # a summary over the subject (average per band over customers' dots), a first baseline
+# Series without a meaning (baselines side by side), in order: never green or vermillion, which carry one.
+SERIES = [MAIN, ACCENT, OKABE_ITO["reddish_purple"], OKABE_ITO["sky_blue"], OKABE_ITO["yellow"]]
 
 TEXT_COLOUR = "#1f2328"
 GRID_COLOUR = "#d8dee4"
 FONT_FAMILY = ["DejaVu Sans", "Liberation Sans", "Arial", "sans-serif"]
 
 STYLE = {
-    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "axes.prop_cycle": matplotlib.cycler(color=SERIES),
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.edgecolor": "#57606a",
@@ -169,10 +172,19 @@ def percent_axis(ax: Axes, axis: str = "y", fraction: bool = True) -> None:
     target.set_major_formatter(PercentFormatter(1.0 if fraction else 100.0, decimals=None))
 
 
-def money_axis(ax: Axes, axis: str = "y") -> None:
-    """Amounts with thousands separators (the data's currency, unstated in the data contract)."""
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
+# ---------------------------------------------------------------------------------------------------------------
+# Colours by meaning
+
+
+def effect_colours(effects: Sequence[float], risk: bool) -> list[str]:
+    """Bars of effects on a score: NEGATIVE where the effect is a loss (raises a risk such as churn, or lowers any
+    other score: spend, likeness, membership), POSITIVE where it is a gain."""
+    return [NEGATIVE if (effect > 0 if risk else effect < 0) else POSITIVE for effect in effects]
+
+
+def difference_colours(differences: Sequence[float]) -> list[str]:
+    """Bars of members minus all customers: MAIN where the members are higher, NEUTRAL where everyone is."""
+    return [MAIN if difference >= 0 else NEUTRAL for difference in differences]
 
 
 # ---------------------------------------------------------------------------------------------------------------

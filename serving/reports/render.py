@@ -57,6 +57,18 @@ class Site:
         return list(grouped.items())
 
 
+def site_models(manifest: dict) -> tuple[ModelVersion, ...]:
+    """The footer's models: every model of a serve folder's manifest, by registered name, with its kind ("churn",
+    "lookalike (best_members)") and pinned version. The one list every page's footer shows."""
+    from training.scoring import kind_of
+
+    models = []
+    for name, entry in sorted(manifest.get("models", {}).items()):
+        kind, seed = kind_of(name)
+        models.append(ModelVersion(f"{kind} ({seed})" if seed else kind, name, str(entry["version"])))
+    return tuple(models)
+
+
 def segment_file(name: str) -> str:
     """The file name of a segment's page (segment names are lower case letters, digits and _)."""
     return f"segment-{name}.html"

@@ -22,9 +22,9 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter
 from sqlalchemy import select
 
-from features.catalog import FEATURES_BY_NAME, SHARE
+from features.catalog import FEATURES_BY_NAME
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
-from serving.explain import attribute_of
+from serving.explain import attribute_of, format_value
 from serving.reports import plots
 from serving.reports.render import as_datetime, number, signed_percent
 from serving.store import SegmentStore, refreshes
@@ -123,33 +123,11 @@ def condition_text(condition: Condition) -> str:
     if op in ("in top", "in bottom"):
         return f"{label}: in the {op.removeprefix('in ')} {value:g}% of customers"
     if op == "between":
-        return f"{label}: between {value_text(condition.field, value[0])} and {value_text(condition.field, value[1])}"
+        low, high = (format_value(condition.field, v) for v in value)
+        return f"{label}: between {low} and {high}"
     if op in ("in", "not in"):
-        return f"{label}: {_OPERATOR_WORDS[op]} {', '.join(value_text(condition.field, v) for v in value)}"
-    return f"{label}: {_OPERATOR_WORDS[op]} {value_text(condition.field, value)}"
-
-
-def value_text(feature: str, value, digits: int | None = None) -> str:
-    """A feature value with its unit: "94 days", "312.50", "45%", "yes"; `digits` rounds averages."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "none"
-    spec = FEATURES_BY_NAME.get(feature)
-    if isinstance(value, bool) or (spec is not None and spec.dtype == "boolean"):
-        return "yes" if bool(value) else "no"
-    if isinstance(value, str):
-        return value
-    number_value = float(value)
-    if spec is not None and spec.bounds == SHARE:
-        return f"{number_value:.0%}"
-    unit = spec.unit if spec is not None else ""
-    if unit.startswith("currency"):
-        text = f"{number_value:,.2f}" + ("/month" if unit == "currency/month" else "")
-        return text
-    places = digits if digits is not None else (0 if number_value.is_integer() else 2)
-    if abs(number_value) >= 100:
-        places = 0
-    text = f"{number_value:,.{places}f}"
-    return f"{text} {unit}" if unit in ("days", "points", "items", "years") else text
+        return f"{label}: {_OPERATOR_WORDS[op]} {', '.join(format_value(condition.field, v) for v in value)}"
+    return f"{label}: {_OPERATOR_WORDS[op]} {format_value(condition.field, value)}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,8 +205,8 @@ def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime
 def lift_words(lift: Lift) -> str:
     """The conversion lift in one line: "+12% (95% CI +3% to +21%), p = 0.01: unlikely to be chance".
 
-    The interval is the difference in conversion rate (targeted - holdout) relative to the holdout's rate, so it
-    reads on the same scale as the lift; the p-value is the two-sided test of that difference."""
+    The interval is the relative lift's own (`serving.lift.relative_interval`: both groups' rates are estimates);
+    the p-value is the two-sided test of the difference in conversion rate."""
     comparison = lift.conversion
     if comparison is None:
         return lift.reason
@@ -244,10 +222,10 @@ def lift_parts(lift: Lift) -> tuple[str, str, str] | None:
     comparison = lift.conversion
     if comparison is None or comparison.holdout <= 0:
         return None
-    # A rate cannot fall below 0, so the relative change cannot fall below -100%.
-    low, high = max(comparison.ci_low / comparison.holdout, -1.0), comparison.ci_high / comparison.holdout
-    return (signed_percent(comparison.lift), f"(95% CI {signed_percent(low)} to {signed_percent(high)})",
-            p_value_words(comparison.p_value))
+    low, high = comparison.relative_ci_low, comparison.relative_ci_high
+    interval = ("(no 95% CI: no targeted member bought)" if math.isnan(low)
+                else f"(95% CI {signed_percent(low)} to {signed_percent(high)})")
+    return signed_percent(comparison.lift), interval, p_value_words(comparison.p_value)
 
 
 def p_value_words(p: float) -> str:
@@ -518,6 +496,8 @@ def recent_changes(log: pd.DataFrame, limit: int = RECENT_LOG_ROWS) -> list[dict
 
 
 def cause_text(cause) -> str:
+    """A log row's cause in words (the store keeps a list of flipped conditions, each with its "text"); also the
+    `segments customer` command's."""
     if isinstance(cause, list):
         return "; ".join(c.get("text", str(c)) for c in cause) or "re-evaluated"
     if isinstance(cause, dict):
@@ -545,9 +525,11 @@ def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
     """
     ids = pd.Index(pd.unique(pd.Series(member_ids, dtype=str)))
     in_segment = table["customer_id"].astype(str).isin(ids).to_numpy()
+    if ids.empty:
+        return None, "the segment has no members"
     if in_segment.sum() < MIN_PROFILE_MEMBERS:
-        return None, (f"{int(in_segment.sum())} of its members are in the served feature table: too few to profile "
-                      f"(at least {MIN_PROFILE_MEMBERS} are needed)")
+        return None, (f"{int(in_segment.sum())} of its {len(ids):,} members are in the served feature table: too few "
+                      f"to profile (at least {MIN_PROFILE_MEMBERS} are needed)")
     found = []
     for name in table.columns:
         spec = FEATURES_BY_NAME.get(name)
@@ -579,7 +561,7 @@ def _profile_row(name: str, dtype: str, column: pd.Series, in_segment: np.ndarra
         values = pd.to_numeric(column, errors="coerce").astype("float64")
         everyone, members, spread = values.mean(), values[in_segment].mean(), values.std(ddof=0)
         label = label_of(name)
-        texts = (value_text(name, round(members, 1), 1), value_text(name, round(everyone, 1), 1))
+        texts = (format_value(name, members, digits=1), format_value(name, everyone, digits=1))
     if not spread or math.isnan(spread) or math.isnan(members):
         return None
     return {"label": label, "members": float(members), "everyone": float(everyone), "members_text": texts[0],
@@ -614,8 +596,8 @@ def profile_chart(name: str, frame: pd.DataFrame, features_as_of: datetime | Non
     fig, ax = plots.figure(f"What sets {name} apart",
                            "Members minus all customers (standard deviations)",
                            "Attribute", width=7.5, height=0.42 * len(rows) + 1.3,
-                           subtitle=f"averages{when}; right: members higher")
-    colours = [plots.MAIN if d >= 0 else plots.ACCENT for d in rows["difference"]]
+                           subtitle=f"averages{when}; right (blue): members higher, left (grey): lower")
+    colours = plots.difference_colours(rows["difference"])
     ax.barh([_wrap(label) for label in rows["label"]], rows["difference"], color=colours, height=0.6)
     ax.axvline(0, color=plots.TEXT_COLOUR, linewidth=0.8)
     ax.grid(axis="y", visible=False)
