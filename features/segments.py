@@ -531,25 +531,85 @@ def fit_thresholds(segments: SegmentSet, values: pd.DataFrame) -> dict[str, floa
     return out
 
 
-def leaf_mask(leaf: Condition | SegmentRef, values: pd.DataFrame, thresholds: dict[str, float],
+class FieldArrays:
+    """The columns of a values frame as NumPy arrays, converted once per field and evaluation, not once per condition.
+
+    Per field: `present` (not None / NaN / pd.NA / NaT), `numbers` (float64, NaN where missing or not a number: the
+    column as is for numeric and boolean dtypes, `pd.to_numeric(errors="coerce")` for the others) and `objects` (the
+    values as Python objects, a marker no value equals where missing). Conditions then compare arrays only, so a
+    one-row frame costs a few microseconds per condition instead of a few pandas operations.
+    """
+
+    def __init__(self, values: pd.DataFrame):
+        self.values = values
+        self._columns: dict[str, pd.Series] = {}
+        self._present: dict[str, np.ndarray] = {}
+        self._numbers: dict[str, np.ndarray] = {}
+        self._objects: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def column(self, name: str) -> pd.Series:
+        column = self._columns.get(name)
+        if column is None:
+            column = self._columns[name] = self.values[name]
+        return column
+
+    def present(self, name: str) -> np.ndarray:
+        present = self._present.get(name)
+        if present is None:
+            column = self.column(name)
+            kind = column.dtype.kind if isinstance(column.dtype, np.dtype) else None
+            if kind in ("i", "u", "b"):  # NumPy integers and booleans cannot be missing
+                present = np.ones(len(column), dtype=bool)
+            elif kind == "f":
+                present = ~np.isnan(column.to_numpy())
+            else:
+                present = ~np.asarray(pd.isna(column.array), dtype=bool)
+            self._present[name] = present
+        return present
+
+    def numbers(self, name: str) -> np.ndarray:
+        numbers = self._numbers.get(name)
+        if numbers is None:
+            column = self.column(name)
+            if isinstance(column.dtype, np.dtype) and column.dtype.kind in ("i", "u", "f", "b"):
+                numbers = column.to_numpy().astype(float, copy=False)  # read only: may be the caller's data
+            else:
+                if not pd.api.types.is_numeric_dtype(column.dtype):  # text, categories: what to_numeric makes of them
+                    column = pd.to_numeric(column, errors="coerce")   # (identity for numeric and boolean dtypes)
+                numbers = column.to_numpy(dtype=float, na_value=np.nan)
+            self._numbers[name] = numbers
+        return numbers
+
+    def objects(self, name: str) -> np.ndarray:
+        objects = self._objects.get(name)
+        if objects is None:  # np.where: a new array, never a view of the caller's column
+            objects = self._objects[name] = np.where(self.present(name), self.column(name).to_numpy(dtype=object),
+                                                     _MISSING)
+        return objects
+
+
+def leaf_mask(leaf: Condition | SegmentRef, values: pd.DataFrame | FieldArrays, thresholds: dict[str, float],
               members: dict[str, np.ndarray]) -> np.ndarray:
-    """True where the leaf holds, per row of `values`; missing values fail every comparison."""
+    """True where the leaf holds, per row of `values`; missing values fail every comparison.
+
+    `values`: the frame, or its `FieldArrays` when several conditions read it (each field is converted once)."""
     if isinstance(leaf, SegmentRef):
         return members[leaf.segment]
-    column = values[leaf.field]
-    present = column.notna().to_numpy(dtype=bool)
+    arrays = values if isinstance(values, FieldArrays) else FieldArrays(values)
+    present = arrays.present(leaf.field)
     op, value = leaf.op, leaf.value
     if op in ("is null", "is not null"):
         return ~present if op == "is null" else present
     if op in ("in top", "in bottom"):
         op, value = (">=", "<=")[op == "in bottom"], thresholds.get(leaf.text, float("nan"))
     if _numeric(value):
-        data = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         with np.errstate(invalid="ignore"):
-            hit = _compare(data, op, value)
-    else:  # text, bands and booleans: missing values become a marker no value equals
-        data = column.astype(object).where(column.notna(), _MISSING).to_numpy()
-        hit = _compare(data, op, value)
+            hit = _compare(arrays.numbers(leaf.field), op, value)
+    else:  # text, bands and booleans, compared as Python objects
+        hit = _compare(arrays.objects(leaf.field), op, value)
     return np.asarray(hit, dtype=bool) & present
 
 
@@ -564,32 +624,60 @@ def _numeric(value) -> bool:
 
 def _compare(data: np.ndarray, op: str, value) -> np.ndarray:
     if op in ("in", "not in"):
-        hit = pd.Series(data).isin(value).to_numpy(dtype=bool)
+        hit = _isin(data, value)
         return hit if op == "in" else ~hit
     if op == "between":
         return (data >= value[0]) & (data <= value[1])
-    return {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal,
-            "!=": np.not_equal}[op](data, value)
+    return _COMPARE[op](data, value)
 
 
-def node_mask(node, values: pd.DataFrame, thresholds: dict, members: dict) -> np.ndarray:
+_COMPARE = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal,
+            "!=": np.not_equal}
+
+
+def _isin(data: np.ndarray, value: list) -> np.ndarray:
+    """`pd.Series(data).isin(value)` without building a Series: NaN matches NaN (as in pandas), Python objects match
+    by hash and ==."""
+    if data.dtype.kind == "f":
+        wanted = np.asarray(value, dtype=float)
+        hit = np.isin(data, wanted)
+        return hit | np.isnan(data) if np.isnan(wanted).any() else hit
+    wanted = set(value)
+    return np.fromiter((item in wanted for item in data), dtype=bool, count=len(data))
+
+
+def node_mask(node, values: pd.DataFrame | FieldArrays, thresholds: dict, members: dict) -> np.ndarray:
+    if not isinstance(values, FieldArrays):
+        values = FieldArrays(values)
     if isinstance(node, Group):
         masks = [node_mask(part, values, thresholds, members) for part in node.parts]
-        if node.mode == "all":
-            return np.logical_and.reduce(masks)
-        if node.mode == "any":
-            return np.logical_or.reduce(masks)
-        return ~masks[0]
+        if node.mode == "not":
+            return ~masks[0]
+        if not masks:  # as numpy's reduce of nothing: all() holds, any() does not
+            return np.full(len(values), node.mode == "all")
+        combine = np.logical_and if node.mode == "all" else np.logical_or
+        out = masks[0]
+        for mask in masks[1:]:  # pairwise: reduce() over a list first copies it into a 2-D array
+            out = combine(out, mask)
+        return out
     return leaf_mask(node, values, thresholds, members)
 
 
 def evaluate(segments: SegmentSet, values: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
     """Membership of every row of `values` (customer_id plus the fields) in every segment: a boolean frame indexed
-    by customer_id with one column per segment, evaluated in dependency order."""
+    by customer_id with one column per segment, evaluated in dependency order.
+
+    Each field is converted to arrays once (`FieldArrays`) and every condition compares arrays, so the cost is a few
+    microseconds per condition for one row and scales with the rows for a population."""
+    arrays = FieldArrays(values)
     members: dict[str, np.ndarray] = {}
     for segment in segments:
-        members[segment.name] = np.asarray(node_mask(segment.when, values, thresholds, members), dtype=bool)
-    return pd.DataFrame(members, index=pd.Index(values["customer_id"].astype(str), name="customer_id"))
+        members[segment.name] = np.asarray(node_mask(segment.when, arrays, thresholds, members), dtype=bool)
+    index = pd.Index(values["customer_id"].astype(str), name="customer_id")
+    if not members:
+        return pd.DataFrame(members, index=index)
+    # One 2-D block: a frame from a dict of 20 one-row arrays costs ~3x as much (~90 instead of ~30 us).
+    return pd.DataFrame(np.column_stack(list(members.values())), index=index, columns=list(members))
 
 
 def in_holdout(customer_ids, segment: str, percent: float) -> np.ndarray:

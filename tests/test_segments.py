@@ -1,18 +1,25 @@
 """The segment language: parsing and checking definitions, every operator, nesting, references, causes, holdouts."""
 
+import math
+import operator
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from features.catalog import FEATURES_BY_NAME
 from features.segments import (
+    OUTPUTS,
     Fields,
+    Group,
     SegmentDefinitionError,
+    SegmentRef,
     causes,
     evaluate,
     fit_thresholds,
     in_holdout,
+    leaf_mask,
     load_segments,
     parse_segments,
 )
@@ -37,7 +44,7 @@ def members(when: str, values: pd.DataFrame = VALUES, kind: str = "rule") -> lis
     return result.index[result["s"].to_numpy()].tolist()
 
 
-@pytest.mark.parametrize(("when", "expected"), [
+OPERATOR_CASES = [
     ("orders_count_90d > 2", ["c"]),
     ("orders_count_90d >= 2", ["b", "c"]),
     ("orders_count_90d < 2", ["a"]),          # d is missing: a missing value fails every comparison
@@ -54,7 +61,10 @@ def members(when: str, values: pd.DataFrame = VALUES, kind: str = "rule") -> lis
     ("loyalty_member != true", ["b"]),
     ("orders_count_90d in top 34%", ["c"]),    # quantile 0.66 of [0, 2, 5] = 2.64 -> only c
     ("orders_count_90d in bottom 34%", ["a"]),
-])
+]
+
+
+@pytest.mark.parametrize(("when", "expected"), OPERATOR_CASES)
 def test_every_operator(when, expected):
     assert members(when) == expected
 
@@ -181,3 +191,142 @@ def test_window_conditions_at_their_boundaries(tmp_path):
     loyal = parse_segments("segments:\n  loyal: {when: {all: [orders_count_14d >= 2, spend_sum_14d > 100]}}\n")
     result = evaluate(loyal, features, {})
     assert result.loc["in", "loyal"] and not result.loc["out", "loyal"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate (arrays per field) against a plain per-row reference of the language, on random frames with nulls
+
+
+def _is_missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _reference_leaf(leaf, row: dict, thresholds: dict, members: dict) -> bool:
+    """The language as documented, one row at a time in plain Python."""
+    if isinstance(leaf, SegmentRef):
+        return members[leaf.segment]
+    x, op, value = row[leaf.field], leaf.op, leaf.value
+    if op in ("is null", "is not null"):
+        return _is_missing(x) == (op == "is null")
+    if _is_missing(x):
+        return False  # a missing value fails every comparison
+    if op in ("in top", "in bottom"):
+        value = thresholds.get(leaf.text)
+        if value is None or math.isnan(value):
+            return False  # no threshold: nobody is in the top or bottom
+        op = ">=" if op == "in top" else "<="
+    if op == "in":
+        return x in value
+    if op == "not in":
+        return x not in value
+    if op == "between":
+        return value[0] <= x <= value[1]
+    return {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
+            "!=": operator.ne}[op](x, value)
+
+
+def _reference_node(node, row: dict, thresholds: dict, members: dict) -> bool:
+    if isinstance(node, Group):
+        parts = [_reference_node(part, row, thresholds, members) for part in node.parts]
+        return {"all": all, "any": any}[node.mode](parts) if node.mode != "not" else not parts[0]
+    return _reference_leaf(node, row, thresholds, members)
+
+
+def _reference_evaluate(segments, values: pd.DataFrame, thresholds: dict) -> dict[str, list[bool]]:
+    rows = values.to_dict(orient="records")
+    out: dict[str, list[bool]] = {s.name: [] for s in segments}
+    for i, row in enumerate(rows):
+        members: dict[str, bool] = {}
+        for segment in segments:  # evaluation order: references come first
+            members[segment.name] = bool(_reference_node(segment.when, row, thresholds, members))
+            out[segment.name].append(members[segment.name])
+    return out
+
+
+# Values near the shipped thresholds (2, 3, 30, 90, 100, 180, 0.3) so that both sides of each condition occur.
+_NUMBERS = [0, 1, 2, 3, 5, 30, 31, 90, 91, 100, 100.5, 180, 181, 0.3, 0.25, 7.5]
+_TEXTS = ["north", "south", "east", "west", "1", ""]
+_CLUSTER_NAMES = {0: "bargain hunters", 1: "loyal regulars", 2: "new"}
+
+
+def _random_column(kind: str, n: int, rng: np.random.Generator) -> pd.Series:
+    """One column of `kind` in a random representation, about a fifth missing as None, NaN or pd.NA."""
+    pool = {"number": _NUMBERS, "string": _TEXTS, "boolean": [True, False], "band": ["low", "medium", "high"]}[kind]
+    if kind == "number" and rng.random() < 0.3:
+        pool = list(range(4))  # few distinct values: ties at the thresholds and == hits
+    raw = [pool[rng.integers(len(pool))] for _ in range(n)]
+    missing = rng.random(n) < 0.2
+    nulls = [None, np.nan, pd.NA]
+    as_object = [nulls[rng.integers(3)] if m else v for v, m in zip(raw, missing, strict=True)]
+    choice = rng.integers(3)
+    if choice == 0:  # a pandas nullable / typed column
+        typed = {"number": "Float64" if any(isinstance(v, float) for v in raw) else "Int64", "string": "string",
+                 "boolean": "boolean", "band": "category"}[kind]
+        return pd.Series([None if m else v for v, m in zip(raw, missing, strict=True)], dtype=typed)
+    if choice == 1 and kind in ("number", "string"):  # NumPy floats with NaN / pandas str with NaN
+        return pd.Series([np.nan if m else v for v, m in zip(raw, missing, strict=True)],
+                         dtype=float if kind == "number" else "str")
+    return pd.Series(as_object, dtype=object)  # plain Python objects, every kind of null
+
+
+def _random_values(fields: dict[str, str], n: int, rng: np.random.Generator) -> pd.DataFrame:
+    columns = {"customer_id": [f"c{i}" for i in range(n)]}
+    columns.update({name: _random_column(kind, n, rng) for name, kind in fields.items()})
+    return pd.DataFrame(columns)
+
+
+def _shipped_segments():
+    """The shipped file with every look-alike and cluster segment resolved (3 clusters)."""
+    shipped = load_segments()
+    outputs = [*OUTPUTS, "lookalike_best_members_score", "lookalike_best_members_percentile"]
+    features = sorted({f for s in shipped for f in s.fields()} - set(outputs))
+    usable, skipped = shipped.resolve(Fields.of(features, outputs, _CLUSTER_NAMES))
+    assert not skipped
+    return usable
+
+
+def _operator_segments():
+    """Every case of test_every_operator and the nesting test as one segment each, plus `in` on numbers and bands."""
+    extra = ["'orders_count_90d in [0, 2]'", "'orders_count_90d not in [0, 2.5]'", "'churn_band in [high, medium]'",
+             "churn_band != high", "loyalty_member == false", "'orders_count_90d between [0.5, 3]'",
+             "{any: [orders_count_90d >= 5, {all: [region == north, {not: loyalty_member == false}]}]}",
+             "{not: orders_count_90d >= 2}", "{all: [segment s0, {not: segment s9}]}"]
+    whens = [when for when, _ in OPERATOR_CASES] + extra
+    text = "segments:\n" + "".join(f"  s{i}:\n    kind: predictive\n    when: {w}\n" for i, w in enumerate(whens))
+    return parse_segments(text)
+
+
+@pytest.mark.parametrize("rows", [1, 500])
+@pytest.mark.parametrize("which", ["shipped", "operators"])
+def test_evaluate_matches_a_per_row_reference_on_random_frames_with_nulls(which, rows):
+    segments = _shipped_segments() if which == "shipped" else _operator_segments()
+    catalog = Fields.of(sorted(FEATURES_BY_NAME), [*OUTPUTS, "lookalike_best_members_percentile",
+                                                   "lookalike_best_members_score"], _CLUSTER_NAMES)
+    fields = {name: catalog.kind(name) for segment in segments for name in sorted(segment.fields())}
+    rng = np.random.default_rng(7 if rows == 1 else 8)
+    population = _random_values(fields, 2_000, rng)  # thresholds come from a population, as in serving
+    fitted = fit_thresholds(segments, population)
+    first, last = min(fitted), max(fitted)
+    threshold_sets = [fitted, {**fitted, first: float("nan")},  # as fitted; one NaN; one missing (both: false)
+                      {text: value for text, value in fitted.items() if text != last}]
+    checked = 0
+    for trial in range(60 if rows == 1 else 4):
+        values = _random_values(fields, rows, rng)
+        before = values.copy(deep=True)
+        thresholds = threshold_sets[trial % len(threshold_sets)]
+        expected = _reference_evaluate(segments, values, thresholds)
+        result = evaluate(segments, values, thresholds)
+        assert result.index.tolist() == values["customer_id"].tolist()
+        assert list(result.columns) == segments.names()
+        for name in segments.names():
+            assert result[name].tolist() == expected[name], (name, values.to_dict(orient="list"))
+            checked += sum(expected[name])
+        # leaf_mask alone (as causes and the counterfactual call it) agrees with the reference too
+        members = {name: result[name].to_numpy() for name in result.columns}
+        for segment in segments:
+            for leaf in segment.leaves():
+                want = [bool(_reference_leaf(leaf, row, thresholds, {k: v[i] for k, v in members.items()}))
+                        for i, row in enumerate(values.to_dict(orient="records"))]
+                assert leaf_mask(leaf, values, thresholds, members).tolist() == want, leaf
+        pd.testing.assert_frame_equal(values, before)  # the caller's frame is left as it was
+    assert checked > 0  # some rows are members: the comparison is not between two all-false frames
