@@ -106,8 +106,8 @@ class EventProcessor:
         counterfactual (serving/counterfactual.py) evaluates its plan at the time its records would be posted."""
         last = self.last_refresh.read(conn)
         moments = [self.state.as_of, last["as_of"] if last else None, self.store.last_change_at(customer_id, conn)]
-        records = [r["timestamp"] for r in new] + [r["timestamp"] for rows in self.store.posted_records(
-            [customer_id], conn=conn).values() for r in rows]
+        records = [r["timestamp"] for r in new] + [self.store.last_posted_at(customer_id, conn)]
+        records = [r for r in records if r is not None]
         if records:
             moments.append(pd.Timestamp(max(records)).to_pydatetime() + AFTER_LAST_EVENT)
         return max(m for m in moments if m is not None)

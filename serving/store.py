@@ -402,6 +402,13 @@ class SegmentStore:
 
     # --- reads ----------------------------------------------------------------------------------------------------
 
+    def last_posted_at(self, customer_id: str, conn: Connection | None = None) -> datetime | None:
+        """The timestamp of the customer's latest posted record (None when they have none)."""
+        query = select(func.max(posted_events.c.timestamp)).where(posted_events.c.customer_id == str(customer_id))
+        with self._reading(conn) as reader:
+            latest = reader.execute(query).scalar()
+        return None if latest is None else pd.Timestamp(latest).to_pydatetime()
+
     def last_refresh_id(self, conn: Connection | None = None) -> int | None:
         """The id of the most recent refresh (ids only grow), None before the first: a cheap test of whether
         thresholds read from `last_refresh` are still the latest."""
