@@ -106,7 +106,14 @@ def test_evaluation_reports_metrics_baselines_slices_and_figures(evaluation, eli
     assert evaluation.n_customers == len(eligible[0])
     assert evaluation.as_of == EVAL_AS_OF
     assert set(evaluation.metrics) >= {"roc_auc", "pr_auc", "brier", "log_loss", "lift_top_decile", "ece"}
-    assert set(evaluation.baselines) == {"recency", "bgnbd"}
+    assert set(evaluation.baselines) == {"recency", "bgnbd", "pnbd"}
+    comparison = evaluation.tables["baseline_comparison"].set_index("baseline")
+    assert set(comparison.index) == {"recency", "bgnbd", "pnbd"}
+    assert (comparison["ci_low"] <= comparison["margin"]).all() and (comparison["margin"] <= comparison["ci_high"]).all()
+    best = comparison["value"].idxmax()
+    assert evaluation.metrics["margin_vs_best_baseline"] == pytest.approx(comparison.loc[best, "margin"])
+    assert evaluation.metrics["roc_auc"] - evaluation.baselines[best]["roc_auc"] == pytest.approx(
+        evaluation.metrics["margin_vs_best_baseline"])
     assert evaluation.metrics["lift_top_decile"] > 3.0  # top decile churns at > 3x the base rate
     slices = evaluation.tables["slices"]
     assert set(slices["slice"]) == {"loyalty", "tenure", "frequency"}
@@ -254,3 +261,42 @@ def test_bgnbd_summary_agrees_with_the_feature_table(generated_validation, snaps
     assert (rfm["orders"] == buyers["orders_count_total"]).all()
     assert (rfm["frequency"] <= rfm["orders"] - 1).all() and (rfm["recency"] < rfm["T"]).all()
     np.testing.assert_allclose(rfm["T"] - rfm["recency"], buyers["days_since_last_order"], atol=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A textbook baseline never blocks the model (issue 11, item 6)
+
+
+def test_a_baseline_that_does_not_fit_is_a_note_not_an_error(model, snapshots, monkeypatch):
+    from training import churn as churn_module
+    from training.baselines import BaselineFitError
+
+    def refuse(self, rfm):
+        raise BaselineFitError("BetaGeoFitter did not fit (planted)")
+
+    monkeypatch.setattr(churn_module.BGNBDBaseline, "fit", refuse)
+    train, evaluation_snapshot = snapshots
+    evaluation = evaluate_churn(model, evaluation_snapshot, train)
+    assert "bgnbd" not in evaluation.baselines and {"recency", "pnbd"} <= set(evaluation.baselines)
+    assert evaluation.metrics["roc_auc"] > 0.5
+    assert any("BG/NBD baseline left out" in note and "planted" in note for note in evaluation.notes)
+
+
+def test_a_textbook_fit_is_retried_with_a_stronger_penalizer():
+    from training.baselines import BaselineFitError, fit_purchase_model
+
+    class FitsOnlyWhenPenalized:
+        def __init__(self, penalizer_coef):
+            self.penalizer_coef = penalizer_coef
+
+        def fit(self, frequency, recency, T):
+            if self.penalizer_coef < 0.01:
+                raise ValueError("The model did not converge")
+            self.params_ = pd.Series({"r": 0.5, "alpha": 2.0})
+            return self
+
+    rfm = pd.DataFrame({"frequency": [0, 1, 2], "recency": [0.0, 5.0, 9.0], "T": [10.0, 10.0, 10.0]})
+    fitted, penalizer = fit_purchase_model(FitsOnlyWhenPenalized, rfm, (0.001, 0.01, 0.1))
+    assert penalizer == 0.01 and fitted.penalizer_coef == 0.01
+    with pytest.raises(BaselineFitError, match="penalizer 0.001: The model did not converge"):
+        fit_purchase_model(FitsOnlyWhenPenalized, rfm, (0.001,))

@@ -34,12 +34,20 @@ import pandas as pd
 from scipy.optimize import minimize
 from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import log_loss
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from features.catalog import FEATURE_SET_VERSION
 from features.validate import ValidationResult
-from training.baselines import BGNBDBaseline, align_rfm, recency_score, rfm_summary, rfm_summary_from_features
+from training.baselines import (
+    BaselineFitError,
+    BGNBDBaseline,
+    ParetoNBDBaseline,
+    align_rfm,
+    recency_score,
+    rfm_summary,
+    rfm_summary_from_features,
+)
 from training.data import Snapshot, training_dates
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
@@ -51,6 +59,7 @@ from training.evaluation import (
     gains_figure,
     lift_figure,
     lift_table,
+    margin_over_baselines,
     probability_metrics,
     ranking_metrics,
     segment_slices,
@@ -115,6 +124,11 @@ class ChurnModel:
             margin, y_val.to_numpy(), self.config.calibration_folds, self.config.seed)
         self.calibration_ = fit_calibration(self.calibration_method_, margin, y_val.to_numpy())
         return self
+
+    @staticmethod
+    def target(snapshot: Snapshot) -> pd.Series:
+        """The label the model learns, of the snapshot's churn population (what data windows report the mean of)."""
+        return snapshot.churn_frame()[1]
 
     def _check_minimums(self, y: pd.Series, as_of: list[datetime], where: str) -> None:
         """Raise InsufficientDataError when churners or non-churners are below the configured minimums."""
@@ -256,30 +270,34 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
                    validation: ValidationResult | None = None) -> Evaluation:
     """Out-of-time evaluation on the eligible customers of `evaluation`, with baselines side by side.
 
-    Baselines: "recency" (days since last purchase, ranking metrics only) and "bgnbd" (BG/NBD fitted on the purchase
-    history before the evaluation as_of; P(no purchase in the horizon)). Pass `validation` (the validated tables)
-    so the BG/NBD summary comes from the transactions themselves; without it, an approximation from the feature
-    table is used and a note says so.
-    Metrics: roc_auc, pr_auc, lift_top_decile, brier, log_loss, ece, and ece_uncalibrated (sigmoid of the margin).
-    Tables: calibration, lift, slices, data_window, shap_importance. Figures: calibration, lift, gains,
-    shap_summary (mean |SHAP| per feature, coloured by business attribute).
+    Baselines (`churn_baselines`): "recency" and "pnbd" (ranking metrics only) and "bgnbd" (a probability). Pass
+    `validation` (the validated tables) so the textbook summaries come from the transactions themselves; without it,
+    an approximation from the feature table is used and a note says so. A textbook fit that fails is a note, never
+    an error.
+    Metrics: roc_auc, pr_auc, lift_top_decile, brier, log_loss, ece, ece_uncalibrated (sigmoid of the margin), and
+    the ROC-AUC margin over the best baseline with its paired-bootstrap 95% interval (`margin_over_baselines`).
+    Tables: calibration, lift, slices, data_window, shap_importance, baseline_comparison. Figures: calibration, lift,
+    gains, shap_summary (mean |SHAP| per feature, coloured by business attribute).
     """
     check_out_of_time(train, evaluation)
     x, y = evaluation.churn_frame()
     probability = model.predict_proba(x)
-    scorers = {"model": probability, **churn_baselines(x, evaluation, validation)}
-    notes = scorers.pop("_notes")
+    scores, probabilities, notes = churn_baselines(x, evaluation, validation)
     metrics = {**probability_metrics(y, probability),
                "ece_uncalibrated": expected_calibration_error(y, 1.0 / (1.0 + np.exp(-model.margin(x))))}
-    baselines = {"recency": ranking_metrics(y, scorers["recency"]),
-                 "bgnbd": probability_metrics(y, scorers["bgnbd"])}
-    calibration = {name: calibration_table(y, scorers[name]) for name in ("model", "bgnbd")}
+    baselines = {name: probability_metrics(y, probabilities[name]) if name in probabilities
+                 else ranking_metrics(y, score) for name, score in scores.items()}
+    margin, comparison = margin_over_baselines("roc_auc", y, probability, scores, roc_auc_score)
+    metrics.update(margin)
+    calibration = {"model": calibration_table(y, probability),
+                   **{name: calibration_table(y, p) for name, p in probabilities.items()}}
+    scorers = {"model": probability, **scores}
     lifts = {name: lift_table(y, score) for name, score in scorers.items()}
     what = f"churn ({evaluation.horizon_days}-day)"
+    curves = display_names({"model": calibration["model"], **{k: v for k, v in calibration.items() if k != "model"}})
+    curves["LightGBM (calibrated)"] = curves.pop("LightGBM")
     figures = {
-        "calibration": calibration_figure({"LightGBM (calibrated)": calibration["model"],
-                                           "BG/NBD": calibration["bgnbd"]},
-                                          f"Churn calibration, as of {evaluation.as_of:%Y-%m-%d}", what),
+        "calibration": calibration_figure(curves, f"Churn calibration, as of {evaluation.as_of:%Y-%m-%d}", what),
         "lift": lift_figure(display_names(lifts), f"Churn lift by decile, as of {evaluation.as_of:%Y-%m-%d}", what),
         "gains": gains_figure(display_names(lifts), f"Churners captured, as of {evaluation.as_of:%Y-%m-%d}",
                               "churners"),
@@ -291,25 +309,46 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
         "lift": pd.concat([t.assign(scorer=n) for n, t in lifts.items()], ignore_index=True),
         "slices": _churn_slices(x, y.to_numpy(), scorers),
-        "data_window": data_window(train, evaluation, model, lambda s: s.churn_frame()[1]),
+        "data_window": data_window(train, evaluation, model, model.target),
         "shap_importance": importance,
+        "baseline_comparison": comparison,
     }
     return Evaluation(metrics=metrics, baselines=baselines, figures=figures, tables=tables, n_customers=len(x),
                       as_of=evaluation.as_of, notes=notes)
 
 
-def churn_baselines(x: pd.DataFrame, evaluation: Snapshot, validation: ValidationResult | None) -> dict:
-    """Baseline churn scores for the rows of `x`: "recency", "bgnbd", and "_notes" (list of remarks)."""
+def churn_baselines(x: pd.DataFrame, evaluation: Snapshot, validation: ValidationResult | None):
+    """Baseline churn scores for the rows of `x` (higher = more likely to churn).
+
+    Returns (scores by baseline, probabilities of the baselines that give one, notes). "recency": days since the
+    last purchase; "bgnbd": BG/NBD P(no purchase in the horizon); "pnbd": minus Pareto/NBD expected purchases over
+    the horizon. Customers with no purchase before as_of (not eligible in practice) are certain churners. A
+    textbook model that cannot be fitted is left out with a note (`BaselineFitError`).
+    """
     notes = []
     if validation is not None:
         rfm = rfm_summary(validation, evaluation.as_of)
     else:
         rfm = rfm_summary_from_features(evaluation.features)
-        notes.append("BG/NBD summary approximated from the feature table (no validated tables passed)")
+        notes.append("BG/NBD and Pareto/NBD summaries approximated from the feature table (no validated tables)")
     rows, present = align_rfm(rfm, x["customer_id"])
-    bgnbd = np.ones(len(x))  # customers with no purchase before as_of (not eligible in practice): certain churn
-    bgnbd[present] = BGNBDBaseline().fit(rfm).churn_probability(rows, evaluation.horizon_days)
-    return {"recency": recency_score(x), "bgnbd": bgnbd, "_notes": notes}
+    horizon = evaluation.horizon_days
+    scores, probabilities = {"recency": recency_score(x)}, {}
+    textbook = {"bgnbd": (BGNBDBaseline, lambda m: m.churn_probability(rows, horizon)),
+                "pnbd": (ParetoNBDBaseline, lambda m: -m.expected_purchases(rows, horizon))}
+    for name, (baseline_cls, churn_score) in textbook.items():
+        try:
+            fitted = baseline_cls().fit(rfm)
+        except BaselineFitError as exc:
+            notes.append(f"{DISPLAY_NAMES[name]} baseline left out: {exc}")
+            continue
+        # no purchase before as_of: churn probability 1, expected purchases 0 (the top churn score of either)
+        score = np.full(len(x), 1.0 if name == "bgnbd" else 0.0)
+        score[present] = churn_score(fitted)
+        scores[name] = score
+        if name == "bgnbd":
+            probabilities[name] = score
+    return scores, probabilities, notes
 
 
 def _churn_slices(x: pd.DataFrame, y: np.ndarray, scorers: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -323,10 +362,12 @@ def _churn_slices(x: pd.DataFrame, y: np.ndarray, scorers: dict[str, np.ndarray]
     return slice_table(segment_slices(x), metrics)
 
 
+DISPLAY_NAMES = {"model": "LightGBM", "recency": "Recency only", "bgnbd": "BG/NBD", "pnbd": "Pareto/NBD",
+                 "bgnbd_gamma_gamma": "BG/NBD x Gamma-Gamma", "last_horizon": "Last horizon repeats"}
+
+
 def display_names(by_scorer: dict) -> dict:
-    names = {"model": "LightGBM", "recency": "Recency only", "bgnbd": "BG/NBD",
-             "bgnbd_gamma_gamma": "BG/NBD x Gamma-Gamma", "last_horizon": "Last horizon repeats"}
-    return {names.get(k, k): v for k, v in by_scorer.items()}
+    return {DISPLAY_NAMES.get(k, k): v for k, v in by_scorer.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -505,15 +546,16 @@ def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True))
 
 
-def data_window(train: list[Snapshot], evaluation: Snapshot, model, label) -> pd.DataFrame:
+def data_window(train: list[Snapshot], evaluation: Snapshot | None, model, label) -> pd.DataFrame:
     """One row per snapshot: as_of, role (train / validation / not used / evaluation), customers, positive rate.
 
-    `label(snapshot)` returns the snapshot's target (a Series) whose mean is reported.
+    `label(snapshot)` returns the snapshot's target (a Series) whose mean is reported. `evaluation` is None for a
+    fit with no out-of-time evaluation (the refit that is served).
     """
     used = set(getattr(model, "fit_as_of_", []))
     validation_as_of = getattr(model, "validation_as_of_", None)
     rows = []
-    for snapshot in [*sorted(train, key=lambda s: s.as_of), evaluation]:
+    for snapshot in [*sorted(train, key=lambda s: s.as_of), *([evaluation] if evaluation else [])]:
         target = label(snapshot)
         role = ("evaluation" if snapshot is evaluation else "validation" if snapshot.as_of == validation_as_of
                 else "train" if snapshot.as_of in used else "not used")

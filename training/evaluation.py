@@ -33,6 +33,9 @@ FREQUENCY_BANDS = ((0, 1, "none"), (1, 2, "1 order"), (2, 4, "2-3 orders"), (4, 
                    (12, np.inf, "12+ orders"))
 
 
+BOOTSTRAP_ROUNDS = 500  # the 95% interval's ends move by ~0.002 ROC-AUC between seeds at this count
+
+
 @dataclass
 class Evaluation:
     """One out-of-time evaluation of a model, with baselines side by side.
@@ -130,6 +133,49 @@ def ranking_metrics(y_true, score) -> dict[str, float]:
             "lift_top_decile": lift_at(y, s)}
 
 
+def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y_true, model_score, baseline_score,
+                     rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float]:
+    """95% interval of metric(model) - metric(baseline) over bootstrap resamples of customers (paired: both scorers
+    see the same resample). Resamples with one class only are skipped."""
+    y, a, b = _as_arrays(y_true, model_score, baseline_score)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(y), len(y))
+        if y[rows].min() == y[rows].max():
+            continue
+        diffs.append(metric(y[rows], a[rows]) - metric(y[rows], b[rows]))
+    if not diffs:
+        return float("nan"), float("nan")
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def margin_over_baselines(metric_name: str, y_true, model_score, baseline_scores: Mapping[str, np.ndarray],
+                          metric: Callable[[np.ndarray, np.ndarray], float]) -> tuple[dict[str, float], pd.DataFrame]:
+    """How far the model is above each baseline on `metric_name`, with paired-bootstrap 95% intervals.
+
+    Returns (metrics, table). metrics: margin_vs_best_baseline, margin_ci_low, margin_ci_high, best_baseline_value
+    (the best baseline is the one with the highest metric; all metrics are higher-is-better). table: one row per
+    baseline: baseline, metric, model, value, margin, ci_low, ci_high, verdict ("better", "worse" or "no clear
+    difference": whether the interval excludes 0).
+    """
+    model_value = metric(*_as_arrays(y_true, model_score))
+    rows = []
+    for name, score in baseline_scores.items():
+        value = metric(*_as_arrays(y_true, score))
+        low, high = paired_bootstrap(metric, y_true, model_score, score)
+        verdict = "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+        rows.append({"baseline": name, "metric": metric_name, "model": model_value, "value": value,
+                     "margin": model_value - value, "ci_low": low, "ci_high": high, "verdict": verdict})
+    table = pd.DataFrame(rows, columns=["baseline", "metric", "model", "value", "margin", "ci_low", "ci_high",
+                                        "verdict"])
+    if table.empty:
+        return {}, table
+    best = table.loc[table["value"].idxmax()]
+    return {"margin_vs_best_baseline": float(best["margin"]), "margin_ci_low": float(best["ci_low"]),
+            "margin_ci_high": float(best["ci_high"]), "best_baseline_value": float(best["value"])}, table
+
+
 def probability_metrics(y_true, probability) -> dict[str, float]:
     """Ranking metrics plus those of a probability: brier, log_loss, ece (10 equal-width bins)."""
     y, p = _as_arrays(y_true, probability)
@@ -150,12 +196,17 @@ def top_fraction_capture(actual, predicted, fraction: float = TOP_FRACTION) -> f
     return float(a[np.argsort(-p, kind="stable")[:k]].sum() / total) if total > 0 else float("nan")
 
 
+def spearman(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Spearman rank correlation; NaN when either side is constant (it is undefined there)."""
+    return float(spearmanr(actual, predicted).statistic) if np.ptp(actual) > 0 and np.ptp(predicted) > 0 else np.nan
+
+
 def amount_metrics(actual, predicted, suffix: str = "") -> dict[str, float]:
     """Error and ranking metrics of a predicted amount, named "<metric>_<suffix>" (e.g. spearman_spend):
     mae, rmse, spearman, top_decile_capture, and total_ratio (sum predicted / sum actual: 1.0 = unbiased level).
     """
     a, p = _as_arrays(actual, predicted)
-    rho = spearmanr(a, p).statistic if np.ptp(a) > 0 and np.ptp(p) > 0 else np.nan
+    rho = spearman(a, p)
     values = {
         "mae": float(np.mean(np.abs(a - p))),
         "rmse": float(np.sqrt(np.mean((a - p) ** 2))),

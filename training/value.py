@@ -29,6 +29,7 @@ import pandas as pd
 
 from features.validate import ValidationResult
 from training.baselines import (
+    BaselineFitError,
     BGNBDBaseline,
     align_rfm,
     last_horizon_repeats,
@@ -58,10 +59,12 @@ from training.evaluation import (
     gains_figure,
     lift_figure,
     lift_table,
+    margin_over_baselines,
     segment_slices,
     shap_importance,
     shap_summary_figure,
     slice_table,
+    spearman,
 )
 
 TARGETS = {"purchases": "purchases_next", "spend": "spend_next"}
@@ -116,6 +119,11 @@ class ValueModel:
                 self._params(target), self.encoder_, (x_fit, y_fit[column]), (x_val, y_val[column]),
                 self.config.n_estimators, self.config.early_stopping_rounds)
         return self
+
+    @staticmethod
+    def target(snapshot: Snapshot) -> pd.Series:
+        """Next-horizon spend of every customer of the snapshot (what data windows report the mean of)."""
+        return value_rows([snapshot])[1]["spend_next"]
 
     def _check_minimums(self, y: pd.DataFrame, as_of: list[datetime], where: str) -> None:
         buyers = int((y["purchases_next"] > 0).sum())
@@ -190,7 +198,8 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
     Baselines: "bgnbd_gamma_gamma" (BG/NBD purchases x Gamma-Gamma value per purchase, fitted on the history
     before the evaluation as_of; customers who never bought get 0) and "last_horizon" (the last window's purchases
     and spend repeat). Pass `validation` so the BG/NBD summary comes from the transactions themselves.
-    Metrics (suffix _purchases / _spend): mae, rmse, spearman, top_decile_capture, total_ratio; e.g. spearman_spend.
+    Metrics (suffix _purchases / _spend): mae, rmse, spearman, top_decile_capture, total_ratio; e.g. spearman_spend;
+    and the spend rank correlation's margin over the best baseline with its paired-bootstrap 95% interval.
     Tables: deciles (spend by predicted-spend decile), slices, data_window. Figures: gains, lift, calibration.
     """
     check_out_of_time(train, evaluation)
@@ -202,6 +211,10 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
                          **amount_metrics(actual["spend_next"], p["expected_spend"], "spend")}
                   for name, p in predictions.items()}
     spend = {name: p["expected_spend"].to_numpy() for name, p in predictions.items()}
+    margin, comparison = margin_over_baselines(
+        "spearman_spend", actual["spend_next"], spend["model"], {n: s for n, s in spend.items() if n != "model"},
+        spearman)
+    metrics_of["model"].update(margin)
     deciles = {name: lift_table(actual["spend_next"], s) for name, s in spend.items()}
     calibration = {name: amount_calibration_table(actual["spend_next"], s) for name, s in spend.items()}
     day = f"{evaluation.as_of:%Y-%m-%d}"
@@ -220,33 +233,39 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
         "deciles": pd.concat([t.assign(scorer=n) for n, t in deciles.items()], ignore_index=True),
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
         "slices": _value_slices(x, actual["spend_next"].to_numpy(), spend),
-        "data_window": data_window(train, evaluation, model, lambda s: value_rows([s])[1]["spend_next"]),
+        "data_window": data_window(train, evaluation, model, model.target),
         "shap_importance": importance,
+        "baseline_comparison": comparison,
     }
     return Evaluation(metrics=metrics_of.pop("model"), baselines=metrics_of, figures=figures, tables=tables,
                       n_customers=len(x), as_of=evaluation.as_of, notes=notes)
 
 
 def value_baselines(x: pd.DataFrame, evaluation: Snapshot, validation: ValidationResult | None) -> dict:
-    """Baseline predictions (expected_purchases, expected_spend; rows of `x`, index 0..n-1) and "_notes"."""
+    """Baseline predictions (expected_purchases, expected_spend; rows of `x`, index 0..n-1) and "_notes".
+
+    A BG/NBD fit that fails leaves "bgnbd_gamma_gamma" out, with a note; "last_horizon" is always there."""
     notes = []
     if validation is not None:
         rfm = rfm_summary(validation, evaluation.as_of)
     else:
         rfm = rfm_summary_from_features(evaluation.features)
         notes.append("BG/NBD summary approximated from the feature table (no validated tables passed)")
-    baseline = BGNBDBaseline().fit(rfm)
+    predictions = {"last_horizon": last_horizon_repeats(x, evaluation.horizon_days).reset_index(drop=True),
+                   "_notes": notes}
+    try:
+        baseline = BGNBDBaseline().fit(rfm)
+    except BaselineFitError as exc:  # a textbook baseline never stops the model (training.baselines)
+        notes.append(f"BG/NBD x Gamma-Gamma baseline left out: {exc}")
+        return predictions
     if baseline.spend_method_ != "gamma_gamma":
         notes.append(f"BG/NBD x Gamma-Gamma baseline: value per purchase from {baseline.spend_method_}")
     rows, present = align_rfm(rfm, x["customer_id"])
     purchases, spend = np.zeros(len(x)), np.zeros(len(x))  # BG/NBD models repeat buyers: never bought -> 0
     purchases[present] = baseline.expected_purchases(rows, evaluation.horizon_days)
     spend[present] = baseline.expected_spend(rows, evaluation.horizon_days)
-    return {
-        "bgnbd_gamma_gamma": pd.DataFrame({"expected_purchases": purchases, "expected_spend": spend}),
-        "last_horizon": last_horizon_repeats(x, evaluation.horizon_days).reset_index(drop=True),
-        "_notes": notes,
-    }
+    predictions["bgnbd_gamma_gamma"] = pd.DataFrame({"expected_purchases": purchases, "expected_spend": spend})
+    return predictions
 
 
 def _value_slices(x: pd.DataFrame, spend: np.ndarray, predicted: dict[str, np.ndarray]) -> pd.DataFrame:
