@@ -1,102 +1,93 @@
-"""Real-data churn benchmark on CDNOW: who buys again in the 39 weeks after 1997-10-01?
+"""Real-data churn benchmark on CDNOW through the product's own commands, with their defaults.
 
-Protocol (issue 3): features as of 1997-10-01 from data before it; training labels also end by then (the churn
-model's training and validation snapshots have outcome windows ending on or before 1997-10-01); every customer is
-scored; the label is "any purchase from 1997-10-01 to 1998-06-30". The model's config is the default one, fixed
-before looking at the test label. Baselines: recency only, BG/NBD expected purchases over 39 weeks (fitted on the
-history before 1997-10-01). Paired bootstrap (1,000 resamples of customers) gives 95% intervals of the AUC margins.
+What a new user does (issue 11): keep the transactions before the cut-off only, `segments train churn --data D
+--as-of T`, then `segments score --data D --as-of T` (the registered champion scores every customer). The served
+`churn_probability` is then judged against what CDNOW says happened next: no purchase from T to the label end
+(default 1998-07-01, the end of the log: 39 weeks after 1997-10-01). Baselines on the same customers and label,
+fitted on the history before T only: BG/NBD and Pareto/NBD expected purchases over the label window, recency.
+Intervals: paired bootstrap over customers (training.evaluation.paired_bootstrap, 1,000 resamples).
 
-Usage: python bench/cdnow.py [--horizon 90] [--out bench/results/cdnow.json]
+Usage: python bench/cdnow.py [--as-of 1997-10-01] [--label-end 1998-07-01] [--horizon 90] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from features.cdnow import import_cdnow
 from features.pipeline import load_validated
-from training.baselines import BGNBDBaseline, align_rfm, recency_score, rfm_summary
-from training.churn import ChurnConfig, ChurnModel, snapshot_dates
-from training.data import make_snapshot
-from training.evaluation import expected_calibration_error
+from training.baselines import BGNBDBaseline, ParetoNBDBaseline, align_rfm, rfm_summary
+from training.evaluation import paired_bootstrap
 
-AS_OF = datetime(1997, 10, 1)
-LABEL_END = datetime(1998, 7, 1)  # purchases on 1997-10-01 .. 1998-06-30 inclusive
-LABEL_DAYS = (LABEL_END - AS_OF).days
-
-
-def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, rounds: int = 1000, seed: int = 0):
-    """95% interval of roc_auc(a) - roc_auc(b) over bootstrap resamples of customers."""
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(rounds):
-        i = rng.integers(0, len(y), len(y))
-        if y[i].min() == y[i].max():
-            continue
-        diffs.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
-    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+SEGMENTS = str(Path(sys.executable).with_name("segments"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--horizon", type=int, default=90, help="churn model horizon (days) used for training")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cdnow.json")
+    parser.add_argument("--as-of", default="1997-10-01", help="cut-off: the product sees transactions before it")
+    parser.add_argument("--label-end", default="1998-07-01", help="label: no purchase in [as_of, label_end)")
+    parser.add_argument("--horizon", type=int, default=90, help="passed to segments train (its default is 90)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    as_of, label_end = datetime.fromisoformat(args.as_of), datetime.fromisoformat(args.label_end)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        import_cdnow(Path(tmp))
-        validation = load_validated(Path(tmp))
-        config = ChurnConfig(horizon_days=args.horizon)
-        dates = snapshot_dates(AS_OF, args.horizon, config.n_snapshots, config.step_days)
-        train = [make_snapshot(validation, d, args.horizon) for d in dates]
-        model = ChurnModel(config).fit(train)
-        scoring = make_snapshot(validation, AS_OF, with_outcomes=False).features
-        buyers = buyers_between(validation, AS_OF, LABEL_END)
-        horizon_buyers = buyers_between(validation, AS_OF, AS_OF + timedelta(days=args.horizon))
-        rfm = rfm_summary(validation, AS_OF)
-    y = scoring["customer_id"].isin(buyers).to_numpy().astype(int)
-    active = 1.0 - model.predict_proba(scoring)  # P(purchase within the model's horizon)
-    rows, present = align_rfm(rfm, scoring["customer_id"])
-    bgnbd = np.zeros(len(scoring))
-    bgnbd[present] = BGNBDBaseline().fit(rfm).expected_purchases(rows, LABEL_DAYS)
-    recency = -recency_score(scoring)  # more recent = more likely to buy
-    scores = {"model": active, "bgnbd": bgnbd, "recency": recency}
+        work = Path(tmp)
+        import_cdnow(work / "full")
+        full = pd.read_parquet(work / "full" / "transactions.parquet")
+        (work / "cut").mkdir()
+        full[full["timestamp"] < as_of].to_parquet(work / "cut" / "transactions.parquet", index=False)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+        train = ["train", "churn", "--data", "cut", "--as-of", args.as_of]
+        if args.horizon != 90:
+            train += ["--horizon", str(args.horizon)]
+        for command in (train, ["score", "--data", "cut", "--as-of", args.as_of, "--out", "scores.parquet"]):
+            subprocess.run([SEGMENTS, *command], cwd=work, env=env, check=True, stdout=subprocess.DEVNULL)
+        scores = pd.read_parquet(work / "scores.parquet")
+        rfm = rfm_summary(load_validated(work / "cut"), as_of)
+    buyers = set(full.loc[(full["timestamp"] >= as_of) & (full["timestamp"] < label_end), "customer_id"])
+    churned = (~scores["customer_id"].isin(buyers)).to_numpy().astype(int)
+    rows, present = align_rfm(rfm, scores["customer_id"])
+    label_days = (label_end - as_of).days
+
+    def minus_expected(model) -> np.ndarray:
+        out = np.zeros(len(scores))
+        out[present] = -model.fit(rfm).expected_purchases(rows, label_days)
+        return out
+
+    churn_scores = {"model": scores["churn_probability"].to_numpy(), "bgnbd": minus_expected(BGNBDBaseline()),
+                    "pnbd": minus_expected(ParetoNBDBaseline()),
+                    "recency": np.full(len(scores), np.inf)}
+    churn_scores["recency"][present] = (rows["T"] - rows["recency"]).to_numpy()  # days since the last purchase
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "command": "python bench/cdnow.py" + (f" --horizon {args.horizon}" if args.horizon != 90 else ""),
-        "customers": len(scoring), "buyers_in_label_window": int(y.sum()),
-        "training_as_of": [d.isoformat() for d in dates], "config": asdict(config),
-        "roc_auc": {name: float(roc_auc_score(y, s)) for name, s in scores.items()},
-        "pr_auc": {name: float(average_precision_score(y, s)) for name, s in scores.items()},
-        "margin_ci95": {f"model-{b}": paired_bootstrap(y, active, scores[b]) for b in ("recency", "bgnbd")},
-        "note": f"model calibration is for its own {args.horizon}-day horizon; ECE below is against that horizon's "
-                "label from 1997-10-01",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "command": " ".join(["python bench/cdnow.py", *sys.argv[1:]]),
+        "as_of": args.as_of, "label_end": args.label_end, "horizon_days": args.horizon,
+        "customers": len(scores), "churners": int(churned.sum()),
+        "roc_auc": {n: float(roc_auc_score(churned, s)) for n, s in churn_scores.items()},
+        "pr_auc": {n: float(average_precision_score(churned, s)) for n, s in churn_scores.items()},
+        "margin_ci95": {f"model-{b}": paired_bootstrap(roc_auc_score, churned, churn_scores["model"], s, rounds=1000)
+                        for b, s in churn_scores.items() if b != "model"},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    y_h = scoring["customer_id"].isin(horizon_buyers).to_numpy().astype(int)
-    result["ece_model_own_horizon"] = float(expected_calibration_error(y_h, active))
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def buyers_between(validation, start: datetime, end: datetime) -> set[str]:
-    """Customers with a purchase in [start, end)."""
-    rows = validation.con.execute(
-        "SELECT DISTINCT customer_id FROM transactions WHERE NOT is_return AND timestamp >= ? AND timestamp < ?",
-        [start, end]).fetchall()
-    return {r[0] for r in rows}
+    out = args.out or Path(__file__).parent / "results" / f"cdnow_{args.as_of}_{args.horizon}d.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
