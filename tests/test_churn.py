@@ -2,7 +2,7 @@
 
 Model tests run on the session's generated programme (4000 customers x 24 months to 2026-07-01). The evaluation
 snapshot is as of 2026-04-01 with a 90-day horizon, so its outcome window ends inside the data; training snapshots
-come from `snapshot_dates` (validation 2026-01-01, training 2025-08-04 .. 2025-10-03).
+come from `snapshot_dates` (2025-10-03 .. 2026-01-01, one every 30 days).
 """
 
 from datetime import datetime
@@ -24,8 +24,8 @@ from training.churn import (
     apply_calibration,
     evaluate_churn,
     fit_calibration,
+    customer_folds,
     snapshot_dates,
-    split_snapshots,
 )
 from training.data import Snapshot, make_snapshot
 from training.errors import InsufficientDataError
@@ -119,7 +119,7 @@ def test_evaluation_reports_metrics_baselines_slices_and_figures(evaluation, eli
     assert set(slices["slice"]) == {"loyalty", "tenure", "frequency"}
     assert (slices.groupby("slice")["n"].sum() == evaluation.n_customers).all()
     window = evaluation.tables["data_window"]
-    assert list(window["role"]) == ["train", "train", "train", "validation", "evaluation"]
+    assert list(window["role"]) == ["train", "train", "train", "train", "evaluation"]
     for name, figure in evaluation.figures.items():
         ax = figure.axes[0]
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), name
@@ -242,13 +242,19 @@ def test_too_few_churners_raises_a_clear_error(snapshots):
         ChurnModel().fit([tiny(s) for s in train])
 
 
-def test_overlapping_outcome_windows_are_left_out_of_fitting(snapshots):
-    train, _ = snapshots  # as of 2025-08-04, 09-03, 10-03 and 2026-01-01
-    fitting, validation = split_snapshots(train, HORIZON)
-    assert [s.as_of for s in fitting] == [s.as_of for s in train[:-1]]
-    assert validation is train[-1]
-    with pytest.warns(UserWarning, match="overlap"), pytest.raises(InsufficientDataError, match="minimum 1"):
-        split_snapshots(train[:3], HORIZON)  # validation 10-03: 08-04 and 09-03 outcomes run past it
+def test_snapshots_end_their_outcomes_by_the_end_date_and_folds_keep_a_customer_together(snapshots):
+    train, evaluation = snapshots
+    assert [s.as_of for s in train] == [datetime(2025, 10, 3), datetime(2025, 11, 2), datetime(2025, 12, 2),
+                                        datetime(2026, 1, 1)]
+    assert all((evaluation.as_of - s.as_of).days >= HORIZON for s in train)  # out of time for the evaluation
+    rows = pd.concat([s.churn_frame()[0] for s in train], ignore_index=True)
+    assert rows["customer_id"].duplicated().any()  # the same customers recur across the overlapping snapshots
+    folds = customer_folds(rows["customer_id"], 5, seed=0)
+    held_out = np.concatenate([held for _, held in folds])
+    assert sorted(held_out) == list(range(len(rows)))  # every row is held out exactly once
+    for fit_rows, held in folds:
+        shared = set(rows["customer_id"].iloc[fit_rows]) & set(rows["customer_id"].iloc[held])
+        assert not shared  # no customer's label is seen by the rows that early-stop and calibrate
 
 
 def test_bgnbd_summary_agrees_with_the_feature_table(generated_validation, snapshots):

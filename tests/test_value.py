@@ -61,9 +61,8 @@ def test_evaluation_covers_every_customer_with_tables_and_figures(evaluation, sn
 
 def test_trains_on_all_customers_known_at_as_of(model, snapshots):
     train, _ = snapshots
-    fitting = train[:-1]
-    assert model.n_train_rows_ == sum(len(s.features) for s in fitting)
-    assert model.n_train_rows_ > sum(int(s.outcomes["eligible"].sum()) for s in fitting)
+    assert model.n_train_rows_ == sum(len(s.features) for s in train)
+    assert model.n_train_rows_ > sum(int(s.outcomes["eligible"].sum()) for s in train)
 
 
 def test_scores_are_positive_and_keep_the_index(model, snapshots):

@@ -108,10 +108,12 @@ class BaselineFitError(RuntimeError):
     """A textbook model could not be fitted with any penalizer of `PENALIZERS`."""
 
 
-def fit_purchase_model(fitter_cls, rfm: pd.DataFrame, penalizers: tuple[float, ...] = PENALIZERS, seed: int = 0):
+def fit_purchase_model(fitter_cls, rfm: pd.DataFrame, penalizers: tuple[float, ...] = PENALIZERS, seed: int = 0,
+                       **fit_options):
     """A lifetimes BG/NBD-family fitter fitted on (a sample of) `rfm`, retrying with stronger penalizers.
 
-    Returns (fitted model, the penalizer that converged). Raises BaselineFitError naming every try.
+    `fit_options` go to the fitter's `fit`. Returns (fitted model, the penalizer that converged). Raises
+    BaselineFitError naming every try.
     """
     from lifetimes.utils import ConvergenceError
 
@@ -123,7 +125,8 @@ def fit_purchase_model(fitter_cls, rfm: pd.DataFrame, penalizers: tuple[float, .
         try:
             with np.errstate(all="ignore"):
                 model = fitter_cls(penalizer_coef=penalizer).fit(
-                    sample["frequency"].to_numpy(), sample["recency"].to_numpy(), sample["T"].to_numpy())
+                    sample["frequency"].to_numpy(), sample["recency"].to_numpy(), sample["T"].to_numpy(),
+                    **fit_options)
         except (ConvergenceError, ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
             errors.append(f"penalizer {penalizer}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             continue
@@ -141,7 +144,8 @@ class ParetoNBDBaseline:
     def fit(self, rfm: pd.DataFrame) -> ParetoNBDBaseline:
         from lifetimes import ParetoNBDFitter
 
-        self.pnbd_, self.penalizer_ = fit_purchase_model(ParetoNBDFitter, rfm)
+        # lifetimes starts Pareto/NBD from random parameters unless given some: start at its mean, for repeatable fits
+        self.pnbd_, self.penalizer_ = fit_purchase_model(ParetoNBDFitter, rfm, initial_params=np.ones(4))
         return self
 
     def expected_purchases(self, rfm: pd.DataFrame, horizon_days: float) -> np.ndarray:

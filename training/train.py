@@ -6,8 +6,8 @@ Churn and value follow DESIGN.md section 8, "backtest, then refit", in one run:
 - backtest: the recipe (features, settings, early stopping, calibration) is fitted on snapshots whose outcome windows
   end by `as_of - horizon` and evaluated out of time on the snapshot `as_of - horizon` (its outcomes end at as_of).
   These are the figures every report and the promotion gate quote;
-- refit: the same recipe fitted again one horizon later, on the freshest labelled snapshots (the newest validates,
-  its outcome window ends at `as_of`). This model is registered and served. Registering the backtest model instead
+- refit: the same recipe fitted again one horizon later, on the freshest labelled snapshots (the newest one's
+  outcome window ends at `as_of`). This model is registered and served. Registering the backtest model instead
   served customers as they were 3 to 6 months before the data ends: on CDNOW (as_of 1997-10-01, 90 days) its
   39-week ROC-AUC was 0.668 against 0.769 for the refit (bench/README.md).
 Look-alike and cluster models are fitted on the feature table as of `as_of`.
@@ -87,7 +87,7 @@ class TrainingData:
 
 
 def _snapshots(data: TrainingData, end_as_of: datetime, horizon_days: int, config) -> list[Snapshot]:
-    """Training snapshots whose outcome windows end by `end_as_of` (the newest validates): `snapshot_dates`."""
+    """Training snapshots whose outcome windows end by `end_as_of` (`snapshot_dates`)."""
     from training.churn import snapshot_dates
 
     dates = snapshot_dates(end_as_of, horizon_days, config.n_snapshots, config.step_days)
@@ -114,8 +114,7 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
     result.tables["served_data_window"] = data_window(served_train, None, model, model_cls.target)
     return TrainingRecord(kind, model, config, result, data.base_data(
         evaluation_as_of=evaluation.as_of, backtest_training_as_of=[s.as_of for s in backtest_train],
-        training_as_of=[s.as_of for s in served_train], validation_as_of=model.validation_as_of_,
-        horizon_days=horizon_days), evaluation.features)
+        training_as_of=[s.as_of for s in served_train], horizon_days=horizon_days), evaluation.features)
 
 
 def train_churn(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:

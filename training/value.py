@@ -41,12 +41,12 @@ from training.churn import (
     check_out_of_time,
     data_window,
     display_names,
+    fit_boosted,
     lightgbm_params,
     load_snapshot_model,
     prepare_snapshot_fit,
     require_fitted,
     save_snapshot_model,
-    train_booster,
 )
 from training.data import Snapshot
 from training.encoding import check_feature_set
@@ -78,6 +78,7 @@ class ValueConfig:
     horizon_days: int = 90
     n_snapshots: int = 4
     step_days: int = 30
+    cv_folds: int = 5
     learning_rate: float = 0.05
     num_leaves: int = 15
     min_data_in_leaf: int = 50
@@ -97,7 +98,7 @@ class ValueModel:
     """Poisson model of next-horizon purchases and Tweedie model of next-horizon spend.
 
     Fitted attributes: encoder_, boosters_ ({"purchases", "spend"}, each cut at its best iteration),
-    best_iterations_, fit_as_of_, validation_as_of_, n_train_rows_, n_validation_rows_, feature_set_version_.
+    best_iterations_, fit_as_of_, n_train_rows_, feature_set_version_.
     `booster_` is the spend booster (what value explanations use by default).
     """
 
@@ -111,13 +112,12 @@ class ValueModel:
         return self.boosters_["spend"]
 
     def fit(self, train: list[Snapshot]) -> ValueModel:
-        """Fit both targets on snapshots ordered oldest first; the newest early-stops both."""
-        x_fit, y_fit, x_val, y_val = prepare_snapshot_fit(self, train, value_rows)
+        """Fit both targets on labelled snapshots, rounds early-stopped over customer folds (`fit_boosted`)."""
+        x, y = prepare_snapshot_fit(self, train, value_rows)
         self.boosters_, self.best_iterations_ = {}, {}
         for target, column in TARGETS.items():
-            self.boosters_[target], self.best_iterations_[target] = train_booster(
-                self._params(target), self.encoder_, (x_fit, y_fit[column]), (x_val, y_val[column]),
-                self.config.n_estimators, self.config.early_stopping_rounds)
+            self.boosters_[target], self.best_iterations_[target], _ = fit_boosted(
+                self._params(target), self.encoder_, x, y[column], self.config)
         return self
 
     @staticmethod
