@@ -21,7 +21,8 @@ import pytest
 from serving_setup import build_served, environment, use_bentoml_home
 
 from serving.explain import attribute_of
-from serving.reports.models import GRADE_RULES, GRADES, model_pages
+from serving.reports.models import model_pages
+from training.grading import GRADE_RULES, GRADES
 
 SAMPLE, SEED = 2000, 0
 VOID = {"meta", "br", "img", "input", "link", "hr", "wbr", "source", "col", "area", "base", "embed", "track"}
@@ -161,7 +162,29 @@ def test_grade_follows_the_cutoffs_printed_on_the_page(report):
         lower = {grade: -math.inf if grade == "Poor" else shown_number(text)[0] for grade, text in cutoffs.items()}
         grade = next(e for e in elements(report, page, "data-grade"))
         value = run["metrics"][grade["data-metric"]]
-        assert grade["data-grade"] == max((g for g in GRADES if value >= lower[g]), key=GRADES.index), name
+        by_cutoffs = max((g for g in GRADES if value >= lower[g]), key=GRADES.index)
+        relative = next(e for e in elements(report, page, "data-section") if e["data-section"] == "relative-grade")
+        if grade["data-grade"] == by_cutoffs:
+            assert "would say" not in relative["text"], name
+        else:  # capped below the cut-offs' grade only because a baseline matches it, and the page says why
+            assert GRADES.index(grade["data-grade"]) < GRADES.index(by_cutoffs), name
+            assert f"The cut-offs alone would say {by_cutoffs}" in relative["text"], (name, relative["text"])
+            assert "not clearly better" in relative["text"] or "is behind" in relative["text"], name
+
+
+def test_a_model_a_baseline_matches_is_never_excellent():
+    from training.grading import grade_model
+
+    baselines = {"bgnbd": {"roc_auc": 0.90}, "recency": {"roc_auc": 0.80}}
+    tie = grade_model("churn", {"roc_auc": 0.91, "margin_ci_low": -0.004, "margin_ci_high": 0.02}, baselines)
+    assert (tie.absolute, tie.grade, tie.verdict, tie.best_baseline) == ("Excellent", "Good", "no clear difference",
+                                                                         "BG/NBD")
+    behind = grade_model("churn", {"roc_auc": 0.88, "margin_ci_low": -0.03, "margin_ci_high": -0.01}, baselines)
+    assert (behind.grade, behind.verdict) == ("Fair", "worse")
+    ahead = grade_model("churn", {"roc_auc": 0.93, "margin_ci_low": 0.01, "margin_ci_high": 0.05}, baselines)
+    assert (ahead.grade, ahead.verdict) == ("Excellent", "better") and ahead.margin == pytest.approx(0.03)
+    poor = grade_model("churn", {"roc_auc": 0.6, "margin_ci_low": 0.01, "margin_ci_high": 0.05}, {})
+    assert (poor.grade, poor.verdict) == ("Poor", "no baseline")
 
 
 def test_grade_boundaries():

@@ -130,6 +130,17 @@ class ChurnModel:
         """The label the model learns, of the snapshot's churn population (what data windows report the mean of)."""
         return snapshot.churn_frame()[1]
 
+    primary_metric = "roc_auc"
+
+    def outcome_scores(self, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """(label, score) on a labelled snapshot's churn population, for `primary_metric` (a retrain's re-judging)."""
+        x, y = snapshot.churn_frame()
+        return y.to_numpy(), self.predict_proba(x)
+
+    @staticmethod
+    def metric(y: np.ndarray, score: np.ndarray) -> float:
+        return float(roc_auc_score(y, score))
+
     def _check_minimums(self, y: pd.Series, as_of: list[datetime], where: str) -> None:
         """Raise InsufficientDataError when churners or non-churners are below the configured minimums."""
         dates = ", ".join(f"{d:%Y-%m-%d}" for d in as_of)

@@ -262,6 +262,8 @@ HEADLINE_METRICS = {"churn": ("roc_auc", "pr_auc", "brier", "ece"), "value": ("s
 
 
 def _print_runs(runs) -> None:
+    from training.grading import grade_model
+
     table = Table("model", "version", "aliases", "metric", "model", "baselines", title="Trained (out-of-time metrics)")
     for record, logged in runs:
         ev = record.evaluation
@@ -270,6 +272,15 @@ def _print_runs(runs) -> None:
             head = (logged.name, logged.version, ", ".join(logged.aliases)) if i == 0 else ("", "", "")
             table.add_row(*head, metric, f"{ev.metrics[metric]:.3f}", baselines or "-")
     out.print(table)
+    for record, logged in runs:
+        graded = grade_model(record.kind, record.evaluation.metrics, record.evaluation.baselines)
+        out.print(f"{logged.name} v{logged.version}: {graded.sentence}")
+        trained = record.data.get("training_as_of")
+        if trained:
+            out.print(f"  served model refitted on snapshots {trained[0]:%Y-%m-%d} .. {trained[-1]:%Y-%m-%d}; "
+                      f"figures above are the backtest's, as of {record.data['evaluation_as_of']:%Y-%m-%d}")
+        for note in record.evaluation.notes:
+            out.print(f"  note: {note}")
 
 
 @app.command()
@@ -290,6 +301,82 @@ def promote(
                                                 + result.reason)
     if not result.promoted:
         raise typer.Exit(1)
+
+
+@app.command()
+def retrain(
+    data: DataOpt,
+    as_of: Annotated[datetime, typer.Option(
+        "--as-of", parser=parse_as_of, metavar="YYYY-MM-DD",
+        help="The new training cut-off (as for segments train).")],
+    kind: Annotated[list[str], typer.Option(help="churn and/or value (repeat); default both.")] = ["churn", "value"],  # noqa: B006
+    horizon: Annotated[int, typer.Option(min=7, max=730, help="Churn and value horizon in days.")] = 90,
+    config: Annotated[Path | None, typer.Option(help="YAML with sections churn/value.")] = None,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Train challengers, re-judge the served champions beside them on the newest window, promote only on a
+    significant win, and say what happened in one table."""
+    from training import train as training
+    from training.errors import InsufficientDataError
+    from training.retrain import RETRAINED_KINDS, rejudge
+    from training.tracking import CHAMPION, load_model, log_rejudging, log_training_run, make_champion
+    from training.tracking import registered_name as name_of
+
+    unknown = sorted(set(kind) - set(RETRAINED_KINDS))
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: retrain takes {' and '.join(RETRAINED_KINDS)} (look-alikes "
+                                 "and clusters: segments train, then segments promote)", param_hint="--kind")
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        overrides = training.load_config_file(config)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    with fail_cleanly(), step("Validating"):
+        validation = load_validated_for(data, max_bad_share)
+    results, failed = [], False
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("Preparing", total=None)
+        shared = training.TrainingData(validation, as_of, str(data),
+                                       progress=lambda message: bar.update(task, description=message))
+        for one in kind:
+            name = name_of(one)
+            try:
+                champion, champion_version = load_model(name, CHAMPION)
+            except LookupError:
+                champion, champion_version = None, None
+            try:
+                record = _train_one(training, shared, one, overrides.get(one, {}), horizon, None)
+            except (InsufficientDataError, ValueError) as exc:
+                console.print(f"[bold red]{one} not retrained:[/] {exc}")
+                failed = True
+                continue
+            bar.update(task, description=f"logging the {one} challenger to MLflow")
+            logged = log_training_run(record)
+            bar.update(task, description=f"re-judging the {one} champion on the newest window")
+            evaluation = shared.snapshot(record.data["evaluation_as_of"], horizon)
+            result = rejudge(one, name, evaluation, record.backtest, logged.version, champion, champion_version)
+            if result.promoted:
+                make_champion(name, logged.version)
+            log_rejudging(logged.run_id, champion_version, result.champion_value, result.metric, result.ci,
+                          result.reason)
+            results.append(result)
+    _print_rejudgings(results)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_rejudgings(results) -> None:
+    table = Table("model", "window (as of)", "metric", "champion", "challenger", "margin (95% interval)",
+                  "decision", title="Retrain: champion and challenger on the newest window")
+    for r in results:
+        champion = f"v{r.champion_version} {r.champion_value:.4f}" if r.champion_version else "none"
+        margin = (f"{r.margin:+.4f} ({r.ci[0]:+.4f} to {r.ci[1]:+.4f})" if r.ci else "-")
+        decision = f"v{r.challenger_version} promoted" if r.promoted else f"v{r.champion_version} kept"
+        table.add_row(r.name, f"{r.evaluation_as_of:%Y-%m-%d}", r.metric, champion,
+                      f"v{r.challenger_version} {r.challenger_value:.4f}", margin, decision)
+    out.print(table)
+    for r in results:
+        out.print(f"{r.name}: {r.reason}")
 
 
 def main() -> None:

@@ -114,7 +114,8 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
     result.tables["served_data_window"] = data_window(served_train, None, model, model_cls.target)
     return TrainingRecord(kind, model, config, result, data.base_data(
         evaluation_as_of=evaluation.as_of, backtest_training_as_of=[s.as_of for s in backtest_train],
-        training_as_of=[s.as_of for s in served_train], horizon_days=horizon_days), evaluation.features)
+        training_as_of=[s.as_of for s in served_train], horizon_days=horizon_days), evaluation.features,
+        backtest=backtest)
 
 
 def train_churn(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:

@@ -125,6 +125,17 @@ class ValueModel:
         """Next-horizon spend of every customer of the snapshot (what data windows report the mean of)."""
         return value_rows([snapshot])[1]["spend_next"]
 
+    primary_metric = "spearman_spend"
+
+    def outcome_scores(self, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """(actual spend, expected spend) over a labelled snapshot, for `primary_metric` (a retrain's re-judging)."""
+        x, actual = value_rows([snapshot])
+        return actual["spend_next"].to_numpy(), self.score(x)["expected_spend"].to_numpy()
+
+    @staticmethod
+    def metric(actual: np.ndarray, predicted: np.ndarray) -> float:
+        return spearman(actual, predicted)
+
     def _check_minimums(self, y: pd.DataFrame, as_of: list[datetime], where: str) -> None:
         buyers = int((y["purchases_next"] > 0).sum())
         if buyers < self.config.min_buyers:

@@ -40,42 +40,12 @@ from serving.reports.plots import (
     svg,
 )
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
+from training.grading import BASELINE_NAMES, GRADE_RULES, GRADES, Grade, grade_model
 from training.scoring import kind_of
 
 DEFAULT_SAMPLE = 2000
-GRADES = ("Poor", "Fair", "Good", "Excellent")
 CLUSTERS_FILE = "clusters.html"
 TOP_GROUP_SHARE = 0.10  # look-alike: "customers most like the seed" = the top 10% of the sample by score
-
-
-@dataclass(frozen=True)
-class GradeRule:
-    """A plain-words grade from one out-of-time figure: below cutoffs[0] Poor, below [1] Fair, below [2] Good."""
-
-    metric: str
-    cutoffs: tuple[float, float, float]
-    why: str
-
-    def grade(self, value: float) -> str:
-        if value is None or not math.isfinite(value):
-            return "Not graded"
-        return GRADES[sum(value >= c for c in self.cutoffs)]
-
-
-# Cut-offs per model kind, printed on each page. Churn: ROC AUC 0.5 is a coin toss; 0.75-0.85 is what recency and
-# frequency alone usually reach, so "Excellent" asks for more. Look-alike: recall of held-out seed members in the top
-# 10% (random finds 10%). Value: rank correlation of predicted and actual spend. Clusters: bootstrap stability
-# (adjusted Rand index), after Hennig's (2007) reading of cluster-wise stability (< 0.6 dissolved, > 0.85 stable).
-GRADE_RULES = {
-    "churn": GradeRule("roc_auc", (0.65, 0.75, 0.85),
-                       "how often a customer who lapsed is ranked above one who bought again (0.5 = coin toss)"),
-    "lookalike": GradeRule("recall_at_10", (0.25, 0.45, 0.65),
-                           "share of held-out seed members found in the top 10% of scores (random: 10%)"),
-    "value": GradeRule("spearman_spend", (0.4, 0.6, 0.8),
-                       "rank correlation of predicted and actual spend over the next horizon (0 = unrelated)"),
-    "clusters": GradeRule("stability_ari", (0.6, 0.75, 0.85),
-                          "agreement of the clusters with those of refits on resampled customers (1 = identical)"),
-}
 
 
 @dataclass(frozen=True)
@@ -116,9 +86,6 @@ SHOWN = {
               "spearman_purchases", "mae_purchases"),
     "clusters": ("stability_ari", "silhouette", "surrogate_fidelity", "k"),
 }
-BASELINE_NAMES = {"recency": "recency-only", "bgnbd": "BG/NBD", "bgnbd_gamma_gamma": "BG/NBD × Gamma-Gamma",
-                  "last_horizon": "last-horizon-repeats", "random": "random", "centroid_similarity":
-                  "centroid-similarity", "majority_cluster": "majority-cluster"}
 TITLES = {"churn": "Churn risk model", "value": "Customer value model", "lookalike": "Look-alike model",
           "clusters": "Behavioural clusters"}
 
@@ -262,12 +229,15 @@ class Quality:
     why: str
     headline: str
     caveat: str | None
+    relative: str  # the grade against the best baseline, in one sentence (training.grading)
 
 
 def quality(evidence: RunEvidence) -> Quality:
-    """The plain-words grade of a model from its out-of-time primary figure, with the baselines beside it."""
+    """The plain-words grade of a model (`training.grading.grade_model`: absolute, capped by the best baseline),
+    from its out-of-time primary figure, with the baselines beside it."""
     rule = GRADE_RULES[evidence.kind]
-    value = float(evidence.metrics.get(rule.metric, float("nan")))
+    graded = grade_model(evidence.kind, evidence.metrics, evidence.baselines)
+    value = graded.value
     label = METRICS[rule.metric].label
     comparisons = [(BASELINE_NAMES.get(b, b), values[rule.metric]) for b, values in evidence.baselines.items()
                    if rule.metric in values]
@@ -284,8 +254,24 @@ def quality(evidence: RunEvidence) -> Quality:
                                                  f"{format_metric(rule.metric, high)}"}
                for i, (low, high) in enumerate(zip(rule.cutoffs[:-1], rule.cutoffs[1:], strict=True))]
     bounds.append({"grade": GRADES[-1], "range": f"{format_metric(rule.metric, rule.cutoffs[-1])} or more"})
-    return Quality(rule.grade(value), rule.metric, label, value, format_metric(rule.metric, value),
-                   drv.lower_first(label), bounds, rule.why, headline, caveat)
+    return Quality(graded.grade, rule.metric, label, value, format_metric(rule.metric, value),
+                   drv.lower_first(label), bounds, rule.why, headline, caveat, relative_sentence(graded, label))
+
+
+def relative_sentence(graded: Grade, label: str) -> str:
+    """How the grade stands against the best baseline, for a marketer."""
+    if graded.best_baseline is None:
+        return "No baseline was evaluated beside this model, so the grade rests on the cut-offs alone."
+    margin = format_margin(graded.metric, graded.margin)
+    interval = (f" (95% interval {format_margin(graded.metric, graded.ci[0])} to "
+                f"{format_margin(graded.metric, graded.ci[1])})" if graded.ci else "")
+    reading = {"better": f"beats the best baseline, {graded.best_baseline}, by {margin}{interval}",
+               "no clear difference": f"is not clearly better than the best baseline, {graded.best_baseline}: "
+                                      f"{margin}{interval}",
+               "worse": f"is behind the best baseline, {graded.best_baseline}: {margin}{interval}"}[graded.verdict]
+    capped = (f" The cut-offs alone would say {graded.absolute}; a model a simpler method matches is graded at most "
+              f"{graded.grade}." if graded.grade != graded.absolute else "")
+    return f"On {drv.lower_first(label)} the model {reading}.{capped}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
