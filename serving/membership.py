@@ -267,6 +267,7 @@ class RefreshReport:
     skipped: dict[str, str]
     changes: int
     written: bool
+    values: pd.DataFrame | None = None  # features and model scores of every customer (the prediction log keeps them)
 
 
 def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None):
@@ -295,7 +296,7 @@ def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Scoring
                          refresh={"as_of": as_of, "definitions_hash": segments.definitions_hash,
                                   "thresholds": thresholds, "customers": len(values),
                                   "changes": len(result.changes)})
-    return RefreshReport(as_of, size_table(usable, result), skipped, len(result.changes), written)
+    return RefreshReport(as_of, size_table(usable, result), skipped, len(result.changes), written, values)
 
 
 def size_table(segments: SegmentSet, result: Changes) -> pd.DataFrame:

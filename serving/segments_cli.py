@@ -125,10 +125,16 @@ def refresh(
     alias: AliasOpt = "champion",
     models: ModelsOpt = True,
     max_bad_share: MaxBadOpt = 0.05,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Prediction log folder: the models' scores are kept there with their versions for "
+                              "segments monitor (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")] = None,
 ) -> None:
-    """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes."""
+    """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes. The
+    models' scores go to the prediction log."""
+    from serving.cli import keep_predictions
     from serving.membership import RefreshOrderError
     from serving.membership import refresh as refresh_segments
+    from serving.predictions import prediction_folder
 
     definitions = _segments(segments_file)
     store = _store(db)
@@ -146,6 +152,8 @@ def refresh(
         out.print(f"[green]{report.changes:,} entries and exits recorded[/] in the membership log")
     else:
         out.print("Nothing new: this as_of was already refreshed with these definitions")
+    if bundle is not None and report.values is not None and not report.values.empty:
+        keep_predictions(prediction_folder(predictions), report.values, bundle, features, as_of)
 
 
 @app.command()

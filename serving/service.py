@@ -6,7 +6,8 @@ BentoML store, the feature table ids are looked up in, and the population's typi
 
 Endpoints: POST /score, POST /explain (JSON; schemas in the OpenAPI at /docs.json and the UI at /);
 POST /events; GET /v1/customers/{id}, /v1/customers/{id}/counterfactual, /v1/segments, /v1/segments/{name},
-/v1/flows; GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible), /v1/info;
+/v1/flows; GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible; `warnings` for
+stale, decaying or drifting models, which stay 200: serving.health), /v1/info;
 BentoML's own /livez, /readyz and Prometheus /metrics. Marketers' HTML, read-only: /reports/ (the files
 `segments report` wrote into SEGMENTS_REPORTS_DIR) and /reports/customers/{id} (rendered per request).
 
@@ -360,27 +361,41 @@ class SegmentsService:
         """Liveness: the worker answers."""
         return {"status": "ok"}
 
+    def _health(self) -> tuple[dict, list[str]]:
+        """Per served model: age since its training as_of, stale or not, the latest monitoring result; and the
+        warnings (serving.health: SEGMENTS_MAX_MODEL_AGE_DAYS and monitoring.json are read per call)."""
+        from serving.health import max_model_age_days, read_status, served_health
+
+        return served_health(self.state.manifest.get("models", {}), read_status(), max_age_days=max_model_age_days())
+
     @status_app.get("/ready")
     def ready(self):
-        """Readiness: true when every model loaded and matches the feature set; otherwise false with the reason."""
+        """Readiness: true when every model loaded and matches the feature set; otherwise false with the reason.
+        `warnings` lists stale models and those the last `segments monitor` found decaying or drifting: they still
+        serve (200), as they did yesterday; retraining is the cure, not an outage."""
+        warnings = self._health()[1]
         if self.state.ready:
-            return {"ready": True}
-        return JSONResponse({"ready": False, "reason": "; ".join(self.state.problems)}, status_code=503)
+            return {"ready": True, "warnings": warnings}
+        return JSONResponse({"ready": False, "reason": "; ".join(self.state.problems), "warnings": warnings},
+                            status_code=503)
 
     @status_app.get("/info")
     def info(self) -> dict:
-        """Models (registry versions, BentoML tags), feature set, as_of of the feature table, limits, engines, and
-        the segments /score evaluates (name, kind, description) with those it cannot evaluate and why."""
+        """Models (registry versions, BentoML tags, training as_of and `health`: age, stale, latest monitoring
+        result), feature set, as_of of the feature table, limits, engines, `warnings` (as /v1/ready), and the
+        segments /score evaluates (name, kind, description) with those it cannot evaluate and why."""
         from serving.treeshap import engine_name
 
         manifest = self.state.manifest
         engines = {}
         if self.state.scorer is not None:
             engines = {e.target.key: engine_name(e.engine) for e in self.state.scorer.explainers.values()}
+        health, warnings = self._health()
+        models = {name: {**entry, "health": health.get(name)} for name, entry in manifest.get("models", {}).items()}
         return json.loads(json.dumps({
-            "ready": self.state.ready, "problems": self.state.problems,
+            "ready": self.state.ready, "problems": self.state.problems, "warnings": warnings,
             "feature_set_version": FEATURE_SET_VERSION, "as_of": manifest.get("as_of"),
-            "models": manifest.get("models", {}), "customers_in_feature_table": manifest.get("customers"),
+            "models": models, "customers_in_feature_table": manifest.get("customers"),
             "built_at": manifest.get("built_at"), "max_batch": self.max_batch,
             "explanation_engines": engines, "segments": self._served_segments(),
             "api_key_required": bool(os.environ.get("SEGMENTS_API_KEY")),

@@ -2,7 +2,8 @@
 
 A serve folder (SEGMENTS_SERVE_DIR, default ./serve) holds:
 - manifest.json: feature-set version, as_of, the contract columns the features were built from, and per registered
-  model its registry version and the BentoML model tag it was imported as (BentoML store: BENTOML_HOME);
+  model its registry version, the BentoML model tag it was imported as (BentoML store: BENTOML_HOME) and its
+  training as_of (the age the service reports is counted from it);
 - features.parquet: the feature table as of as_of (what ids are looked up in), with its metadata;
 - typical.json: the population's typical value of every feature at as_of (reasons compare against it);
 - history.duckdb: the clean tables sorted by customer, from which posted events rebuild a customer's features.
@@ -61,7 +62,8 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
             bento_name(name), f"models:/{name}/{version.version}",
             labels={"registered_name": name, "registry_version": str(version.version)},
             metadata={"feature_set_version": version.tags.get("feature_set_version", FEATURE_SET_VERSION)})
-        models[name] = {"version": str(version.version), "bento_tag": str(imported.tag)}
+        models[name] = {"version": str(version.version), "bento_tag": str(imported.tag),
+                        "trained_as_of": trained_as_of(mlflow_client, version.run_id)}
     if not models:
         raise LookupError(f"no model has the alias '{alias}': train models first (segments train all ...)")
     progress(f"building features as of {as_of:%Y-%m-%d}")
@@ -78,6 +80,13 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
                 "customers": len(run.table)}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def trained_as_of(mlflow_client, run_id: str) -> str | None:
+    """The training cut-off (`segments train --as-of`) of a model's run, ISO format; the service measures the
+    model's age from it (serving.health). None when the run does not record it."""
+    value = mlflow_client.get_run(run_id).data.params.get("data.as_of")
+    return datetime.fromisoformat(value).isoformat() if value else None
 
 
 def load_bento_model(tag: str):

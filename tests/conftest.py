@@ -21,6 +21,14 @@ GENERATED_MONTHS = 24
 GENERATED_END = "2026-07-01"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prediction_log(tmp_path_factory):
+    """`segments score` and `segments refresh` log their predictions (serving.predictions, default ./predictions):
+    in tests, into a temp folder, never into the checkout (a test that reads the log sets its own folder)."""
+    if not os.environ.get("SEGMENTS_PREDICTION_LOG"):
+        os.environ["SEGMENTS_PREDICTION_LOG"] = str(tmp_path_factory.mktemp("predictions"))
+
+
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory):
     """The generated tables (features.generator.GeneratedData) and the folder they are written to."""

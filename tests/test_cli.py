@@ -15,7 +15,7 @@ import pytest
 from features.catalog import FEATURE_SET_VERSION
 
 SEGMENTS = shutil.which("segments", path=str(Path(sys.executable).parent)) or "segments"
-COMMANDS = ["generate", "import-cdnow", "validate", "features", "catalog", "train", "score", "promote", "build",
+COMMANDS = ["generate", "import-cdnow", "validate", "features", "catalog", "train", "score", "promote", "build", "monitor",
             "serve"]
 
 

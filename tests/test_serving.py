@@ -338,10 +338,20 @@ def test_bad_inputs_are_field_level_4xx_without_traces(client, state):
     assert not_finite.status_code == 400 and "finite" in not_finite.text
 
 
-def test_status_endpoints(client, state):
+def test_status_endpoints(client, state, monkeypatch):
     assert client.get("/v1/health").json() == {"status": "ok"}
-    assert client.get("/v1/ready").json() == {"ready": True}
+    monkeypatch.setenv("SEGMENTS_MAX_MODEL_AGE_DAYS", "100000")
+    assert client.get("/v1/ready").json() == {"ready": True, "warnings": []}
+    monkeypatch.setenv("SEGMENTS_MAX_MODEL_AGE_DAYS", "1")  # trained as of 2026-07-01: stale a day later
+    ready = client.get("/v1/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True  # stale is a warning, not an outage
+    assert sorted(w.split(" is stale")[0] for w in ready.json()["warnings"]) == sorted(
+        f"{name} v{version}" for name, version in state.versions.items())
     info = client.get("/v1/info").json()
+    assert info["warnings"] == ready.json()["warnings"]
+    for entry in info["models"].values():
+        assert entry["health"]["stale"] is True and entry["health"]["trained_as_of"] == AS_OF.isoformat()
+        assert entry["health"]["monitoring"] is None  # no segments monitor has run
     assert info["explanation_engines"]["churn"] == "FastTreeShap"
     assert "predictive_segments" not in info and {"evaluated", "not_evaluated"} <= set(info["segments"])
     assert all(set(s) == {"name", "kind", "description"} for s in info["segments"]["evaluated"])

@@ -77,6 +77,7 @@ class TrainingRecord:
             training_as_of (list), horizon_days, ...
         sample_features: a few feature rows, for the signature and the input example.
         seed: the seed segment name (look-alikes only).
+        backtest: churn and value: the model fitted for the out-of-time evaluation (`model` is its refit).
     """
 
     kind: str
@@ -87,6 +88,7 @@ class TrainingRecord:
     sample_features: pd.DataFrame
     seed: str | None = None
     extra_tags: dict[str, str] = field(default_factory=dict)
+    backtest: Any = None
 
     @property
     def evaluation_key(self) -> str:
@@ -155,6 +157,8 @@ def log_training_run(record: TrainingRecord) -> LoggedModel:
         mlflow.log_params(_flat_params(record.config, record.data))
         mlflow.log_dict(dataclasses.asdict(record.config), "config.json")
         _log_evaluation(record.evaluation)
+        from training.monitoring import reference_profile  # the training reference of `segments monitor`
+        mlflow.log_dict(reference_profile(record.sample_features), "monitoring/reference_profile.json")
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
             record.model.save(model_dir)
@@ -225,11 +229,30 @@ def promote(name: str, kind: str) -> Promotion:
         return Promotion(False, (
             f"challenger v{challenger.version} {metric}={scores['challenger']:.4f} does not beat champion "
             f"v{champion.version} {metric}={scores['champion']:.4f} on the same evaluation; champion kept"))
-    mlflow_client.set_registered_model_alias(name, CHAMPION, challenger.version)
-    mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+    make_champion(name, challenger.version)
     return Promotion(True, (
         f"challenger v{challenger.version} {metric}={scores['challenger']:.4f} beats champion "
         f"v{champion.version} {metric}={scores['champion']:.4f}: v{challenger.version} is now champion"))
+
+
+def make_champion(name: str, version: str) -> None:
+    """Serve `version`: it takes the `champion` alias and leaves `challenger`."""
+    mlflow_client = client()
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    if (challenger := _alias_version(mlflow_client, name, CHALLENGER)) is not None and challenger.version == version:
+        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def log_rejudging(run_id: str, champion_version: str | None, champion_value: float | None, metric: str,
+                  ci: tuple[float, float] | None, decision: str) -> None:
+    """Record a retrain's re-judging of the champion in the challenger's run (metrics and a decision tag)."""
+    mlflow_client = client()
+    if champion_value is not None:
+        mlflow_client.log_metric(run_id, f"rejudge.champion_{metric}", champion_value)
+        mlflow_client.log_metric(run_id, "rejudge.margin_ci_low", ci[0])
+        mlflow_client.log_metric(run_id, "rejudge.margin_ci_high", ci[1])
+        mlflow_client.set_tag(run_id, "rejudge.champion_version", champion_version)
+    mlflow_client.set_tag(run_id, "rejudge.decision", decision)
 
 
 def load_model(name: str, alias: str = CHAMPION):
