@@ -22,9 +22,9 @@ from training.churn import (
     ChurnConfig,
     ChurnModel,
     apply_calibration,
+    customer_folds,
     evaluate_churn,
     fit_calibration,
-    customer_folds,
     snapshot_dates,
 )
 from training.data import Snapshot, make_snapshot
