@@ -118,15 +118,19 @@ class Target:
 
 
 class AttributeMap:
-    """Model inputs -> attributes, as a 0/1 matrix (inputs x attributes) built once per model."""
+    """Model inputs -> attributes, built once per model."""
 
     def __init__(self, feature_names: list[str]):
         self.feature_names = list(feature_names)
         self.attributes = list(dict.fromkeys(attribute_of(f) for f in self.feature_names))
-        index = {a: i for i, a in enumerate(self.attributes)}
-        self.matrix = np.zeros((len(self.feature_names), len(self.attributes)))
-        for i, feature in enumerate(self.feature_names):
-            self.matrix[i, index[attribute_of(feature)]] = 1.0
+        # Inputs ordered by attribute, and where each attribute's run starts: sums by np.add.reduceat, which adds
+        # each row's values in the same order whatever the number of rows (a BLAS product did not: a customer's
+        # reasons differed in the last digit alone and in a batch).
+        by_attribute = sorted(range(len(self.feature_names)),
+                              key=lambda i: self.attributes.index(attribute_of(self.feature_names[i])))
+        self._order = np.array(by_attribute, dtype=np.intp)
+        attribute_of_input = [self.attributes.index(attribute_of(self.feature_names[i])) for i in by_attribute]
+        self._starts = np.searchsorted(attribute_of_input, np.arange(len(self.attributes)))
         # Each attribute's inputs, in input order, padded with -1: the leading input of many rows at once.
         members = [[i for i, f in enumerate(self.feature_names) if attribute_of(f) == a] for a in self.attributes]
         self.members = np.full((len(members), max(map(len, members), default=0)), -1)
@@ -135,7 +139,9 @@ class AttributeMap:
 
     def group(self, contributions: np.ndarray) -> np.ndarray:
         """Per-row sums of the contributions of each attribute's inputs (rows x attributes)."""
-        return contributions @ self.matrix
+        if not len(self.attributes):
+            return np.zeros((len(contributions), 0))
+        return np.add.reduceat(contributions[:, self._order], self._starts, axis=1)
 
     def leading_inputs(self, contributions: np.ndarray, attributes: np.ndarray) -> np.ndarray:
         """For rows x chosen attributes: the attribute's input with the largest absolute contribution in that row
