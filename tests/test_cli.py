@@ -15,8 +15,8 @@ import pytest
 from features.catalog import FEATURE_SET_VERSION
 
 SEGMENTS = shutil.which("segments", path=str(Path(sys.executable).parent)) or "segments"
-COMMANDS = ["generate", "import-cdnow", "validate", "features", "catalog", "train", "score", "promote", "build", "monitor",
-            "serve"]
+COMMANDS = ["generate", "import-cdnow", "validate", "features", "catalog", "train", "retrain", "score", "promote",
+            "build", "monitor", "serve"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -242,6 +242,27 @@ def test_monitor_results_go_to_mlflow_and_beside_the_log(monitored, scored, trai
     assert status["models"]["segments-churn"]["1"]["status"] == "ok"
 
 
+def test_the_model_report_shows_health_over_time(monitored, trained):
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from serving.reports.models import health_section
+
+    client = MlflowClient(trained.env["MLFLOW_TRACKING_URI"], registry_uri=trained.env["MLFLOW_TRACKING_URI"])
+    churn = monitored["by_name"]["segments-churn"]
+    training_auc = client.get_run(client.get_model_version("segments-churn", "1").run_id).data.metrics["roc_auc"]
+    health = health_section(client, SimpleNamespace(name="segments-churn", kind="churn",
+                                                    metrics={"roc_auc": training_auc}))
+    row = next(r for r in health["rows"] if r["monitor_as_of"] == MONITOR_AS_OF.date().isoformat())
+    assert row["version"] == "1" and row["status"] == churn["status"]
+    assert row["realised"] == pytest.approx(churn["realised"]["roc_auc"])
+    assert health["chart"].startswith("<svg") and "version 1" in health["chart"]
+    assert f"{training_auc:.2f}" in health["chart"]  # the training figure is drawn as the reference line
+    nothing = health_section(client, SimpleNamespace(name="segments-lookalike-nobody", kind="lookalike", metrics={}))
+    assert nothing["rows"] == [] and nothing["chart"] == ""  # never monitored: the page says so instead
+
+
 def test_shuffled_scores_are_decaying_and_old_files_are_pruned(trained, programme, scored, tmp_path):
     """Planted decay: the logged churn probabilities shuffled across customers keep their distribution (no score
     drift) but lose their ranking; the value model, untouched, stays ok. A file older than the retention is pruned

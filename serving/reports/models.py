@@ -34,6 +34,7 @@ from serving.reports.plots import (
     NEUTRAL,
     SERIES,
     TEXT_COLOUR,
+    date_axis,
     difference_colours,
     effect_colours,
     figure,
@@ -573,7 +574,39 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
                   population_text=population_text(evidence.kind, len(sample), len(population)),
                   drivers_chart=drivers_chart(drivers, f"What moves {subject} most"),
                   effect_charts=effect_charts(drivers), evaluation_charts=evaluation_charts(evidence),
-                  data_window=data_window_rows(evidence), warnings=leak_warnings(evidence))
+                  data_window=data_window_rows(evidence), warnings=leak_warnings(evidence),
+                  health=health_section(context.mlflow_client, evidence))
+
+
+def health_section(mlflow_client, evidence: RunEvidence) -> dict:
+    """Health over time from `segments monitor` runs (training.monitoring.health_history): the realised primary
+    figure of each monitored version against its out-of-time figure at training, and each run's status."""
+    from training.monitoring import health_history
+
+    history = health_history(mlflow_client, evidence.name)
+    metric = GRADE_RULES[evidence.kind].metric
+    rows = [{"monitor_as_of": str(r["monitor_as_of"])[:10], "version": r["version"], "status": r["status"],
+             "realised": r.get(f"realised.{metric}"), "psi_score_max": r.get("psi_score_max"),
+             "features_drifting": r.get("features_drifting")} for _, r in history.iterrows()]
+    realised = history.dropna(subset=[f"realised.{metric}"]) if f"realised.{metric}" in history else history.iloc[:0]
+    chart = health_chart(realised, metric, evidence.metrics.get(metric)) if len(realised) else ""
+    return {"rows": rows, "chart": chart, "metric_label": METRICS[metric].label}
+
+
+def health_chart(realised: pd.DataFrame, metric: str, at_training: float | None) -> str:
+    """The realised primary figure per monitoring date, one line per model version, against the training figure."""
+    label = METRICS[metric].label
+    fig, ax = figure(f"{label} once the outcomes were known", "Date monitored", f"{label} (realised)",
+                     subtitle="Each point: the served model's predictions scored against what customers then did")
+    for i, (version, rows) in enumerate(realised.groupby("version", sort=True)):
+        ax.plot(pd.to_datetime(rows["monitor_as_of"]), rows[f"realised.{metric}"], marker="o",
+                color=SERIES[i % len(SERIES)] if i else MAIN, label=f"version {version}")
+    if at_training is not None and math.isfinite(at_training):
+        ax.axhline(at_training, color=NEUTRAL, linestyle=":", linewidth=1.2,
+                   label=f"this version at training (out of time): {format_metric(metric, at_training)}")
+    date_axis(ax)
+    ax.legend(loc="lower left")
+    return svg(fig)
 
 
 def purpose(evidence: RunEvidence) -> str:
