@@ -62,8 +62,9 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
             bento_name(name), f"models:/{name}/{version.version}",
             labels={"registered_name": name, "registry_version": str(version.version)},
             metadata={"feature_set_version": version.tags.get("feature_set_version", FEATURE_SET_VERSION)})
+        run = mlflow_client.get_run(version.run_id)
         models[name] = {"version": str(version.version), "bento_tag": str(imported.tag),
-                        "trained_as_of": trained_as_of(mlflow_client, version.run_id)}
+                        "trained_as_of": trained_as_of(run), "quality": quality_of(name, run)}
     if not models:
         raise LookupError(f"no model has the alias '{alias}': train models first (segments train all ...)")
     progress(f"building features as of {as_of:%Y-%m-%d}")
@@ -82,11 +83,22 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
     return manifest
 
 
-def trained_as_of(mlflow_client, run_id: str) -> str | None:
-    """The training cut-off (`segments train --as-of`) of a model's run, ISO format; the service measures the
-    model's age from it (serving.health). None when the run does not record it."""
-    value = mlflow_client.get_run(run_id).data.params.get("data.as_of")
+def trained_as_of(run) -> str | None:
+    """The training cut-off (`segments train --as-of`) of a model's MLflow run, ISO format; the service measures
+    the model's age from it (serving.health). None when the run does not record it."""
+    value = run.data.params.get("data.as_of")
     return datetime.fromisoformat(value).isoformat() if value else None
+
+
+def quality_of(name: str, run) -> dict:
+    """The model's grade, absolute and against its best baseline (training.grading), as /v1/info shows it."""
+    from dataclasses import asdict
+
+    from training.grading import grade_model, split_logged_metrics
+    from training.scoring import kind_of
+
+    metrics, baselines = split_logged_metrics(run.data.metrics)
+    return asdict(grade_model(kind_of(name)[0], metrics, baselines))
 
 
 def load_bento_model(tag: str):

@@ -338,7 +338,7 @@ def test_bad_inputs_are_field_level_4xx_without_traces(client, state):
     assert not_finite.status_code == 400 and "finite" in not_finite.text
 
 
-def test_status_endpoints(client, state, monkeypatch):
+def test_status_endpoints(client, state, served, monkeypatch):
     assert client.get("/v1/health").json() == {"status": "ok"}
     monkeypatch.setenv("SEGMENTS_MAX_MODEL_AGE_DAYS", "100000")
     assert client.get("/v1/ready").json() == {"ready": True, "warnings": []}
@@ -356,7 +356,27 @@ def test_status_endpoints(client, state, monkeypatch):
     assert "predictive_segments" not in info and {"evaluated", "not_evaluated"} <= set(info["segments"])
     assert all(set(s) == {"name", "kind", "description"} for s in info["segments"]["evaluated"])
     assert {name: m["version"] for name, m in info["models"].items()} == state.versions
+    _assert_quality_is_the_logged_runs(info["models"], served["env"]["MLFLOW_TRACKING_URI"])
     # /metrics needs the Prometheus set-up of a real server: tests/test_serving_http.py
+
+
+def _assert_quality_is_the_logged_runs(models: dict, tracking_uri: str) -> None:
+    """/v1/info grades each model as `segments train` and the reports do: from its run's metrics and baselines."""
+    from mlflow import MlflowClient
+
+    from training.grading import GRADES, grade_model, split_logged_metrics
+    from training.scoring import kind_of
+
+    mlflow_client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    for name, entry in models.items():
+        run = mlflow_client.get_run(mlflow_client.get_model_version(name, entry["version"]).run_id)
+        expected = grade_model(kind_of(name)[0], *split_logged_metrics(run.data.metrics))
+        quality = entry["quality"]
+        assert quality["grade"] == expected.grade and quality["sentence"] == expected.sentence, name
+        assert GRADES.index(quality["grade"]) <= GRADES.index(quality["absolute"])
+    churn = models["segments-churn"]["quality"]
+    assert churn["metric"] == "roc_auc" and churn["best_baseline"] in {"recency-only", "BG/NBD", "Pareto/NBD"}
+    assert churn["ci"][0] <= churn["margin"] <= churn["ci"][1]
 
 
 def test_readiness_reports_a_missing_model(served, tmp_path):

@@ -106,3 +106,16 @@ def grade_model(kind: str, metrics: dict[str, float], baselines: dict[str, dict[
     sentence = (f"{grade}: {rule.metric} {value:.3f} {reading} the best baseline, {name} {candidates[best]:.3f}, "
                 f"by {margin:+.3f}{interval}{capped}")
     return Grade(grade, absolute, rule.metric, value, name, candidates[best], margin, ci, verdict, sentence)
+
+
+def split_logged_metrics(run_metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """An MLflow training run's metrics as (model metrics, baseline -> metrics): `baseline.<name>.<metric>` keys are
+    the baselines' (training.tracking logs them so)."""
+    metrics, baselines = {}, {}
+    for key, value in run_metrics.items():
+        if key.startswith("baseline."):
+            baseline, metric = key.removeprefix("baseline.").rsplit(".", 1)
+            baselines.setdefault(baseline, {})[metric] = value
+        else:
+            metrics[key] = value
+    return metrics, baselines

@@ -41,7 +41,7 @@ from serving.reports.plots import (
     svg,
 )
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
-from training.grading import BASELINE_NAMES, GRADE_RULES, GRADES, Grade, grade_model
+from training.grading import BASELINE_NAMES, GRADE_RULES, GRADES, Grade, grade_model, split_logged_metrics
 from training.scoring import kind_of
 
 DEFAULT_SAMPLE = 2000
@@ -120,13 +120,7 @@ def load_evidence(mlflow_client, name: str, version: str) -> RunEvidence:
     evaluation.json and every tables/*.csv."""
     run_id = mlflow_client.get_model_version(name, version).run_id
     run = mlflow_client.get_run(run_id)
-    metrics, baselines = {}, {}
-    for key, value in run.data.metrics.items():
-        if key.startswith("baseline."):
-            baseline, metric = key.removeprefix("baseline.").rsplit(".", 1)
-            baselines.setdefault(baseline, {})[metric] = value
-        else:
-            metrics[key] = value
+    metrics, baselines = split_logged_metrics(run.data.metrics)
     evaluation, tables = _run_files(mlflow_client, run_id)
     kind, seed = kind_of(name)
     return RunEvidence(name, str(version), kind, seed, run_id, metrics, baselines, evaluation, tables,
