@@ -265,3 +265,51 @@ def test_registered_as_the_lookalike_kind():
     from training.models import model_class
 
     assert model_class("lookalike") is LookalikeModel and LookalikeModel.kind == "lookalike"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Out of time: do the customers it ranks highest join the seed? (issue 11, item 8)
+
+ENTRIES_AS_OF = datetime(2026, 4, 2)  # AS_OF - 90 days
+
+
+@pytest.fixture(scope="module")
+def entries(generated_validation, features, best_members):
+    from training.lookalike import evaluate_entries
+
+    before = make_snapshot(generated_validation, ENTRIES_AS_OF, with_outcomes=False).features
+    seed_before, definition = resolve_seed("best_members", before, generated_validation)
+    return before, seed_before, evaluate_entries(CONFIG, before, seed_before, best_members[0], "best_members",
+                                                 definition)
+
+
+def test_entry_rates_are_what_happened_to_the_customers_outside_the_seed(entries, best_members):
+    before, seed_before, (metrics, baselines, reach) = entries
+    outside = before[~before["customer_id"].isin(seed_before)]
+    joined = outside["customer_id"].isin(best_members[0])
+    assert metrics["n_outside_seed"] == len(outside) and metrics["entry_rate_all"] == pytest.approx(joined.mean())
+    for name, values in {"model": metrics, **baselines}.items():  # rate / overall rate = lift, for every scorer
+        assert values["entry_rate_at_10"] == pytest.approx(values["entry_lift_at_10"] * joined.mean()), name
+    assert reach["recall"].iloc[-1] == pytest.approx(1.0)  # at 100% reach every entrant is found
+    assert metrics["margin_ci_low"] <= metrics["margin_vs_best_baseline"] <= metrics["margin_ci_high"]
+
+
+def test_the_rule_near_misses_rank_by_the_seeds_own_attribute(entries):
+    from training.lookalike import near_miss_score
+
+    before = entries[0]
+    definition = {"rule": "orders_count_365d >= 2", "top_by": "spend_sum_365d", "features_used": ["orders_count_365d"]}
+    score = near_miss_score(before, definition)
+    spend = before["spend_sum_365d"].astype(float)
+    assert np.array_equal(np.argsort(-score, kind="stable")[:50], np.argsort(-spend.fillna(-np.inf).to_numpy(),
+                                                                            kind="stable")[:50])
+    below = near_miss_score(before, {"rule": "days_since_last_order < 30", "features_used": ["days_since_last_order"]})
+    days = before["days_since_last_order"].astype(float).to_numpy()
+    known = ~np.isnan(days)
+    assert below[known].argmax() == days[known].argmin()  # "x < c": the smallest x is the nearest miss
+
+
+def test_best_members_look_alikes_join_the_seed_more_often_than_random(entries):
+    _, _, (metrics, baselines, _) = entries
+    assert metrics["entry_lift_at_10"] > 1.5
+    assert baselines["random"]["entry_lift_at_10"] == pytest.approx(1.0, abs=0.6)  # a random ranking: about 1

@@ -253,7 +253,7 @@ def _train_one(training, shared, kind: str, overrides: dict, horizon: int, seed:
     if kind == "value":
         return training.train_value(shared, overrides, horizon)
     if kind == "lookalike":
-        return training.train_lookalike(shared, overrides, seed)
+        return training.train_lookalike(shared, overrides, seed, horizon)
     return training.train_clusters(shared, overrides)
 
 

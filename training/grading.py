@@ -21,6 +21,7 @@ CAP_BY_VERDICT = {"better": "Excellent", "no clear difference": "Good", "worse":
 BASELINE_NAMES = {"recency": "recency-only", "bgnbd": "BG/NBD", "pnbd": "Pareto/NBD",
                   "bgnbd_gamma_gamma": "BG/NBD × Gamma-Gamma", "last_horizon": "last-horizon-repeats",
                   "random": "random", "centroid_similarity": "centroid-similarity",
+                  "rule_near_miss": "rule near-miss",
                   "majority_cluster": "majority-cluster"}
 
 
@@ -45,13 +46,27 @@ class GradeRule:
 GRADE_RULES = {
     "churn": GradeRule("roc_auc", (0.65, 0.75, 0.85),
                        "how often a customer who lapsed is ranked above one who bought again (0.5 = coin toss)"),
-    "lookalike": GradeRule("recall_at_10", (0.25, 0.45, 0.65),
-                           "share of held-out seed members found in the top 10% of scores (random: 10%)"),
+    "lookalike": GradeRule("entry_lift_at_10", (1.5, 2.5, 4.0),
+                           "how many times more often the 10% of non-members ranked highest joined the seed within "
+                           "the horizon than non-members in general (1 = random)"),
     "value": GradeRule("spearman_spend", (0.4, 0.6, 0.8),
                        "rank correlation of predicted and actual spend over the next horizon (0 = unrelated)"),
     "clusters": GradeRule("stability_ari", (0.6, 0.75, 0.85),
                           "agreement of the clusters with those of refits on resampled customers (1 = identical)"),
 }
+
+
+# When the headline cannot be computed (a look-alike of a tag or an id list has no history of membership).
+FALLBACK_RULES = {
+    "lookalike": GradeRule("recall_at_10", (0.25, 0.45, 0.65),
+                           "share of held-out seed members found in the top 10% of scores (random: 10%)"),
+}
+
+
+def rule_for(kind: str, metrics: dict[str, float]) -> GradeRule:
+    """The grade rule of a kind: its headline figure's, or the fallback's when the run lacks the headline."""
+    rule = GRADE_RULES[kind]
+    return rule if rule.metric in metrics or kind not in FALLBACK_RULES else FALLBACK_RULES[kind]
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,7 @@ def grade_model(kind: str, metrics: dict[str, float], baselines: dict[str, dict[
     The interval is read from the metrics `margin_ci_low` / `margin_ci_high` (`training.evaluation.
     margin_over_baselines`, over the best baseline on the primary metric); without them the comparison is plain.
     """
-    rule = GRADE_RULES[kind]
+    rule = rule_for(kind, metrics)
     value = float(metrics.get(rule.metric, math.nan))
     absolute = rule.grade(value)
     candidates = {name: float(values[rule.metric]) for name, values in baselines.items()

@@ -25,7 +25,8 @@ import yaml
 
 from features.build import FeatureQuery
 from features.validate import ValidationResult
-from training.data import Snapshot, data_fingerprint, make_snapshot
+from training.data import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
+from training.errors import InsufficientDataError
 from training.tracking import TrainingRecord
 
 CONFIG_SECTIONS = ("churn", "value", "lookalike", "clusters")
@@ -130,8 +131,16 @@ def train_value(data: TrainingData, overrides: dict, horizon_days: int) -> Train
     return _train_over_horizon("value", ValueConfig, ValueModel, evaluate_value, data, overrides, horizon_days)
 
 
-def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str) -> TrainingRecord:
-    from training.lookalike import LookalikeConfig, LookalikeModel, evaluate_lookalike
+def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str,
+                    horizon_days: int = DEFAULT_HORIZON_DAYS) -> TrainingRecord:
+    """A look-alike of a seed segment, fitted on the seed at the cut-off.
+
+    Two evaluations, both logged: recall of held-out seed members (at as_of), and, for rule seeds, out of time
+    (`evaluate_entries`): a look-alike of the seed as of `as_of - horizon` ranks the customers outside it then, and
+    the share of its top 10% that entered the seed by as_of is the headline (tag and id-list seeds have no history
+    of membership: recall only, with a note).
+    """
+    from training.lookalike import LookalikeConfig, LookalikeModel, evaluate_entries, evaluate_lookalike
     from training.seeds import resolve_seed
 
     config = make_config(LookalikeConfig, overrides)
@@ -140,10 +149,28 @@ def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str) -> T
     name = definition["name"]
     data.progress(f"evaluating look-alike of '{name}' on held-out seed members")
     result = evaluate_lookalike(config, features, seed_ids, name, as_of=data.as_of, definition=definition)
+    entries_as_of = data.as_of - timedelta(days=horizon_days)
+    if definition["kind"] != "rule":
+        result.notes.append(f"no out-of-time evaluation: a {definition['kind']} seed has no history of membership")
+    else:
+        data.progress(f"evaluating look-alike of '{name}' out of time: who joined the seed after "
+                      f"{entries_as_of:%Y-%m-%d}")
+        before = data.snapshot(entries_as_of, 0, with_outcomes=False).features
+        try:
+            seed_before, _ = resolve_seed(seed_segment, before, data.validation)
+            metrics, baselines, reach = evaluate_entries(config, before, seed_before, seed_ids, name, definition)
+        except InsufficientDataError as exc:
+            result.notes.append(f"no out-of-time evaluation as of {entries_as_of:%Y-%m-%d}: {exc}")
+        else:
+            result.metrics.update(metrics)
+            for baseline, values in baselines.items():
+                result.baselines.setdefault(baseline, {}).update(values)
+            result.tables["entries_reach"] = reach
     data.progress(f"fitting look-alike of '{name}' on all {len(seed_ids)} seed members")
     model = LookalikeModel(config).fit(features, seed_ids, name, definition)
     return TrainingRecord("lookalike", model, config, result, data.base_data(
-        evaluation_as_of=data.as_of, seed=name, seed_definition=definition), features, seed=name)
+        evaluation_as_of=data.as_of, entries_as_of=entries_as_of, horizon_days=horizon_days, seed=name,
+        seed_definition=definition), features, seed=name)
 
 
 def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:

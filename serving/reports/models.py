@@ -41,7 +41,7 @@ from serving.reports.plots import (
     svg,
 )
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
-from training.grading import BASELINE_NAMES, GRADE_RULES, GRADES, Grade, grade_model, split_logged_metrics
+from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
 from training.scoring import kind_of
 
 DEFAULT_SAMPLE = 2000
@@ -69,6 +69,8 @@ METRICS = {
     "recall_at_10": MetricSpec("Seed members found in the top 10%", "higher", "percent", 0),
     "recall_at_20": MetricSpec("Seed members found in the top 20%", "higher", "percent", 0),
     "lift_at_10": MetricSpec("Lift in the top 10%", "higher", "times", 1),
+    "entry_lift_at_10": MetricSpec("Joined the seed, top 10% vs all non-members (out of time)", "higher", "times", 1),
+    "entry_rate_at_10": MetricSpec("Share of the top 10% that joined the seed (out of time)", "higher", "percent", 1),
     "spearman_spend": MetricSpec("Rank correlation, spend", "higher", "decimal"),
     "top_decile_capture_spend": MetricSpec("Spend captured by the top 10%", "higher", "percent", 0),
     "mae_spend": MetricSpec("Mean absolute error, spend", "lower", "amount"),
@@ -82,7 +84,8 @@ METRICS = {
 }
 SHOWN = {
     "churn": ("roc_auc", "pr_auc", "lift_top_decile", "brier", "log_loss", "ece"),
-    "lookalike": ("recall_at_1", "recall_at_5", "recall_at_10", "recall_at_20", "lift_at_10"),
+    "lookalike": ("entry_lift_at_10", "entry_rate_at_10", "recall_at_1", "recall_at_5", "recall_at_10",
+                  "recall_at_20", "lift_at_10"),
     "value": ("spearman_spend", "top_decile_capture_spend", "mae_spend", "total_ratio_spend",
               "spearman_purchases", "mae_purchases"),
     "clusters": ("stability_ari", "silhouette", "surrogate_fidelity", "k"),
@@ -230,7 +233,7 @@ class Quality:
 def quality(evidence: RunEvidence) -> Quality:
     """The plain-words grade of a model (`training.grading.grade_model`: absolute, capped by the best baseline),
     from its out-of-time primary figure, with the baselines beside it."""
-    rule = GRADE_RULES[evidence.kind]
+    rule = rule_for(evidence.kind, evidence.metrics)
     graded = grade_model(evidence.kind, evidence.metrics, evidence.baselines)
     value = graded.value
     label = METRICS[rule.metric].label
@@ -578,7 +581,7 @@ def health_section(mlflow_client, evidence: RunEvidence) -> dict:
     from training.monitoring import health_history
 
     history = health_history(mlflow_client, evidence.name)
-    metric = GRADE_RULES[evidence.kind].metric
+    metric = rule_for(evidence.kind, evidence.metrics).metric
     rows = [{"monitor_as_of": str(r["monitor_as_of"])[:10], "version": r["version"], "status": r["status"],
              "realised": r.get(f"realised.{metric}"), "psi_score_max": r.get("psi_score_max"),
              "features_drifting": r.get("features_drifting")} for _, r in history.iterrows()]
