@@ -306,3 +306,13 @@ def test_a_textbook_fit_is_retried_with_a_stronger_penalizer():
     assert penalizer == 0.01 and fitted.penalizer_coef == 0.01
     with pytest.raises(BaselineFitError, match="penalizer 0.001: The model did not converge"):
         fit_purchase_model(FitsOnlyWhenPenalized, rfm, (0.001,))
+
+
+def test_the_bootstraps_auc_is_sklearns_with_ties():
+    from training.evaluation import roc_auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 2000)
+    score = np.round(rng.normal(size=2000) + 0.7 * y, 1)  # rounded: many ties, which count half
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies; black first for "the model".
@@ -131,6 +131,18 @@ def ranking_metrics(y_true, score) -> dict[str, float]:
         return {"roc_auc": float("nan"), "pr_auc": float("nan"), "lift_top_decile": lift_at(y, s)}
     return {"roc_auc": float(roc_auc_score(y, s)), "pr_auc": float(average_precision_score(y, s)),
             "lift_top_decile": lift_at(y, s)}
+
+
+def roc_auc(y_true, score) -> float:
+    """ROC-AUC by the Mann-Whitney rank sum (ties count half): the same value as sklearn's roc_auc_score, ~20x faster
+    on the thousands of resamples a bootstrap draws. NaN with one class only."""
+    y, s = _as_arrays(y_true, score)
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    rank_sum = rankdata(s)[y.astype(bool)].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y_true, model_score, baseline_score,

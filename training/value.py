@@ -78,7 +78,7 @@ class ValueConfig:
     horizon_days: int = 90
     n_snapshots: int = 4
     step_days: int = 30
-    cv_folds: int = 5
+    cv_folds: int = 3
     learning_rate: float = 0.05
     num_leaves: int = 15
     min_data_in_leaf: int = 50
