@@ -213,14 +213,8 @@ def train(
 
     if kind not in TRAIN_KINDS:
         raise typer.BadParameter(f"use one of {', '.join(TRAIN_KINDS)}", param_hint="KIND")
-    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, our runs go to their own experiments
     kinds = ["churn", "value", "lookalike", "clusters"] if kind == "all" else [kind]
-    try:
-        overrides = training.load_config_file(config)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
-    with fail_cleanly(), step("Validating"):
-        validation = load_validated_for(data, max_bad_share)
+    overrides, validation = _config_and_data(config, data, max_bad_share)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("Preparing", total=None)
         shared = training.TrainingData(validation, as_of, str(data),
@@ -239,6 +233,20 @@ def train(
     out.print(f"Tracking: {tracking_uri()}  (browse: mlflow ui --backend-store-uri {tracking_uri()})")
     if len(runs) < sum(len(seed_segment) if k == "lookalike" else 1 for k in kinds):
         raise typer.Exit(1)
+
+
+def _config_and_data(config: Path | None, data: Path, max_bad_share: float):
+    """What training commands start with: the config file's sections and the validated tables (clear errors for
+    both). Our runs go to their own experiments, also under `mlflow run` (which sets MLFLOW_RUN_ID)."""
+    from training import train as training
+
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        overrides = training.load_config_file(config)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    with fail_cleanly(), step("Validating"):
+        return overrides, load_validated_for(data, max_bad_share)
 
 
 def load_validated_for(data: Path, max_bad_share: float):
@@ -326,13 +334,7 @@ def retrain(
     if unknown:
         raise typer.BadParameter(f"{', '.join(unknown)}: retrain takes {' and '.join(RETRAINED_KINDS)} (look-alikes "
                                  "and clusters: segments train, then segments promote)", param_hint="--kind")
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        overrides = training.load_config_file(config)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
-    with fail_cleanly(), step("Validating"):
-        validation = load_validated_for(data, max_bad_share)
+    overrides, validation = _config_and_data(config, data, max_bad_share)
     results, failed = [], False
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("Preparing", total=None)
