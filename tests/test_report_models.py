@@ -50,7 +50,7 @@ def report(tmp_path_factory, generated_validation, generated):
 
 
 def mlflow_runs(versions: dict[str, str]) -> dict[str, dict]:
-    """Per served model: its run's metrics and evaluation.json, read straight from MLflow."""
+    """Per served model: its run's metrics, params and evaluation.json, read straight from MLflow."""
     import mlflow
 
     from training.tracking import client
@@ -59,11 +59,12 @@ def mlflow_runs(versions: dict[str, str]) -> dict[str, dict]:
     out = {}
     for name, version in versions.items():
         run_id = mlflow_client.get_model_version(name, version).run_id
-        metrics = mlflow_client.get_run(run_id).data.metrics
+        run = mlflow_client.get_run(run_id)
+        metrics, params = run.data.metrics, run.data.params
         evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/evaluation.json")
         profiles = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/tables/profiles.csv")) \
             if name.endswith("clusters") else None
-        out[name] = {"metrics": metrics, "evaluation": evaluation, "profiles": profiles}
+        out[name] = {"metrics": metrics, "params": params, "evaluation": evaluation, "profiles": profiles}
     return out
 
 
@@ -449,3 +450,14 @@ def test_pages_carry_model_versions_from_the_manifest(report):
         for other, other_entry in manifest["models"].items():  # the footer: every model, look-alikes by seed
             assert f"{other} v{other_entry['version']}" in facts["models"], (name, other)
         assert "lookalike (best_members): segments-lookalike-best_members" in facts["models"]
+
+
+def test_churn_and_value_pages_say_the_served_version_is_a_refit(report):
+    for name, run in report["runs"].items():
+        refit = [e for e in elements(report, page_of(name), "data-section") if e["data-section"] == "refit"]
+        if name in ("segments-churn", "segments-value"):
+            served = json.loads(run["params"]["data.training_as_of"])[-1][:10]
+            backtest = json.loads(run["params"]["data.backtest_training_as_of"])[-1][:10]
+            assert len(refit) == 1 and served in refit[0]["text"] and backtest in refit[0]["text"], name
+        else:
+            assert not refit, name

@@ -69,7 +69,7 @@ METRICS = {
     "recall_at_10": MetricSpec("Seed members found in the top 10%", "higher", "percent", 0),
     "recall_at_20": MetricSpec("Seed members found in the top 20%", "higher", "percent", 0),
     "lift_at_10": MetricSpec("Lift in the top 10%", "higher", "times", 1),
-    "entry_lift_at_10": MetricSpec("Joined the seed, top 10% vs all non-members (out of time)", "higher", "times", 1),
+    "entry_lift_at_10": MetricSpec("Seed entries, top 10% vs all non-members (out of time)", "higher", "times", 1),
     "entry_rate_at_10": MetricSpec("Share of the top 10% that joined the seed (out of time)", "higher", "percent", 1),
     "spearman_spend": MetricSpec("Rank correlation, spend", "higher", "decimal"),
     "top_decile_capture_spend": MetricSpec("Spend captured by the top 10%", "higher", "percent", 0),
@@ -254,6 +254,17 @@ def quality(evidence: RunEvidence) -> Quality:
     bounds.append({"grade": GRADES[-1], "range": f"{format_metric(rule.metric, rule.cutoffs[-1])} or more"})
     return Quality(graded.grade, rule.metric, label, value, format_metric(rule.metric, value),
                    drv.lower_first(label), bounds, rule.why, headline, caveat, relative_sentence(graded, label))
+
+
+def refit_sentence(evidence: RunEvidence) -> str | None:
+    """Churn and value: the figures are the backtest's; the served version is the same recipe refitted later."""
+    served = json.loads(evidence.params.get("data.training_as_of", "null") or "null")
+    backtest = json.loads(evidence.params.get("data.backtest_training_as_of", "null") or "null")
+    if not served or not backtest:
+        return None
+    return (f"These figures judge the recipe out of time: fitted on customers up to {backtest[-1][:10]} and scored on "
+            f"what they did next. The version served is the same recipe refitted on the freshest data whose outcomes "
+            f"are known, customers up to {served[-1][:10]}.")
 
 
 def relative_sentence(graded: Grade, label: str) -> str:
@@ -567,7 +578,7 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
     return _write(context, model_file(evidence.name), "model.html.j2", title=title, evidence=evidence,
                   kind=evidence.kind, purpose=purpose(evidence), quality=quality(evidence), subject=subject,
                   rows=metric_rows(evidence), baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
-                  drivers=driver_items(drivers), contrast=contrast,
+                  drivers=driver_items(drivers), contrast=contrast, refit=refit_sentence(evidence),
                   population_text=population_text(evidence.kind, len(sample), len(population)),
                   drivers_chart=drivers_chart(drivers, f"What moves {subject} most"),
                   effect_charts=effect_charts(drivers), evaluation_charts=evaluation_charts(evidence),
