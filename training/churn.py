@@ -306,8 +306,7 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
     scorers = {"model": probability, **scores}
     lifts = {name: lift_table(y, score) for name, score in scorers.items()}
     what = f"churn ({evaluation.horizon_days}-day)"
-    curves = display_names({"model": calibration["model"], **{k: v for k, v in calibration.items() if k != "model"}})
-    curves["LightGBM (calibrated)"] = curves.pop("LightGBM")
+    curves = {"LightGBM (calibrated)" if k == "model" else DISPLAY_NAMES.get(k, k): v for k, v in calibration.items()}
     figures = {
         "calibration": calibration_figure(curves, f"Churn calibration, as of {evaluation.as_of:%Y-%m-%d}", what),
         "lift": lift_figure(display_names(lifts), f"Churn lift by decile, as of {evaluation.as_of:%Y-%m-%d}", what),
@@ -346,19 +345,19 @@ def churn_baselines(x: pd.DataFrame, evaluation: Snapshot, validation: Validatio
     rows, present = align_rfm(rfm, x["customer_id"])
     horizon = evaluation.horizon_days
     scores, probabilities = {"recency": recency_score(x)}, {}
-    textbook = {"bgnbd": (BGNBDBaseline, lambda m: m.churn_probability(rows, horizon)),
-                "pnbd": (ParetoNBDBaseline, lambda m: -m.expected_purchases(rows, horizon))}
-    for name, (baseline_cls, churn_score) in textbook.items():
+    # name: (model, churn score, the score of a customer with no purchase before as_of, is it a probability)
+    textbook = {"bgnbd": (BGNBDBaseline, lambda m: m.churn_probability(rows, horizon), 1.0, True),
+                "pnbd": (ParetoNBDBaseline, lambda m: -m.expected_purchases(rows, horizon), 0.0, False)}
+    for name, (baseline_cls, churn_score, never_bought, is_probability) in textbook.items():
         try:
             fitted = baseline_cls().fit(rfm)
         except BaselineFitError as exc:
             notes.append(f"{DISPLAY_NAMES[name]} baseline left out: {exc}")
             continue
-        # no purchase before as_of: churn probability 1, expected purchases 0 (the top churn score of either)
-        score = np.full(len(x), 1.0 if name == "bgnbd" else 0.0)
+        score = np.full(len(x), never_bought)
         score[present] = churn_score(fitted)
         scores[name] = score
-        if name == "bgnbd":
+        if is_probability:
             probabilities[name] = score
     return scores, probabilities, notes
 
