@@ -30,7 +30,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from features.cdnow import import_cdnow
 from features.pipeline import load_validated
 from training.baselines import BGNBDBaseline, ParetoNBDBaseline, align_rfm, rfm_summary
-from training.evaluation import paired_bootstrap
+from training.evaluation import paired_bootstrap, roc_auc
 
 SEGMENTS = str(Path(sys.executable).with_name("segments"))
 
@@ -80,7 +80,7 @@ def main() -> None:
         "customers": len(scores), "churners": int(churned.sum()),
         "roc_auc": {n: float(roc_auc_score(churned, s)) for n, s in churn_scores.items()},
         "pr_auc": {n: float(average_precision_score(churned, s)) for n, s in churn_scores.items()},
-        "margin_ci95": {f"model-{b}": paired_bootstrap(roc_auc_score, churned, churn_scores["model"], s, rounds=1000)
+        "margin_ci95": {f"model-{b}": paired_bootstrap(roc_auc, churned, churn_scores["model"], s, rounds=1000)
                         for b, s in churn_scores.items() if b != "model"},
         "seconds": round(time.perf_counter() - start, 1),
     }
