@@ -42,6 +42,7 @@ from features.io import (
     read_or_raise,
     unreadable,
 )
+from features.time import naive_utc
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -210,7 +211,7 @@ def validate(
         BadShareError (a DataContractError): a table's share of bad rows exceeds ``max_bad_share``.
         DataContractError: a file cannot be read in full (e.g. a CSV row with more fields than the header).
     """
-    run_time = _as_naive_utc(run_time or datetime.now(UTC))
+    run_time = naive_utc(run_time or datetime.now(UTC))
     con = raw.con
     con.execute(
         f'CREATE OR REPLACE TABLE {QUARANTINE_TABLE} ("table" VARCHAR, source VARCHAR, '
@@ -224,11 +225,6 @@ def validate(
     result = _collect(raw, rows_in, run_time, max_bad_share)
     _check_bad_share(result)
     return result
-
-
-def _as_naive_utc(moment: datetime) -> datetime:
-    """Naive UTC datetime; naive input is taken as UTC already."""
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _validate_table(

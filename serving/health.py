@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+
+from features.time import naive_utc, utc_now
 
 ENV_MAX_AGE = "SEGMENTS_MAX_MODEL_AGE_DAYS"
 DEFAULT_MAX_MODEL_AGE_DAYS = 120  # `segments monitor` judges staleness with the same default
@@ -69,7 +71,7 @@ def served_health(models: dict, status: dict, now: datetime | None = None,
     Out per model: trained_as_of, age_days, max_age_days, stale (None when the training as_of is unknown) and
     monitoring (the latest monitor result of that version, or None). Warnings are sentences, one per problem.
     """
-    now = now or datetime.now(UTC).replace(tzinfo=None)
+    now = now or utc_now()
     monitored = status.get("models", {})
     health, warnings = {}, []
     for name, entry in sorted(models.items()):
@@ -77,8 +79,7 @@ def served_health(models: dict, status: dict, now: datetime | None = None,
         trained = entry.get("trained_as_of")
         age = stale = None
         if trained:
-            trained_at = datetime.fromisoformat(trained)
-            trained_at = trained_at.astimezone(UTC).replace(tzinfo=None) if trained_at.tzinfo else trained_at
+            trained_at = naive_utc(datetime.fromisoformat(trained))
             age = (now - trained_at).days
             stale = age > max_age_days
             if stale:

@@ -27,12 +27,13 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from features.build import FeatureQuery
+from features.time import utc_now
 from serving.health import DEFAULT_MAX_MODEL_AGE_DAYS
 from serving.predictions import (
     DEFAULT_RETENTION_DAYS,
@@ -249,7 +250,7 @@ def write_status(folder: Path, run: MonitorRun) -> Path:
         kept = models.setdefault(result["name"], {})
         if str(kept.get(result["version"], {}).get("monitor_as_of", "")) <= result["monitor_as_of"]:
             kept[result["version"]] = result
-    status = {"written_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+    status = {"written_at": utc_now().isoformat(timespec="seconds"),
               "models": models}
     with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
         json.dump(status, tmp, indent=1, default=str)

@@ -16,13 +16,14 @@ import json
 import os
 import re
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.time import utc_now
 from training.scoring import ScoringBundle, kind_of
 
 ENV_FOLDER = "SEGMENTS_PREDICTION_LOG"
@@ -63,7 +64,7 @@ def log_predictions(folder: Path, scores: pd.DataFrame, bundle: ScoringBundle, f
     `ScoringBundle.score` or a refresh returns them; other columns are ignored). Returns the files written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written_at = written_at or datetime.now(UTC).replace(tzinfo=None)
+    written_at = written_at or utc_now()
     paths = []
     for name, columns in model_outputs(bundle, features).items():
         version = str(bundle.versions[name])

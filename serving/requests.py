@@ -13,7 +13,7 @@ An unknown id or a history with nothing before as_of is an error of its own item
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ import pandas as pd
 from features.build import to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from features.contract import CONTRACTS
+from features.time import naive_utc
 from serving.schemas import CustomerInput
 
 _PANDAS = {"VARCHAR": "string", "TIMESTAMP": "datetime64[us]", "DOUBLE": "float64", "BIGINT": "Int64",
@@ -45,7 +46,7 @@ class Resolved:
 
 
 def resolve_features(state, customers: list[CustomerInput], as_of: datetime | None) -> Resolved:
-    as_of = _naive_utc(as_of) if as_of is not None else state.as_of
+    as_of = naive_utc(as_of) if as_of is not None else state.as_of
     if as_of != state.as_of and any(c.history is None and c.features is None for c in customers):
         raise RequestError(
             f"customers given by id are scored from the feature table as of {state.as_of.isoformat()}; for as_of "
@@ -168,9 +169,7 @@ def _clean(value, kind: str):
     if isinstance(value, str):
         value = value.strip() or None
     if isinstance(value, datetime):
-        value = _naive_utc(value)
+        value = naive_utc(value)
     return value
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

@@ -9,7 +9,7 @@ the service before items are scored, since the cap is configuration (SEGMENTS_MA
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from features.catalog import FEATURES_BY_NAME
+from features.time import naive_utc
 
 DEFAULT_MAX_BATCH = 10_000
 MAX_TOP_K = 20
@@ -271,7 +272,7 @@ class EventsRequest(Strict):
                                  ("event", self.events, "event_id")):
             for item in items:
                 moment = item.timestamp
-                moment = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+                moment = naive_utc(item.timestamp)
                 payload = item.model_dump(mode="json", exclude={"customer_id"})
                 payload["timestamp"] = moment.isoformat()
                 out.append({"kind": kind, "id": getattr(item, key), "customer_id": item.customer_id,

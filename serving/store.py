@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import pandas as pd
 from sqlalchemy import (
@@ -46,6 +46,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
+
+from features.time import naive_utc, utc_now
 
 DEFAULT_DB_URL = "sqlite:///segments.db"
 KINDS = {"transaction": "transactions", "event": "events"}  # posted kind -> the contract table it belongs to
@@ -145,17 +147,6 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def _naive_utc(value: datetime) -> datetime:
-    """A naive UTC datetime: aware values are converted to UTC, pandas Timestamps become datetimes."""
-    if isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _json_default(value):
@@ -255,7 +246,7 @@ class SegmentStore:
         Returns per row True if it was stored now, False if that (kind, id) was already stored (also when it repeats
         within `rows`).
         """
-        received_at = _now()
+        received_at = utc_now()
         keys, records = [], {}
         for row in rows:
             if row["kind"] not in KINDS:
@@ -270,7 +261,7 @@ class SegmentStore:
                     "kind": key[0],
                     "id": key[1],
                     "customer_id": str(row["customer_id"]),
-                    "timestamp": _naive_utc(row["timestamp"]),
+                    "timestamp": naive_utc(row["timestamp"]),
                     "payload": _dumps(row["payload"]),
                     "received_at": received_at,
                 },
@@ -307,7 +298,7 @@ class SegmentStore:
         entry time is kept), "exited" deletes. states: customer_id -> values, saved with as_of = at. refresh:
         {"as_of", "definitions_hash", "thresholds", "customers", "changes"}. Returns the number of changes logged.
         """
-        recorded_at = _now()
+        recorded_at = utc_now()
         log_rows, last_change, exited = [], {}, set()
         for change in changes:
             if change["change"] not in ("entered", "exited"):
@@ -319,7 +310,7 @@ class SegmentStore:
                 "customer_id": str(change["customer_id"]),
                 "segment": change["segment"],
                 "change": change["change"],
-                "at": _naive_utc(change["at"]),
+                "at": naive_utc(change["at"]),
                 "cause": _dumps(change["cause"]),
                 "source": change["source"],
                 "recorded_at": recorded_at,
@@ -348,7 +339,7 @@ class SegmentStore:
         if entered:
             conn.execute(self._insert(membership).on_conflict_do_nothing(), entered)
         if states:
-            as_of = _naive_utc(at)
+            as_of = naive_utc(at)
             statement = self._insert(customer_state)
             statement = statement.on_conflict_do_update(
                 index_elements=[customer_state.c.customer_id],
@@ -365,7 +356,7 @@ class SegmentStore:
             conn.execute(
                 refreshes.insert(),
                 {
-                    "as_of": _naive_utc(refresh["as_of"]),
+                    "as_of": naive_utc(refresh["as_of"]),
                     "definitions_hash": refresh["definitions_hash"],
                     "thresholds": _dumps(refresh["thresholds"]),
                     "customers": int(refresh["customers"]),
@@ -488,7 +479,7 @@ class SegmentStore:
             posted_events.c.payload,
         )
         if before is not None:
-            query = query.where(posted_events.c.timestamp < _naive_utc(before))
+            query = query.where(posted_events.c.timestamp < naive_utc(before))
         with self._reading(conn) as reader:
             rows = self._rows_for(reader, query, posted_events.c.customer_id, customer_ids)
         rows.sort(key=lambda row: (row["timestamp"], row["id"]))
@@ -556,9 +547,9 @@ class SegmentStore:
         if customer_id is not None:
             query = query.where(membership_log.c.customer_id == customer_id)
         if start is not None:
-            query = query.where(membership_log.c.at >= _naive_utc(start))
+            query = query.where(membership_log.c.at >= naive_utc(start))
         if end is not None:
-            query = query.where(membership_log.c.at < _naive_utc(end))
+            query = query.where(membership_log.c.at < naive_utc(end))
         with self._read() as conn:
             rows = [_log_row(row) for row in conn.execute(query).mappings()]
         return _frame(rows, LOG_COLUMNS, datetimes=["at", "recorded_at"])
@@ -566,7 +557,7 @@ class SegmentStore:
     def membership_at(self, moment: datetime, segments: list[str] | None = None) -> pd.DataFrame:
         """Who was in which segment at `moment`, from the log: per (customer, segment) the latest change with
         at <= moment (ties by recording order) is "entered". Columns segment, customer_id."""
-        query = _latest_changes(_naive_utc(moment), segments)
+        query = _latest_changes(naive_utc(moment), segments)
         with self._read() as conn:
             rows = [dict(row) for row in conn.execute(query).mappings()]
         return _frame(rows, ["segment", "customer_id"])
@@ -578,7 +569,7 @@ class SegmentStore:
         Only real changes count: a repeated "entered" for a customer already in (or "exited" for one already out)
         is ignored, so size always equals the previous size + entered - exited.
         """
-        start, end = _naive_utc(start), _naive_utc(end)
+        start, end = naive_utc(start), naive_utc(end)
         days = pd.date_range(
             pd.Timestamp(start).floor("D"), pd.Timestamp(end).ceil("D"), freq="D", inclusive="left"
         )

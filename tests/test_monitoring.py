@@ -325,7 +325,7 @@ def test_before_the_horizon_has_passed_the_monitor_waits(trained, programme, sco
     from mlflow import MlflowClient
     from rich.console import Console
 
-    from serving.cli import monitor_table
+    from serving.cli.model_commands import monitor_table
 
     log = tmp_path / "log"
     shutil.copytree(scored.log, log)  # with the monitoring.json of the 2026-06-30 monitor

@@ -25,13 +25,14 @@ import json
 import math
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.time import naive_utc
 from training.evaluation import amount_metrics, lift_table, probability_metrics
 
 PSI_MODERATE = 0.1  # PSI below this: stable
@@ -335,7 +336,7 @@ def _param_time(value: str | None) -> datetime | None:
     if value in (None, "", "None"):
         return None
     parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo is None else parsed.astimezone(UTC).replace(tzinfo=None)
+    return naive_utc(parsed)
 
 
 def log_monitoring(client, result: dict, tables: dict[str, pd.DataFrame]) -> str:

@@ -187,3 +187,19 @@ def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:
     result = evaluate_clusters(config, features, as_of=data.as_of, model=model)
     return TrainingRecord("clusters", model, config, result, data.base_data(
         evaluation_as_of=data.as_of, features_not_in_data=absent), features)
+
+
+MODEL_KINDS = ("churn", "value", "lookalike", "clusters")
+
+
+def train_kind(kind: str, data: TrainingData, overrides: dict, horizon_days: int,
+               seed_segment: str | None = None) -> TrainingRecord:
+    """One training run of `kind` (a look-alike needs its seed segment)."""
+    if kind == "lookalike":
+        return train_lookalike(data, overrides, seed_segment, horizon_days)
+    if kind == "clusters":
+        return train_clusters(data, overrides)
+    trainers = {"churn": train_churn, "value": train_value}
+    if kind not in trainers:
+        raise ValueError(f"unknown model kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
+    return trainers[kind](data, overrides, horizon_days)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+
+from features.time import utc_now
 
 TEMPLATES = Path(__file__).parent / "templates"
 INDEX_FILE = "index.html"
@@ -47,7 +49,7 @@ class Site:
     models: tuple[ModelVersion, ...] = ()
     feature_set_version: str | None = None
     features_as_of: datetime | None = None  # the serve folder's feature table (profiles, scores) may lag the refresh
-    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    generated_at: datetime = field(default_factory=lambda: utc_now())
 
     def sections(self) -> list[tuple[str, list[NavLink]]]:
         """The links grouped by section, in first-appearance order (the navigation's rows)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from features.catalog import FEATURES_BY_NAME
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
+from features.time import utc_now
 from serving.explain import attribute_of, format_value
 from serving.reports import plots
 from serving.reports.render import as_datetime, number, signed_percent
@@ -170,7 +171,7 @@ def purchase_history(serve_dir: Path):
         columns[table] = [row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()]
     empty = pd.DataFrame()
     return ValidationResult(con, tables, columns, empty, empty, {}, {}, {t: str(path) for t in tables},
-                            datetime.now(UTC).replace(tzinfo=None), 0.0)
+                            utc_now(), 0.0)
 
 
 def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime | None,

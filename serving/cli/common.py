@@ -1,0 +1,150 @@
+"""What every `segments` command shares: the consoles, the option types, parsing dates, progress, clean errors and
+the "validate, then build features" step. Commands live in the *_commands modules beside this one."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from features.errors import DataContractError
+from features.time import naive_utc
+from features.validate import BadShareError
+
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 140)  # piped output (CI, make) keeps tables readable
+
+
+def parse_as_of(value: str) -> datetime:
+    """A date (YYYY-MM-DD) or an ISO datetime; an aware value is converted to naive UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{value}' is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS") from exc
+    return naive_utc(parsed)
+
+
+def date_option(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(flag, parser=parse_as_of, metavar="YYYY-MM-DD", help=help, **kwargs)
+
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Folder of customers/transactions/events CSV or Parquet "
+                                                      "files, or a DuckDB database file.")]
+MaxBadOpt = Annotated[float, typer.Option("--max-bad-share", min=0.0, max=1.0,
+                                          help="Stop when a table has a larger share of bad rows than this.")]
+AsOfOpt = Annotated[datetime, date_option("--as-of", "Point in time: only records strictly before it are used.")]
+HorizonOpt = Annotated[int, typer.Option(min=7, max=730, help="Churn and value horizon in days.")]
+AliasOpt = Annotated[str, typer.Option(help="Registry alias of the models to use.")]
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", help="Membership store URL (default: SEGMENTS_DB_URL, else sqlite:///segments.db).")]
+SegmentsFileOpt = Annotated[Path | None, typer.Option(
+    "--segments", help="Segments YAML file (default: the shipped features/segments.yaml).")]
+PredictionsOpt = Annotated[Path | None, typer.Option(
+    "--predictions", help="Prediction log folder: scores are kept there with their model versions for segments "
+                          "monitor (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")]
+ServeDirOpt = Annotated[Path, typer.Option("--serve-dir", help="The serve folder (manifest, feature table, typical "
+                                                               "values); SEGMENTS_SERVE_DIR for the service.")]
+
+
+def fail(message: str) -> NoReturn:
+    """Say what is wrong and stop with exit code 2 (a usage or data problem, never a traceback)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def step(description: str) -> Iterator[None]:
+    """A spinner with elapsed time for a step whose length is not known in advance."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        task = progress.add_task(description, total=1)
+        yield
+        progress.update(task, completed=1)
+
+
+@contextmanager
+def status_bar(first: str = "Preparing") -> Iterator:
+    """A spinner whose text the work updates: yields `say(message)` for a progress callback."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(first, total=None)
+        yield lambda message: bar.update(task, description=message)
+
+
+@contextmanager
+def fail_cleanly(quarantine: Path | None = None) -> Iterator[None]:
+    """Turn a data-contract error into a clear message and exit code 2, never a traceback.
+
+    When too many rows are bad, the quarantine is still written so the user can see every one of them.
+    """
+    try:
+        yield
+    except DataContractError as exc:
+        if quarantine is not None and isinstance(exc, BadShareError):
+            console.print(f"Quarantined rows: {exc.result.write_quarantine(quarantine)}")
+        fail(str(exc))
+
+
+def validated(data: Path, max_bad_share: float, quarantine: Path | None = None):
+    """The raw tables checked against the contract (a clear error when too many rows are bad)."""
+    from features.pipeline import load_validated
+
+    with fail_cleanly(quarantine), step("Validating"):
+        return load_validated(data, max_bad_share=max_bad_share)
+
+
+def features_as_of(data: Path, as_of: datetime, max_bad_share: float, quarantine: Path | None = None):
+    """Validate, then build the point-in-time feature table: (the feature run, the validation)."""
+    from features.pipeline import build_feature_table
+
+    validation = validated(data, max_bad_share, quarantine)
+    with fail_cleanly(), step(f"Building features as of {as_of:%Y-%m-%d %H:%M}".removesuffix(" 00:00")):
+        return build_feature_table(validation, as_of), validation
+
+
+def segment_definitions(path: Path | None):
+    """The segments file, parsed and checked (every problem listed), or exit 2."""
+    from features.segments import SegmentDefinitionError, load_segments
+
+    try:
+        return load_segments(path)
+    except SegmentDefinitionError as exc:
+        fail(str(exc))
+
+
+def open_store(url: str | None):
+    """The membership store at `url` (default SEGMENTS_DB_URL, else ./segments.db), or exit 2."""
+    from serving.store import SegmentStore
+
+    try:
+        return SegmentStore(url)
+    except Exception as exc:  # noqa: BLE001 - any failure to open the store is the user's configuration
+        fail(f"cannot open the membership store: {exc}")
+
+
+def keep_predictions(folder: Path, scores, bundle, features, as_of: datetime) -> None:
+    """Log the scores to the prediction log. A failure is a warning: the command's own output is already written
+    and must never be lost or changed because of the log."""
+    from serving.predictions import log_predictions
+
+    try:
+        paths = log_predictions(folder, scores, bundle, features, as_of)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the scores stand; say so and go on
+        console.print(f"[yellow]warning:[/] predictions not logged to {folder}: {type(exc).__name__}: {exc}")
+        return
+    console.print(f"Predictions of {len(paths)} model(s) logged to {folder} (segments monitor reads them)")
+
+
+def use_bentoml_home() -> Path:
+    """BENTOML_HOME (the model store), by default ./bentoml; set before BentoML is imported."""
+    import os
+
+    home = Path(os.environ.get("BENTOML_HOME") or "bentoml").resolve()
+    os.environ["BENTOML_HOME"] = str(home)
+    return home

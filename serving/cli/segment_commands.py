@@ -1,0 +1,246 @@
+"""Dynamic segment commands: preview, refresh, the read side (customer, segment, flows), measure (campaign lift)
+and backtest. The membership store is SEGMENTS_DB_URL (or --db), by default the SQLite file ./segments.db."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from serving.cli.common import (
+    AsOfOpt,
+    DataOpt,
+    DbOpt,
+    MaxBadOpt,
+    PredictionsOpt,
+    SegmentsFileOpt,
+    console,
+    date_option,
+    fail,
+    features_as_of,
+    keep_predictions,
+    open_store,
+    out,
+    parse_as_of,
+    segment_definitions,
+    step,
+    validated,
+)
+
+SegmentOpt = Annotated[str, typer.Option("--segment", help="Segment name.")]
+AliasOpt = Annotated[str, typer.Option(help="Registry alias of the models predictive segments read.")]
+ModelsOpt = Annotated[bool, typer.Option("--models/--no-models", help="Score with the registered models (needed "
+                                                                      "by predictive, look-alike, cluster segments).")]
+
+
+def _bundle(alias: str, use_models: bool):
+    """The registered `alias` models, or None (segments over model outputs are then skipped, with the reason)."""
+    if not use_models:
+        return None
+    from training.scoring import ScoringBundle
+
+    try:
+        with step(f"Loading the {alias} models"):
+            return ScoringBundle.from_registry(alias)
+    except LookupError as exc:
+        console.print(f"[yellow]note:[/] {exc}; segments over model outputs are skipped")
+        return None
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def preview(
+    segment: SegmentOpt,
+    data: DataOpt,
+    as_of: AsOfOpt,
+    segments_file: SegmentsFileOpt = None,
+    sample: Annotated[int, typer.Option(min=0, max=1000, help="Members to show.")] = 10,
+    alias: AliasOpt = "champion",
+    models: ModelsOpt = True,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Show a segment's exact size and a sample of its members as of a date; nothing is saved."""
+    from serving.membership import preview as preview_segment
+
+    definitions = segment_definitions(segments_file)
+    features = features_as_of(data, as_of, max_bad_share)[0].table
+    bundle = _bundle(alias, models)
+    try:
+        size, members, _ = preview_segment(definitions, segment, features, bundle, sample)
+    except (KeyError, LookupError) as exc:
+        fail(exc.args[0])
+    out.print(f"[bold]{segment}[/]: {size:,} of {len(features):,} customers ({size / max(len(features), 1):.1%}) "
+              f"as of {as_of:%Y-%m-%d}")
+    out.print(frame_table(members, f"sample of {len(members)} members"))
+
+
+def refresh(
+    data: DataOpt,
+    as_of: AsOfOpt,
+    segments_file: SegmentsFileOpt = None,
+    db: DbOpt = None,
+    alias: AliasOpt = "champion",
+    models: ModelsOpt = True,
+    max_bad_share: MaxBadOpt = 0.05,
+    predictions: PredictionsOpt = None,
+) -> None:
+    """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes. The
+    models' scores go to the prediction log."""
+    from serving.membership import RefreshOrderError
+    from serving.membership import refresh as refresh_segments
+    from serving.predictions import prediction_folder
+
+    definitions = segment_definitions(segments_file)
+    store = open_store(db)
+    features = features_as_of(data, as_of, max_bad_share)[0].table
+    bundle = _bundle(alias, models)
+    try:
+        with step(f"Evaluating {len(definitions.names())} segment definitions for {len(features):,} customers"):
+            report = refresh_segments(store, definitions, features, bundle, as_of)
+    except RefreshOrderError as exc:
+        fail(str(exc))
+    out.print(frame_table(report.sizes, f"Segments as of {as_of:%Y-%m-%d} ({store.display_url})"))
+    for name, reason in report.skipped.items():
+        out.print(f"[yellow]not evaluated[/] {name}: {reason}")
+    if report.written:
+        out.print(f"[green]{report.changes:,} entries and exits recorded[/] in the membership log")
+    else:
+        out.print("Nothing new: this as_of was already refreshed with these definitions")
+    if bundle is not None and report.values is not None and not report.values.empty:
+        keep_predictions(prediction_folder(predictions), report.values, bundle, features, as_of)
+
+
+def customer(
+    customer_id: Annotated[str, typer.Argument(help="Customer id.")],
+    db: DbOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="History rows to show (newest first).")] = 20,
+) -> None:
+    """A customer's current segments and their history of entries and exits with causes."""
+    from serving.reports.segments import cause_text
+
+    info = open_store(db).customer(customer_id)
+    if not info["segments"] and not info["history"]:
+        fail(f"customer {customer_id!r} has no membership record (refresh first?)")
+    out.print(f"[bold]{customer_id}[/] is in: " + (", ".join(s["segment"] for s in info["segments"]) or "no segment"))
+    table = Table("at", "segment", "change", "cause", title="history (newest first)")
+    for row in info["history"][:limit]:
+        table.add_row(f"{row['at']:%Y-%m-%d %H:%M}", row["segment"], row["change"], cause_text(row["cause"]))
+    out.print(table)
+
+
+FromOpt = Annotated[datetime | None, date_option("--from", "Start of the daily entries/exits table.")]
+ToOpt = Annotated[datetime | None, date_option("--to", "End (exclusive) of the daily table.")]
+
+
+def segment(
+    name: Annotated[str, typer.Argument(help="Segment name.")],
+    db: DbOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    members: Annotated[int, typer.Option(min=0, help="Members to list (a page).")] = 0,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many members (paging).")] = 0,
+) -> None:
+    """A segment's exact size, a page of members, and entries, exits and size per day."""
+    store = open_store(db)
+    out.print(f"[bold]{name}[/]: {store.segment_size(name):,} members")
+    if members:
+        page = store.members(name, limit=members, offset=offset)
+        out.print(", ".join(m["customer_id"] for m in page) or "(no members on this page)")
+    if start is not None and end is not None:
+        out.print(frame_table(store.daily_changes(name, start, end), "entries, exits and size per day"))
+
+
+def flows(
+    start: Annotated[datetime, date_option("--from", "Start of the period.")],
+    end: Annotated[datetime, date_option("--to", "End (exclusive) of the period.")],
+    between: Annotated[str, typer.Option("--segments", help="Comma-separated segments (default: lifecycle stages).")]
+    = "lifecycle_new,lifecycle_active,lifecycle_reactivated,lifecycle_lapsing,lifecycle_lapsed",
+    db: DbOpt = None,
+) -> None:
+    """Customers moving between segments from --from to --to (none = in none of them)."""
+    table = open_store(db).flows(start, end, [s.strip() for s in between.split(",") if s.strip()])
+    out.print(frame_table(table.fillna("(none)"), f"flows {start:%Y-%m-%d} -> {end:%Y-%m-%d}"))
+
+
+def measure(
+    segment_name: SegmentOpt,
+    data: DataOpt,
+    start: Annotated[datetime, date_option("--from", "Campaign start: members at this time are compared.")],
+    end: Annotated[datetime, date_option("--to", "End (exclusive) of the outcome window.")],
+    segments_file: SegmentsFileOpt = None,
+    db: DbOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Lift of a campaign: the segment's members outside the holdout against the holdout, on conversion, orders and
+    spend in [--from, --to), with 95% confidence intervals."""
+    from serving.lift import measure as measure_lift
+
+    definitions = segment_definitions(segments_file)
+    if segment_name not in definitions.names():
+        fail(f"no segment named {segment_name!r} in {definitions.source}")
+    members = open_store(db).membership_at(start, [segment_name])
+    validation = validated(data, max_bad_share)
+    try:
+        result = measure_lift(members, definitions[segment_name], validation, start, end)
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+        return
+    out.print(frame_table(result.table(), f"{segment_name}: targeted vs holdout, {start:%Y-%m-%d} to "
+                                          f"{end:%Y-%m-%d}"))
+
+
+def backtest(
+    segment_name: SegmentOpt,
+    data: DataOpt,
+    dates: Annotated[str, typer.Option(help="Comma-separated past dates, e.g. 2026-01-01,2026-03-01.")],
+    horizon: Annotated[int, typer.Option(min=1, help="Days after each date that outcomes are counted.")] = 90,
+    segments_file: SegmentsFileOpt = None,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """Evaluate a rule segment as of past dates: its size and what its members did afterwards (churn rate, orders,
+    spend) against the population."""
+    from serving.lift import backtest as run_backtest
+
+    definitions = segment_definitions(segments_file)
+    try:
+        as_ofs = [parse_as_of(d.strip()) for d in dates.split(",") if d.strip()]
+    except typer.BadParameter as exc:
+        fail(f"--dates: {exc}")
+    validation = validated(data, max_bad_share)
+    try:
+        with step(f"Backtesting {segment_name} at {len(as_ofs)} dates"):
+            table = run_backtest(definitions, segment_name, validation, as_ofs, horizon)
+    except (ValueError, KeyError) as exc:
+        fail(exc.args[0])
+    wide = table.assign(as_of=table["as_of"].map(lambda d: f"{d:%Y-%m-%d}")).set_index("as_of").T  # a column per date
+    out.print(frame_table(wide.rename_axis("metric").reset_index(),
+                          f"{segment_name}: members against the population over the next {horizon} days"))
+
+
+def frame_table(frame, title: str) -> Table:
+    """A data frame as a rich table: dates as days, floats to four significant digits, NaN as '-'."""
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d}"
+    return str(value)
+
+
+COMMANDS = {"preview": preview, "refresh": refresh, "customer": customer, "segment": segment, "flows": flows,
+            "measure": measure, "backtest": backtest}

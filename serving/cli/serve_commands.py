@@ -1,0 +1,205 @@
+"""Scoring and serving commands: batch `score` (registry models, or a serve folder's exactly as the service scores),
+`build` (the serve folder and BentoML store) and `serve` (the HTTP service)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from serving.cli.common import (
+    AliasOpt,
+    AsOfOpt,
+    DataOpt,
+    DbOpt,
+    MaxBadOpt,
+    PredictionsOpt,
+    ServeDirOpt,
+    date_option,
+    fail,
+    features_as_of,
+    keep_predictions,
+    open_store,
+    out,
+    step,
+    use_bentoml_home,
+    validated,
+)
+
+
+def score(
+    data: DataOpt,
+    as_of: AsOfOpt,
+    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write the scores to.")],
+    alias: AliasOpt = "champion",
+    max_bad_share: MaxBadOpt = 0.05,
+    explain: Annotated[bool, typer.Option(help="Add each customer's top reasons per model (needs --serve-dir).")] = False,
+    serve_dir: Annotated[Path | None, typer.Option(help="Score with the models pinned in this serve folder "
+                                                        "(segments build), exactly as the service does.")] = None,
+    segments_file: Annotated[Path | None, typer.Option(
+        "--segments", help="With --serve-dir: the segments YAML to evaluate (default: SEGMENTS_DEFINITIONS, as "
+                           "the service, else the shipped one).")] = None,
+    db: Annotated[str | None, typer.Option(
+        help="With --serve-dir: membership store whose last refresh gives the `in top N%` thresholds (default: "
+             "SEGMENTS_DB_URL; without a store or a refresh in it they are fitted on the scored customers).")]
+    = None,
+    predictions: PredictionsOpt = None,
+) -> None:
+    """Score every customer known at --as-of with the registered champion models (or a serve folder's, with the
+    customers' segments as the service evaluates them)."""
+    from serving.predictions import prediction_folder
+    from training.scoring import ScoringBundle
+
+    if explain or serve_dir is not None:
+        definitions = segments_file or os.environ.get("SEGMENTS_DEFINITIONS")
+        return score_served(data, as_of, out_file, serve_dir, explain, max_bad_share,
+                            Path(definitions) if definitions else None, db or os.environ.get("SEGMENTS_DB_URL"),
+                            prediction_folder(predictions))
+    run, _ = features_as_of(data, as_of, max_bad_share)
+    features = run.table
+    try:
+        with step("Loading champion models"):
+            bundle = ScoringBundle.from_registry(alias)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    with step(f"Scoring {len(features):,} customers"):
+        scores = bundle.score(features)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        scores.to_parquet(out_file, index=False)
+    out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))
+    out.print(f"[green]{len(scores):,} customers x {scores.shape[1] - 1} scores[/] -> {out_file}")
+    keep_predictions(prediction_folder(predictions), scores, bundle, features, as_of)
+
+
+def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | None, explain: bool,
+                 max_bad_share: float, segments_file: Path | None = None, db: str | None = None,
+                 predictions: Path | None = None) -> None:
+    """Batch scoring with a serve folder's models and typical values, through the service's scoring code; the
+    segments are the service's too (same definitions, same evaluation, thresholds of the store's last refresh)."""
+    use_bentoml_home()
+    from serving.scoring import batch_frame
+    from serving.state import load_state
+
+    if serve_dir is None:
+        fail("--explain needs --serve-dir (the typical values the reasons compare with are fitted by segments build)")
+    with step("Loading the served models"):
+        state = load_state(serve_dir)
+    if not state.ready:
+        fail("; ".join(state.problems))
+    run, _ = features_as_of(data, as_of, max_bad_share)
+    features = run.table
+    rules = batch_segment_rules(segments_file, features, state.scorer.bundle, db)
+    with step(f"Scoring {len(features):,} customers" + (" with reasons" if explain else "")):
+        scores = batch_frame(state.scorer, features, explain, rules)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        scores.to_parquet(out_file, index=False)
+    out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(state.versions.items())))
+    out.print(f"Segments: {len(rules.evaluated.names())} evaluated; `in top N%` thresholds: "
+              f"{rules.thresholds_from}")
+    for name, reason in sorted(rules.not_evaluated.items()):
+        out.print(f"  not evaluated: {name}: {escape(reason)}")
+    out.print(f"[green]{len(scores):,} customers scored[/] -> {out_file}")
+    if predictions is not None:
+        keep_predictions(predictions, scores, state.scorer.bundle, features, as_of)
+
+
+def batch_segment_rules(segments_file: Path | None, features, bundle, db: str | None):
+    """The service's segment rules for batch scoring: thresholds of the store's last refresh when `db` is given and
+    has one, else fitted on the scored population (the batch sees all of it, as a refresh does)."""
+    from features.segments import SegmentDefinitionError
+    from serving.membership import SegmentRules, segment_values, served_segments
+
+    try:
+        usable, skipped = served_segments(segments_file, features, bundle)
+    except SegmentDefinitionError as exc:
+        fail(str(exc))
+    last = None
+    if db:
+        store = open_store(db)
+        try:
+            last = store.last_refresh()
+        finally:
+            store.close()
+    if last is not None:
+        return SegmentRules.of_refresh(usable, skipped, last)
+    with step("Fitting the `in top N%` thresholds on the scored customers (no refresh in a store)"):
+        return SegmentRules.fitted(usable, skipped, segment_values(features, bundle))
+
+
+def build(
+    data: DataOpt,
+    as_of: Annotated[datetime, date_option(
+        "--as-of", "As_of of the feature table the service looks ids up in (and of the typical values).")],
+    serve_dir: ServeDirOpt = Path("serve"),
+    alias: Annotated[str, typer.Option(help="Registry alias of the models to serve.")] = "champion",
+    max_bad_share: MaxBadOpt = 0.05,
+    bento: Annotated[bool, typer.Option(help="Also package code, serve folder and models as the bento "
+                                              "'segments' (offline), to run with `bentoml serve segments:latest`.")]
+    = False,
+) -> None:
+    """Prepare serving: import the champion models at their pinned versions from MLflow into the BentoML store,
+    and write the serve folder (feature table as of --as-of, typical values, manifest)."""
+    home = use_bentoml_home()
+    from serving.state import build as build_state
+
+    validation = validated(data, max_bad_share)
+    try:
+        with step("Importing models and building the serve folder"):
+            manifest = build_state(validation, as_of, serve_dir, alias)
+    except LookupError as exc:
+        fail(str(exc))
+    table = Table("model", "version", "BentoML tag", title=f"Serve folder {serve_dir} (as of {as_of:%Y-%m-%d})")
+    for name, entry in sorted(manifest["models"].items()):
+        table.add_row(name, entry["version"], entry["bento_tag"])
+    out.print(table)
+    out.print(f"{manifest['customers']:,} customers in the feature table; BentoML store: {home}")
+    out.print(f"Serve it: segments serve --serve-dir {serve_dir}")
+    if bento:
+        from serving.bento import build_bento
+
+        with step("Building the bento"):
+            tag = build_bento(serve_dir, manifest)
+        out.print(f"Bento {tag} in {home}: BENTOML_HOME={home} bentoml serve {tag}")
+
+
+def serve(
+    serve_dir: ServeDirOpt = Path("serve"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    segments_file: Annotated[Path | None, typer.Option("--segments", help="Segments YAML the event path evaluates "
+                                                                          "(default: the shipped one).")] = None,
+    db: DbOpt = None,
+    reports: Annotated[Path, typer.Option(help="Folder of reports (segments report) served read-only at "
+                                               "/reports/.")] = Path("reports"),
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Prediction log folder whose monitoring.json (segments monitor) /v1/info and /v1/ready "
+                              "report (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")] = None,
+) -> None:
+    """Start the scoring service (bentoml serve serving.service:SegmentsService). SEGMENTS_API_KEY, when set, is
+    required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000). Posted events update the
+    membership store that `segments refresh` writes. /v1/ready and /v1/info warn about models older than
+    SEGMENTS_MAX_MODEL_AGE_DAYS (default 120) and those the last `segments monitor` found decaying or drifting."""
+    use_bentoml_home()
+    if not (serve_dir / "manifest.json").exists():
+        fail(f"no manifest.json in {serve_dir}: run segments build first")
+    os.environ["SEGMENTS_SERVE_DIR"] = str(serve_dir.resolve())
+    if db or not os.environ.get("SEGMENTS_DB_URL"):  # a relative SQLite path must not depend on the worker's cwd
+        os.environ["SEGMENTS_DB_URL"] = db or f"sqlite:///{Path('segments.db').resolve()}"
+    if segments_file is not None:
+        os.environ["SEGMENTS_DEFINITIONS"] = str(segments_file.resolve())
+    os.environ["SEGMENTS_REPORTS_DIR"] = str(reports.resolve())
+    from serving.predictions import ENV_FOLDER, prediction_folder
+
+    os.environ[ENV_FOLDER] = str(prediction_folder(predictions).resolve())  # not relative to a worker's cwd
+    bentoml = Path(sys.executable).with_name("bentoml")
+    os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:SegmentsService", "--host", host,
+                            "--port", str(port)])
+
+
+COMMANDS = {"score": score, "build": build, "serve": serve}
