@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from features.cdnow import import_cdnow
 from features.pipeline import load_validated
+from features.synthetic.cdnow import import_cdnow
 from training.baselines import BGNBDBaseline, ParetoNBDBaseline, align_rfm, rfm_summary
 from training.evaluation import paired_bootstrap, roc_auc
 

@@ -1,6 +1,6 @@
 """Churn against its baselines on several generated programmes: the spread the quality gates are set from.
 
-For each seed: `segments generate`-equivalent data (features.generator), then the training protocol of
+For each seed: `segments generate`-equivalent data (features.synthetic.generator), then the training protocol of
 `segments train churn` (training.train.train_churn: backtest out of time, refit) with its defaults. Prints the
 backtest ROC-AUC of the model and of each baseline, the margin over the best baseline with its paired-bootstrap
 95% interval, and the grade.
@@ -17,8 +17,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from features.generator import generate_tables, write_tables
 from features.pipeline import load_validated
+from features.synthetic.generator import generate_tables, write_tables
 from training import train as training
 from training.grading import grade_model
 

@@ -207,10 +207,10 @@ class Timer:
 
 def run_in_process(args, workdir: Path, customers: list[str]) -> dict:
     os.environ.update(env_for(workdir))
-    from serving import realtime
-    from serving.schemas import EventsRequest
+    from serving.http.schemas import EventsRequest
+    from serving.segments import events as realtime
+    from serving.segments.store import SegmentStore
     from serving.state import load_state
-    from serving.store import SegmentStore
 
     state = load_state(workdir / "serve")
     assert state.ready, state.problems

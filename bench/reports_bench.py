@@ -4,8 +4,8 @@ Usage (after `make demo`, which trains, builds `demo/serve` and refreshes `demo/
     python bench/reports_bench.py --workdir demo [--customers 30]
 
 Measures, in this process, with the demo's serve folder, MLflow and membership store:
-- writing every report (`serving.reports.build.write_reports`, what `segments report` runs) into a temp folder;
-- `serving.counterfactual.counterfactuals` for `--customers` members of likely_to_churn (goal: leave it) and as many
+- writing every report (`serving.reports.site.write_reports`, what `segments report` runs) into a temp folder;
+- `serving.segments.counterfactuals.counterfactuals` for `--customers` members of likely_to_churn (goal: leave it) and as many
   customers outside loyal (goal: enter loyal): time per call, rebuilds per call, share with a plan;
 - rendering the customer page (`serving.reports.customer.customer_page`) for the same at-risk customers.
 Results: printed and written to bench/results/reports.json.
@@ -39,7 +39,7 @@ def summary(seconds: list[float]) -> dict:
 
 
 def counterfactual_runs(processor, customers: list[str], goal: str) -> dict:
-    from serving.counterfactual import counterfactuals
+    from serving.segments.counterfactuals import counterfactuals
 
     times, rebuilds, reached = [], [], 0
     for customer in customers:
@@ -62,11 +62,11 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
 
-    from serving.realtime import EventProcessor
-    from serving.reports.build import write_reports
     from serving.reports.customer import customer_page
+    from serving.reports.site import write_reports
+    from serving.segments.events import EventProcessor
+    from serving.segments.store import SegmentStore
     from serving.state import load_state
-    from serving.store import SegmentStore
 
     load_average = os.getloadavg()
     state, load_seconds = timed(lambda: load_state(workdir / "serve"))

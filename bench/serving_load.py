@@ -14,7 +14,7 @@ BENTOML_HOME=DIR/bentoml; then `segments serve` on a free port of 127.0.0.1 (log
 (b) Batches of --batch customers by id, POST /score with explain false and true (best and median of --batch-repeat),
     against the in-process limit on the same rows in this process: LightGBM predict of every booster of every served
     model plus pred_contrib of every explained booster, on already encoded matrices (target: HTTP >= 60% of it); and
-    the in-process service path (serving.scoring.Scorer, and resolve_features + Scorer + response validation + JSON)
+    the in-process service path (serving.scorer.Scorer, and resolve_features + Scorer + response validation + JSON)
     so that the HTTP/JSON share is visible.
 
 The client runs on the same machine as the server (2 cores): its CPU competes with the server's. Results: printed as
@@ -233,10 +233,11 @@ def best_of(fn, repeat: int) -> float:
 
 def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     os.environ.update(env_for(workdir))
-    from serving.requests import resolve_features
-    from serving.schemas import CustomerInput, ScoreResponse
+    from serving.explain.reasons.treeshap import engine_name
+
+    from serving.http.request_features import resolve_features
+    from serving.http.schemas import CustomerInput, ScoreResponse
     from serving.state import load_state
-    from serving.treeshap import engine_name
 
     state = load_state(workdir / "serve")
     assert state.ready, state.problems

@@ -2,7 +2,7 @@
 
 For each model version in the prediction log (`serving.predictions`), as of the monitor's `--as-of` T:
 - realised performance (churn, value) on the newest logged as_of P with P + horizon <= T: the outcomes over
-  [P, P + horizon) come from `training.data.make_snapshot`, the labels of training, and the metrics from
+  [P, P + horizon) come from `training.labels.make_snapshot`, the labels of training, and the metrics from
   `training.evaluation`. It is compared with the out-of-time metric logged at training (roc_auc, spearman_spend):
   more than `training.monitoring.DECAY_TOLERANCE` below is "decaying". When no logged as_of has a complete horizon
   yet, the version is "waiting until" the first date one will.
@@ -34,7 +34,7 @@ import pandas as pd
 
 from features.build import FeatureQuery
 from features.time import utc_now
-from serving.health import DEFAULT_MAX_MODEL_AGE_DAYS
+from serving.http.health import DEFAULT_MAX_MODEL_AGE_DAYS
 from serving.predictions import (
     DEFAULT_RETENTION_DAYS,
     STATUS_FILE,
@@ -42,7 +42,8 @@ from serving.predictions import (
     prune_predictions,
     read_predictions,
 )
-from training.data import make_snapshot
+from training.bundle import ScoringBundle
+from training.labels import make_snapshot
 from training.monitoring import (
     PSI_DRIFTING,
     REALISED,
@@ -55,7 +56,6 @@ from training.monitoring import (
     result_json,
     training_reference,
 )
-from training.scoring import ScoringBundle
 
 
 class MonitorInputError(ValueError):

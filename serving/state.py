@@ -25,9 +25,9 @@ import pandas as pd
 from features.build import FeatureQuery, to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from features.pipeline import build_feature_table, read_feature_table, write_feature_table
-from serving.explain import typical_values
-from serving.realtime import HISTORY_FILE, write_history
-from training.scoring import ScoringBundle
+from serving.explain.reasons import typical_values
+from serving.segments.events import HISTORY_FILE, write_history
+from training.bundle import ScoringBundle
 
 MANIFEST, FEATURES_FILE, TYPICAL_FILE = "manifest.json", "features.parquet", "typical.json"
 DEFAULT_SERVE_DIR = "serve"
@@ -85,7 +85,7 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
 
 def trained_as_of(run) -> str | None:
     """The training cut-off (`segments train --as-of`) of a model's MLflow run, ISO format; the service measures
-    the model's age from it (serving.health). None when the run does not record it."""
+    the model's age from it (serving.http.health). None when the run does not record it."""
     value = run.data.params.get("data.as_of")
     return datetime.fromisoformat(value).isoformat() if value else None
 
@@ -94,8 +94,8 @@ def quality_of(name: str, run) -> dict:
     """The model's grade, absolute and against its best baseline (training.grading), as /v1/info shows it."""
     from dataclasses import asdict
 
+    from training.bundle import kind_of
     from training.grading import grade_model, split_logged_metrics
-    from training.scoring import kind_of
 
     metrics, baselines = split_logged_metrics(run.data.metrics)
     return asdict(grade_model(kind_of(name)[0], metrics, baselines))
@@ -139,7 +139,7 @@ class ServingState:
 
 def load_state(directory: Path) -> ServingState:
     """Load the serve folder, never raising: what is missing or incompatible goes to `problems`."""
-    from serving.scoring import Scorer
+    from serving.scorer import Scorer
 
     state = ServingState(Path(directory))
     path = state.directory / MANIFEST

@@ -31,8 +31,8 @@ def prediction_log(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory):
-    """The generated tables (features.generator.GeneratedData) and the folder they are written to."""
-    from features.generator import generate_tables, write_tables
+    """The generated tables (features.synthetic.generator.GeneratedData) and the folder they are written to."""
+    from features.synthetic.generator import generate_tables, write_tables
 
     data = generate_tables(GENERATED_CUSTOMERS, GENERATED_MONTHS, seed=11, end=GENERATED_END)
     folder = tmp_path_factory.mktemp("generated")
@@ -70,7 +70,7 @@ def store_url(request, tmp_path):
 
     from sqlalchemy import create_engine
 
-    from serving.store import sqlalchemy_url
+    from serving.segments.store import sqlalchemy_url
 
     admin = create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")  # CREATE DATABASE needs autocommit
     name = f"test_{uuid.uuid4().hex}"

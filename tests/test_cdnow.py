@@ -13,9 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features.cdnow import default_cdnow_path, import_cdnow, read_cdnow
 from features.errors import DataContractError
 from features.io import load_raw
+from features.synthetic.cdnow import default_cdnow_path, import_cdnow, read_cdnow
 from features.validate import validate
 
 
@@ -110,7 +110,7 @@ def test_read_cdnow_names_the_bad_line(tmp_path, line, message):
 
 def test_locating_the_file_does_not_import_lifetimes():
     code = (
-        "import sys; from features.cdnow import default_cdnow_path; p = default_cdnow_path(); "
+        "import sys; from features.synthetic.cdnow import default_cdnow_path; p = default_cdnow_path(); "
         "print(p.is_file(), 'lifetimes' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

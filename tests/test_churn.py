@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from features.build import FeatureQuery
 from features.catalog import FEATURES_BY_NAME
-from features.generator import PLANTED_CHURN_DRIVERS, oracle_churn_probability
+from features.synthetic.generator import PLANTED_CHURN_DRIVERS, oracle_churn_probability
 from training.baselines import rfm_summary
 from training.churn import (
     ChurnConfig,
@@ -27,9 +27,9 @@ from training.churn import (
     fit_calibration,
     snapshot_dates,
 )
-from training.data import Snapshot, make_snapshot
 from training.errors import InsufficientDataError
 from training.evaluation import expected_calibration_error, lift_at
+from training.labels import Snapshot, make_snapshot
 
 EVAL_AS_OF = datetime(2026, 4, 1)
 HORIZON = 90

@@ -16,8 +16,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from training.clusters import DEFAULT_CLUSTER_FEATURES, ClusterConfig, ClusterModel, evaluate_clusters
-from training.data import make_snapshot
 from training.errors import InsufficientDataError
+from training.labels import make_snapshot
 
 AS_OF = datetime(2026, 7, 1)
 QUICK = ClusterConfig(k_range=(7, 7), bootstrap_rounds=2, surrogate_num_boost_round=20)

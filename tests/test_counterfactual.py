@@ -13,7 +13,7 @@ import pytest
 from serving_setup import build_served, use_bentoml_home
 
 from features.segments import evaluate, load_segments
-from serving.counterfactual import (
+from serving.segments.counterfactuals import (
     Action,
     Goal,
     SearchLimits,
@@ -21,7 +21,7 @@ from serving.counterfactual import (
     counterfactuals,
     plan_records,
 )
-from serving.membership import refresh, segment_values
+from serving.segments.refresh import refresh, segment_values
 
 AT_RISK = "likely_to_churn"
 # Customer-table attributes: no plan may change them (age, region, gender, sign-up, loyalty join, tier, balance).
@@ -32,9 +32,9 @@ IMMUTABLE = ["age_years", "region", "gender", "customer_tenure_days", "loyalty_m
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory, generated_validation, generated):
     """The served state and an event processor over a store holding one batch refresh (its thresholds)."""
-    from serving.realtime import EventProcessor
+    from serving.segments.events import EventProcessor
+    from serving.segments.store import SegmentStore
     from serving.state import load_state
-    from serving.store import SegmentStore
 
     root = tmp_path_factory.mktemp("counterfactual")
     served = build_served(root, generated_validation, generated[1])

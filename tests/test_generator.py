@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from features import contract
-from features.generator import (
+from features.synthetic.generator import (
     CATEGORIES,
     CHANNELS,
     ENGAGEMENT_CHURN_COEF,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from features.segments import in_holdout, load_segments, parse_segments
-from serving.lift import BACKTEST_METRICS, TABLE_COLUMNS, backtest, compare, measure
+from serving.segments.lift import BACKTEST_METRICS, TABLE_COLUMNS, backtest, compare, measure
 
 START, END = datetime(2026, 6, 1), datetime(2026, 7, 1)
 PROMO = parse_segments("holdout_percent: 50\nsegments:\n  promo: {when: orders_count_90d >= 0}\n")["promo"]

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import make_snapshot
 from training.errors import InsufficientDataError
+from training.labels import make_snapshot
 from training.lookalike import LookalikeConfig, LookalikeModel, evaluate_lookalike
 from training.seeds import BUILTIN_SEEDS, SeedSpecError, resolve_seed
 

@@ -8,8 +8,8 @@ import pytest
 
 from features.pipeline import build_feature_table, load_validated
 from features.segments import load_segments, parse_segments
-from serving.membership import RefreshOrderError, refresh
-from serving.store import SegmentStore
+from serving.segments.refresh import RefreshOrderError, refresh
+from serving.segments.store import SegmentStore
 
 LOYAL = """
 segments:

@@ -23,7 +23,7 @@ from serving_setup import environment
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from training.data import make_snapshot
+from training.labels import make_snapshot
 from training.monitoring import PSI_DRIFTING, PSI_MODERATE, health_history, psi, reference_profile
 
 TRAINED_AS_OF = datetime(2026, 4, 1)
@@ -46,8 +46,8 @@ def segments(*args: str, **env: str):
 
 @pytest.fixture(scope="module")
 def programme(tmp_path_factory):
-    from features.generator import generate_tables, write_tables
     from features.pipeline import load_validated
+    from features.synthetic.generator import generate_tables, write_tables
 
     data = generate_tables(1500, 24, seed=3, end="2026-07-01")
     folder = tmp_path_factory.mktemp("monitoring_data")
@@ -152,7 +152,7 @@ class _FixedChurn:
 
 def test_prediction_log_keeps_model_versions_and_retention_prunes_old_files(tmp_path):
     from serving.predictions import log_predictions, prediction_index, prune_predictions, read_predictions
-    from training.scoring import ScoringBundle
+    from training.bundle import ScoringBundle
 
     bundle = ScoringBundle({"segments-churn": _FixedChurn()}, {"segments-churn": "7"})
     features = pd.DataFrame({"customer_id": ["C1", "C2", "C3"]})
@@ -247,7 +247,7 @@ def test_the_model_report_shows_health_over_time(monitored, trained):
 
     from mlflow import MlflowClient
 
-    from serving.reports.models import health_section
+    from serving.reports.model_pages import health_section
 
     client = MlflowClient(trained.env["MLFLOW_TRACKING_URI"], registry_uri=trained.env["MLFLOW_TRACKING_URI"])
     churn = monitored["by_name"]["segments-churn"]
@@ -268,7 +268,7 @@ def test_shuffled_scores_are_decaying_and_old_files_are_pruned(trained, programm
     drift) but lose their ranking; the value model, untouched, stays ok. A file older than the retention is pruned
     before anything is judged."""
     from serving.predictions import log_predictions, prediction_index
-    from training.scoring import ScoringBundle
+    from training.bundle import ScoringBundle
 
     log = tmp_path / "log"
     shutil.copytree(scored.log, log)
@@ -364,7 +364,7 @@ def test_bad_input_is_a_clear_error_without_traceback(trained, programme, tmp_pa
 
 def _service(tmp_path, models: dict):
     """The service's route methods on a hand-made ready state (no model store needed for the status routes)."""
-    from serving.service import SegmentsService
+    from serving.http.service import SegmentsService
     from serving.state import ServingState
 
     service = object.__new__(SegmentsService.inner)

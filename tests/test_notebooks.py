@@ -99,8 +99,8 @@ def test_01_data_and_features(tmp_path, monkeypatch):
 
     # The feature table the notebook wrote is the package's for these parameters, computed independently here.
     from features.catalog import FEATURES
-    from features.generator import generate_tables, write_tables
     from features.pipeline import build_feature_table, load_validated, read_feature_table, write_feature_table
+    from features.synthetic.generator import generate_tables, write_tables
 
     data = generate_tables(CUSTOMERS, MONTHS, seed=SEED, end=END)
     write_tables(data, tmp_path / "independent")
@@ -157,7 +157,7 @@ def test_02_segments_and_clusters(tmp_path, monkeypatch):
     assert result["vip_preview"] == result["preview_sizes"]["vip"]
 
     # The store the notebook wrote, read here: current sizes, the log with a cause for every change, flows.
-    from serving.store import SegmentStore
+    from serving.segments.store import SegmentStore
 
     store = SegmentStore(f"sqlite:///{work / 'segments.db'}")
     try:

@@ -13,8 +13,8 @@ from datetime import datetime
 
 import pytest
 
-from features.generator import generate_tables, write_tables
 from features.pipeline import load_validated
+from features.synthetic.generator import generate_tables, write_tables
 from training import train as training
 from training.grading import grade_model
 

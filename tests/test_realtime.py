@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from features.build import FeatureQuery
-from serving.requests import typed_records
-from serving.schemas import EventsRequest
+from serving.http.request_features import typed_records
+from serving.http.schemas import EventsRequest
 
 AS_OF = datetime(2026, 7, 1)
 # The batch table sums each customer's rows in parallel, the event path in one thread: the last bit may differ.
@@ -23,9 +23,9 @@ FLOAT_RTOL = 1e-12
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from features.generator import generate_tables, write_tables
     from features.pipeline import build_feature_table, load_validated
-    from serving.realtime import HISTORY_FILE, write_history
+    from features.synthetic.generator import generate_tables, write_tables
+    from serving.segments.events import HISTORY_FILE, write_history
 
     root = tmp_path_factory.mktemp("realtime")
     write_tables(generate_tables(300, 14, seed=5, end=AS_OF.date()), root / "data")
@@ -38,11 +38,11 @@ def served(tmp_path_factory):
 @pytest.fixture
 def processor(served, store_url):
     """On each store backend (conftest's `store_url`): the event path reads inside the store's transaction."""
-    from serving.realtime import EventProcessor
-    from serving.scoring import Scorer
+    from serving.scorer import Scorer
+    from serving.segments.events import EventProcessor
+    from serving.segments.store import SegmentStore
     from serving.state import ServingState
-    from serving.store import SegmentStore
-    from training.scoring import ScoringBundle
+    from training.bundle import ScoringBundle
 
     run = served["run"]
     state = ServingState(served["root"], manifest={"columns": run.query.columns, "as_of": AS_OF.isoformat(),
@@ -155,7 +155,7 @@ def test_an_event_answers_with_the_segments_the_store_holds(served, processor):
 
 
 def test_segments_of_one_customer_equal_their_memberships(store_url):
-    from serving.store import SegmentStore
+    from serving.segments.store import SegmentStore
 
     store = SegmentStore(store_url)
     try:

@@ -1,6 +1,6 @@
 """The marketer reports end to end: small served models, a store refreshed at two dates, every page written and
 opened in a real headless Chromium (no console errors, nothing fetched, a screenshot in test-artifacts/), key
-sections present, and the numbers on the pages equal to the store, the feature table and serving.lift."""
+sections present, and the numbers on the pages equal to the store, the feature table and serving.segments.lift."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from serving_setup import build_served, environment, use_bentoml_home
 from features.catalog import FEATURES_BY_NAME
 from features.pipeline import build_feature_table
 from features.segments import in_holdout, load_segments
-from serving.lift import measure
+from serving.segments.lift import measure
 
 FIRST, LAST = datetime(2026, 6, 1), datetime(2026, 7, 1)
 # The shipped definitions plus one segment no served model can give (no look-alike of loyalty members is trained).
@@ -37,10 +37,10 @@ SEGMENTS = Path(sys.executable).with_name("segments")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, generated_validation, generated):
     """Served models, a store refreshed as of FIRST and LAST (with the served models) and the reports written."""
-    from serving.membership import refresh
-    from serving.reports.build import write_reports
+    from serving.reports.site import write_reports
+    from serving.segments.refresh import refresh
+    from serving.segments.store import SegmentStore
     from serving.state import load_state
-    from serving.store import SegmentStore
 
     root = tmp_path_factory.mktemp("reports")
     served = build_served(root, generated_validation, generated[1])
@@ -162,7 +162,7 @@ def test_overview_lift_equals_serving_lift_on_the_clean_tables(built, pages, gen
                                  ("data-relative-ci-low", expected.relative_ci_low),
                                  ("data-relative-ci-high", expected.relative_ci_high)):
             assert math.isclose(float(one(index, cell, attribute)), value, rel_tol=1e-12), (name, attribute)
-        # The interval printed is the relative lift's own (serving.lift), not the difference's scaled by a rate.
+        # The interval printed is the relative lift's own (serving.segments.lift), not the difference's scaled by a rate.
         low, high = (f"{'−' if v < 0 else '+'}{abs(v) * 100:.0f}%" for v in (
             expected.relative_ci_low, expected.relative_ci_high))
         sign = "−" if expected.lift < 0 else "+"
@@ -265,7 +265,7 @@ def test_profile_differences_equal_the_feature_table(built, pages):
 
 def test_profile_averages_are_shown_unrounded_and_an_empty_segment_says_so():
     """344.38 is shown as 344.38 (not rounded to 344.4 first and printed as 344.40)."""
-    from serving.reports.segments import profile
+    from serving.reports.segment_pages import profile
 
     table = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10)], "aov_365d": [344.38] * 5 + [10.0] * 5,
                           "days_since_last_order": [12.47] * 5 + [30.0] * 5})
@@ -277,8 +277,8 @@ def test_profile_averages_are_shown_unrounded_and_an_empty_segment_says_so():
 
 
 def test_one_formatter_for_feature_values():
-    """serving.explain.format_value writes every feature value on every page: units in words, money to the cent."""
-    from serving.explain import format_value
+    """serving.explain.reasons.format_value writes every feature value on every page: units in words, money to the cent."""
+    from serving.explain.reasons import format_value
 
     assert format_value("days_since_last_order", 1) == "1 day"
     assert format_value("days_since_last_order", 12.5) == "12.5 days"
@@ -289,7 +289,7 @@ def test_one_formatter_for_feature_values():
 
 
 def test_a_cause_reads_the_same_in_the_report_and_the_command():
-    from serving.reports.segments import cause_text
+    from serving.reports.segment_pages import cause_text
 
     assert cause_text([{"text": "Spend 90 -> 120"}, {"text": "joined"}]) == "Spend 90 -> 120; joined"
     assert cause_text({"text": "the segment is no longer in the definitions"}).startswith("the segment")

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.data import make_snapshot
+from training.labels import make_snapshot
 from training.tracking import registered_name
 
 SEGMENTS = shutil.which("segments", path=str(Path(sys.executable).parent)) or "segments"

@@ -39,7 +39,7 @@ def test_refresh_twice_then_read_who_moved_and_why(workdir):
     back = segments("refresh", "--data", str(data), "--as-of", "2026-05-01", "--db", db, "--no-models", cwd=root)
     assert back.returncode == 2 and "would rewrite history" in back.stderr
 
-    from serving.store import SegmentStore
+    from serving.segments.store import SegmentStore
 
     store = SegmentStore(db)
     moved = store.log(segment="loyal", start=pd.Timestamp("2026-05-15").to_pydatetime())

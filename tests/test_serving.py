@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from serving.explain.reasons.treeshap import FastTreeShap, pred_contrib
 from serving_setup import AS_OF, build_served, environment, use_bentoml_home
 
-from serving.explain import AttributeMap, attribute_of, format_value, typical_values
-from serving.treeshap import FastTreeShap, pred_contrib
+from serving.explain.reasons import AttributeMap, attribute_of, format_value, typical_values
 from training.encoding import SMALL_BATCH
 
 
@@ -38,7 +38,7 @@ def client(served, state):
     from starlette.testclient import TestClient
 
     with environment(**served["env"]):
-        from serving.service import SegmentsService
+        from serving.http.service import SegmentsService
 
         with TestClient(SegmentsService.to_asgi()) as test_client:
             yield test_client
@@ -54,8 +54,8 @@ def refreshed(served, state, client):
     """The shipped segments refreshed at the serve folder's as_of into the store the service reads (a batch refresh
     as `segments refresh` runs it): its membership and thresholds are what the score responses are compared with."""
     from features.segments import load_segments
-    from serving.membership import refresh
-    from serving.store import SegmentStore
+    from serving.segments.refresh import refresh
+    from serving.segments.store import SegmentStore
 
     store = SegmentStore(served["env"]["SEGMENTS_DB_URL"])
     refresh(store, load_segments(), state.table.reset_index(drop=True), state.scorer.bundle, state.as_of)
@@ -74,7 +74,7 @@ def covering_ids(refreshed, state):
 
 
 def _rules(state, refresh: dict | None):
-    from serving.membership import SegmentRules, served_segments
+    from serving.segments.refresh import SegmentRules, served_segments
 
     usable, skipped = served_segments(None, state.table, state.scorer.bundle)
     return SegmentRules.of_refresh(usable, skipped, refresh)
@@ -364,8 +364,8 @@ def _assert_quality_is_the_logged_runs(models: dict, tracking_uri: str) -> None:
     """/v1/info grades each model as `segments train` and the reports do: from its run's metrics and baselines."""
     from mlflow import MlflowClient
 
+    from training.bundle import kind_of
     from training.grading import GRADES, grade_model, split_logged_metrics
-    from training.scoring import kind_of
 
     mlflow_client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     for name, entry in models.items():

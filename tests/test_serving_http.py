@@ -219,7 +219,7 @@ def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_n
     """A stream of events to a second server on the same store; SIGKILL it mid-stream, restart, resend everything
     (a client retries what it does not know was stored): every acknowledged event is stored once, none twice, and
     the customer's features count each one once."""
-    from serving.store import SegmentStore
+    from serving.segments.store import SegmentStore
 
     cid = str(server["state"]["features"]["customer_id"].iloc[-1])
     events = [_transaction(cid, i, 0) | {"timestamp": f"2026-07-01T{i // 60:02d}:{i % 60:02d}:00Z",

@@ -1,4 +1,4 @@
-"""The segment membership store (serving/store.py), every test on SQLite and on PostgreSQL (the `store_url` fixture)."""
+"""The segment membership store (serving/segments/store.py), every test on SQLite and on PostgreSQL (the `store_url` fixture)."""
 
 import threading
 from datetime import datetime, timedelta, timezone
@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from serving.store import DEFAULT_DB_URL, SegmentStore, StoreError, db_url
+from serving.segments.store import DEFAULT_DB_URL, SegmentStore, StoreError, db_url
 
 T0 = datetime(2026, 7, 1, 9, 30)
 DAY = timedelta(days=1)

@@ -14,7 +14,7 @@ import pytest
 
 from features.catalog import FEATURE_SET_VERSION
 from training import train as training
-from training.scoring import ScoringBundle
+from training.bundle import ScoringBundle
 from training.tracking import log_training_run, promote, registered_name
 
 AS_OF = datetime(2026, 7, 1)

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from features.cdnow import import_cdnow
 from features.pipeline import load_validated
+from features.synthetic.cdnow import import_cdnow
 from training import train as training
 
 

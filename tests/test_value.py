@@ -11,8 +11,8 @@ from scipy.stats import spearmanr
 from features.build import FeatureQuery
 from training.baselines import BGNBDBaseline, last_horizon_repeats, rfm_summary
 from training.churn import snapshot_dates
-from training.data import Snapshot, make_snapshot
 from training.errors import InsufficientDataError
+from training.labels import Snapshot, make_snapshot
 from training.value import ValueConfig, ValueModel, evaluate_value, value_rows
 
 EVAL_AS_OF = datetime(2026, 4, 1)

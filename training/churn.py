@@ -1,7 +1,7 @@
 """Churn: calibrated probability that an active customer makes no purchase in the next `horizon_days`.
 
 Population and label (DESIGN.md section 8): customers who bought in the 365 days before as_of (`eligible`); churned =
-no purchase in [as_of, as_of + horizon) (`training.data.Snapshot.churn_frame`).
+no purchase in [as_of, as_of + horizon) (`training.labels.Snapshot.churn_frame`).
 
 How `ChurnModel.fit` uses the snapshots (`snapshot_dates`: the newest ends its outcome window at the fit's end date,
 earlier ones step back by `step_days`):
@@ -49,7 +49,6 @@ from training.baselines import (
     rfm_summary,
     rfm_summary_from_features,
 )
-from training.data import Snapshot, training_dates
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import (
@@ -69,6 +68,7 @@ from training.evaluation import (
     shap_summary_figure,
     slice_table,
 )
+from training.labels import Snapshot, training_dates
 
 BANDS = ("low", "medium", "high")
 CALIBRATION_METHODS = ("isotonic", "sigmoid")

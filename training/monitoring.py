@@ -9,7 +9,7 @@ What it holds:
   status: below 0.1 stable, 0.1 to 0.25 moderate, above 0.25 drifting (the usual credit-scoring thresholds).
   Feature drift and score drift are the same computation, on features and on model outputs.
 - `realised_churn(predictions, outcomes)` and `realised_value(predictions, outcomes)`: the logged predictions of an
-  as_of against what customers did over the following horizon (`training.data.make_snapshot` outcomes, the same
+  as_of against what customers did over the following horizon (`training.labels.make_snapshot` outcomes, the same
   labels as training), with the metric functions of `training.evaluation` (nothing re-implemented).
 - `model_status(...)`: ok / decaying / drifting / stale from those figures, with the reasons in words.
 - MLflow edges: `training_reference` reads what a registered version was trained and judged on,
@@ -199,7 +199,7 @@ def realised_churn(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> Realise
     """Logged churn probabilities against what happened.
 
     In: `predictions` with customer_id, churn_probability (as logged at the as_of); `outcomes` of the snapshot at
-    that as_of and horizon (`training.data.Snapshot.outcomes`: customer_id, churned, eligible). Judged on the
+    that as_of and horizon (`training.labels.Snapshot.outcomes`: customer_id, churned, eligible). Judged on the
     eligible customers present in both, as the training evaluation is. Out: `Realised` with
     `training.evaluation.probability_metrics` (roc_auc, pr_auc, lift_top_decile, brier, log_loss, ece), churn_rate and
     mean_probability, and the lift table.
@@ -218,7 +218,7 @@ def realised_value(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> Realise
     """Logged expected purchases and spend against what customers bought over the horizon.
 
     In: `predictions` with customer_id, expected_purchases, expected_spend; `outcomes` with customer_id,
-    purchases_next, spend_next (`training.data.Snapshot.outcomes`). Judged on every customer present in both, as the
+    purchases_next, spend_next (`training.labels.Snapshot.outcomes`). Judged on every customer present in both, as the
     training evaluation is. Out: `Realised` with `training.evaluation.amount_metrics` (mae, rmse, spearman,
     top_decile_capture, total_ratio; suffixes _spend and _purchases) and the spend deciles (lift table).
     """
@@ -310,7 +310,7 @@ def training_reference(client, name: str, version: str) -> TrainingReference:
     """Read a registered version's training run: as_of dates, horizon, primary metric and reference profile."""
     from mlflow.exceptions import MlflowException
 
-    from training.scoring import kind_of
+    from training.bundle import kind_of
     from training.tracking import PRIMARY_METRIC
 
     model_version = client.get_model_version(name, str(version))

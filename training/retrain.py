@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from training.data import Snapshot
 from training.evaluation import paired_bootstrap
+from training.labels import Snapshot
 
 RETRAINED_KINDS = ("churn", "value")
 

@@ -25,8 +25,8 @@ import yaml
 
 from features.build import FeatureQuery
 from features.validate import ValidationResult
-from training.data import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
 from training.errors import InsufficientDataError
+from training.labels import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
 from training.tracking import TrainingRecord
 
 CONFIG_SECTIONS = ("churn", "value", "lookalike", "clusters")

@@ -48,7 +48,6 @@ from training.churn import (
     require_fitted,
     save_snapshot_model,
 )
-from training.data import Snapshot
 from training.encoding import check_feature_set
 from training.errors import InsufficientDataError
 from training.evaluation import (
@@ -66,6 +65,7 @@ from training.evaluation import (
     slice_table,
     spearman,
 )
+from training.labels import Snapshot
 
 TARGETS = {"purchases": "purchases_next", "spend": "spend_next"}
 OUTPUTS = {"purchases": "expected_purchases", "spend": "expected_spend"}

@@ -120,7 +120,7 @@ def segment_definitions(path: Path | None):
 
 def open_store(url: str | None):
     """The membership store at `url` (default SEGMENTS_DB_URL, else ./segments.db), or exit 2."""
-    from serving.store import SegmentStore
+    from serving.segments.store import SegmentStore
 
     try:
         return SegmentStore(url)

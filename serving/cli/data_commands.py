@@ -36,7 +36,7 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
 ) -> None:
     """Generate a synthetic loyalty programme (customers, transactions, events) with a ground-truth file."""
-    from features.generator import generate_tables, write_tables
+    from features.synthetic.generator import generate_tables, write_tables
 
     if fmt not in ("parquet", "csv"):
         raise typer.BadParameter("use parquet or csv", param_hint="--format")
@@ -57,7 +57,7 @@ def import_cdnow(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write transactions.parquet to.")],
 ) -> None:
     """Convert the CDNOW purchase log (shipped in the `lifetimes` package) to the data contract."""
-    from features.cdnow import import_cdnow as convert
+    from features.synthetic.cdnow import import_cdnow as convert
 
     with step("Importing CDNOW"):
         summary = convert(out_dir)

@@ -28,7 +28,7 @@ def report(
 ) -> None:
     """Write the marketer reports: an overview of every segment, a page per segment and per served model; one
     self-contained HTML file each (charts inside, works offline). Open index.html."""
-    from serving.reports.build import ReportError, check_serve_dir, write_reports
+    from serving.reports.site import ReportError, check_serve_dir, write_reports
     from serving.state import serve_dir as default_serve_dir
 
     folder = serve_dir if serve_dir is not None else default_serve_dir()

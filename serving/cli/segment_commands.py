@@ -41,7 +41,7 @@ def _bundle(alias: str, use_models: bool):
     """The registered `alias` models, or None (segments over model outputs are then skipped, with the reason)."""
     if not use_models:
         return None
-    from training.scoring import ScoringBundle
+    from training.bundle import ScoringBundle
 
     try:
         with step(f"Loading the {alias} models"):
@@ -64,7 +64,7 @@ def preview(
     max_bad_share: MaxBadOpt = 0.05,
 ) -> None:
     """Show a segment's exact size and a sample of its members as of a date; nothing is saved."""
-    from serving.membership import preview as preview_segment
+    from serving.segments.refresh import preview as preview_segment
 
     definitions = segment_definitions(segments_file)
     features = features_as_of(data, as_of, max_bad_share)[0].table
@@ -90,9 +90,9 @@ def refresh(
 ) -> None:
     """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes. The
     models' scores go to the prediction log."""
-    from serving.membership import RefreshOrderError
-    from serving.membership import refresh as refresh_segments
     from serving.predictions import prediction_folder
+    from serving.segments.refresh import RefreshOrderError
+    from serving.segments.refresh import refresh as refresh_segments
 
     definitions = segment_definitions(segments_file)
     store = open_store(db)
@@ -120,7 +120,7 @@ def customer(
     limit: Annotated[int, typer.Option(min=1, help="History rows to show (newest first).")] = 20,
 ) -> None:
     """A customer's current segments and their history of entries and exits with causes."""
-    from serving.reports.segments import cause_text
+    from serving.reports.segment_pages import cause_text
 
     info = open_store(db).customer(customer_id)
     if not info["segments"] and not info["history"]:
@@ -178,7 +178,7 @@ def measure(
 ) -> None:
     """Lift of a campaign: the segment's members outside the holdout against the holdout, on conversion, orders and
     spend in [--from, --to), with 95% confidence intervals."""
-    from serving.lift import measure as measure_lift
+    from serving.segments.lift import measure as measure_lift
 
     definitions = segment_definitions(segments_file)
     if segment_name not in definitions.names():
@@ -206,7 +206,7 @@ def backtest(
 ) -> None:
     """Evaluate a rule segment as of past dates: its size and what its members did afterwards (churn rate, orders,
     spend) against the population."""
-    from serving.lift import backtest as run_backtest
+    from serving.segments.lift import backtest as run_backtest
 
     definitions = segment_definitions(segments_file)
     try:

@@ -54,7 +54,7 @@ def score(
     """Score every customer known at --as-of with the registered champion models (or a serve folder's, with the
     customers' segments as the service evaluates them)."""
     from serving.predictions import prediction_folder
-    from training.scoring import ScoringBundle
+    from training.bundle import ScoringBundle
 
     if explain or serve_dir is not None:
         definitions = segments_file or os.environ.get("SEGMENTS_DEFINITIONS")
@@ -83,7 +83,7 @@ def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | 
     """Batch scoring with a serve folder's models and typical values, through the service's scoring code; the
     segments are the service's too (same definitions, same evaluation, thresholds of the store's last refresh)."""
     use_bentoml_home()
-    from serving.scoring import batch_frame
+    from serving.scorer import batch_frame
     from serving.state import load_state
 
     if serve_dir is None:
@@ -113,7 +113,7 @@ def batch_segment_rules(segments_file: Path | None, features, bundle, db: str | 
     """The service's segment rules for batch scoring: thresholds of the store's last refresh when `db` is given and
     has one, else fitted on the scored population (the batch sees all of it, as a refresh does)."""
     from features.segments import SegmentDefinitionError
-    from serving.membership import SegmentRules, segment_values, served_segments
+    from serving.segments.refresh import SegmentRules, segment_values, served_segments
 
     try:
         usable, skipped = served_segments(segments_file, features, bundle)
@@ -161,7 +161,7 @@ def build(
     out.print(f"{manifest['customers']:,} customers in the feature table; BentoML store: {home}")
     out.print(f"Serve it: segments serve --serve-dir {serve_dir}")
     if bento:
-        from serving.bento import build_bento
+        from serving.http.bento import build_bento
 
         with step("Building the bento"):
             tag = build_bento(serve_dir, manifest)
@@ -181,7 +181,7 @@ def serve(
         "--predictions", help="Prediction log folder whose monitoring.json (segments monitor) /v1/info and /v1/ready "
                               "report (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")] = None,
 ) -> None:
-    """Start the scoring service (bentoml serve serving.service:SegmentsService). SEGMENTS_API_KEY, when set, is
+    """Start the scoring service (bentoml serve serving.http.service:SegmentsService). SEGMENTS_API_KEY, when set, is
     required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000). Posted events update the
     membership store that `segments refresh` writes. /v1/ready and /v1/info warn about models older than
     SEGMENTS_MAX_MODEL_AGE_DAYS (default 120) and those the last `segments monitor` found decaying or drifting."""
@@ -198,7 +198,7 @@ def serve(
 
     os.environ[ENV_FOLDER] = str(prediction_folder(predictions).resolve())  # not relative to a worker's cwd
     bentoml = Path(sys.executable).with_name("bentoml")
-    os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:SegmentsService", "--host", host,
+    os.execv(str(bentoml), [str(bentoml), "serve", "serving.http.service:SegmentsService", "--host", host,
                             "--port", str(port)])
 
 

@@ -3,17 +3,17 @@ behind them, current segments and their history with causes, and what would move
 
 Everything on the page comes from the service's own objects, so it says what the API says: the feature row is the
 event path's (`EventProcessor.features`: served history plus posted events), the scores and reasons are the scorer's,
-the segments and history the store's, and the plan `serving.counterfactual.counterfactuals`.
+the segments and history the store's, and the plan `serving.segments.counterfactuals.counterfactuals`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from serving.counterfactual import DEFAULT_GOAL, Goal, counterfactuals, customer_clock
-from serving.explain import format_value
+from serving.explain.reasons import format_value
 from serving.reports import plots
 from serving.reports.render import NavLink, Site, render_page, segment_file, site_models
+from serving.segments.counterfactuals import DEFAULT_GOAL, Goal, counterfactuals, customer_clock
 
 TOP_REASONS = 5
 GOAL_PREFIXES = ("leave ", "enter ")

@@ -20,8 +20,8 @@ import pandas as pd
 from sqlalchemy.engine import Connection
 
 from features.segments import SegmentSet
-from serving.membership import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
-from serving.requests import typed_records
+from serving.http.request_features import typed_records
+from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
 
 HISTORY_FILE = "history.duckdb"
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
@@ -103,7 +103,7 @@ class EventProcessor:
         """When the customer is evaluated: just after their latest record (`new` or posted before), never before
         their current time, the latest of the serve folder's as_of, the last batch refresh and their last logged
         change. Late events count at the customer's current time and are never back-dated in the log, and a
-        counterfactual (serving/counterfactual.py) evaluates its plan at the time its records would be posted."""
+        counterfactual (serving/segments/counterfactuals.py) evaluates its plan at the time its records would be posted."""
         last = self.last_refresh.read(conn)
         moments = [self.state.as_of, last["as_of"] if last else None, self.store.last_change_at(customer_id, conn)]
         records = [r["timestamp"] for r in new] + [self.store.last_posted_at(customer_id, conn)]

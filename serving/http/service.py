@@ -1,13 +1,13 @@
-"""The scoring service (BentoML 1.4): thin HTTP around `serving.requests` and `serving.scoring`.
+"""The scoring service (BentoML 1.4): thin HTTP around `serving.http.request_features` and `serving.scorer`.
 
-Run with `segments serve` (or `bentoml serve serving.service:SegmentsService`). Each worker loads the serve folder
+Run with `segments serve` (or `bentoml serve serving.http.service:SegmentsService`). Each worker loads the serve folder
 once (SEGMENTS_SERVE_DIR, built by `segments build`): the champion models at their pinned registry versions from the
 BentoML store, the feature table ids are looked up in, and the population's typical values.
 
 Endpoints: POST /score, POST /explain (JSON; schemas in the OpenAPI at /docs.json and the UI at /);
 POST /events; GET /v1/customers/{id}, /v1/customers/{id}/counterfactual, /v1/segments, /v1/segments/{name},
 /v1/flows; GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible; `warnings` for
-stale, decaying or drifting models, which stay 200: serving.health), /v1/info;
+stale, decaying or drifting models, which stay 200: serving.http.health), /v1/info;
 BentoML's own /livez, /readyz and Prometheus /metrics. Marketers' HTML, read-only: /reports/ (the files
 `segments report` wrote into SEGMENTS_REPORTS_DIR) and /reports/customers/{id} (rendered per request).
 
@@ -36,8 +36,8 @@ from fastapi import FastAPI
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
-from serving.requests import RequestError, resolve_features
-from serving.schemas import (
+from serving.http.request_features import RequestError, resolve_features
+from serving.http.schemas import (
     DEFAULT_MAX_BATCH,
     EventsRequest,
     EventsResponse,
@@ -164,8 +164,8 @@ class SegmentsService:
 
     def _start_segments(self) -> None:
         """The membership store (SEGMENTS_DB_URL) and the event path; a failure is a readiness problem."""
-        from serving.realtime import EventProcessor
-        from serving.store import SegmentStore
+        from serving.segments.events import EventProcessor
+        from serving.segments.store import SegmentStore
 
         try:
             self.store = SegmentStore()
@@ -299,7 +299,7 @@ class SegmentsService:
         """The smallest change of actionable behaviour (purchases, visits, clicks, redemptions; never age, region or
         tenure) that reaches `goal` ("leave SEGMENT", "enter SEGMENT" or a condition such as "churn_probability <
         0.3"), tried for real: the records are added to the history, the features rebuilt and the models rerun."""
-        from serving.counterfactual import SearchLimits, counterfactuals
+        from serving.segments.counterfactuals import SearchLimits, counterfactuals
 
         _, error = self._read_store()
         if error is not None:
@@ -363,8 +363,8 @@ class SegmentsService:
 
     def _health(self) -> tuple[dict, list[str]]:
         """Per served model: age since its training as_of, stale or not, the latest monitoring result; and the
-        warnings (serving.health: SEGMENTS_MAX_MODEL_AGE_DAYS and monitoring.json are read per call)."""
-        from serving.health import max_model_age_days, read_status, served_health
+        warnings (serving.http.health: SEGMENTS_MAX_MODEL_AGE_DAYS and monitoring.json are read per call)."""
+        from serving.http.health import max_model_age_days, read_status, served_health
 
         return served_health(self.state.manifest.get("models", {}), read_status(), max_age_days=max_model_age_days())
 
@@ -384,7 +384,7 @@ class SegmentsService:
         """Models (registry versions, BentoML tags, training as_of and `health`: age, stale, latest monitoring
         result), feature set, as_of of the feature table, limits, engines, `warnings` (as /v1/ready), and the
         segments /score evaluates (name, kind, description) with those it cannot evaluate and why."""
-        from serving.treeshap import engine_name
+        from serving.explain.reasons.treeshap import engine_name
 
         manifest = self.state.manifest
         engines = {}

@@ -11,8 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from features.segments import SegmentSet, load_segments
-from serving.reports import models
-from serving.reports import segments as segment_data
+from serving.reports import model_pages, segment_pages
 from serving.reports.render import (
     INDEX_FILE,
     NavLink,
@@ -37,7 +36,7 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     Args:
         serve_dir: the serve folder (`segments build`): its feature table (profiles), its purchase history (lift),
             its manifest (models and versions) and, through the BentoML store, the served models.
-        store: the membership store (serving.store.SegmentStore). An empty store still gives every page, saying
+        store: the membership store (serving.segments.store.SegmentStore). An empty store still gives every page, saying
             there was no refresh yet.
         segments_file: the segment definitions (default: the shipped file).
         state: a loaded `serving.state.ServingState` of `serve_dir` (the service passes its own); loaded when None.
@@ -48,10 +47,10 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     state = state if state is not None else _load_state(serve_dir, progress)
     definitions = load_segments(segments_file)
     usable, skipped = _resolve(definitions, state)
-    history = segment_data.purchase_history(serve_dir)
+    history = segment_pages.purchase_history(serve_dir)
     try:
         progress("reading sizes, trends and holdout lift from the membership store")
-        data = segment_data.overview(store, definitions, usable, skipped, history)
+        data = segment_pages.overview(store, definitions, usable, skipped, history)
     finally:
         if history is not None:
             history.con.close()
@@ -63,11 +62,11 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     for summary in data.summaries:
         progress(f"segment {summary.name}")
         segment = usable.segments.get(summary.name) or definitions.segments.get(summary.name)
-        detail = segment_data.segment_detail(store, summary, data, state.table, evaluated, segment,
+        detail = segment_pages.segment_detail(store, summary, data, state.table, evaluated, segment,
                                              _features_as_of(state))
         html = render_page("segment.html.j2", title=f"Segment {summary.name}", site=site,
                            page_file=links[summary.name], detail=detail, segment_links=links,
-                           no_refresh=segment_data.NO_REFRESH)
+                           no_refresh=segment_pages.NO_REFRESH)
         written.append(write_page(out_dir, links[summary.name], html))
     written += _write_model_pages(out_dir, site, state, progress)
     return written
@@ -93,7 +92,7 @@ def _load_state(serve_dir: Path, progress):
 def _resolve(definitions: SegmentSet, state) -> tuple[SegmentSet, dict[str, str]]:
     """The definitions checked against what the service serves (as the event path does): cluster segments
     expanded with the served cluster model, segments over missing model outputs skipped with the reason."""
-    from serving.membership import run_fields, segment_values
+    from serving.segments.refresh import run_fields, segment_values
 
     bundle = state.scorer.bundle if state.scorer is not None else None
     sample = state.table.head(1).reset_index(drop=True) if state.table is not None else None
@@ -122,12 +121,12 @@ def _write_overview(out_dir: Path, site: Site, data, links: dict[str, str], mode
                     models_note: str) -> Path:
     html = render_page("overview.html.j2", title="Segments overview", site=site, page_file=INDEX_FILE, data=data,
                        segment_links=links, model_links=model_links, models_note=models_note,
-                       no_refresh=segment_data.NO_REFRESH)
+                       no_refresh=segment_pages.NO_REFRESH)
     return write_page(out_dir, INDEX_FILE, html)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model pages (serving/reports/models.py)
+# The model pages (serving/reports/model_pages.py)
 
 
 def _models_note(state) -> str:
@@ -139,13 +138,13 @@ def _models_note(state) -> str:
 
 def _model_links(state) -> list[NavLink]:
     """The model pages' links, known before any page is rendered (every page's navigation lists them)."""
-    return [] if state.scorer is None else list(models.model_links(state.manifest))
+    return [] if state.scorer is None else list(model_pages.model_links(state.manifest))
 
 
 def _write_model_pages(out_dir: Path, site: Site, state, progress) -> list[Path]:
-    """The model pages (serving.reports.models), with the shared navigation and footer."""
+    """The model pages (serving.reports.model_pages), with the shared navigation and footer."""
     if state.scorer is None:
         progress(f"no model pages: no served model can be loaded ({'; '.join(state.problems) or 'none served'})")
         return []
     progress("model pages: quality, calibration and lift, what unlocks each score, cluster personas")
-    return list(models.model_pages(state.directory, out_dir, site=site, state=state))
+    return list(model_pages.model_pages(state.directory, out_dir, site=site, state=state))

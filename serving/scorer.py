@@ -3,7 +3,7 @@
 `Scorer.results(features, explain, top_k, rules)` returns one JSON-ready dict per row (the `ScoredCustomer` shape);
 the service returns them as they are and `segments score` writes the same values to Parquet, so the two cannot
 disagree. `segments` are the served segment definitions (features/segments.yaml or SEGMENTS_DEFINITIONS) the row
-satisfies, evaluated by `serving.membership.SegmentRules` with the same `evaluate` as a refresh and the event path.
+satisfies, evaluated by `serving.segments.refresh.SegmentRules` with the same `evaluate` as a refresh and the event path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from serving.explain import (
+from serving.explain.reasons import (
     DEFAULT_TOP_K,
     AttributeMap,
     Target,
@@ -23,10 +23,10 @@ from serving.explain import (
     softmax_own_effect,
     top_reasons,
 )
-from serving.membership import SegmentRules
-from serving.treeshap import contribution_engine
+from serving.explain.reasons.treeshap import contribution_engine
+from serving.segments.refresh import SegmentRules
+from training.bundle import ScoringBundle, kind_of
 from training.encoding import FeatureArrays
-from training.scoring import ScoringBundle, kind_of
 
 
 class ModelExplainer:
@@ -138,7 +138,7 @@ class Scorer:
 
     def results(self, features: pd.DataFrame, explain: bool = False, top_k: int = DEFAULT_TOP_K,
                 rules: SegmentRules | None = None) -> list[dict]:
-        """One JSON-ready dict per row, in the `serving.schemas.ScoredCustomer` shape (`segments` empty without
+        """One JSON-ready dict per row, in the `serving.http.schemas.ScoredCustomer` shape (`segments` empty without
         `rules`)."""
         if features.empty:
             return []

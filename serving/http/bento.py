@@ -32,7 +32,7 @@ def build_bento(serve_dir: Path, manifest: dict) -> str:
             shutil.copytree(source, ctx / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copytree(serve_dir, ctx / BENTO_SERVE_DIR)
         bentofile = {
-            "service": "serving.service:SegmentsService",
+            "service": "serving.http.service:SegmentsService",
             "labels": {"feature_set_version": manifest["feature_set_version"], "as_of": manifest["as_of"][:10]},
             "include": [f"{p}/**/*.py" for p in PACKAGES] + ["features/*.yaml", f"{BENTO_SERVE_DIR}/**"],
             "envs": [{"name": "SEGMENTS_SERVE_DIR", "value": BENTO_SERVE_DIR}],

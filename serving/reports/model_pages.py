@@ -7,7 +7,7 @@ clusters (`clusters.html`, personas). Everything shown comes from two places:
   out-of-time evaluation (metrics, `baseline.<name>.<metric>`, evaluation.json, tables/*.csv). The quality grade,
   the figures beside the baselines and the calibration, lift and reach charts are read from there, never recomputed.
 - The served models on a fixed sample of the serve folder's feature table: exact TreeSHAP grouped to business
-  attributes (`serving.reports.drivers`), which gives the "what unlocks it" sentences and their charts.
+  attributes (`serving.explain.reasons.drivers`), which gives the "what unlocks it" sentences and their charts.
 
 Key numbers sit in elements with data attributes (`data-metric`, `data-scorer`, `data-value`, `data-driver`,
 `data-threshold`, ...) so tests compare them with their sources.
@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import FEATURES_BY_NAME, SHARE
-from serving.explain import format_value
-from serving.reports import drivers as drv
+from serving.explain import drivers as drv
+from serving.explain.reasons import format_value
 from serving.reports.plots import (
     ACCENT,
     MAIN,
@@ -41,8 +41,8 @@ from serving.reports.plots import (
     svg,
 )
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
+from training.bundle import kind_of
 from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
-from training.scoring import kind_of
 
 DEFAULT_SAMPLE = 2000
 CLUSTERS_FILE = "clusters.html"
@@ -477,8 +477,8 @@ def report_sample(table: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
 
 
 def churn_population(table: pd.DataFrame) -> pd.DataFrame:
-    """The churn model's population (training's rule, `training.data.churn_eligible`)."""
-    from training.data import churn_eligible
+    """The churn model's population (training's rule, `training.labels.churn_eligible`)."""
+    from training.labels import churn_eligible
 
     return table[churn_eligible(table)]
 

@@ -53,7 +53,7 @@ from features.segments import (
     parse_segments,
     plain,
 )
-from serving.membership import run_fields, segment_values
+from serving.segments.refresh import run_fields, segment_values
 
 DEFAULT_WINDOW_DAYS = 30
 DEFAULT_MAX_ACTIONS = 4
@@ -494,7 +494,7 @@ def counterfactuals(processor, customer_id: str, goal: Goal | str = DEFAULT_GOAL
                     window_days: int | None = None, limits: SearchLimits | None = None) -> CounterfactualResult:
     """The smallest change of actions that makes `customer_id` reach `goal`, with the predicted new scores.
 
-    processor: the service's `serving.realtime.EventProcessor` (served state, store, segment definitions).
+    processor: the service's `serving.segments.events.EventProcessor` (served state, store, segment definitions).
     goal: a `Goal` or its text: 'leave likely_to_churn' (default: out of 'at risk'), 'enter loyal',
         'enter best_members_lookalike', or a condition over features and scores such as 'churn_probability < 0.6'.
     as_of: the evaluation time; default the customer's current time (the serve folder's as_of, or later if events

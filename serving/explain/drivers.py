@@ -1,7 +1,7 @@
 """What "unlocks" a score: global SHAP drivers grouped to business attributes, where their effect changes, in words.
 
-Contributions are exact TreeSHAP of the served models (`serving.scoring.ModelExplainer`'s engine) on a sample of the
-serve folder's feature table, summed per business attribute (`serving.explain.AttributeMap`: the window variants of
+Contributions are exact TreeSHAP of the served models (`serving.scorer.ModelExplainer`'s engine) on a sample of the
+serve folder's feature table, summed per business attribute (`serving.explain.reasons.AttributeMap`: the window variants of
 one measure together). For each attribute:
 
 - importance: mean |contribution| over the sample (on the model's margin: log-odds, or log of expected spend);
@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from features.catalog import FEATURES_BY_NAME, GROUPS
-from serving.explain import AttributeMap, attribute_label, attribute_of, format_value, typical_values
+from serving.explain.reasons import AttributeMap, attribute_label, attribute_of, format_value, typical_values
 
 N_BINS = 10
 MIN_BIN_SHARE = 0.02  # bins (distinct values) with fewer rows than this share merge into a neighbour: noisy means
@@ -290,7 +290,7 @@ def _yes_no_sentence(subject: str, label: str, threshold: Threshold) -> str:
 
 
 def typical_of(column: pd.Series) -> object:
-    """The population's typical value of one feature column (named after it): `serving.explain.typical_values`."""
+    """The population's typical value of one feature column (named after it): `serving.explain.reasons.typical_values`."""
     return typical_values(column.to_frame())[column.name]
 
 

@@ -1,6 +1,6 @@
 """From validated request items to feature rows, through the same feature code as batch scoring.
 
-Three ways to give a customer (`serving.schemas.CustomerInput`):
+Three ways to give a customer (`serving.http.schemas.CustomerInput`):
 - id alone: the row of the served feature table (built by `segments build` as of its as_of);
 - raw history: the records are typed like the validated tables (strings trimmed, empty as missing, UTC times,
   `is_return` = flagged or negative amount) and run through the served `FeatureQuery`, compiled once at start: the
@@ -22,7 +22,7 @@ from features.build import to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from features.contract import CONTRACTS
 from features.time import naive_utc
-from serving.schemas import CustomerInput
+from serving.http.schemas import CustomerInput
 
 _PANDAS = {"VARCHAR": "string", "TIMESTAMP": "datetime64[us]", "DOUBLE": "float64", "BIGINT": "Int64",
            "BOOLEAN": "boolean"}

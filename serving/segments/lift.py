@@ -9,7 +9,7 @@ horizon with what the active population did: a segment meant to catch churners s
 population, one meant to catch loyal customers less.
 
 Both are pure: they read the validated tables and return results; the caller reads the membership log, prints and
-writes. Purchases are counted as everywhere else (`training.data.future_activity`): returns are not orders, spend
+writes. Purchases are counted as everywhere else (`training.labels.future_activity`): returns are not orders, spend
 is the amount of purchases, and a purchase stamped exactly at the window start belongs to the window.
 """
 
@@ -26,8 +26,8 @@ import pandas as pd
 from features.pipeline import build_feature_table
 from features.segments import Segment, SegmentSet, evaluate, in_holdout, plain
 from features.validate import ValidationResult
-from serving.membership import evaluate_population
-from training.data import churn_eligible, data_end, future_activity
+from serving.segments.refresh import evaluate_population
+from training.labels import churn_eligible, data_end, future_activity
 
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95%: 1.95996...
 TABLE_COLUMNS = ["metric", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "relative_ci_low",

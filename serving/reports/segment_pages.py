@@ -3,7 +3,7 @@
 Where the figures come from:
 - sizes now: the store's current membership; sizes at each refresh: the log (`membership_at` the refresh's as_of);
 - shares: of the customers the last refresh evaluated;
-- holdout lift: `serving.lift.measure` on the members at the previous refresh, purchases over [previous refresh,
+- holdout lift: `serving.segments.lift.measure` on the members at the previous refresh, purchases over [previous refresh,
   last refresh), counted in the serve folder's history (the clean tables `segments build` wrote);
 - entries and exits per day: `store.daily_changes`; flows: who entered came from which segments at the previous
   refresh, who left went to which (membership from the log);
@@ -25,10 +25,10 @@ from sqlalchemy import select
 from features.catalog import FEATURES_BY_NAME
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
 from features.time import utc_now
-from serving.explain import attribute_of, format_value
+from serving.explain.reasons import attribute_of, format_value
 from serving.reports import plots
 from serving.reports.render import as_datetime, number, signed_percent
-from serving.store import SegmentStore, refreshes
+from serving.segments.store import SegmentStore, refreshes
 
 PROFILE_ROWS = 8
 MIN_PROFILE_MEMBERS = 5  # below this a member average describes a handful of people, not a segment
@@ -139,12 +139,12 @@ def condition_text(condition: Condition) -> str:
 class Lift:
     """The holdout lift of one segment, or why it was not measured (`measurement` None, `reason` set)."""
 
-    measurement: object | None = None  # serving.lift.Measurement
+    measurement: object | None = None  # serving.segments.lift.Measurement
     reason: str = ""
 
     @property
     def conversion(self):
-        """The conversion-rate comparison (serving.lift.Comparison) or None."""
+        """The conversion-rate comparison (serving.segments.lift.Comparison) or None."""
         if self.measurement is None:
             return None
         return next(c for c in self.measurement.comparisons if c.metric == "conversion_rate")
@@ -152,11 +152,11 @@ class Lift:
 
 def purchase_history(serve_dir: Path):
     """The clean tables the serve folder was built from (history.duckdb) as a ValidationResult, or None when the
-    folder has none. `serving.lift` counts purchases in its transactions."""
+    folder has none. `serving.segments.lift` counts purchases in its transactions."""
     import duckdb
 
     from features.validate import ValidationResult
-    from serving.realtime import HISTORY_FILE
+    from serving.segments.events import HISTORY_FILE
 
     path = Path(serve_dir) / HISTORY_FILE
     if not path.exists():
@@ -178,8 +178,8 @@ def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime
                  end: datetime | None) -> Lift:
     """Lift of `segment` over [start, end): its members at `start` (the previous refresh), targeted against the
     holdout, purchases counted in `history`. Says why when it cannot be measured."""
-    from serving.lift import measure
-    from training.data import data_end
+    from serving.segments.lift import measure
+    from training.labels import data_end
 
     if start is None or end is None:
         return Lift(reason="not measured yet: needs two refreshes")
@@ -206,7 +206,7 @@ def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime
 def lift_words(lift: Lift) -> str:
     """The conversion lift in one line: "+12% (95% CI +3% to +21%), p = 0.01: unlikely to be chance".
 
-    The interval is the relative lift's own (`serving.lift.relative_interval`: both groups' rates are estimates);
+    The interval is the relative lift's own (`serving.segments.lift.relative_interval`: both groups' rates are estimates);
     the p-value is the two-sided test of the difference in conversion rate."""
     comparison = lift.conversion
     if comparison is None:

@@ -27,7 +27,7 @@ from features.segments import (
     load_segments,
     plain,
 )
-from training.scoring import ScoringBundle, kind_of
+from training.bundle import ScoringBundle, kind_of
 
 REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
                  "text": "the segment is no longer in the definitions"}
