@@ -28,9 +28,9 @@ def best_of(fn, repeat: int) -> float:
 
 def main() -> None:
     import numpy as np
-    from serving.explain.reasons.treeshap import FastTreeShap, pred_contrib
 
     from features.pipeline import load_validated
+    from serving.explain.treeshap import FastTreeShap, pred_contrib
     from training import train as training
 
     parser = argparse.ArgumentParser()

@@ -233,8 +233,7 @@ def best_of(fn, repeat: int) -> float:
 
 def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     os.environ.update(env_for(workdir))
-    from serving.explain.reasons.treeshap import engine_name
-
+    from serving.explain.treeshap import engine_name
     from serving.http.request_features import resolve_features
     from serving.http.schemas import CustomerInput, ScoreResponse
     from serving.state import load_state

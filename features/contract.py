@@ -7,6 +7,11 @@ written once. Timestamps are naive UTC; ids are strings. See DESIGN.md section 3
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+from features.time import naive_utc
 
 # Canonical column types, as DuckDB type names (Ibis maps them to every backend it runs on).
 STRING, TIMESTAMP, DOUBLE, BIGINT, BOOLEAN = "VARCHAR", "TIMESTAMP", "DOUBLE", "BIGINT", "BOOLEAN"
@@ -81,3 +86,31 @@ KNOWN_EVENT_TYPES = (
 
 # Channels that count as digital for the online-share features.
 DIGITAL_CHANNELS = ("online", "app", "web", "mobile")
+
+
+# Canonical types as pandas dtypes, for records typed in Python (one customer's history posted to the service).
+PANDAS_DTYPES = {STRING: "string", TIMESTAMP: "datetime64[us]", DOUBLE: "float64", BIGINT: "Int64",
+                 BOOLEAN: "boolean"}
+
+
+def typed_records(table: str, records: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Records typed like the validated table (contract types; trimmed text, empty as missing; naive UTC)."""
+    contract = CONTRACTS[table].columns
+    out = {}
+    for name in columns:
+        kind = contract.get(name, "VARCHAR") if name != "is_return" else "BOOLEAN"
+        values = [_clean(r.get(name), kind) for r in records]
+        if table == "transactions" and name == "is_return":
+            values = [bool(r.get("is_return") or False) or (r["amount"] < 0) for r in records]
+        out[name] = pd.Series(values, dtype=PANDAS_DTYPES[kind] if kind != "TIMESTAMP" else "object")
+        if kind == "TIMESTAMP":
+            out[name] = pd.to_datetime(out[name]).astype("datetime64[us]")
+    return pd.DataFrame(out, columns=columns)
+
+
+def _clean(value, kind: str):
+    if isinstance(value, str):
+        value = value.strip() or None
+    if isinstance(value, datetime):
+        value = naive_utc(value)
+    return value

@@ -34,7 +34,7 @@ import pandas as pd
 
 from features.build import FeatureQuery
 from features.time import utc_now
-from serving.http.health import DEFAULT_MAX_MODEL_AGE_DAYS
+from serving.health import DEFAULT_MAX_MODEL_AGE_DAYS
 from serving.predictions import (
     DEFAULT_RETENTION_DAYS,
     STATUS_FILE,
@@ -49,13 +49,12 @@ from training.monitoring import (
     REALISED,
     age_days,
     drift_summary,
-    log_monitoring,
     model_status,
     psi,
     reference_profile,
     result_json,
-    training_reference,
 )
+from training.tracking import log_monitoring, training_reference
 
 
 class MonitorInputError(ValueError):

@@ -24,13 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.time import utc_now
-from training.bundle import ScoringBundle, kind_of
+from training.bundle import ScoringBundle
+from training.tracking import kind_of
 
 ENV_FOLDER = "SEGMENTS_PREDICTION_LOG"
 DEFAULT_FOLDER = "predictions"
 DEFAULT_RETENTION_DAYS = 400
 META_KEY = b"segments_prediction"
-STATUS_FILE = "monitoring.json"  # the latest monitor result, read by the service (serving.http.health)
+STATUS_FILE = "monitoring.json"  # the latest monitor result, read by the service (serving.health)
 INDEX_COLUMNS = ["path", "model_name", "version", "kind", "as_of", "horizon_days", "written_at", "rows"]
 
 

@@ -23,10 +23,11 @@ from serving.explain.reasons import (
     softmax_own_effect,
     top_reasons,
 )
-from serving.explain.reasons.treeshap import contribution_engine
+from serving.explain.treeshap import contribution_engine
 from serving.segments.refresh import SegmentRules
-from training.bundle import ScoringBundle, kind_of
+from training.bundle import ScoringBundle
 from training.encoding import FeatureArrays
+from training.tracking import kind_of
 
 
 class ModelExplainer:

@@ -85,7 +85,7 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
 
 def trained_as_of(run) -> str | None:
     """The training cut-off (`segments train --as-of`) of a model's MLflow run, ISO format; the service measures
-    the model's age from it (serving.http.health). None when the run does not record it."""
+    the model's age from it (serving.health). None when the run does not record it."""
     value = run.data.params.get("data.as_of")
     return datetime.fromisoformat(value).isoformat() if value else None
 
@@ -94,8 +94,8 @@ def quality_of(name: str, run) -> dict:
     """The model's grade, absolute and against its best baseline (training.grading), as /v1/info shows it."""
     from dataclasses import asdict
 
-    from training.bundle import kind_of
     from training.grading import grade_model, split_logged_metrics
+    from training.tracking import kind_of
 
     metrics, baselines = split_logged_metrics(run.data.metrics)
     return asdict(grade_model(kind_of(name)[0], metrics, baselines))

@@ -24,7 +24,8 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from training.labels import make_snapshot
-from training.monitoring import PSI_DRIFTING, PSI_MODERATE, health_history, psi, reference_profile
+from training.monitoring import PSI_DRIFTING, PSI_MODERATE, psi, reference_profile
+from training.tracking import health_history
 
 TRAINED_AS_OF = datetime(2026, 4, 1)
 HORIZON = 90

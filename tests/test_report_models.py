@@ -204,7 +204,7 @@ def test_a_small_lead_over_a_baseline_never_reads_as_zero():
 
 
 def test_a_planted_step_is_found_and_phrased_with_the_catalog_unit():
-    from serving.explain.reasons.drivers import describe_driver, driver_sentence
+    from serving.explain.drivers import describe_driver, driver_sentence
 
     days = pd.Series(np.arange(1000) % 200, dtype="float64", name="days_since_last_order")
     effect = pd.Series(np.where(days > 60, 0.8, -0.4) + 0.01 * np.sin(days.to_numpy()))
@@ -220,7 +220,7 @@ def test_a_planted_step_is_found_and_phrased_with_the_catalog_unit():
 def test_a_rare_strong_yes_no_driver_is_named_not_called_flat(rare):
     """1% of customers hold the rare value, whose effect is strong: its bin is under the 2% merging floor, yet it
     keeps its own bin, so the sentence names the step in yes/no words (no "above", no "barely varies")."""
-    from serving.explain.reasons.drivers import describe_driver, driver_sentence, effect_bins
+    from serving.explain.drivers import describe_driver, driver_sentence, effect_bins
 
     is_rare = np.arange(1000) % 100 == 0
     values = pd.Series(is_rare if rare else ~is_rare, name="loyalty_member")
@@ -236,7 +236,7 @@ def test_a_rare_strong_yes_no_driver_is_named_not_called_flat(rare):
 
 def test_a_rare_strong_count_keeps_its_own_bin():
     """A count that is 0 for 99% of customers: the 1% above 0 is where the effect is."""
-    from serving.explain.reasons.drivers import describe_driver, driver_sentence
+    from serving.explain.drivers import describe_driver, driver_sentence
 
     returns = pd.Series(np.where(np.arange(1000) % 100 == 0, 3.0, 0.0), name="returns_count_365d")
     effect = pd.Series(np.where(returns > 0, 1.5, -0.01))
@@ -247,7 +247,7 @@ def test_a_rare_strong_count_keeps_its_own_bin():
 
 
 def test_a_known_direction_without_a_threshold_is_still_said():
-    from serving.explain.reasons.drivers import Driver, driver_sentence
+    from serving.explain.drivers import Driver, driver_sentence
 
     driver = Driver("orders_count", "Purchases", "Frequency", "orders_count_90d", 0.1, 0.5, -0.6, None)
     assert driver_sentence("churn risk", driver) == "Churn risk falls with higher purchases in the last 90 days."
@@ -263,8 +263,7 @@ def svg_fills(chart: str) -> set[str]:
 def test_each_colour_means_one_thing_on_every_chart():
     """Raising churn risk is a loss (vermillion) on the churn page as on the customer page; raising another score is
     a gain; members higher than everyone are blue and lower grey, on segment and cluster profiles alike."""
-    from serving.explain.reasons.drivers import Driver, DriverSet
-
+    from serving.explain.drivers import Driver, DriverSet
     from serving.reports import plots
     from serving.reports import segment_pages as segments
     from serving.reports.model_pages import category_chart, profile_chart

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from serving.explain.reasons.treeshap import FastTreeShap, pred_contrib
 from serving_setup import AS_OF, build_served, environment, use_bentoml_home
 
 from serving.explain.reasons import AttributeMap, attribute_of, format_value, typical_values
+from serving.explain.treeshap import FastTreeShap, pred_contrib
 from training.encoding import SMALL_BATCH
 
 
@@ -364,8 +364,8 @@ def _assert_quality_is_the_logged_runs(models: dict, tracking_uri: str) -> None:
     """/v1/info grades each model as `segments train` and the reports do: from its run's metrics and baselines."""
     from mlflow import MlflowClient
 
-    from training.bundle import kind_of
     from training.grading import GRADES, grade_model, split_logged_metrics
+    from training.tracking import kind_of
 
     mlflow_client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     for name, entry in models.items():

@@ -11,16 +11,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import FEATURE_SET_VERSION
-from training.tracking import CHAMPION, load_model, registered_names
-
-LOOKALIKE_PREFIX = "segments-lookalike-"
-
-
-def kind_of(name: str) -> tuple[str, str | None]:
-    """(kind, seed) of a registered model name: segments-churn -> (churn, None), segments-lookalike-x -> (lookalike, x)."""
-    if name.startswith(LOOKALIKE_PREFIX):
-        return "lookalike", name[len(LOOKALIKE_PREFIX):]
-    return name.removeprefix("segments-"), None
+from training.tracking import CHAMPION, kind_of, load_model, registered_names
 
 
 @dataclass

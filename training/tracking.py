@@ -15,12 +15,15 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from features.catalog import FEATURE_SET_VERSION
+from features.time import naive_utc
+from training.monitoring import MONITORING_EXPERIMENT, REFERENCE_ARTIFACT, monitoring_metrics
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -68,6 +71,16 @@ def experiment_name(kind: str) -> str:
 def registered_name(kind: str, seed: str | None = None) -> str:
     """Registered model name: one per kind, one per seed segment for look-alikes."""
     return f"segments-{kind}" + (f"-{seed}" if seed else "")
+
+
+LOOKALIKE_PREFIX = "segments-lookalike-"
+
+
+def kind_of(name: str) -> tuple[str, str | None]:
+    """(kind, seed) of a registered model name: segments-churn -> (churn, None), segments-lookalike-x -> (lookalike, x)."""
+    if name.startswith(LOOKALIKE_PREFIX):
+        return "lookalike", name[len(LOOKALIKE_PREFIX):]
+    return name.removeprefix("segments-"), None
 
 
 def git_commit() -> str:
@@ -285,3 +298,123 @@ def load_model(name: str, alias: str = CHAMPION):
 def registered_names(prefix: str = "segments-") -> list[str]:
     """Registered model names of this project."""
     return sorted(m.name for m in client().search_registered_models() if m.name.startswith(prefix))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Monitoring's MLflow edges: what a version was trained on, one run per monitored version, the history of them
+
+
+@dataclass(frozen=True)
+class TrainingReference:
+    """What a registered model version was trained and judged on (from its training run).
+
+    `profile` is the logged reference profile of the evaluation features (None for runs logged before it existed);
+    `metric` / `metric_value` the primary out-of-time metric; dates are naive UTC.
+    """
+
+    name: str
+    version: str
+    run_id: str
+    kind: str
+    trained_as_of: datetime | None
+    evaluation_as_of: datetime | None
+    horizon_days: int | None
+    metric: str | None
+    metric_value: float | None
+    profile: dict | None
+
+
+def training_reference(client, name: str, version: str) -> TrainingReference:
+    """Read a registered version's training run: as_of dates, horizon, primary metric and reference profile."""
+    from mlflow.exceptions import MlflowException
+
+    model_version = client.get_model_version(name, str(version))
+    run = client.get_run(model_version.run_id)
+    params = run.data.params
+    kind = run.data.tags.get("kind") or kind_of(name)[0]
+    metric = PRIMARY_METRIC.get(kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            profile = json.loads(Path(client.download_artifacts(run.info.run_id, REFERENCE_ARTIFACT, tmp)).read_text())
+        except (MlflowException, OSError):  # a run logged before monitoring existed: the caller rebuilds it
+            profile = None
+    horizon = params.get("data.horizon_days")
+    return TrainingReference(
+        name=name, version=str(version), run_id=run.info.run_id, kind=kind,
+        trained_as_of=_param_time(params.get("data.as_of")),
+        evaluation_as_of=_param_time(params.get("data.evaluation_as_of")),
+        horizon_days=int(horizon) if horizon not in (None, "", "None") else None,
+        metric=metric, metric_value=run.data.metrics.get(metric) if metric else None, profile=profile)
+
+
+def _param_time(value: str | None) -> datetime | None:
+    if value in (None, "", "None"):
+        return None
+    return naive_utc(datetime.fromisoformat(value))
+
+
+def log_monitoring(client, result: dict, tables: dict[str, pd.DataFrame]) -> str:
+    """Log one monitored model version: a run in the experiment `segments-monitoring` tagged with the registered
+    name and version, and its health as tags of the model version (monitoring.status, .as_of, .run_id, .reasons,
+    .<primary metric>; unless the version already carries a result of a later monitor as_of). Returns the run id.
+
+    `result` is one entry of the monitor's result (serving.monitor: name, version, kind, monitor_as_of, status,
+    realised metrics, drift summaries, ...); `tables` are logged as CSV (feature_psi, score_psi, lift, ...).
+    """
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(MONITORING_EXPERIMENT)
+    tags = {"registered_model": result["name"], "model_version": str(result["version"]), "kind": result["kind"],
+            "monitor_as_of": result["monitor_as_of"], "status": result["status"],
+            "realised_as_of": result.get("realised_as_of") or "", "drift_as_of": result.get("drift_as_of") or ""}
+    run = client.create_run(experiment_id, run_name=f"{result['name']}-v{result['version']}-{result['monitor_as_of'][:10]}",
+                            tags=tags)
+    run_id = run.info.run_id
+    for name, value in monitoring_metrics(result).items():
+        client.log_metric(run_id, name, value)
+    for name, table in tables.items():
+        client.log_text(run_id, table.to_csv(index=False), f"monitoring/{name}.csv")
+    client.log_text(run_id, json.dumps(result, indent=1, default=str), "monitoring/result.json")
+    client.set_terminated(run_id)
+    version_tags = {"monitoring.status": result["status"], "monitoring.as_of": result["monitor_as_of"],
+                    "monitoring.run_id": run_id, "monitoring.reasons": "; ".join(result["reasons"]) or "none"}
+    if result.get("realised_metric") is not None:
+        version_tags[f"monitoring.{result['metric']}"] = f"{result['realised_metric']:.4f}"
+    current = client.get_model_version(result["name"], str(result["version"])).tags.get("monitoring.as_of")
+    if current is None or current <= result["monitor_as_of"]:  # a backfill at an older date keeps the newer health
+        for key, value in version_tags.items():
+            client.set_model_version_tag(result["name"], str(result["version"]), key, value[:5000])
+    return run_id
+
+
+def health_history(client, registered_name: str) -> pd.DataFrame:
+    """The monitoring runs of a registered model over time, for a chart of its health.
+
+    One row per model version and monitor as_of (the latest run when the same as_of was monitored twice), oldest
+    first: monitor_as_of, version, status, realised_as_of, drift_as_of, run_id, then every metric of the run
+    (realised.roc_auc, training.roc_auc, psi_score_max, features_drifting, ...). Empty without monitoring runs.
+    """
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    columns = ["monitor_as_of", "version", "status", "realised_as_of", "drift_as_of", "run_id"]
+    if experiment is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    page_token = None
+    while True:
+        runs = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.registered_model = '{registered_name}'",
+                                  max_results=1000, page_token=page_token)
+        for run in runs:
+            tags = run.data.tags
+            rows.append({"monitor_as_of": pd.Timestamp(tags.get("monitor_as_of")), "version": tags.get("model_version"),
+                         "status": tags.get("status"),
+                         "realised_as_of": pd.Timestamp(tags["realised_as_of"]) if tags.get("realised_as_of") else pd.NaT,
+                         "drift_as_of": pd.Timestamp(tags["drift_as_of"]) if tags.get("drift_as_of") else pd.NaT,
+                         "run_id": run.info.run_id, "_start": run.info.start_time, **run.data.metrics})
+        page_token = runs.token
+        if not page_token:
+            break
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows).sort_values(["monitor_as_of", "version", "_start"], kind="stable")
+    table = table.drop_duplicates(["monitor_as_of", "version"], keep="last").drop(columns="_start")
+    return table.reset_index(drop=True)

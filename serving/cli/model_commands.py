@@ -217,7 +217,7 @@ def monitor(
     training, feature and score drift (PSI against the training reference: < 0.1 stable, 0.1-0.25 moderate,
     > 0.25 drifting) and age. Logs a run per version to the MLflow experiment segments-monitoring, tags the model
     version with its latest health, and writes monitoring.json beside the log for the service."""
-    from serving.http.health import max_model_age_days
+    from serving.health import max_model_age_days
     from serving.monitor import MonitorInputError, run_monitor
     from serving.predictions import prediction_folder
     from training.tracking import client

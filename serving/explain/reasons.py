@@ -1,6 +1,6 @@
 """From exact TreeSHAP contributions to reasons a marketer reads, grouped to business attributes.
 
-Contributions come from LightGBM's own TreeSHAP (`pred_contrib`, or `serving.explain.reasons.treeshap.FastTreeShap`, which returns the
+Contributions come from LightGBM's own TreeSHAP (`pred_contrib`, or `serving.explain.treeshap.FastTreeShap`, which returns the
 same values): one value per model input plus the base value, adding up to the model's margin exactly.
 
 Attributes. Each feature belongs to one attribute: its catalog name with the window suffix stripped

@@ -20,12 +20,9 @@ import pandas as pd
 
 from features.build import to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
-from features.contract import CONTRACTS
+from features.contract import typed_records
 from features.time import naive_utc
 from serving.http.schemas import CustomerInput
-
-_PANDAS = {"VARCHAR": "string", "TIMESTAMP": "datetime64[us]", "DOUBLE": "float64", "BIGINT": "Int64",
-           "BOOLEAN": "boolean"}
 
 
 class RequestError(ValueError):
@@ -150,26 +147,5 @@ def _check_unique(records: dict[str, list[dict]], customers: list[CustomerInput]
         raise RequestError("duplicate ids in the request's history records", detail)
 
 
-def typed_records(table: str, records: list[dict], columns: list[str]) -> pd.DataFrame:
-    """Records typed like the validated table (contract types; trimmed text, empty as missing; naive UTC)."""
-    contract = CONTRACTS[table].columns
-    out = {}
-    for name in columns:
-        kind = contract.get(name, "VARCHAR") if name != "is_return" else "BOOLEAN"
-        values = [_clean(r.get(name), kind) for r in records]
-        if table == "transactions" and name == "is_return":
-            values = [bool(r.get("is_return") or False) or (r["amount"] < 0) for r in records]
-        out[name] = pd.Series(values, dtype=_PANDAS[kind] if kind != "TIMESTAMP" else "object")
-        if kind == "TIMESTAMP":
-            out[name] = pd.to_datetime(out[name]).astype("datetime64[us]")
-    return pd.DataFrame(out, columns=columns)
-
-
-def _clean(value, kind: str):
-    if isinstance(value, str):
-        value = value.strip() or None
-    if isinstance(value, datetime):
-        value = naive_utc(value)
-    return value
 
 

@@ -7,7 +7,7 @@ BentoML store, the feature table ids are looked up in, and the population's typi
 Endpoints: POST /score, POST /explain (JSON; schemas in the OpenAPI at /docs.json and the UI at /);
 POST /events; GET /v1/customers/{id}, /v1/customers/{id}/counterfactual, /v1/segments, /v1/segments/{name},
 /v1/flows; GET /v1/health, /v1/ready (503 with the reason when a model is missing or incompatible; `warnings` for
-stale, decaying or drifting models, which stay 200: serving.http.health), /v1/info;
+stale, decaying or drifting models, which stay 200: serving.health), /v1/info;
 BentoML's own /livez, /readyz and Prometheus /metrics. Marketers' HTML, read-only: /reports/ (the files
 `segments report` wrote into SEGMENTS_REPORTS_DIR) and /reports/customers/{id} (rendered per request).
 
@@ -363,8 +363,8 @@ class SegmentsService:
 
     def _health(self) -> tuple[dict, list[str]]:
         """Per served model: age since its training as_of, stale or not, the latest monitoring result; and the
-        warnings (serving.http.health: SEGMENTS_MAX_MODEL_AGE_DAYS and monitoring.json are read per call)."""
-        from serving.http.health import max_model_age_days, read_status, served_health
+        warnings (serving.health: SEGMENTS_MAX_MODEL_AGE_DAYS and monitoring.json are read per call)."""
+        from serving.health import max_model_age_days, read_status, served_health
 
         return served_health(self.state.manifest.get("models", {}), read_status(), max_age_days=max_model_age_days())
 
@@ -384,7 +384,7 @@ class SegmentsService:
         """Models (registry versions, BentoML tags, training as_of and `health`: age, stale, latest monitoring
         result), feature set, as_of of the feature table, limits, engines, `warnings` (as /v1/ready), and the
         segments /score evaluates (name, kind, description) with those it cannot evaluate and why."""
-        from serving.explain.reasons.treeshap import engine_name
+        from serving.explain.treeshap import engine_name
 
         manifest = self.state.manifest
         engines = {}

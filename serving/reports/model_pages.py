@@ -7,7 +7,7 @@ clusters (`clusters.html`, personas). Everything shown comes from two places:
   out-of-time evaluation (metrics, `baseline.<name>.<metric>`, evaluation.json, tables/*.csv). The quality grade,
   the figures beside the baselines and the calibration, lift and reach charts are read from there, never recomputed.
 - The served models on a fixed sample of the serve folder's feature table: exact TreeSHAP grouped to business
-  attributes (`serving.explain.reasons.drivers`), which gives the "what unlocks it" sentences and their charts.
+  attributes (`serving.explain.drivers`), which gives the "what unlocks it" sentences and their charts.
 
 Key numbers sit in elements with data attributes (`data-metric`, `data-scorer`, `data-value`, `data-driver`,
 `data-threshold`, ...) so tests compare them with their sources.
@@ -41,8 +41,8 @@ from serving.reports.plots import (
     svg,
 )
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
-from training.bundle import kind_of
 from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
+from training.tracking import kind_of
 
 DEFAULT_SAMPLE = 2000
 CLUSTERS_FILE = "clusters.html"
@@ -587,9 +587,9 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
 
 
 def health_section(mlflow_client, evidence: RunEvidence) -> dict:
-    """Health over time from `segments monitor` runs (training.monitoring.health_history): the realised primary
+    """Health over time from `segments monitor` runs (training.tracking.health_history): the realised primary
     figure of each monitored version against its out-of-time figure at training, and each run's status."""
-    from training.monitoring import health_history
+    from training.tracking import health_history
 
     history = health_history(mlflow_client, evidence.name)
     metric = rule_for(evidence.kind, evidence.metrics).metric

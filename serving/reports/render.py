@@ -62,7 +62,7 @@ class Site:
 def site_models(manifest: dict) -> tuple[ModelVersion, ...]:
     """The footer's models: every model of a serve folder's manifest, by registered name, with its kind ("churn",
     "lookalike (best_members)") and pinned version. The one list every page's footer shows."""
-    from training.bundle import kind_of
+    from training.tracking import kind_of
 
     models = []
     for name, entry in sorted(manifest.get("models", {}).items()):

@@ -19,8 +19,8 @@ import duckdb
 import pandas as pd
 from sqlalchemy.engine import Connection
 
+from features.contract import typed_records
 from features.segments import SegmentSet
-from serving.http.request_features import typed_records
 from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
 
 HISTORY_FILE = "history.duckdb"

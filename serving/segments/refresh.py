@@ -27,7 +27,8 @@ from features.segments import (
     load_segments,
     plain,
 )
-from training.bundle import ScoringBundle, kind_of
+from training.bundle import ScoringBundle
+from training.tracking import kind_of
 
 REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
                  "text": "the segment is no longer in the definitions"}
