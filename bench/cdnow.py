@@ -29,7 +29,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from features.pipeline import load_validated
 from features.synthetic.cdnow import import_cdnow
-from training.baselines import BGNBDBaseline, ParetoNBDBaseline, align_rfm, rfm_summary
+from training.estimators.baselines import BGNBDBaseline, ParetoNBDBaseline, align_rfm, rfm_summary
 from training.evaluation import paired_bootstrap, roc_auc
 
 SEGMENTS = str(Path(sys.executable).with_name("segments"))

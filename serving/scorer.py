@@ -31,28 +31,19 @@ from training.tracking import kind_of
 
 
 class ModelExplainer:
-    """Exact TreeSHAP reasons of one model, built once per model (engine, attribute map, target words)."""
+    """Exact TreeSHAP reasons of one model, built once per model (engine, attribute map, target words). What is
+    explained, in which words and through which link, is the model's own declaration (`model.explanation()`)."""
 
     def __init__(self, name: str, model):
         self.name, self.model = name, model
-        kind, seed = kind_of(name)
-        self.kind, self.seed = kind, seed
+        self.kind, self.seed = model.kind, kind_of(name)[1]
         self.encoder = model.encoder_
-        if kind == "churn":
-            booster, self.target = model.booster_, Target("churn", "churn risk", "log-odds", "probability")
-        elif kind == "value":
-            booster = model.boosters_["spend"]
-            self.target = Target("value", "expected spend", "log of expected spend", "currency")
-        elif kind == "lookalike":
-            booster = model.booster_
-            self.target = Target(f"lookalike_{seed}", f"likeness to {seed}", "log-odds", "probability")
-        elif kind == "clusters":
-            booster = model.booster_
-            self.target = Target("cluster", "fit to own cluster", "log-odds (own class)", "probability")
-        else:
-            raise ValueError(f"{name}: no explanation for model kind {kind!r}")
-        self.booster = booster
-        self.engine = contribution_engine(booster)
+        declared = model.explanation()
+        if declared.link not in LINKS:
+            raise ValueError(f"{name}: no reasons for a {declared.link!r} link; known: {', '.join(LINKS)}")
+        self.booster, self.link, self.own_class = declared.booster, declared.link, declared.own_class
+        self.target = Target(declared.key, declared.subject, declared.scale, declared.unit)
+        self.engine = contribution_engine(self.booster)
         self.attribute_map = AttributeMap(self.encoder.feature_names_)
         self.n_inputs = len(self.encoder.feature_names_)
 
@@ -63,7 +54,7 @@ class ModelExplainer:
                                                                                                 np.ndarray]:
         """(contributions rows x inputs, base value per row) of the explained score; they add up to its margin.
 
-        For clusters the explained score is the surrogate's class score of each row's own (assigned) cluster.
+        For a softmax link (clusters) the explained score is each row's own class (the model's `own_class`).
         `encoded`: the rows already through `matrix` (encoded once per request, shared with the scores).
         """
         X = self.matrix(features) if encoded is None else encoded
@@ -73,9 +64,8 @@ class ModelExplainer:
         """The explained score computed by LightGBM's plain prediction (what contributions must add up to)."""
         X = self.matrix(features) if encoded is None else encoded
         raw = self.booster.predict(X, raw_score=True)
-        if self.kind == "clusters":
-            return raw[np.arange(len(X)), self._own(features, X)]
-        return raw
+        own = self._own(features, X)
+        return raw if own is None else raw[np.arange(len(X)), own]
 
     def explain(self, features: pd.DataFrame, typical: dict, top_k: int = DEFAULT_TOP_K,
                 encoded: np.ndarray | None = None) -> list[list[dict]]:
@@ -83,27 +73,29 @@ class ModelExplainer:
         own = self._own(features, X)
         contributions, base = self._contributions(X, own)
         margin = base + contributions.sum(axis=1)
-        if self.kind == "churn" or self.kind == "lookalike":
-            effect = sigmoid_effect
-        elif self.kind == "value":
-            effect = exp_effect
-        else:
+        if self.link == "softmax":
             raw = self.booster.predict(X, raw_score=True)
             others = raw.copy()
             others[np.arange(len(raw)), own] = -np.inf
             effect = softmax_own_effect(np.log(np.exp(others - raw.max(axis=1, keepdims=True)).sum(axis=1))
                                         + raw.max(axis=1))
+        else:
+            effect = LINKS[self.link]
         return top_reasons(self.target, self.attribute_map, contributions, margin, effect, features, typical, top_k)
 
     def _own(self, features: pd.DataFrame, X: np.ndarray) -> np.ndarray | None:
-        """Each row's assigned cluster (clusters only): the surrogate class whose score is explained."""
-        return self.model.assign(features, X) if self.kind == "clusters" else None
+        """Each row's explained class (softmax link only): the class whose score is explained."""
+        return None if self.own_class is None else self.own_class(features, X)
 
     def _contributions(self, X: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         values = self.engine(X)
         if own is not None:
             values = values.reshape(len(X), -1, self.n_inputs + 1)[np.arange(len(X)), own]
         return values[:, :-1], values[:, -1]
+
+
+# How a margin becomes the shown score, per declared link (softmax: the own class among all, built per request).
+LINKS = {"logistic": sigmoid_effect, "log": exp_effect, "softmax": None}
 
 
 @dataclass

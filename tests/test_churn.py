@@ -17,8 +17,9 @@ from sklearn.metrics import roc_auc_score
 from features.build import FeatureQuery
 from features.catalog import FEATURES_BY_NAME
 from features.synthetic.generator import PLANTED_CHURN_DRIVERS, oracle_churn_probability
-from training.baselines import rfm_summary
-from training.churn import (
+from training.errors import InsufficientDataError
+from training.estimators.baselines import rfm_summary
+from training.estimators.churn import (
     ChurnConfig,
     ChurnModel,
     apply_calibration,
@@ -27,7 +28,6 @@ from training.churn import (
     fit_calibration,
     snapshot_dates,
 )
-from training.errors import InsufficientDataError
 from training.evaluation import expected_calibration_error, lift_at
 from training.labels import Snapshot, make_snapshot
 
@@ -148,7 +148,7 @@ def _sample(eligible, n=300):
 def _probability_grid(model, x, variants) -> np.ndarray:
     """Churn probability of every row of `x` (rows) under each variant of its features (columns), in one call."""
     stacked = pd.concat([variant(x) for variant in variants], ignore_index=True)
-    return model.score(stacked)["churn_probability"].to_numpy().reshape(len(variants), len(x)).T
+    return model.predict(stacked)["churn_probability"].to_numpy().reshape(len(variants), len(x)).T
 
 
 def test_a_later_last_purchase_never_lowers_churn_probability(model, eligible):
@@ -217,7 +217,7 @@ def test_save_load_round_trip_scores_identically_without_pickles(model, eligible
         assert not path.read_bytes().startswith(b"\x80"), f"{path.name} looks like a pickle"
         path.read_text()  # every file is text
     loaded = ChurnModel.load(tmp_path)
-    pd.testing.assert_frame_equal(loaded.score(x), model.score(x))
+    pd.testing.assert_frame_equal(loaded.predict(x), model.predict(x))
     np.testing.assert_array_equal(loaded.margin(x), model.margin(x))
     assert loaded.config == model.config
     assert loaded.fit_as_of_ == model.fit_as_of_
@@ -274,8 +274,8 @@ def test_bgnbd_summary_agrees_with_the_feature_table(generated_validation, snaps
 
 
 def test_a_baseline_that_does_not_fit_is_a_note_not_an_error(model, snapshots, monkeypatch):
-    from training import churn as churn_module
-    from training.baselines import BaselineFitError
+    from training.estimators import churn as churn_module
+    from training.estimators.baselines import BaselineFitError
 
     def refuse(self, rfm):
         raise BaselineFitError("BetaGeoFitter did not fit (planted)")
@@ -289,7 +289,7 @@ def test_a_baseline_that_does_not_fit_is_a_note_not_an_error(model, snapshots, m
 
 
 def test_a_textbook_fit_is_retried_with_a_stronger_penalizer():
-    from training.baselines import BaselineFitError, fit_purchase_model
+    from training.estimators.baselines import BaselineFitError, fit_purchase_model
 
     class FitsOnlyWhenPenalized:
         def __init__(self, penalizer_coef):

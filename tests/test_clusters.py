@@ -15,8 +15,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from training.clusters import DEFAULT_CLUSTER_FEATURES, ClusterConfig, ClusterModel, evaluate_clusters
 from training.errors import InsufficientDataError
+from training.estimators.clusters import (
+    DEFAULT_CLUSTER_FEATURES,
+    ClusterConfig,
+    ClusterModel,
+    evaluate_clusters,
+)
 from training.labels import make_snapshot
 
 AS_OF = datetime(2026, 7, 1)
@@ -51,7 +56,7 @@ def evaluation(model, features):
 
 def test_clusters_recover_the_planted_personas(model, features, personas):
     assert personas.notna().all()
-    assignments = model.score(features)["cluster_id"]
+    assignments = model.predict(features)["cluster_id"]
     ari = adjusted_rand_score(personas, assignments)
     print(f"\nk chosen by {model.criterion_}: {model.k_}\n{model.k_scores_.to_string()}\nARI vs personas: {ari:.3f}")
     assert ari >= 0.6
@@ -82,6 +87,19 @@ def test_surrogate_shap_explains_the_own_cluster(model, features):
     raw = model.booster_.predict(model.encoder_.transform(rows), raw_score=True)
     own = raw[np.arange(len(rows)), model.assign(rows)]
     np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), own, rtol=1e-6, atol=1e-6)
+
+
+def test_shap_plots_explain_the_own_cluster_with_the_shap_library(model, features):
+    from training.plots import shap_explanation, shap_figures
+
+    explanation, _ = shap_explanation(model, features, sample=40)
+    rows = features.loc[features.sample(n=40, random_state=0).index]
+    expected = model.surrogate_contributions(rows)
+    np.testing.assert_allclose(explanation.values, expected.drop(columns="bias").to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(explanation.base_values, expected["bias"].to_numpy(), rtol=0, atol=1e-6)
+    figures = shap_figures(model, features)
+    assert set(figures) == {"shap_beeswarm", "shap_dependence", "shap_waterfall"}
+    assert all(figure.axes for figure in figures.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,16 +155,16 @@ def test_evaluation_reports_metrics_tables_and_figures(evaluation, model):
 
 
 def test_single_customer_gets_the_same_cluster_as_in_the_batch(model, features):
-    batch = model.score(features)
+    batch = model.predict(features)
     for position in (0, 5, 123, 2024, len(features) - 1):
-        alone = model.score(features.iloc[[position]])
+        alone = model.predict(features.iloc[[position]])
         assert alone.equals(batch.iloc[[position]])
 
 
 def test_scoring_does_not_refit_on_the_batch(model, features):
-    batch = model.score(features)
+    batch = model.predict(features)
     one_cluster = batch.index[batch["cluster_id"] == 2]
-    assert (model.score(features.loc[one_cluster])["cluster_id"] == 2).all()
+    assert (model.predict(features.loc[one_cluster])["cluster_id"] == 2).all()
 
 
 def test_save_load_round_trip_is_identical_and_pickle_free(model, features, tmp_path):
@@ -159,7 +177,7 @@ def test_save_load_round_trip_is_identical_and_pickle_free(model, features, tmp_
     assert np.asarray(state["centres"]).shape == (model.k_, len(DEFAULT_CLUSTER_FEATURES))
     assert state["fill_with_max"] == ["days_since_last_order", "days_since_last_engagement"]
     loaded = ClusterModel.load(tmp_path / "clusters")
-    pd.testing.assert_frame_equal(loaded.score(features), model.score(features), check_exact=True)
+    pd.testing.assert_frame_equal(loaded.predict(features), model.predict(features), check_exact=True)
     assert loaded.names_ == model.names_ and loaded.stability_ari_ == model.stability_ari_
     pd.testing.assert_frame_equal(loaded.surrogate_contributions(features.head(5)),
                                   model.surrogate_contributions(features.head(5)), check_exact=True)
@@ -167,7 +185,7 @@ def test_save_load_round_trip_is_identical_and_pickle_free(model, features, tmp_
 
 def test_same_seed_same_result(features):
     first, second = ClusterModel(QUICK).fit(features), ClusterModel(QUICK).fit(features)
-    pd.testing.assert_frame_equal(first.score(features), second.score(features), check_exact=True)
+    pd.testing.assert_frame_equal(first.predict(features), second.predict(features), check_exact=True)
     assert first.names_ == second.names_ and first.stability_ari_ == second.stability_ari_
 
 
@@ -176,7 +194,7 @@ def test_gaussian_mixture_option_round_trips(features, tmp_path):
                                      surrogate_num_boost_round=20)).fit(features)
     assert gmm.criterion_ == "bic" and gmm.k_ == int(gmm.k_scores_.loc[gmm.k_scores_["bic"].idxmin(), "k"])
     gmm.save(tmp_path / "gmm")
-    pd.testing.assert_frame_equal(ClusterModel.load(tmp_path / "gmm").score(features), gmm.score(features),
+    pd.testing.assert_frame_equal(ClusterModel.load(tmp_path / "gmm").predict(features), gmm.predict(features),
                                   check_exact=True)
 
 
@@ -197,6 +215,6 @@ def test_missing_cluster_feature_is_named(features):
 
 
 def test_registered_as_the_clusters_kind():
-    from training.models import model_class
+    from training.estimators import model_class
 
     assert model_class("clusters") is ClusterModel and ClusterModel.kind == "clusters"

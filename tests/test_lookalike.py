@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from training.errors import InsufficientDataError
+from training.estimators.lookalike import LookalikeConfig, LookalikeModel, evaluate_lookalike
 from training.labels import make_snapshot
-from training.lookalike import LookalikeConfig, LookalikeModel, evaluate_lookalike
 from training.seeds import BUILTIN_SEEDS, SeedSpecError, resolve_seed
 
 AS_OF = datetime(2026, 7, 1)
@@ -195,14 +195,14 @@ def test_builtin_seeds_are_documented():
 
 
 def test_scores_are_probabilities_and_percentiles_come_from_fitted_state(best_model, features):
-    full = best_model.score(features)
+    full = best_model.predict(features)
     assert full.index.equals(features.index)
     assert full["lookalike_score"].between(0, 1).all() and full["lookalike_percentile"].between(0, 100).all()
     one = features.iloc[[17]]
-    assert best_model.score(one).equals(full.iloc[[17]])
+    assert best_model.predict(one).equals(full.iloc[[17]])
     # Scoring only the top customers must not re-rank them against each other.
     top = full["lookalike_score"].nlargest(50).index
-    alone = best_model.score(features.loc[top])
+    alone = best_model.predict(features.loc[top])
     assert alone.equals(full.loc[top])
     assert alone["lookalike_percentile"].min() > 90
 
@@ -210,7 +210,7 @@ def test_scores_are_probabilities_and_percentiles_come_from_fitted_state(best_mo
 def test_percentile_follows_score_order(best_model, features):
     # ordered by the classifier output, both the capped score and the percentile never go down
     order = np.argsort(best_model.ranking_score(features), kind="stable")
-    scored = best_model.score(features).iloc[order]
+    scored = best_model.predict(features).iloc[order]
     assert scored["lookalike_score"].is_monotonic_increasing
     assert scored["lookalike_percentile"].is_monotonic_increasing
     capped = scored[scored["lookalike_score"] == 1.0]  # the cap of min(g / c, 1) does not flatten the top
@@ -228,7 +228,7 @@ def test_save_load_round_trip_is_identical_and_pickle_free(best_model, features,
     assert state["seed_name"] == "best_members" and "resolved_rule" in state["seed_definition"]
     assert state["feature_set_version"] == features.attrs["feature_set_version"]
     loaded = LookalikeModel.load(tmp_path / "model")
-    pd.testing.assert_frame_equal(loaded.score(features), best_model.score(features), check_exact=True)
+    pd.testing.assert_frame_equal(loaded.predict(features), best_model.predict(features), check_exact=True)
     shap_before = best_model.contributions(features.head(5))
     pd.testing.assert_frame_equal(loaded.contributions(features.head(5)), shap_before, check_exact=True)
 
@@ -242,8 +242,8 @@ def test_shap_contributions_add_up_to_the_model_output(best_model, features):
 def test_same_seed_same_scores(features, best_members):
     ids, definition = best_members
     config = LookalikeConfig(num_boost_round=30)
-    first = LookalikeModel(config).fit(features, ids, "best_members", definition).score(features)
-    second = LookalikeModel(config).fit(features, ids, "best_members", definition).score(features)
+    first = LookalikeModel(config).fit(features, ids, "best_members", definition).predict(features)
+    second = LookalikeModel(config).fit(features, ids, "best_members", definition).predict(features)
     pd.testing.assert_frame_equal(first, second, check_exact=True)
 
 
@@ -262,7 +262,7 @@ def test_seed_covering_everyone_raises_insufficient_data(features):
 
 
 def test_registered_as_the_lookalike_kind():
-    from training.models import model_class
+    from training.estimators import model_class
 
     assert model_class("lookalike") is LookalikeModel and LookalikeModel.kind == "lookalike"
 
@@ -275,7 +275,7 @@ ENTRIES_AS_OF = datetime(2026, 4, 2)  # AS_OF - 90 days
 
 @pytest.fixture(scope="module")
 def entries(generated_validation, features, best_members):
-    from training.lookalike import evaluate_entries
+    from training.estimators.lookalike import evaluate_entries
 
     before = make_snapshot(generated_validation, ENTRIES_AS_OF, with_outcomes=False).features
     seed_before, definition = resolve_seed("best_members", before, generated_validation)
@@ -295,7 +295,7 @@ def test_entry_rates_are_what_happened_to_the_customers_outside_the_seed(entries
 
 
 def test_the_rule_near_misses_rank_by_the_seeds_own_attribute(entries):
-    from training.lookalike import near_miss_score
+    from training.estimators.lookalike import near_miss_score
 
     before = entries[0]
     definition = {"rule": "orders_count_365d >= 2", "top_by": "spend_sum_365d", "features_used": ["orders_count_365d"]}

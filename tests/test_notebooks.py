@@ -191,7 +191,7 @@ def test_03_churn_and_lookalike_explanations(tmp_path, monkeypatch):
         "versions": bundle.versions,
         "registry": registry,
         "same_scores": bool(np.allclose(scores["churn_probability"],
-                                        churn_record.model.score(current)["churn_probability"])),
+                                        churn_record.model.predict(current)["churn_probability"])),
         "exactness_gap": exactness_gap,
         "chosen": [[r.customer_id, r.churn_probability] for r in chosen.itertuples()],
         "churn_reasons": [[reason["sentence"] for reason in e["churn"]] for e in explained],

@@ -113,12 +113,16 @@ def test_contributions_plus_base_value_equal_the_margin(state, sample, name):
     explainer = state.scorer.explainers[name]
     contributions, base = explainer.contributions(sample)
     np.testing.assert_allclose(contributions.sum(axis=1) + base, explainer.margin(sample), rtol=0, atol=1e-6)
-    # and the values are LightGBM's own pred_contrib (whatever engine computed them)
-    reference = pred_contrib(explainer.booster)(explainer.matrix(sample))
-    if explainer.kind == "clusters":
-        reference = reference.reshape(len(sample), -1, explainer.n_inputs + 1)[
-            np.arange(len(sample)), explainer.model.assign(sample)]
-    np.testing.assert_allclose(np.c_[contributions, base], reference, rtol=0, atol=1e-9)
+    # and they are the SHAP values of the `shap` library's TreeExplainer, whatever engine computed them
+    import shap
+
+    reference = shap.TreeExplainer(explainer.booster)
+    values, expected = np.asarray(reference.shap_values(explainer.matrix(sample))), np.asarray(reference.expected_value)
+    if explainer.kind == "clusters":  # values: (rows, inputs, classes); each row's own cluster is explained
+        own = explainer.model.assign(sample)
+        values, expected = values[np.arange(len(sample)), :, own], expected[own]
+    np.testing.assert_allclose(contributions, values, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(base, np.broadcast_to(expected, base.shape), rtol=0, atol=1e-6)
 
 
 def test_fast_treeshap_is_used_for_small_trees_and_matches_pred_contrib_on_missing_values(state, sample):

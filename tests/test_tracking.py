@@ -46,7 +46,8 @@ def test_run_logs_config_data_window_metrics_plots_and_native_model(tracking, sh
     assert {"roc_auc", "baseline.recency.roc_auc", "baseline.bgnbd.roc_auc"} <= set(run.data.metrics)
     assert run.data.metrics["roc_auc"] == pytest.approx(record.evaluation.metrics["roc_auc"])
     artifacts = {a.path for a in tracking.list_artifacts(logged.run_id, "plots")}
-    assert {"plots/calibration.png", "plots/lift.png"} <= artifacts
+    assert {"plots/calibration.png", "plots/lift.png", "plots/shap_beeswarm.png", "plots/shap_dependence.png",
+            "plots/shap_waterfall.png"} <= artifacts
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{logged.name}/{logged.version}"))
     files = {p.name for p in model_dir.rglob("*") if p.is_file()}
     assert not any(f.endswith((".pkl", ".pickle")) for f in files) and "python_model.pkl" not in files
@@ -60,7 +61,7 @@ def test_registry_round_trip_gives_identical_scores(tracking, shared):
     bundle = ScoringBundle.from_registry()
     features = shared.current_features
     served = bundle.score(features)
-    direct = record.model.score(features).reset_index(drop=True)
+    direct = record.model.predict(features).reset_index(drop=True)
     pd.testing.assert_series_equal(served["churn_probability"], direct["churn_probability"])
     assert bundle.versions == {registered_name("churn"): "1"}
 

@@ -23,12 +23,12 @@ def test_clusters_use_the_default_behaviours_the_data_has(cdnow):
     absent = record.data["features_not_in_data"]
     assert "app_open_count_90d" in absent and "online_share_365d" in absent  # no events, no channel column
     assert set(record.config.features).isdisjoint(absent) and len(record.config.features) >= 5
-    scores = record.model.score(cdnow.current_features)
+    scores = record.model.predict(cdnow.current_features)
     assert len(scores) == 23570 and scores["cluster_name"].notna().all()
 
 
 def test_unknown_config_fields_are_clear_errors():
     with pytest.raises(ValueError, match="unknown ClusterConfig fields"):
-        from training.clusters import ClusterConfig
+        from training.estimators.clusters import ClusterConfig
 
         training.make_config(ClusterConfig, {"n_clusters": 4})

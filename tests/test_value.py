@@ -9,11 +9,11 @@ import pytest
 from scipy.stats import spearmanr
 
 from features.build import FeatureQuery
-from training.baselines import BGNBDBaseline, last_horizon_repeats, rfm_summary
-from training.churn import snapshot_dates
 from training.errors import InsufficientDataError
+from training.estimators.baselines import BGNBDBaseline, last_horizon_repeats, rfm_summary
+from training.estimators.churn import snapshot_dates
+from training.estimators.value import ValueConfig, ValueModel, evaluate_value, value_rows
 from training.labels import Snapshot, make_snapshot
-from training.value import ValueConfig, ValueModel, evaluate_value, value_rows
 
 EVAL_AS_OF = datetime(2026, 4, 1)
 HORIZON = 90
@@ -68,7 +68,7 @@ def test_trains_on_all_customers_known_at_as_of(model, snapshots):
 def test_scores_are_positive_and_keep_the_index(model, snapshots):
     _, test = snapshots
     features = test.features.set_index(test.features.index + 1000)
-    scores = model.score(features)
+    scores = model.predict(features)
     assert list(scores.columns) == ["expected_purchases", "expected_spend"]
     assert scores.index.equals(features.index)
     assert (scores > 0).all().all()
@@ -83,7 +83,7 @@ def _sample(snapshots, n=300):
 
 def _score_grid(model, x, variants) -> dict[str, np.ndarray]:
     """Each output for every row of `x` (rows) under each variant of its features (columns), in one call."""
-    scores = model.score(pd.concat([variant(x) for variant in variants], ignore_index=True))
+    scores = model.predict(pd.concat([variant(x) for variant in variants], ignore_index=True))
     return {c: scores[c].to_numpy().reshape(len(variants), len(x)).T for c in scores.columns}
 
 
@@ -115,7 +115,7 @@ def test_save_load_round_trip_scores_identically_without_pickles(model, snapshot
         assert not path.read_bytes().startswith(b"\x80"), f"{path.name} looks like a pickle"
         path.read_text()
     loaded = ValueModel.load(tmp_path)
-    pd.testing.assert_frame_equal(loaded.score(test.features), model.score(test.features))
+    pd.testing.assert_frame_equal(loaded.predict(test.features), model.predict(test.features))
     assert loaded.config == model.config
 
 

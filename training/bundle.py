@@ -50,7 +50,7 @@ class ScoringBundle:
         columns = {"customer_id": features["customer_id"].array}
         for name in sorted(self.models, key=lambda n: (kind_of(n)[0] == "lookalike", n)):
             _, seed = kind_of(name)
-            scores = self.models[name].score(features, (encoded or {}).get(name))
+            scores = self.models[name].predict(features, (encoded or {}).get(name))
             for column in scores.columns:
                 key = column.replace("lookalike_", f"lookalike_{seed}_", 1) if seed is not None else column
                 columns[key] = scores[column].array

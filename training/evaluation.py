@@ -2,7 +2,7 @@
 
 Everything here is generic: functions take arrays of outcomes and scores (or named dicts of them, so baselines sit
 beside the model) and return numbers, DataFrames or matplotlib Figures. Nothing here knows a model class; the
-model modules (`training.churn`, `training.value`, ...) assemble an `Evaluation` from these pieces.
+model modules (`training.estimators.churn`, `training.estimators.value`, ...) assemble an `Evaluation` from these pieces.
 
 Plots are built on `matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot state, nothing shown), use the
 Okabe-Ito colour-blind-safe palette, carry a title and label their axes with units.

@@ -17,13 +17,13 @@ class SegmentsModel(PythonModel):
     """Wraps one of our models (churn, value, lookalike, clusters) for the MLflow pyfunc interface."""
 
     def load_context(self, context) -> None:
-        from training.models import model_class
+        from training.estimators import model_class
 
         self.kind = context.model_config["kind"]
         self.model = model_class(self.kind).load(Path(context.artifacts["model_dir"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.model.score(model_input)
+        return self.model.predict(model_input)
 
 
 mlflow.models.set_model(SegmentsModel())

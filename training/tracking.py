@@ -28,9 +28,13 @@ from training.monitoring import MONITORING_EXPERIMENT, REFERENCE_ARTIFACT, monit
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-# The metric a challenger must beat the champion on, per kind (all: higher is better).
-PRIMARY_METRIC = {"churn": "roc_auc", "value": "spearman_spend", "lookalike": "recall_at_10",
-                  "clusters": "stability_ari"}
+
+
+def primary_metric(kind: str) -> str | None:
+    """The metric a challenger must beat the champion on (higher is better): the estimator's declaration."""
+    from training.estimators import KINDS, model_class
+
+    return model_class(kind).primary_metric if kind in KINDS else None
 PIP_REQUIREMENTS = ["lightgbm>=4.5", "scikit-learn>=1.5", "pandas>=2.2", "numpy>=2.0", "mlflow>=3.17"]
 
 
@@ -168,6 +172,16 @@ def _log_evaluation(evaluation: Any) -> None:
                      "n_customers": evaluation.n_customers, "as_of": str(evaluation.as_of)}, "evaluation.json")
 
 
+def _log_shap_plots(record: TrainingRecord) -> None:
+    """SHAP plots of the registered model on the evaluation rows (plots/shap_*.png), for data scientists."""
+    import mlflow
+
+    from training.plots import shap_figures
+
+    for name, figure in shap_figures(record.model, record.sample_features).items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
+
+
 def log_training_run(record: TrainingRecord) -> LoggedModel:
     """Log one run (config, data window, metrics with baselines, plots, model) and register the model.
 
@@ -185,6 +199,7 @@ def log_training_run(record: TrainingRecord) -> LoggedModel:
         mlflow.log_params(_flat_params(record.config, record.data))
         mlflow.log_dict(dataclasses.asdict(record.config), "config.json")
         _log_evaluation(record.evaluation)
+        _log_shap_plots(record)
         from training.monitoring import reference_profile  # the training reference of `segments monitor`
         mlflow.log_dict(reference_profile(record.sample_features), "monitoring/reference_profile.json")
         with tempfile.TemporaryDirectory() as tmp:
@@ -193,7 +208,7 @@ def log_training_run(record: TrainingRecord) -> LoggedModel:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
                 model_config={"kind": record.kind}, registered_model_name=name,
-                signature=_signature(sample, record.model.score(record.sample_features.head(5))),
+                signature=_signature(sample, record.model.predict(record.sample_features.head(5))),
                 input_example=sample, pip_requirements=PIP_REQUIREMENTS)
     version = str(info.registered_model_version)
     aliases = [CHALLENGER]
@@ -249,7 +264,7 @@ def promote(name: str, kind: str) -> Promotion:
             f"not comparable: champion v{champion.version} and challenger v{challenger.version} were evaluated on "
             f"different data or dates (evaluation keys {keys['champion']} vs {keys['challenger']}); train the "
             "challenger with the same --data, --as-of and --horizon as the champion"))
-    metric = PRIMARY_METRIC[kind]
+    metric = primary_metric(kind)
     scores = {role: run.data.metrics.get(metric) for role, run in runs.items()}
     if scores["challenger"] is None or scores["champion"] is None:
         return Promotion(False, f"metric {metric} missing from a run: {scores}")
@@ -332,7 +347,7 @@ def training_reference(client, name: str, version: str) -> TrainingReference:
     run = client.get_run(model_version.run_id)
     params = run.data.params
     kind = run.data.tags.get("kind") or kind_of(name)[0]
-    metric = PRIMARY_METRIC.get(kind)
+    metric = primary_metric(kind)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             profile = json.loads(Path(client.download_artifacts(run.info.run_id, REFERENCE_ARTIFACT, tmp)).read_text())

@@ -26,6 +26,7 @@ import yaml
 from features.build import FeatureQuery
 from features.validate import ValidationResult
 from training.errors import InsufficientDataError
+from training.estimators import KINDS as MODEL_KINDS
 from training.labels import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
 from training.tracking import TrainingRecord
 
@@ -89,7 +90,7 @@ class TrainingData:
 
 def _snapshots(data: TrainingData, end_as_of: datetime, horizon_days: int, config) -> list[Snapshot]:
     """Training snapshots whose outcome windows end by `end_as_of` (`snapshot_dates`)."""
-    from training.churn import snapshot_dates
+    from training.estimators.churn import snapshot_dates
 
     dates = snapshot_dates(end_as_of, horizon_days, config.n_snapshots, config.step_days)
     return [data.snapshot(d, horizon_days) for d in dates]
@@ -99,7 +100,7 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
                         horizon_days: int) -> TrainingRecord:
     """Churn and value share one protocol: backtest the recipe out of time, then refit it on the freshest
     labelled snapshots (the module docstring). The record carries the refit model and the backtest's evaluation."""
-    from training.churn import data_window
+    from training.estimators.churn import data_window
 
     config = make_config(config_cls, overrides, horizon_days=horizon_days)
     evaluation_as_of = data.as_of - timedelta(days=horizon_days)
@@ -120,13 +121,13 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
 
 
 def train_churn(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:
-    from training.churn import ChurnConfig, ChurnModel, evaluate_churn
+    from training.estimators.churn import ChurnConfig, ChurnModel, evaluate_churn
 
     return _train_over_horizon("churn", ChurnConfig, ChurnModel, evaluate_churn, data, overrides, horizon_days)
 
 
 def train_value(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:
-    from training.value import ValueConfig, ValueModel, evaluate_value
+    from training.estimators.value import ValueConfig, ValueModel, evaluate_value
 
     return _train_over_horizon("value", ValueConfig, ValueModel, evaluate_value, data, overrides, horizon_days)
 
@@ -140,7 +141,12 @@ def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str,
     the share of its top 10% that entered the seed by as_of is the headline (tag and id-list seeds have no history
     of membership: recall only, with a note).
     """
-    from training.lookalike import LookalikeConfig, LookalikeModel, evaluate_entries, evaluate_lookalike
+    from training.estimators.lookalike import (
+        LookalikeConfig,
+        LookalikeModel,
+        evaluate_entries,
+        evaluate_lookalike,
+    )
     from training.seeds import resolve_seed
 
     config = make_config(LookalikeConfig, overrides)
@@ -174,7 +180,7 @@ def train_lookalike(data: TrainingData, overrides: dict, seed_segment: str,
 
 
 def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:
-    from training.clusters import ClusterConfig, ClusterModel, evaluate_clusters
+    from training.estimators.clusters import ClusterConfig, ClusterModel, evaluate_clusters
 
     config = make_config(ClusterConfig, overrides)
     features = data.current_features
@@ -189,17 +195,19 @@ def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:
         evaluation_as_of=data.as_of, features_not_in_data=absent), features)
 
 
-MODEL_KINDS = ("churn", "value", "lookalike", "clusters")
-
 
 def train_kind(kind: str, data: TrainingData, overrides: dict, horizon_days: int,
                seed_segment: str | None = None) -> TrainingRecord:
     """One training run of `kind` (a look-alike needs its seed segment)."""
-    if kind == "lookalike":
-        return train_lookalike(data, overrides, seed_segment, horizon_days)
-    if kind == "clusters":
-        return train_clusters(data, overrides)
-    trainers = {"churn": train_churn, "value": train_value}
-    if kind not in trainers:
+    if kind not in TRAINERS:
         raise ValueError(f"unknown model kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
-    return trainers[kind](data, overrides, horizon_days)
+    return TRAINERS[kind](data, overrides, horizon_days, seed_segment)
+
+
+# The training protocol of each kind (estimators say how to fit; these say on which data and how it is judged).
+TRAINERS = {
+    "churn": lambda data, overrides, horizon, _: train_churn(data, overrides, horizon),
+    "value": lambda data, overrides, horizon, _: train_value(data, overrides, horizon),
+    "lookalike": lambda data, overrides, horizon, seed: train_lookalike(data, overrides, seed, horizon),
+    "clusters": lambda data, overrides, _horizon, _seed: train_clusters(data, overrides),
+}

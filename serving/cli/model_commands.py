@@ -91,17 +91,13 @@ def train(
         raise typer.Exit(1)
 
 
-HEADLINE_METRICS = {"churn": ("roc_auc", "pr_auc", "brier", "ece"), "value": ("spearman_spend", "mae_spend"),
-                    "lookalike": ("recall_at_10", "lift_at_10"), "clusters": ("k", "stability_ari", "surrogate_fidelity")}
-
-
 def _print_runs(runs) -> None:
     from training.grading import grade_model
 
     table = Table("model", "version", "aliases", "metric", "model", "baselines", title="Trained (out-of-time metrics)")
     for record, logged in runs:
         ev = record.evaluation
-        for i, metric in enumerate(m for m in HEADLINE_METRICS[record.kind] if m in ev.metrics):
+        for i, metric in enumerate(m for m in type(record.model).headline_metrics if m in ev.metrics):
             baselines = ", ".join(f"{b} {m[metric]:.3f}" for b, m in ev.baselines.items() if metric in m)
             head = (logged.name, logged.version, ", ".join(logged.aliases)) if i == 0 else ("", "", "")
             table.add_row(*head, metric, f"{ev.metrics[metric]:.3f}", baselines or "-")

@@ -679,7 +679,7 @@ def data_window_rows(evidence: RunEvidence) -> list[dict]:
 
 def leak_warnings(evidence: RunEvidence) -> list[str]:
     """Look-alikes: inputs that alone separate the seed (from tables/separating_features.csv)."""
-    from training.lookalike import LEAK_AUC
+    from training.estimators.lookalike import LEAK_AUC
 
     table = evidence.tables.get("separating_features")
     if table is None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -38,12 +38,12 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, GROUPS
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
+from training.estimators.base import Estimator, Explanation
 from training.evaluation import OKABE_ITO, Evaluation, lift_at, margin_over_baselines
 
 _MODEL_FILE, _ENCODER_FILE, _STATE_FILE = "lookalike_model.txt", "encoder.json", "lookalike.json"
@@ -87,13 +87,9 @@ class LookalikeConfig:
                 "lambda_l2": self.lambda_l2, "seed": self.seed, "num_threads": self.num_threads,
                 "deterministic": True, "force_col_wise": True, "verbosity": -1}
 
-    @classmethod
-    def from_dict(cls, values: dict) -> LookalikeConfig:
-        """Inverse of `dataclasses.asdict` after a JSON round trip (lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-class LookalikeModel:
+class LookalikeModel(Estimator):
     """Positive-unlabelled LightGBM model of a seed segment (module docstring).
 
     Fitted attributes: booster_ (lightgbm.Booster), encoder_ (FeatureEncoder of the model inputs), seed_name_,
@@ -102,9 +98,9 @@ class LookalikeModel:
     """
 
     kind = "lookalike"
-
-    def __init__(self, config: LookalikeConfig = LookalikeConfig()):
-        self.config = config
+    config_class = LookalikeConfig
+    primary_metric = "recall_at_10"
+    headline_metrics = ("recall_at_10", "lift_at_10")
 
     def fit(self, features: pd.DataFrame, seed_ids: pd.Series | set[str], seed_name: str,
             definition: dict | None = None) -> LookalikeModel:
@@ -134,14 +130,14 @@ class LookalikeModel:
         self.reference_quantiles_ = np.quantile(scores, levels).tolist()
         return self
 
-    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature rows -> lookalike_score (0..1) and lookalike_percentile (0..100), same index as `features`.
 
         The percentile is the share of the fitted population with a lower score (ties count half), from the
         quantiles stored at fit time, so one customer scores the same alone as in any batch. `encoded`: the rows
         already through `encoder_.matrix` (the service encodes once for scores and reasons).
         """
-        _require_fitted(self)
+        self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         g = self._classifier_output(self.encoder_.matrix(features) if encoded is None else encoded)
         return pd.DataFrame({"lookalike_score": np.minimum(g / self.label_frequency_, 1.0),
@@ -149,15 +145,19 @@ class LookalikeModel:
 
     def ranking_score(self, features: pd.DataFrame) -> np.ndarray:
         """The classifier output g(x): same order as lookalike_score but without the ties at the cap of 1."""
-        _require_fitted(self)
+        self.require_fitted()
         return self._classifier_output(self.encoder_.transform(features))
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
         """Exact TreeSHAP values (log-odds of being a seed member) per model input, plus a "bias" column."""
-        _require_fitted(self)
+        self.require_fitted()
         X = self.encoder_.transform(features)
         values = self.booster_.predict(X, pred_contrib=True, num_threads=self.config.num_threads)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "bias"])
+
+    def explanation(self) -> Explanation:
+        return Explanation(self.booster_, f"lookalike_{self.seed_name_}", f"likeness to {self.seed_name_}",
+                           "log-odds", "probability", "logistic")
 
     def _classifier_output(self, X: pd.DataFrame) -> np.ndarray:
         # Percentiles and rankings use g itself: min(g / c, 1) ties every customer above c at 1.
@@ -171,16 +171,15 @@ class LookalikeModel:
 
     def save(self, directory: Path) -> Path:
         """Write the LightGBM text model, the encoder JSON and the state JSON into `directory` (created)."""
-        _require_fitted(self)
+        self.require_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.booster_.save_model(directory / _MODEL_FILE)
         (directory / _ENCODER_FILE).write_text(self.encoder_.to_json())
-        state = {"kind": self.kind, "feature_set_version": self.feature_set_version_, "seed_name": self.seed_name_,
+        state = {**self.metadata(), "feature_set_version": self.feature_set_version_, "seed_name": self.seed_name_,
                  "seed_definition": self.seed_definition_, "excluded_features": self.excluded_features_,
                  "label_frequency": self.label_frequency_, "n_seed": self.n_seed_,
-                 "n_unlabelled": self.n_unlabelled_, "reference_quantiles": self.reference_quantiles_,
-                 "config": asdict(self.config)}
+                 "n_unlabelled": self.n_unlabelled_, "reference_quantiles": self.reference_quantiles_}
         (directory / _STATE_FILE).write_text(json.dumps(state, indent=1))
         return directory
 
@@ -188,8 +187,7 @@ class LookalikeModel:
     def load(cls, directory: Path) -> LookalikeModel:
         """Read a model written by `save`."""
         directory = Path(directory)
-        state = json.loads((directory / _STATE_FILE).read_text())
-        model = cls(LookalikeConfig.from_dict(state["config"]))
+        model, state = cls.from_metadata(directory / _STATE_FILE)
         model.booster_ = lgb.Booster(model_file=str(directory / _MODEL_FILE))
         model.encoder_ = FeatureEncoder.from_json((directory / _ENCODER_FILE).read_text())
         model.seed_name_, model.seed_definition_ = state["seed_name"], state["seed_definition"]
@@ -251,11 +249,6 @@ def _train(X: pd.DataFrame, label: np.ndarray, encoder: FeatureEncoder, config: 
     data = lgb.Dataset(X, label=label.astype(int), categorical_feature=encoder.categorical_features or "auto",
                        free_raw_data=True)
     return lgb.train(config.lgb_params(), data, num_boost_round=config.num_boost_round)
-
-
-def _require_fitted(model) -> None:
-    if not hasattr(model, "booster_"):
-        raise NotFittedError(f"this {type(model).__name__} is not fitted yet: call fit() or load() first")
 
 
 

@@ -19,13 +19,13 @@ Monotone constraints encode behaviour we know: all else equal a more recent purc
 
 Saved in native formats only: LightGBM text model, encoder JSON, calibration JSON, config and metadata JSON.
 The helpers at the end of this module (snapshot schedule, LightGBM training, JSON files) are shared with
-`training.value`.
+`training.estimators.value`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,14 +33,16 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from features.catalog import FEATURE_SET_VERSION
 from features.validate import ValidationResult
-from training.baselines import (
+from training.encoding import FeatureEncoder, check_feature_set
+from training.errors import InsufficientDataError
+from training.estimators.base import Estimator, Explanation, write_json
+from training.estimators.baselines import (
     BaselineFitError,
     BGNBDBaseline,
     ParetoNBDBaseline,
@@ -49,8 +51,6 @@ from training.baselines import (
     rfm_summary,
     rfm_summary_from_features,
 )
-from training.encoding import FeatureEncoder, check_feature_set
-from training.errors import InsufficientDataError
 from training.evaluation import (
     Evaluation,
     calibration_figure,
@@ -103,7 +103,7 @@ class ChurnConfig:
     min_non_churners: int = 50
 
 
-class ChurnModel:
+class ChurnModel(Estimator):
     """LightGBM churn classifier with monotone constraints, rounds and calibration from customer folds.
 
     Fitted attributes: encoder_, booster_ (best_iteration_ rounds on all rows), best_iteration_,
@@ -112,9 +112,8 @@ class ChurnModel:
     """
 
     kind = "churn"
-
-    def __init__(self, config: ChurnConfig = ChurnConfig()):
-        self.config = config
+    config_class = ChurnConfig
+    headline_metrics = ("roc_auc", "pr_auc", "brier", "ece")
 
     def fit(self, train: list[Snapshot]) -> ChurnModel:
         """Fit on labelled snapshots (see the module docstring); returns self."""
@@ -162,12 +161,12 @@ class ChurnModel:
 
         `encoded`: the rows already through `encoder_.matrix` (the service encodes once for scores and reasons).
         """
-        require_fitted(self)
+        self.require_fitted()
         return self.booster_.predict(self.encoder_.matrix(features) if encoded is None else encoded, raw_score=True)
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
         """Exact TreeSHAP contributions to the margin: one column per model feature plus `expected_value`."""
-        require_fitted(self)
+        self.require_fitted()
         values = self.booster_.predict(self.encoder_.transform(features), pred_contrib=True)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
@@ -175,7 +174,7 @@ class ChurnModel:
         """Calibrated churn probability per row."""
         return apply_calibration(self.calibration_, self.margin(features, encoded))
 
-    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature table -> churn_probability (calibrated) and churn_band (low/medium/high), same index.
 
         The model is trained on customers who bought in the year before as_of; other rows get a score too,
@@ -190,6 +189,9 @@ class ChurnModel:
             "churn_band": pd.Categorical(band, categories=BANDS, ordered=True),
         }, index=features.index)
 
+    def explanation(self) -> Explanation:
+        return Explanation(self.booster_, "churn", "churn risk", "log-odds", "probability", "logistic")
+
     def save(self, directory: Path) -> None:
         """Write booster.txt, encoder.json, calibration.json and model.json (config and metadata) to `directory`."""
         directory = save_snapshot_model(self, directory, {"booster": self.booster_}, {
@@ -200,7 +202,7 @@ class ChurnModel:
     @classmethod
     def load(cls, directory: Path) -> ChurnModel:
         """Load a model written by `save`; it scores identically."""
-        model, meta, boosters = load_snapshot_model(cls, ChurnConfig, directory, ["booster"])
+        model, meta, boosters = load_snapshot_model(cls, directory, ["booster"])
         model.booster_ = boosters["booster"]
         model.calibration_ = json.loads((Path(directory) / "calibration.json").read_text())
         model.calibration_method_ = meta["calibration_method"]
@@ -400,7 +402,7 @@ def snapshot_dates(end_as_of: datetime, horizon_days: int, n_snapshots: int = 4,
 def check_snapshots(train: list[Snapshot], horizon_days: int) -> list[Snapshot]:
     """The snapshots oldest first, checked to be labelled with the config's horizon."""
     if not train:
-        raise ValueError("fit needs at least one labelled snapshot: build them with training.churn.snapshot_dates")
+        raise ValueError("fit needs at least one labelled snapshot: build them with training.estimators.churn.snapshot_dates")
     if any(s.outcomes is None for s in train):
         raise ValueError("every training snapshot needs outcomes: build it with make_snapshot(with_outcomes=True)")
     if any(s.horizon_days != horizon_days for s in train):
@@ -472,39 +474,6 @@ def fit_boosted(params: dict, encoder: FeatureEncoder, x: pd.DataFrame, y: pd.Se
     return lgb.Booster(model_str=booster.model_to_string()), rounds, out_of_fold
 
 
-def model_metadata(model, **dates: list[datetime] | datetime) -> dict:
-    """What model.json records for any model kind: kind, feature-set version, config, training dates, versions."""
-    def iso(value):
-        return [d.isoformat() for d in value] if isinstance(value, list) else value.isoformat()
-
-    return {"kind": model.kind, "feature_set_version": FEATURE_SET_VERSION, "config": asdict(model.config),
-            "lightgbm_version": lgb.__version__, "feature_names": model.encoder_.feature_names_,
-            **{name: iso(value) for name, value in dates.items()}}
-
-
-def read_metadata(path: Path, kind: str) -> dict:
-    """model.json of a saved model, checked to be of `kind`."""
-    meta = json.loads(Path(path).read_text())
-    if meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not {kind!r}")
-    return meta
-
-
-def config_from_dict(config_cls, values: dict):
-    """Rebuild a frozen config dataclass from JSON (lists back to tuples; unknown keys are an error)."""
-    known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} fields in the saved model: {', '.join(unknown)}")
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def require_fitted(model) -> None:
-    """Raise sklearn's NotFittedError (a ValueError) when `model` has not been fitted or loaded."""
-    if not hasattr(model, "booster_") and not hasattr(model, "boosters_"):
-        raise NotFittedError(f"this {type(model).__name__} is not fitted: call fit() or load() first")
-
-
 def prepare_snapshot_fit(model, train: list[Snapshot], rows) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame]:
     """What churn and value fits share: check the snapshots, build their rows with `rows(snapshots) -> (x, y)`,
     check the model's data minimums, fit the encoder (without `exclude_features`) and record the training dates
@@ -521,32 +490,27 @@ def prepare_snapshot_fit(model, train: list[Snapshot], rows) -> tuple[pd.DataFra
 def save_snapshot_model(model, directory: Path, boosters: dict, extra: dict) -> Path:
     """Save what churn and value models share: boosters as <name>.txt, encoder.json, and model.json with the
     config, training dates, row counts and `extra`. Returns the folder."""
-    require_fitted(model)
+    model.require_fitted()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, booster in boosters.items():
         booster.save_model(str(directory / f"{name}.txt"))
     (directory / "encoder.json").write_text(model.encoder_.to_json())
     write_json(directory / "model.json", {
-        **model_metadata(model, fit_as_of=model.fit_as_of_), "n_train_rows": model.n_train_rows_, **extra})
+        **model.metadata(fit_as_of=model.fit_as_of_), "n_train_rows": model.n_train_rows_, **extra})
     return directory
 
 
-def load_snapshot_model(cls, config_cls, directory: Path, booster_names: list[str]):
+def load_snapshot_model(cls, directory: Path, booster_names: list[str]):
     """Read what `save_snapshot_model` wrote: (model with the shared attributes set, metadata, boosters by name)."""
     directory = Path(directory)
-    meta = read_metadata(directory / "model.json", cls.kind)
-    model = cls(config_from_dict(config_cls, meta["config"]))
+    model, meta = cls.from_metadata(directory / "model.json")
     boosters = {name: lgb.Booster(model_file=str(directory / f"{name}.txt")) for name in booster_names}
     model.encoder_ = FeatureEncoder.from_json((directory / "encoder.json").read_text())
     model.fit_as_of_ = [datetime.fromisoformat(d) for d in meta["fit_as_of"]]
     model.n_train_rows_ = meta["n_train_rows"]
     model.feature_set_version_ = meta["feature_set_version"]
     return model, meta, boosters
-
-
-def write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=1, sort_keys=True))
 
 
 def data_window(train: list[Snapshot], evaluation: Snapshot | None, model, label) -> pd.DataFrame:

@@ -8,7 +8,7 @@ churn-eligible: a customer who never bought may still buy):
   model of spend, rather than a two-part purchases x order value model, keeps a single early-stopping criterion on
   the quantity we rank by and avoids multiplying two models' errors; expected purchases come from their own model.
 
-Snapshots are used as in `training.churn` (the newest validates and early-stops; older snapshots whose outcome
+Snapshots are used as in `training.estimators.churn` (the newest validates and early-stops; older snapshots whose outcome
 window overlaps the validation one are left out). Monotone constraints: all else equal a more recent purchase and
 more purchases never lower expected purchases or spend (-1 on days_since_last_order, +1 on orders_count_*).
 
@@ -28,7 +28,10 @@ import numpy as np
 import pandas as pd
 
 from features.validate import ValidationResult
-from training.baselines import (
+from training.encoding import check_feature_set
+from training.errors import InsufficientDataError
+from training.estimators.base import Estimator, Explanation
+from training.estimators.baselines import (
     BaselineFitError,
     BGNBDBaseline,
     align_rfm,
@@ -36,7 +39,7 @@ from training.baselines import (
     rfm_summary,
     rfm_summary_from_features,
 )
-from training.churn import (
+from training.estimators.churn import (
     NOT_POINT_IN_TIME,
     check_out_of_time,
     data_window,
@@ -45,11 +48,8 @@ from training.churn import (
     lightgbm_params,
     load_snapshot_model,
     prepare_snapshot_fit,
-    require_fitted,
     save_snapshot_model,
 )
-from training.encoding import check_feature_set
-from training.errors import InsufficientDataError
 from training.evaluation import (
     Evaluation,
     amount_calibration_figure,
@@ -94,7 +94,7 @@ class ValueConfig:
     min_buyers: int = 50  # customers with a purchase in the horizon, in the training and in the validation data
 
 
-class ValueModel:
+class ValueModel(Estimator):
     """Poisson model of next-horizon purchases and Tweedie model of next-horizon spend.
 
     Fitted attributes: encoder_, boosters_ ({"purchases", "spend"}, each cut at its best iteration),
@@ -103,9 +103,9 @@ class ValueModel:
     """
 
     kind = "value"
-
-    def __init__(self, config: ValueConfig = ValueConfig()):
-        self.config = config
+    config_class = ValueConfig
+    fitted_attribute = "boosters_"
+    headline_metrics = ("spearman_spend", "mae_spend")
 
     @property
     def booster_(self) -> lgb.Booster:
@@ -130,7 +130,7 @@ class ValueModel:
     def outcome_scores(self, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
         """(actual spend, expected spend) over a labelled snapshot, for `primary_metric` (a retrain's re-judging)."""
         x, actual = value_rows([snapshot])
-        return actual["spend_next"].to_numpy(), self.score(x)["expected_spend"].to_numpy()
+        return actual["spend_next"].to_numpy(), self.predict(x)["expected_spend"].to_numpy()
 
     @staticmethod
     def metric(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -154,24 +154,29 @@ class ValueModel:
 
     def margin(self, features: pd.DataFrame, target: str = "spend") -> np.ndarray:
         """Raw margin (log of the expected amount) of one target: what SHAP contributions add up to."""
-        require_fitted(self)
+        self.require_fitted()
         return self.boosters_[target].predict(self.encoder_.transform(features), raw_score=True)
 
     def contributions(self, features: pd.DataFrame, target: str = "spend") -> pd.DataFrame:
         """Exact TreeSHAP contributions to one target's margin: one column per feature plus `expected_value`."""
-        require_fitted(self)
+        self.require_fitted()
         values = self.boosters_[target].predict(self.encoder_.transform(features), pred_contrib=True)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
-    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature table -> expected_purchases and expected_spend over the horizon, same index.
 
         `encoded`: the rows already through `encoder_.matrix` (the service encodes once for scores and reasons).
         """
-        require_fitted(self)
+        self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         matrix = self.encoder_.matrix(features) if encoded is None else encoded
         return pd.DataFrame({OUTPUTS[t]: self.boosters_[t].predict(matrix) for t in TARGETS}, index=features.index)
+
+    def explanation(self) -> Explanation:
+        """Reasons explain expected spend (the spend booster), on the log scale of its Tweedie margin."""
+        return Explanation(self.boosters_["spend"], "value", "expected spend", "log of expected spend", "currency",
+                           "log")
 
     def save(self, directory: Path) -> None:
         """Write booster_purchases.txt, booster_spend.txt, encoder.json and model.json to `directory`."""
@@ -181,7 +186,7 @@ class ValueModel:
     @classmethod
     def load(cls, directory: Path) -> ValueModel:
         """Load a model written by `save`; it scores identically."""
-        model, meta, boosters = load_snapshot_model(cls, ValueConfig, directory, [f"booster_{t}" for t in TARGETS])
+        model, meta, boosters = load_snapshot_model(cls, directory, [f"booster_{t}" for t in TARGETS])
         model.boosters_ = {t: boosters[f"booster_{t}"] for t in TARGETS}
         model.best_iterations_ = meta["best_iterations"]
         return model
@@ -215,7 +220,7 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
     """
     check_out_of_time(train, evaluation)
     x, actual = value_rows([evaluation])
-    predictions = {"model": model.score(x).reset_index(drop=True),
+    predictions = {"model": model.predict(x).reset_index(drop=True),
                    **value_baselines(x, evaluation, validation)}
     notes = predictions.pop("_notes")
     metrics_of = {name: {**amount_metrics(actual["purchases_next"], p["expected_purchases"], "purchases"),
@@ -266,7 +271,7 @@ def value_baselines(x: pd.DataFrame, evaluation: Snapshot, validation: Validatio
                    "_notes": notes}
     try:
         baseline = BGNBDBaseline().fit(rfm)
-    except BaselineFitError as exc:  # a textbook baseline never stops the model (training.baselines)
+    except BaselineFitError as exc:  # a textbook baseline never stops the model (training.estimators.baselines)
         notes.append(f"BG/NBD x Gamma-Gamma baseline left out: {exc}")
         return predictions
     if baseline.spend_method_ != "gamma_gamma":

@@ -28,7 +28,7 @@ row by row, so a customer's cluster does not depend on the rest of the batch.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -40,7 +40,6 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.cluster import KMeans
-from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import Pipeline
@@ -50,6 +49,7 @@ from threadpoolctl import threadpool_limits
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
+from training.estimators.base import Estimator, Explanation
 from training.evaluation import OKABE_ITO, Evaluation
 
 # Recency, frequency, spend, trend, rhythm, returns and discounts, engagement, channel shares. No profile or identity
@@ -131,10 +131,6 @@ class ClusterConfig:
         if not 2 <= self.k_range[0] <= self.k_range[1]:
             raise ValueError(f"k_range must be (low, high) with 2 <= low <= high, got {self.k_range}")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> ClusterConfig:
-        """Inverse of `dataclasses.asdict` after a JSON round trip (lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,7 +260,7 @@ def _cluster_scores(state: dict, Z: np.ndarray) -> np.ndarray:
 # The model
 
 
-class ClusterModel:
+class ClusterModel(Estimator):
     """Behavioural clusters with names, profiles and an explainable surrogate (module docstring).
 
     Fitted attributes: state_ (pipeline state, JSON-ready), k_, k_scores_ (DataFrame: k, silhouette, and bic for
@@ -274,9 +270,10 @@ class ClusterModel:
     """
 
     kind = "clusters"
-
-    def __init__(self, config: ClusterConfig = ClusterConfig()):
-        self.config = config
+    config_class = ClusterConfig
+    fitted_attribute = "state_"
+    primary_metric = "stability_ari"
+    headline_metrics = ("k", "stability_ari", "surrogate_fidelity")
 
     def fit(self, features: pd.DataFrame) -> ClusterModel:
         """Fit on a feature table (customer_id + at least config.features): choose k, cluster, name, explain."""
@@ -311,9 +308,9 @@ class ClusterModel:
         self.n_customers_, self.feature_set_version_ = len(X), FEATURE_SET_VERSION
         return self
 
-    def score(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
         """Feature rows -> cluster_id (int64) and cluster_name, same index, from the fitted state only."""
-        _require_fitted(self)
+        self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         labels = self.assign(features, encoded)
         return pd.DataFrame({"cluster_id": labels,
@@ -326,7 +323,7 @@ class ClusterModel:
         `encoded`: the rows already through the surrogate's `encoder_.matrix` (the service encodes once). Its
         inputs are the cluster features, all numeric, so their columns hold the values `feature_matrix` reads.
         """
-        _require_fitted(self)
+        self.require_fitted()
         if encoded is None:
             X = feature_matrix(features, tuple(self.state_["features"]))
         else:
@@ -335,7 +332,7 @@ class ClusterModel:
 
     def surrogate_contributions(self, features: pd.DataFrame) -> pd.DataFrame:
         """Exact TreeSHAP of the surrogate towards each row's own cluster: one column per input plus "bias"."""
-        _require_fitted(self)
+        self.require_fitted()
         X = self.encoder_.transform(features)
         n_inputs = len(self.encoder_.feature_names_) + 1
         values = self.booster_.predict(X, pred_contrib=True, num_threads=self.config.num_threads)
@@ -343,17 +340,20 @@ class ClusterModel:
         own = values[np.arange(len(X)), self.assign(features)]
         return pd.DataFrame(own, index=features.index, columns=[*self.encoder_.feature_names_, "bias"])
 
+    def explanation(self) -> Explanation:
+        """Reasons explain the surrogate's score of each customer's own cluster (the class `assign` gives)."""
+        return Explanation(self.booster_, "cluster", "fit to own cluster", "log-odds (own class)", "probability",
+                           "softmax", own_class=self.assign)
+
     def save(self, directory: Path) -> Path:
         """Write pipeline.json, surrogate_model.txt, surrogate_encoder.json and clusters.json (names, profiles)."""
-        _require_fitted(self)
+        self.require_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / _STATE_FILE).write_text(json.dumps(self.state_, indent=1))
         self.booster_.save_model(directory / _SURROGATE_FILE)
         (directory / _ENCODER_FILE).write_text(self.encoder_.to_json())
-        summary = {"kind": self.kind, "feature_set_version": self.feature_set_version_,
-                   "config": asdict(self.config),
-                   "k": self.k_, "criterion": self.criterion_, "names": self.names_,
+        summary = {**self.metadata(), "feature_set_version": self.feature_set_version_, "k": self.k_, "criterion": self.criterion_, "names": self.names_,
                    "k_scores": self.k_scores_.to_dict(orient="records"),
                    "profiles": json.loads(self.profiles_.to_json(orient="records")),
                    "population": json.loads(self.population_.to_json(orient="records")),
@@ -367,8 +367,7 @@ class ClusterModel:
     def load(cls, directory: Path) -> ClusterModel:
         """Read a model written by `save`."""
         directory = Path(directory)
-        summary = json.loads((directory / _PROFILE_FILE).read_text())
-        model = cls(ClusterConfig.from_dict(summary["config"]))
+        model, summary = cls.from_metadata(directory / _PROFILE_FILE)
         model.state_ = json.loads((directory / _STATE_FILE).read_text())
         model.booster_ = lgb.Booster(model_file=str(directory / _SURROGATE_FILE))
         model.encoder_ = FeatureEncoder.from_json((directory / _ENCODER_FILE).read_text())
@@ -381,11 +380,6 @@ class ClusterModel:
         model.surrogate_fidelity_ = summary["surrogate_fidelity"]
         model.n_customers_, model.feature_set_version_ = summary["n_customers"], summary["feature_set_version"]
         return model
-
-
-def _require_fitted(model) -> None:
-    if not hasattr(model, "state_"):
-        raise NotFittedError(f"this {type(model).__name__} is not fitted yet: call fit() or load() first")
 
 
 

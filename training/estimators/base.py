@@ -1,0 +1,119 @@
+"""What every model kind shares: the estimator base (parameters, fitted-state guard, native save/load metadata) and
+what a model declares about its explanation.
+
+An estimator follows scikit-learn's conventions where they fit: parameters are keyword arguments (or one config
+object) stored as they are, `get_params` / `set_params` read and change them, learned state is set by `fit` and
+ends in `_`, `predict` returns the model's declared outputs, a model used before `fit` or `load` raises
+`NotFittedError`. Each kind saves in native formats (LightGBM text, JSON) with a `model.json` of metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import NotFittedError
+
+from features.catalog import FEATURE_SET_VERSION
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a model's reasons explain: TreeSHAP of `booster` on the model's encoded inputs.
+
+    key, subject, scale, unit: the target in words (e.g. "churn", "churn risk", "log-odds", "probability");
+    link: how the booster's margin becomes the shown score ("logistic", "log" or "softmax": the own class's
+    probability among all classes); `own_class(features, X)` picks each row's explained class for "softmax".
+    """
+
+    booster: lgb.Booster
+    key: str
+    subject: str
+    scale: str
+    unit: str
+    link: str
+    own_class: Any = None
+
+
+class Estimator:
+    """Base of the model kinds. Subclasses set `kind`, `config_class` and `fitted_attribute`, and implement `fit`,
+    `predict`, `explanation`, `save` and `load`."""
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+    fitted_attribute: ClassVar[str] = "booster_"
+    # The metric a challenger must beat the champion on (higher is better).
+    primary_metric: ClassVar[str]
+    # Out-of-time metrics shown first by `segments train` (the first is the primary metric of promotion).
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config=None, **params):
+        base = config if config is not None else self.config_class()
+        self.config = dataclasses.replace(base, **params) if params else base
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The parameters (every config field), as scikit-learn's `get_params`."""
+        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+
+    def set_params(self, **params) -> Estimator:
+        """Change parameters (unknown names are an error, as in scikit-learn); returns self."""
+        unknown = set(params) - {f.name for f in dataclasses.fields(self.config)}
+        if unknown:
+            raise ValueError(f"invalid parameters for {type(self).__name__}: {sorted(unknown)}")
+        self.config = dataclasses.replace(self.config, **params)
+        return self
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != getattr(self.config_class(), k)}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    def require_fitted(self) -> None:
+        """Raise scikit-learn's NotFittedError (a ValueError) before `fit` or `load`."""
+        if not hasattr(self, self.fitted_attribute):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit() or load() first")
+
+    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+        """Feature table -> the model's declared outputs (features/outputs.py), same index."""
+        raise NotImplementedError
+
+    def explanation(self) -> Explanation:
+        raise NotImplementedError
+
+    # -- native save and load: model.json metadata shared by every kind
+
+    def metadata(self, **dates: list[datetime] | datetime) -> dict:
+        """What model.json records for any kind: kind, feature-set version, config, training dates, versions."""
+        def iso(value):
+            return [d.isoformat() for d in value] if isinstance(value, list) else value.isoformat()
+
+        return {"kind": self.kind, "feature_set_version": FEATURE_SET_VERSION,
+                "config": dataclasses.asdict(self.config), "lightgbm_version": lgb.__version__,
+                "feature_names": self.encoder_.feature_names_, **{name: iso(value) for name, value in dates.items()}}
+
+    @classmethod
+    def from_metadata(cls, path: Path) -> tuple[Estimator, dict]:
+        """(an unfitted estimator with the saved config, the metadata) from a model.json of this kind."""
+        meta = json.loads(Path(path).read_text())
+        if meta.get("kind") != cls.kind:
+            raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not {cls.kind!r}")
+        return cls(config_from_dict(cls.config_class, meta["config"])), meta
+
+
+def config_from_dict(config_cls, values: dict):
+    """Rebuild a frozen config dataclass from JSON (lists back to tuples; unknown keys are an error)."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} fields in the saved model: {', '.join(unknown)}")
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1, sort_keys=True))
