@@ -44,28 +44,20 @@ import pandas as pd
 import yaml
 
 from features.catalog import FEATURES_BY_NAME
+from features.outputs import BANDS, OUTPUTS, find_output, label_of_output
 
 DEFAULT_HOLDOUT_PERCENT = 10.0
 KINDS = ("rule", "predictive", "lookalike", "cluster")
 COMPARISONS = (">", ">=", "<", "<=", "==", "!=")
 OPERATORS = (*COMPARISONS, "in", "not in", "between", "is null", "is not null", "in top", "in bottom")
-BANDS = ("low", "medium", "high")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _CONDITION = re.compile(
     r"^\s*(?P<field>[A-Za-z_][A-Za-z0-9_]*)\s+"
     r"(?P<op>>=|<=|==|!=|>|<|not in|in top|in bottom|in|between|is not null|is null)(?:\s+|$)(?P<value>.*)$")
 _SEGMENT_REF = re.compile(r"^\s*segment\s+(?P<name>\S+)\s*$")
 
-# Model outputs a condition may use: dtype kind and label (lookalike outputs are per seed, matched by pattern).
-OUTPUTS = {
-    "churn_probability": ("number", "Churn probability"),
-    "churn_band": ("band", "Churn risk band"),
-    "expected_purchases": ("number", "Expected purchases"),
-    "expected_spend": ("number", "Expected spend"),
-    "cluster_id": ("number", "Cluster"),
-    "cluster_name": ("string", "Cluster name"),
-}
-_LOOKALIKE_OUTPUT = re.compile(r"^lookalike_(?P<seed>[A-Za-z0-9_]+?)_(?P<what>score|percentile)$")
+# Model outputs a condition may use (features/outputs.py): the ones with one column; look-alikes have one per seed.
+SINGLE_OUTPUTS = {o.name: o.field for o in OUTPUTS if not o.per_seed}
 _DTYPE_KIND = {"int64": "number", "float64": "number", "string": "string", "boolean": "boolean"}
 
 
@@ -147,18 +139,13 @@ class Fields:
     @classmethod
     def catalog(cls) -> Fields:
         """Every catalog feature and every model output (any look-alike seed): for checking a file on its own."""
-        return cls({name: f.dtype for name, f in FEATURES_BY_NAME.items()}, {k: v[0] for k, v in OUTPUTS.items()},
-                   None, any_seed=True)
+        return cls({name: f.dtype for name, f in FEATURES_BY_NAME.items()}, dict(SINGLE_OUTPUTS), None,
+                   any_seed=True)
 
     @classmethod
     def of(cls, feature_names: list[str], score_columns: list[str], cluster_names: dict[int, str] | None) -> Fields:
         """The fields one run really has: its feature table's columns and its models' score columns."""
-        outputs = {}
-        for column in score_columns:
-            if column in OUTPUTS:
-                outputs[column] = OUTPUTS[column][0]
-            elif _LOOKALIKE_OUTPUT.match(column):
-                outputs[column] = "number"
+        outputs = {column: found[0].field for column in score_columns if (found := find_output(column))}
         return cls({n: FEATURES_BY_NAME[n].dtype for n in feature_names if n in FEATURES_BY_NAME}, outputs,
                    cluster_names)
 
@@ -167,24 +154,18 @@ class Fields:
             return _DTYPE_KIND[self.features[name]]
         if name in self.outputs:
             return self.outputs[name]
-        if self.any_seed and _LOOKALIKE_OUTPUT.match(name):
-            return "number"
-        return None
+        found = find_output(name) if self.any_seed else None
+        return found[0].field if found else None
 
 
 def is_output(name: str) -> bool:
-    return name in OUTPUTS or bool(_LOOKALIKE_OUTPUT.match(name))
+    return find_output(name) is not None
 
 
 def label_of(name: str) -> str:
     if name in FEATURES_BY_NAME:
         return FEATURES_BY_NAME[name].label
-    if name in OUTPUTS:
-        return OUTPUTS[name][1]
-    match = _LOOKALIKE_OUTPUT.match(name)
-    if match:
-        return f"Look-alike {match['what']} ({match['seed'].replace('_', ' ')})"
-    return name
+    return label_of_output(name) or name
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,7 +407,7 @@ def _reference_problems(segment: Segment, segments: dict[str, Segment], fields: 
                 problems.append(f"condition {leaf.text!r}: a segment cannot refer to itself")
             continue
         if fields.kind(leaf.field) is None:
-            known = [*fields.features, *fields.outputs, *OUTPUTS]
+            known = [*fields.features, *fields.outputs, *SINGLE_OUTPUTS]
             near = difflib.get_close_matches(leaf.field, known, n=2)
             problems.append(f"condition {leaf.text!r}: unknown field {leaf.field!r}"
                             + (f" (did you mean {' or '.join(near)}?)" if near else ""))

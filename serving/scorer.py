@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.outputs import nested
 from serving.explain.reasons import (
     DEFAULT_TOP_K,
     AttributeMap,
@@ -162,20 +163,9 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 
 def nest(row: dict, seeds: list[str]) -> dict:
-    """A flat score row -> the nested response item."""
-    item = {"customer_id": str(row["customer_id"]), "churn": None, "value": None, "lookalike": {}, "cluster": None,
-            "segments": list(row.get("segments", [])), "reasons": None, "error": None}
-    if "churn_probability" in row:
-        item["churn"] = {"probability": float(row["churn_probability"]), "band": str(row["churn_band"])}
-    if "expected_spend" in row:
-        item["value"] = {"expected_purchases": float(row["expected_purchases"]),
-                         "expected_spend": float(row["expected_spend"])}
-    for seed in seeds:
-        item["lookalike"][seed] = {"score": float(row[f"lookalike_{seed}_score"]),
-                                   "percentile": float(row[f"lookalike_{seed}_percentile"])}
-    if "cluster_id" in row:
-        item["cluster"] = {"id": int(row["cluster_id"]), "name": str(row["cluster_name"])}
-    return item
+    """A flat score row -> the nested response item (its groups from the declared outputs)."""
+    return {"customer_id": str(row["customer_id"]), **nested(row, seeds), "segments": list(row.get("segments", [])),
+            "reasons": None, "error": None}
 
 
 def batch_frame(scorer: Scorer, features: pd.DataFrame, explain: bool, rules: SegmentRules,

@@ -10,7 +10,7 @@ import pytest
 
 from features.catalog import FEATURES_BY_NAME
 from features.segments import (
-    OUTPUTS,
+    SINGLE_OUTPUTS,
     Fields,
     Group,
     SegmentDefinitionError,
@@ -278,7 +278,7 @@ def _random_values(fields: dict[str, str], n: int, rng: np.random.Generator) -> 
 def _shipped_segments():
     """The shipped file with every look-alike and cluster segment resolved (3 clusters)."""
     shipped = load_segments()
-    outputs = [*OUTPUTS, "lookalike_best_members_score", "lookalike_best_members_percentile"]
+    outputs = [*SINGLE_OUTPUTS, "lookalike_best_members_score", "lookalike_best_members_percentile"]
     features = sorted({f for s in shipped for f in s.fields()} - set(outputs))
     usable, skipped = shipped.resolve(Fields.of(features, outputs, _CLUSTER_NAMES))
     assert not skipped
@@ -300,7 +300,7 @@ def _operator_segments():
 @pytest.mark.parametrize("which", ["shipped", "operators"])
 def test_evaluate_matches_a_per_row_reference_on_random_frames_with_nulls(which, rows):
     segments = _shipped_segments() if which == "shipped" else _operator_segments()
-    catalog = Fields.of(sorted(FEATURES_BY_NAME), [*OUTPUTS, "lookalike_best_members_percentile",
+    catalog = Fields.of(sorted(FEATURES_BY_NAME), [*SINGLE_OUTPUTS, "lookalike_best_members_percentile",
                                                    "lookalike_best_members_score"], _CLUSTER_NAMES)
     fields = {name: catalog.kind(name) for segment in segments for name in sorted(segment.fields())}
     rng = np.random.default_rng(7 if rows == 1 else 8)

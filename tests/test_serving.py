@@ -125,6 +125,19 @@ def test_contributions_plus_base_value_equal_the_margin(state, sample, name):
     np.testing.assert_allclose(base, np.broadcast_to(expected, base.shape), rtol=0, atol=1e-6)
 
 
+def test_score_columns_are_the_declared_outputs(state, sample):
+    """features/outputs.py is the one declaration: every served model gives exactly its kind's columns, typed."""
+    from features.outputs import columns_of, find_output
+    from training.tracking import kind_of
+
+    frame = state.scorer.bundle.score(sample)
+    declared = [c for name in state.scorer.bundle.models for c in columns_of(*kind_of(name))]
+    assert sorted(frame.columns.drop("customer_id")) == sorted(declared)
+    for column in declared:
+        dtype = find_output(column)[0].dtype
+        assert str(frame[column].dtype) == {"string": "object"}.get(dtype, dtype), column
+
+
 def test_fast_treeshap_is_used_for_small_trees_and_matches_pred_contrib_on_missing_values(state, sample):
     explainer = state.scorer.explainers["segments-churn"]
     assert isinstance(explainer.engine, FastTreeShap)

@@ -306,7 +306,12 @@ def load_model(name: str, alias: str = CHAMPION):
     version = _alias_version(mlflow_client, name, alias)
     if version is None:
         raise LookupError(f"no model {name}@{alias} in the registry at {tracking_uri()}: run segments train first")
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    except ModuleNotFoundError as exc:  # its wrapper imports a module an older layout had (training.models)
+        raise ValueError(f"{name} version {version.version} was registered by an older version of this project "
+                         f"and cannot be loaded by this one ({exc}): train it again (segments retrain, or segments "
+                         "train then segments promote)") from None
     return pyfunc.unwrap_python_model().model, str(version.version)
 
 

@@ -20,10 +20,13 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    create_model,
     model_validator,
 )
 
 from features.catalog import FEATURES_BY_NAME
+from features.contract import BIGINT, BOOLEAN, CONTRACTS, DOUBLE, STRING, TIMESTAMP
+from features.outputs import OUTPUTS
 from features.time import naive_utc
 
 DEFAULT_MAX_BATCH = 10_000
@@ -38,48 +41,42 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class Transaction(Strict):
-    """One purchase or return (the data contract's transactions table, without customer_id)."""
-
-    transaction_id: Id
-    timestamp: datetime = Field(description="UTC; naive values are read as UTC.")
-    amount: Number = Field(description="Paid amount; a negative amount is a return.")
-    quantity: Number | None = None
-    product_id: Text | None = None
-    category: Text | None = None
-    channel: Text | None = Field(None, description="store, online, app, ...")
-    store_id: Text | None = None
-    discount_amount: Number | None = None
-    is_return: StrictBool | None = None
-    points_earned: Number | None = None
-    points_redeemed: Number | None = None
-    currency: Text | None = None
+# The raw records are the data contract's rows (features/contract.py) without customer_id: their fields and types
+# come from it, so the API cannot drift from the files. What the contract's types cannot say is added here.
+_TYPES = {STRING: Text, TIMESTAMP: datetime, DOUBLE: Number, BIGINT: StrictInt, BOOLEAN: StrictBool}
+_FIELDS = {
+    ("transactions", "timestamp"): {"description": "UTC; naive values are read as UTC."},
+    ("transactions", "amount"): {"description": "Paid amount; a negative amount is a return."},
+    ("transactions", "channel"): {"description": "store, online, app, ..."},
+    ("events", "timestamp"): {"description": "UTC; naive values are read as UTC."},
+    ("events", "event_type"): {"description": "email_open, email_click, app_open, web_visit, ..."},
+    ("events", "properties"): {"description": "JSON text.", "max_length": 10_000},
+    ("customers", "birth_year"): {"ge": 1900, "le": 2100},
+    ("customers", "tags"): {"description": "';'-separated tags (look-alike seeds tag:<tag> read them)."},
+}
 
 
-class Event(Strict):
-    """One engagement event (the data contract's events table, without customer_id)."""
+def record_model(table: str, name: str, doc: str) -> type[Strict]:
+    """A strict pydantic model of one contract table's row, without customer_id."""
+    contract = CONTRACTS[table]
+    fields: dict[str, Any] = {}
+    for column, kind in contract.columns.items():
+        if column == "customer_id":
+            continue
+        annotation = Id if column == contract.id_column else _TYPES[kind]
+        extra = dict(_FIELDS.get((table, column), {}))
+        if "max_length" in extra:  # longer than the general text limit
+            annotation = Annotated[StrictStr, Field(max_length=extra.pop("max_length"))]
+        required = column in contract.required
+        fields[column] = (annotation if required else annotation | None, Field(... if required else None, **extra))
+    return create_model(name, __base__=Strict, __doc__=doc, **fields)
 
-    event_id: Id
-    timestamp: datetime
-    event_type: Text = Field(description="email_open, email_click, app_open, web_visit, ...")
-    channel: Text | None = None
-    campaign_id: Text | None = None
-    properties: Annotated[StrictStr, Field(max_length=10_000)] | None = Field(None, description="JSON text.")
 
-
-class Profile(Strict):
-    """The customer row of the data contract (without customer_id)."""
-
-    signup_date: datetime | None = None
-    birth_year: StrictInt | None = Field(None, ge=1900, le=2100)
-    gender: Text | None = None
-    region: Text | None = None
-    city: Text | None = None
-    loyalty_member: StrictBool | None = None
-    loyalty_join_date: datetime | None = None
-    loyalty_tier: Text | None = None
-    points_balance: Number | None = None
-    email_opt_in: StrictBool | None = None
+Transaction = record_model("transactions", "Transaction",
+                           "One purchase or return (the data contract's transactions table, without customer_id).")
+Event = record_model("events", "Event", "One engagement event (the data contract's events table, without "
+                                        "customer_id).")
+Profile = record_model("customers", "Profile", "The customer row of the data contract (without customer_id).")
 
 
 class History(Strict):
@@ -168,24 +165,21 @@ class ItemError(BaseModel):
     message: str
 
 
-class Churn(BaseModel):
-    probability: float
-    band: str
+# A scored customer's model outputs, grouped as the response nests them; fields from features/outputs.py.
+_OUTPUT_TYPES = {"float64": float, "int64": int, "category": str, "string": str}
 
 
-class Value(BaseModel):
-    expected_purchases: float
-    expected_spend: float
+def output_group(group: str, name: str) -> type[BaseModel]:
+    """The response model of one output group (churn, value, lookalike per seed, cluster)."""
+    fields = {o.response[1]: (_OUTPUT_TYPES[o.dtype], Field(description=o.description))
+              for o in OUTPUTS if o.response[0] == group}
+    return create_model(name, **fields)
 
 
-class Lookalike(BaseModel):
-    score: float
-    percentile: float
-
-
-class Cluster(BaseModel):
-    id: int
-    name: str
+Churn = output_group("churn", "Churn")
+Value = output_group("value", "Value")
+Lookalike = output_group("lookalike", "Lookalike")
+Cluster = output_group("cluster", "Cluster")
 
 
 class ScoredCustomer(BaseModel):

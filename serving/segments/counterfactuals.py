@@ -43,8 +43,8 @@ import pandas as pd
 import yaml
 
 from features.catalog import FEATURES_BY_NAME
+from features.outputs import BANDS, is_model_number
 from features.segments import (
-    BANDS,
     Condition,
     SegmentRef,
     SegmentSet,
@@ -181,15 +181,10 @@ def _measure(leaves: list[Condition], want_member: bool, churn_bands: tuple[floa
             edge = churn_bands[lowest - 1] if in_upper else churn_bands[max(BANDS.index(b) for b in bands)]
             better = "higher" if in_upper == want_member else "lower"
             return "churn_probability", better, edge
-        if leaf.op in (">", ">=", "<", "<=") and _is_model_number(leaf.field):
+        if leaf.op in (">", ">=", "<", "<=") and is_model_number(leaf.field):
             rises = leaf.op in (">", ">=")
             return leaf.field, "higher" if rises == want_member else "lower", float(leaf.value)
     return None, "higher" if want_member else "lower", None
-
-
-def _is_model_number(name: str) -> bool:
-    return name in ("churn_probability", "expected_purchases", "expected_spend") or (
-        name.startswith("lookalike_") and name.endswith(("_score", "_percentile")))
 
 
 def _window_of(name: str) -> int | None:

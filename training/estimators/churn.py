@@ -38,6 +38,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from features.catalog import FEATURE_SET_VERSION
+from features.outputs import BANDS
 from features.validate import ValidationResult
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
@@ -70,7 +71,6 @@ from training.evaluation import (
 )
 from training.labels import Snapshot, training_dates
 
-BANDS = ("low", "medium", "high")
 CALIBRATION_METHODS = ("isotonic", "sigmoid")
 PROBABILITY_FLOOR = 1e-4  # calibrated probabilities stay inside (0, 1): a hard 0 or 1 is never justified
 # Snapshot-valued columns of the customer table describe the state at load time, not at as_of: points_balance moves
