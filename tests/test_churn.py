@@ -122,7 +122,7 @@ def test_evaluation_reports_metrics_baselines_slices_and_figures(evaluation, eli
     assert list(window["role"]) == ["train", "train", "train", "train", "evaluation"]
     for name, figure in evaluation.figures.items():
         ax = figure.axes[0]
-        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), name
+        assert ax.get_title(loc="left") and ax.get_xlabel() and ax.get_ylabel(), name
         assert "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), f"{name}: axis labels carry units"
     assert set(evaluation.figures) == {"calibration", "lift", "gains", "shap_summary"}
     importance = evaluation.tables["shap_importance"]

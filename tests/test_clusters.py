@@ -145,7 +145,7 @@ def test_evaluation_reports_metrics_tables_and_figures(evaluation, model):
     assert evaluation.tables["std_diff"]["cluster_name"].tolist() == model.names_
     for name in ("profile_heatmap", "cluster_sizes", "k_selection"):
         ax = evaluation.figures[name].axes[0]
-        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), name
+        assert ax.get_title(loc="left") and ax.get_xlabel() and ax.get_ylabel(), name
     heatmap = evaluation.figures["profile_heatmap"].axes[0]
     assert [t.get_text().split(" (n=")[0] for t in heatmap.get_yticklabels()] == model.names_
 

@@ -264,9 +264,9 @@ def test_each_colour_means_one_thing_on_every_chart():
     """Raising churn risk is a loss (vermillion) on the churn page as on the customer page; raising another score is
     a gain; members higher than everyone are blue and lower grey, on segment and cluster profiles alike."""
     from serving.explain.drivers import Driver, DriverSet
-    from serving.reports import plots
     from serving.reports import segment_pages as segments
     from serving.reports.model_pages import category_chart, profile_chart
+    from training import plots
 
     assert plots.effect_colours([0.3, -0.2], risk=True) == [plots.NEGATIVE, plots.POSITIVE]
     assert plots.effect_colours([0.3, -0.2], risk=False) == [plots.POSITIVE, plots.NEGATIVE]

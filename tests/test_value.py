@@ -56,7 +56,7 @@ def test_evaluation_covers_every_customer_with_tables_and_figures(evaluation, sn
     assert set(evaluation.tables["slices"]["slice"]) == {"loyalty", "tenure", "frequency"}
     for name, figure in evaluation.figures.items():
         ax = figure.axes[0]
-        assert ax.get_title() and "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), name
+        assert ax.get_title(loc="left") and "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), name
 
 
 def test_trains_on_all_customers_known_at_as_of(model, snapshots):

@@ -1,11 +1,9 @@
-"""Metrics, tables and plots shared by every model kind (churn, value, look-alike, clusters).
+"""Metrics and tables shared by every model kind (churn, value, look-alike, clusters).
 
 Everything here is generic: functions take arrays of outcomes and scores (or named dicts of them, so baselines sit
-beside the model) and return numbers, DataFrames or matplotlib Figures. Nothing here knows a model class; the
-model modules (`training.estimators.churn`, `training.estimators.value`, ...) assemble an `Evaluation` from these pieces.
-
-Plots are built on `matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot state, nothing shown), use the
-Okabe-Ito colour-blind-safe palette, carry a title and label their axes with units.
+beside the model) and return numbers or DataFrames. Nothing here knows a model class; the estimators
+(`training.estimators.churn`, `training.estimators.value`, ...) assemble an `Evaluation` from these pieces and
+draw its charts with `training.plots`.
 """
 
 from __future__ import annotations
@@ -16,13 +14,10 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-# Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies; black first for "the model".
-OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 N_CALIBRATION_BINS = 10
 TOP_FRACTION = 0.1
 
@@ -295,89 +290,6 @@ def slice_table(slices: Mapping[str, pd.Series], metric_fn: Callable[[np.ndarray
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Figures
-
-
-def calibration_figure(curves: Mapping[str, pd.DataFrame], title: str, what: str = "churn") -> Figure:
-    """Reliability diagram: observed rate against mean predicted probability per bin, one line per scorer.
-
-    `curves` maps scorer name -> a `calibration_table`; the first is drawn as the model (solid, black).
-    """
-    fig, ax = _new_figure()
-    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1, label="perfectly calibrated")
-    for i, (name, table) in enumerate(curves.items()):
-        filled = table[table["n"] > 0]
-        ax.plot(filled["mean_predicted"], filled["observed_rate"], marker="o", color=_colour(i),
-                linestyle="-" if i == 0 else "--", label=name)
-    ax.set(xlim=(0, 1), ylim=(0, 1), title=title, xlabel=f"Predicted {what} probability (share of customers)",
-           ylabel=f"Observed {what} rate (share of customers)")
-    ax.legend(loc="upper left", frameon=False)
-    return fig
-
-
-def lift_figure(tables: Mapping[str, pd.DataFrame], title: str, what: str = "churn") -> Figure:
-    """Lift per score decile (1 = highest scores), grouped bars per scorer; `tables` maps name -> `lift_table`."""
-    fig, ax = _new_figure()
-    width = 0.8 / max(len(tables), 1)
-    for i, (name, table) in enumerate(tables.items()):
-        ax.bar(table["group"] + (i - (len(tables) - 1) / 2) * width, table["lift"], width=width, color=_colour(i),
-               label=name)
-    ax.axhline(1.0, color="#999999", linestyle=":", linewidth=1, label="random targeting")
-    ax.set(title=title, xlabel="Score decile (1 = highest 10% of scores)",
-           ylabel=f"Lift ({what} rate / overall rate, x)")
-    ax.set_xticks(sorted({g for t in tables.values() for g in t["group"]}))
-    ax.legend(loc="upper right", frameon=False)
-    return fig
-
-
-def gains_figure(tables: Mapping[str, pd.DataFrame], title: str, what: str = "churners") -> Figure:
-    """Cumulative gains: share of all outcomes captured against share of customers targeted, best scores first."""
-    fig, ax = _new_figure()
-    ax.plot([0, 100], [0, 100], color="#999999", linestyle=":", linewidth=1, label="random targeting")
-    for i, (name, table) in enumerate(tables.items()):
-        x = np.concatenate([[0.0], 100 * table["cumulative_share"].to_numpy()])
-        y = np.concatenate([[0.0], 100 * table["cumulative_capture"].to_numpy()])
-        ax.plot(x, y, marker="o", color=_colour(i), linestyle="-" if i == 0 else "--", label=name)
-    ax.set(xlim=(0, 100), ylim=(0, 100), title=title, xlabel="Customers targeted (% of customers, by score)",
-           ylabel=f"{what.capitalize()} captured (% of total)")
-    ax.legend(loc="lower right", frameon=False)
-    return fig
-
-
-def amount_calibration_figure(tables: Mapping[str, pd.DataFrame], title: str, what: str, unit: str) -> Figure:
-    """Mean actual against mean predicted amount per predicted decile, one line per scorer.
-
-    Log-log axes over at most four decades (amounts span orders of magnitude; deciles below the range are not
-    drawn); `tables` maps name -> `amount_calibration_table`.
-    """
-    fig, ax = _new_figure()
-    values = np.concatenate([np.r_[t["mean_predicted"], t["mean_actual"]] for t in tables.values()] or [np.ones(1)])
-    high = max(values.max(), 1e-9) * 1.5
-    low = max(values[values > 0].min(initial=high) / 1.5, high * 1e-4)  # 4 decades: tiny deciles stay readable
-    positive = [t[(t["mean_predicted"] >= low) & (t["mean_actual"] >= low)] for t in tables.values()]
-    ax.plot([low, high], [low, high], color="#999999", linestyle=":", linewidth=1, label="predicted = actual")
-    for i, (name, table) in enumerate(zip(tables, positive)):
-        ax.plot(table["mean_predicted"], table["mean_actual"], marker="o", color=_colour(i),
-                linestyle="-" if i == 0 else "--", label=name)
-    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high), title=title,
-           xlabel=f"Mean predicted {what} per decile ({unit}, log scale)",
-           ylabel=f"Mean actual {what} per decile ({unit}, log scale)")
-    ax.legend(loc="upper left", frameon=False)
-    return fig
-
-
-def _new_figure() -> tuple[Figure, object]:
-    """A Figure on the Agg canvas (renders to files without any GUI and without pyplot's global state)."""
-    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _colour(i: int) -> str:
-    return OKABE_ITO[i % len(OKABE_ITO)]
-
-
 def _as_arrays(*columns) -> list[np.ndarray]:
     """Float arrays of equal length (pandas objects lose their index: callers align before calling)."""
     arrays = [np.asarray(pd.Series(c).to_numpy(dtype=float, na_value=np.nan) if isinstance(c, pd.Series) else c,
@@ -402,19 +314,3 @@ def shap_importance(contributions: pd.DataFrame) -> pd.DataFrame:
     totals = table.groupby("group")["mean_abs_shap"].transform("sum")
     table["group_share"] = totals / table["mean_abs_shap"].sum()
     return table.sort_values("mean_abs_shap", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def shap_summary_figure(importance: pd.DataFrame, title: str, scale: str, top: int = 15) -> Figure:
-    """Horizontal bars of the top features by mean |SHAP|, coloured by business attribute."""
-    fig, ax = _new_figure()
-    head = importance.head(top).iloc[::-1]
-    groups = list(dict.fromkeys(importance["group"]))
-    colours = [_colour(groups.index(g) + 1) for g in head["group"]]
-    ax.barh(head["label"], head["mean_abs_shap"], color=colours)
-    for group in dict.fromkeys(head["group"]):
-        ax.barh([], [], color=_colour(groups.index(group) + 1), label=group)
-    ax.set_xlabel(f"mean |SHAP| ({scale})")
-    ax.set_ylabel("attribute (feature)")
-    ax.set_title(title)
-    ax.legend(title="business attribute", fontsize="small", loc="lower right")
-    return fig

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from serving.explain.reasons import format_value
-from serving.reports import plots
 from serving.reports.render import NavLink, Site, render_page, segment_file, site_models
 from serving.segments.counterfactuals import DEFAULT_GOAL, Goal, counterfactuals, customer_clock
+from training import plots
 
 TOP_REASONS = 5
 GOAL_PREFIXES = ("leave ", "enter ")

@@ -28,7 +28,10 @@ import pandas as pd
 from features.catalog import FEATURES_BY_NAME, SHARE
 from serving.explain import drivers as drv
 from serving.explain.reasons import format_value
-from serving.reports.plots import (
+from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
+from training import plots
+from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
+from training.plots import (
     ACCENT,
     MAIN,
     NEUTRAL,
@@ -40,8 +43,6 @@ from serving.reports.plots import (
     figure,
     svg,
 )
-from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
-from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
 from training.tracking import kind_of
 
 DEFAULT_SAMPLE = 2000
@@ -285,97 +286,6 @@ def relative_sentence(graded: Grade, label: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Charts redrawn from the logged tables
-
-
-def _series_name(scorer: str) -> str:
-    return "this model" if scorer == "model" else f"{BASELINE_NAMES.get(scorer, scorer)} baseline"
-
-
-def _colour(i: int) -> str:
-    """The i-th series (this model first): colours that carry no meaning of gain or loss."""
-    return SERIES[i % len(SERIES)]
-
-
-def calibration_chart(table: pd.DataFrame, what: str) -> str:
-    """Reliability diagram from tables/calibration.csv (bin, mean_predicted, observed_rate, n, scorer)."""
-    fig, ax = figure(f"Predicted vs observed {what}", f"Predicted {what} (% of customers)",
-                     f"Observed {what} (% of customers)", width=6.4, height=4.4,
-                     subtitle="Each point is a band of customers; on the dotted line, predictions come true")
-    ax.plot([0, 100], [0, 100], color=NEUTRAL, linestyle=":", linewidth=1.2, label="perfectly calibrated")
-    for i, (scorer, rows) in enumerate(table.groupby("scorer", sort=False)):
-        filled = rows[rows["n"] > 0]
-        ax.plot(100 * filled["mean_predicted"], 100 * filled["observed_rate"], marker="o", color=_colour(i),
-                linestyle="-" if scorer == "model" else "--", label=_series_name(scorer))
-    ax.set(xlim=(0, 100), ylim=(0, 100))
-    ax.legend(loc="upper left")
-    return svg(fig)
-
-
-def lift_chart(table: pd.DataFrame, what: str) -> str:
-    """Lift per score decile from tables/lift.csv or deciles.csv (group, lift, scorer): grouped bars."""
-    scorers = list(dict.fromkeys(table["scorer"]))
-    fig, ax = figure(f"{what.capitalize()} by score decile, relative to average",
-                     "Score decile (1 = the 10% with the highest scores)", f"Lift ({what} / average, ×)",
-                     width=7.0, height=3.8)
-    width = 0.8 / len(scorers)
-    for i, scorer in enumerate(scorers):
-        rows = table[table["scorer"] == scorer]
-        ax.bar(rows["group"] + (i - (len(scorers) - 1) / 2) * width, rows["lift"], width=width, color=_colour(i),
-               label=_series_name(scorer))
-    ax.axhline(1.0, color=NEUTRAL, linestyle=":", linewidth=1.2, label="average (random targeting)")
-    ax.set_xticks(sorted(table["group"].unique()))
-    ax.legend(loc="upper right")
-    return svg(fig)
-
-
-def amount_calibration_chart(table: pd.DataFrame, what: str) -> str:
-    """Mean predicted vs mean actual per predicted decile from tables/calibration.csv of the value model."""
-    fig, ax = figure(f"Predicted vs actual {what} per decile", f"Mean predicted {what} (currency, log scale)",
-                     f"Mean actual {what} (currency, log scale)", width=6.4, height=4.4,
-                     subtitle="Each point is a tenth of customers by prediction (those spending next to nothing "
-                              "are off the chart)")
-    high = float(table[["mean_predicted", "mean_actual"]].max().max()) * 1.5
-    low = high / 1e3  # three decades: deciles that buy next to nothing would squash the rest into a corner
-    positive = table[(table["mean_predicted"] >= low) & (table["mean_actual"] >= low)]
-    ax.plot([low, high], [low, high], color=NEUTRAL, linestyle=":", linewidth=1.2, label="predicted = actual")
-    for i, (scorer, rows) in enumerate(positive.groupby("scorer", sort=False)):
-        ax.plot(rows["mean_predicted"], rows["mean_actual"], marker="o", color=_colour(i),
-                linestyle="-" if scorer == "model" else "--", label=_series_name(scorer))
-    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high))
-    ax.legend(loc="upper left")
-    return svg(fig)
-
-
-def reach_chart(table: pd.DataFrame, seed: str) -> str:
-    """Held-out seed members found against reach, from tables/reach.csv (model, baselines, random)."""
-    fig, ax = figure(f"Held-out {seed} found, by reach", "Customers reached (% of customers, best scores first)",
-                     "Held-out seed members found (%)", width=7.0, height=4.0)
-    ax.plot(table["reach_pct"], 100 * table["recall"], color=MAIN, label="this model")
-    others = [c for c in table.columns if c.startswith("recall_")]
-    for i, column in enumerate(others, start=1):
-        name = column.removeprefix("recall_")
-        random = name == "random"
-        ax.plot(table["reach_pct"], 100 * table[column], color=NEUTRAL if random else _colour(i),
-                linestyle=":" if random else "--", label=_series_name(name))
-    ax.set(xlim=(0, 100), ylim=(0, 102))
-    ax.legend(loc="lower right")
-    return svg(fig)
-
-
-def reach_lift_chart(table: pd.DataFrame, seed: str, up_to: int = 30) -> str:
-    """Lift (share of held-out seed members found / share of customers reached) for the first `up_to`% reached."""
-    head = table[table["reach_pct"] <= up_to]
-    fig, ax = figure(f"Lift of look-alike targeting for {seed}", "Customers reached (% of customers)",
-                     "Lift (found / reached, ×)", width=7.0, height=3.6)
-    ax.plot(head["reach_pct"], head["recall"] / (head["reach_pct"] / 100), marker="o", color=MAIN,
-            label="this model")
-    for i, column in enumerate([c for c in table.columns if c.startswith("recall_") and c != "recall_random"], 1):
-        ax.plot(head["reach_pct"], head[column] / (head["reach_pct"] / 100), marker="o", color=_colour(i),
-                linestyle="--", label=_series_name(column.removeprefix("recall_")))
-    ax.axhline(1.0, color=NEUTRAL, linestyle=":", linewidth=1.2, label="random targeting")
-    ax.set(ylim=(0, None))
-    ax.legend(loc="upper right")
-    return svg(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -650,20 +560,20 @@ def evaluation_charts(evidence: RunEvidence) -> list[dict]:
         return []
     horizon = evidence.params.get("data.horizon_days", "90")
     if evidence.kind == "churn":
-        return [_chart("calibration", "Calibration", calibration_chart(tables["calibration"], f"{horizon}-day churn"),
+        return [_chart("calibration", "Calibration", svg(plots.calibration(tables["calibration"], f"{horizon}-day churn")),
                        "Does a predicted 30% churn risk mean that 30% of such customers lapse?", square=True),
-                _chart("lift", "Lift", lift_chart(tables["lift"], "churn rate"),
+                _chart("lift", "Lift", svg(plots.lift(tables["lift"], "churn rate")),
                        "How much more often the customers ranked highest actually lapsed.")]
     if evidence.kind == "value":
         return [_chart("calibration", "Calibration",
-                       amount_calibration_chart(tables["calibration"], f"{horizon}-day spend"),
+                       svg(plots.amount_calibration(tables["calibration"], f"{horizon}-day spend")),
                        "Do customers predicted to spend more actually spend that much?", square=True),
-                _chart("lift", "Lift", lift_chart(tables["deciles"], "spend"),
+                _chart("lift", "Lift", svg(plots.lift(tables["deciles"], "spend")),
                        "How much more the customers ranked highest actually spent.")]
     seed = seed_words(evidence.seed)
-    return [_chart("lift", "Lift", reach_lift_chart(tables["reach"], seed),
+    return [_chart("lift", "Lift", svg(plots.reach_lift(tables["reach"], seed)),
                    "How many times more seed members the model finds than random targeting, by reach."),
-            _chart("reach", "Reach", reach_chart(tables["reach"], seed),
+            _chart("reach", "Reach", svg(plots.reach(tables["reach"], seed)),
                    "Share of held-out seed members found as more customers are reached. A look-alike score ranks "
                    "customers; it is not a probability that can be checked against outcomes, so it has no "
                    "calibration chart.")]
@@ -727,8 +637,8 @@ def clusters_page(context: Context, explainer, evidence: RunEvidence) -> Path:
                   kind="clusters", quality=quality(evidence), rows=metric_rows(evidence),
                   baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
                   personas=personas,
-                  sizes_chart=sizes_chart(evidence.tables["profiles"]),
-                  heatmap=profile_heatmap(evidence.tables["profiles"]),
+                  sizes_chart=svg(plots.cluster_sizes(evidence.tables["profiles"])),
+                  heatmap=svg(plots.profile_heatmap(evidence.tables["profiles"])),
                   population_text=population_text("clusters", len(sample), len(context.state.table)),
                   k_note=f"{len(model.names_)} clusters, chosen by {model.criterion_} over "
                          f"k = {int(model.k_scores_['k'].min())}…{int(model.k_scores_['k'].max())}.")
@@ -774,39 +684,4 @@ def profile_chart(profile: pd.Series, population: pd.DataFrame, name: str, top: 
     ax.barh([FEATURES_BY_NAME[f].label for f in features], diffs, color=difference_colours(diffs))
     ax.axvline(0, color=NEUTRAL, linewidth=1)
     ax.grid(axis="y", visible=False)
-    return svg(fig)
-
-
-def sizes_chart(profiles: pd.DataFrame) -> str:
-    rows = profiles.iloc[::-1]
-    fig, ax = figure("Customers per cluster", "Customers (count)", "Cluster", width=7.0,
-                     height=0.42 * len(rows) + 1.3)
-    ax.barh(rows["cluster_name"], rows["size"], color=MAIN)
-    for y, (size, share) in enumerate(zip(rows["size"], rows["share"], strict=True)):
-        ax.text(size, y, f" {size:,} ({share:.0%})", va="center", fontsize=9)
-    ax.margins(x=0.18)
-    ax.grid(axis="y", visible=False)
-    return svg(fig)
-
-
-def profile_heatmap(profiles: pd.DataFrame, top: int = 12) -> str:
-    """Clusters x the most distinguishing features: standardized difference, blue above all customers (the
-    members' colour), grey below (the reference's), as on every profile chart."""
-    from matplotlib.colors import LinearSegmentedColormap
-
-    columns = [c for c in profiles.columns if c.endswith("__std_diff")]
-    diffs = profiles.set_index("cluster_name")[columns]
-    strongest = diffs.abs().max().sort_values(ascending=False).index[:top]
-    diffs = diffs[strongest]
-    labels = [FEATURES_BY_NAME[c.removesuffix("__std_diff")].label for c in strongest]
-    fig, ax = figure("Cluster profiles: difference from all customers", "Feature", "Cluster",
-                     width=9.0, height=0.5 * len(diffs) + 3.4)
-    cmap = LinearSegmentedColormap.from_list("grey_white_blue", [NEUTRAL, "#FFFFFF", MAIN])
-    image = ax.imshow(diffs.to_numpy(), cmap=cmap, vmin=-2, vmax=2, aspect="auto")
-    for (i, j), value in np.ndenumerate(diffs.to_numpy()):
-        ax.text(j, i, f"{value:+.1f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(len(diffs)), diffs.index, fontsize=9)
-    ax.grid(False)
-    fig.colorbar(image, ax=ax, label="Difference (standard deviations)")
     return svg(fig)

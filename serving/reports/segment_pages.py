@@ -26,9 +26,9 @@ from features.catalog import FEATURES_BY_NAME
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
 from features.time import utc_now
 from serving.explain.reasons import attribute_of, format_value
-from serving.reports import plots
 from serving.reports.render import as_datetime, number, signed_percent
 from serving.segments.store import SegmentStore, refreshes
+from training import plots
 
 PROFILE_ROWS = 8
 MIN_PROFILE_MEMBERS = 5  # below this a member average describes a handful of people, not a segment

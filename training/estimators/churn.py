@@ -40,6 +40,7 @@ from sklearn.model_selection import GroupKFold, StratifiedKFold
 from features.catalog import FEATURE_SET_VERSION
 from features.outputs import BANDS
 from features.validate import ValidationResult
+from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation, write_json
@@ -54,11 +55,8 @@ from training.estimators.baselines import (
 )
 from training.evaluation import (
     Evaluation,
-    calibration_figure,
     calibration_table,
     expected_calibration_error,
-    gains_figure,
-    lift_figure,
     lift_table,
     margin_over_baselines,
     probability_metrics,
@@ -66,7 +64,6 @@ from training.evaluation import (
     roc_auc,
     segment_slices,
     shap_importance,
-    shap_summary_figure,
     slice_table,
 )
 from training.labels import Snapshot, training_dates
@@ -307,17 +304,7 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
                    **{name: calibration_table(y, p) for name, p in probabilities.items()}}
     scorers = {"model": probability, **scores}
     lifts = {name: lift_table(y, score) for name, score in scorers.items()}
-    what = f"churn ({evaluation.horizon_days}-day)"
-    curves = {"LightGBM (calibrated)" if k == "model" else DISPLAY_NAMES.get(k, k): v for k, v in calibration.items()}
-    figures = {
-        "calibration": calibration_figure(curves, f"Churn calibration, as of {evaluation.as_of:%Y-%m-%d}", what),
-        "lift": lift_figure(display_names(lifts), f"Churn lift by decile, as of {evaluation.as_of:%Y-%m-%d}", what),
-        "gains": gains_figure(display_names(lifts), f"Churners captured, as of {evaluation.as_of:%Y-%m-%d}",
-                              "churners"),
-    }
     importance = shap_importance(model.contributions(x))
-    figures["shap_summary"] = shap_summary_figure(
-        importance, f"What drives churn risk, as of {evaluation.as_of:%Y-%m-%d}", "log-odds of churn")
     tables = {
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
         "lift": pd.concat([t.assign(scorer=n) for n, t in lifts.items()], ignore_index=True),
@@ -326,6 +313,10 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
         "shap_importance": importance,
         "baseline_comparison": comparison,
     }
+    what = f"{evaluation.horizon_days}-day churn"
+    figures = {"calibration": plots.calibration(tables["calibration"], what),
+               "lift": plots.lift(tables["lift"], "churn rate"), "gains": plots.gains(tables["lift"], "churners"),
+               "shap_summary": plots.shap_summary(importance, "What drives churn risk", "log-odds of churn")}
     return Evaluation(metrics=metrics, baselines=baselines, figures=figures, tables=tables, n_customers=len(x),
                       as_of=evaluation.as_of, notes=notes)
 
@@ -377,10 +368,6 @@ def _churn_slices(x: pd.DataFrame, y: np.ndarray, scorers: dict[str, np.ndarray]
 
 DISPLAY_NAMES = {"model": "LightGBM", "recency": "Recency only", "bgnbd": "BG/NBD", "pnbd": "Pareto/NBD",
                  "bgnbd_gamma_gamma": "BG/NBD x Gamma-Gamma", "last_horizon": "Last horizon repeats"}
-
-
-def display_names(by_scorer: dict) -> dict:
-    return {DISPLAY_NAMES.get(k, k): v for k, v in by_scorer.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

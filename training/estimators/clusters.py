@@ -35,9 +35,6 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LinearSegmentedColormap
-from matplotlib.figure import Figure
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
@@ -47,10 +44,11 @@ from sklearn.preprocessing import FunctionTransformer, RobustScaler
 from threadpoolctl import threadpool_limits
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
+from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation
-from training.evaluation import OKABE_ITO, Evaluation
+from training.evaluation import Evaluation
 
 # Recency, frequency, spend, trend, rhythm, returns and discounts, engagement, channel shares. No profile or identity
 # features (age, region, gender, tenure since sign-up): clusters describe behaviour, not who people are.
@@ -595,62 +593,11 @@ def evaluate_clusters(config: ClusterConfig, features: pd.DataFrame, *, as_of: d
     diffs.index = [model.names_[i] for i in diffs.index]
     return Evaluation(
         metrics=metrics, baselines={"majority_cluster": {"surrogate_fidelity": largest_share}},
-        figures={"profile_heatmap": profile_heatmap(model), "cluster_sizes": sizes_figure(model),
-                 "k_selection": k_selection_figure(model)},
+        figures={"profile_heatmap": plots.profile_heatmap(model.profiles_),
+                 "cluster_sizes": plots.cluster_sizes(model.profiles_),
+                 "k_selection": plots.k_selection(model.k_scores_, model.criterion_, model.k_)},
         tables={"profiles": model.profiles_, "population": model.population_, "k_scores": model.k_scores_,
                 "std_diff": diffs.rename_axis("cluster_name").reset_index()},
         n_customers=model.n_customers_, as_of=as_of,
         notes=[f"k={model.k_} chosen by {model.criterion_} over k={model.k_scores_['k'].min()}..."
                + f"{model.k_scores_['k'].max()} ({model.config.method})"])
-
-
-def _figure(width: float, height: float) -> tuple[Figure, object]:
-    """A Figure on the Agg canvas (no pyplot state) with one axes."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def profile_heatmap(model: ClusterModel) -> Figure:
-    """Clusters x features heat map of the standardized difference from the population (blue below, vermillion
-    above; colour capped at +-2, numbers exact)."""
-    diffs = std_diff_matrix(model.profiles_)
-    fig, ax = _figure(max(8.0, 0.55 * diffs.shape[1] + 3.0), 0.55 * diffs.shape[0] + 3.2)
-    cmap = LinearSegmentedColormap.from_list("okabe_ito_diverging", [OKABE_ITO[5], "#FFFFFF", OKABE_ITO[6]])
-    image = ax.imshow(diffs.to_numpy(), cmap=cmap, vmin=-2, vmax=2, aspect="auto")
-    for (i, j), value in np.ndenumerate(diffs.to_numpy()):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(diffs.shape[1]), [FEATURES_BY_NAME[f].label for f in diffs.columns], rotation=60,
-                  ha="right", fontsize=8)
-    sizes = model.profiles_.set_index("cluster_id")["size"]
-    ax.set_yticks(range(diffs.shape[0]), [f"{model.names_[c]} (n={sizes[c]})" for c in diffs.index], fontsize=8)
-    ax.set(title="Cluster profiles: difference from the population", xlabel="Feature", ylabel="Cluster")
-    fig.colorbar(image, ax=ax, label="Standardized difference (population SDs, model scale)")
-    return fig
-
-
-def sizes_figure(model: ClusterModel) -> Figure:
-    """Horizontal bars: customers per cluster, with their share."""
-    profiles = model.profiles_.iloc[::-1]
-    fig, ax = _figure(8.0, 0.45 * len(profiles) + 2.0)
-    colours = [OKABE_ITO[(c % (len(OKABE_ITO) - 1)) + 1] for c in profiles["cluster_id"]]
-    ax.barh([model.names_[c] for c in profiles["cluster_id"]], profiles["size"], color=colours)
-    for y, (size, share) in enumerate(zip(profiles["size"], profiles["share"])):
-        ax.text(size, y, f" {size} ({share:.0%})", va="center", fontsize=8)
-    ax.set(title="Cluster sizes", xlabel="Customers", ylabel="Cluster")
-    ax.margins(x=0.15)
-    return fig
-
-
-def k_selection_figure(model: ClusterModel) -> Figure:
-    """The selection criterion for every k tried, the chosen k marked."""
-    fig, ax = _figure(6.4, 4.2)
-    scores = model.k_scores_
-    ax.plot(scores["k"], scores[model.criterion_], marker="o", color=OKABE_ITO[0])
-    ax.axvline(model.k_, color=OKABE_ITO[6], linestyle="--", label=f"chosen k = {model.k_}")
-    label = "Silhouette on the fixed sample (higher is better)" if model.criterion_ == "silhouette" \
-        else "BIC on the fixed sample (lower is better)"
-    ax.set(title=f"Choosing the number of clusters ({model.criterion_})", xlabel="Number of clusters k",
-           ylabel=label)
-    ax.legend(frameon=False)
-    return fig

@@ -35,16 +35,14 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from sklearn.metrics import roc_auc_score
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, GROUPS
+from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation
-from training.evaluation import OKABE_ITO, Evaluation, lift_at, margin_over_baselines
+from training.evaluation import Evaluation, lift_at, margin_over_baselines
 
 _MODEL_FILE, _ENCODER_FILE, _STATE_FILE = "lookalike_model.txt", "encoder.json", "lookalike.json"
 LEAK_AUC = 0.98  # a single input separating the seed this well is reported as a possible proxy of its definition
@@ -404,8 +402,8 @@ def evaluate_lookalike(config: LookalikeConfig, features: pd.DataFrame, seed_ids
     leaks = separating[separating["auc"] >= LEAK_AUC]
     return Evaluation(
         metrics=metrics, baselines=baselines,
-        figures={"reach": reach_figure(reach, seed_name), "seed_shap": seed_shap_figure(groups, top_features,
-                                                                                        seed_name)},
+        figures={"reach": plots.reach(reach, seed_name), "reach_lift": plots.reach_lift(reach, seed_name),
+                 "seed_shap": plots.seed_shap(top_features, seed_name)},
         tables={"reach": reach, "seed_shap_groups": groups, "seed_shap_features": top_features,
                 "separating_features": separating.head(15)},
         n_customers=int(scored.sum()), as_of=as_of,
@@ -473,49 +471,3 @@ def _median(column: pd.Series) -> float | str | None:
     if pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
         return str(values.astype(str).mode().iloc[0])
     return float(values.astype("float64").median())
-
-
-def _figure(width: float = 6.4, height: float = 4.8, ncols: int = 1) -> tuple[Figure, list]:
-    """A Figure on the Agg canvas (no pyplot state) with `ncols` axes side by side."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, list(np.atleast_1d(fig.subplots(1, ncols)))
-
-
-def reach_figure(table: pd.DataFrame, seed_name: str) -> Figure:
-    """Left: recall of held-out seed members against reach (model, baselines, random). Right: mean score reached."""
-    fig, (left, right) = _figure(11.0, 4.6, ncols=2)
-    baseline_columns = [c for c in table.columns if c.startswith("recall_") and c != "recall_random"]
-    left.plot(table["reach_pct"], 100 * table["recall"], color=OKABE_ITO[0], label="look-alike model")
-    for i, column in enumerate(baseline_columns, start=1):
-        left.plot(table["reach_pct"], 100 * table[column], color=OKABE_ITO[i], linestyle="--",
-                  label=column.removeprefix("recall_").replace("_", " "))
-    left.plot(table["reach_pct"], 100 * table["recall_random"], color="#999999", linestyle=":", label="random")
-    left.set(xlim=(0, 100), ylim=(0, 100), title="Held-out seed members found",
-             xlabel="Reach (% of customers outside the training seed, best scores first)",
-             ylabel="Held-out seed members found (%)")
-    left.legend(loc="lower right", frameon=False)
-    right.plot(table["reach_pct"], table["mean_score"], color=OKABE_ITO[5])
-    right.set(xlim=(0, 100), ylim=(0, 1), title="Similarity of the customers reached",
-              xlabel="Reach (% of customers outside the training seed, best scores first)",
-              ylabel="Mean look-alike score of those reached (0-1)")
-    fig.suptitle(f"Look-alike reach for seed '{seed_name}'")
-    return fig
-
-
-def seed_shap_figure(groups: pd.DataFrame, top_features: pd.DataFrame, seed_name: str) -> Figure:
-    """Bars of mean |SHAP| over seed members: by business group (left) and for the top features (right)."""
-    fig, (left, right) = _figure(12.0, 5.0, ncols=2)
-    g = groups.iloc[::-1]
-    left.barh(g["group_label"], g["mean_abs_shap"], color=OKABE_ITO[5])
-    left.set(title="By business attribute", xlabel="Mean |SHAP| over seed members (log-odds)",
-             ylabel="Business attribute")
-    f = top_features.head(10).iloc[::-1]
-    towards = f["mean_shap"].to_numpy() > 0
-    right.barh(f["label"], f["mean_abs_shap"], color=np.where(towards, OKABE_ITO[6], OKABE_ITO[2]))
-    right.set(title="Top features", xlabel="Mean |SHAP| over seed members (log-odds)", ylabel="Feature")
-    right.legend(handles=[Patch(color=OKABE_ITO[6], label="on average raises the score"),
-                          Patch(color=OKABE_ITO[2], label="on average lowers the score")],
-                 loc="lower right", frameon=False)
-    fig.suptitle(f"What members of seed '{seed_name}' have in common")
-    return fig

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.validate import ValidationResult
+from training import plots
 from training.encoding import check_feature_set
 from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation
@@ -43,7 +44,6 @@ from training.estimators.churn import (
     NOT_POINT_IN_TIME,
     check_out_of_time,
     data_window,
-    display_names,
     fit_boosted,
     lightgbm_params,
     load_snapshot_model,
@@ -52,16 +52,12 @@ from training.estimators.churn import (
 )
 from training.evaluation import (
     Evaluation,
-    amount_calibration_figure,
     amount_calibration_table,
     amount_metrics,
-    gains_figure,
-    lift_figure,
     lift_table,
     margin_over_baselines,
     segment_slices,
     shap_importance,
-    shap_summary_figure,
     slice_table,
     spearman,
 )
@@ -233,18 +229,7 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
     metrics_of["model"].update(margin)
     deciles = {name: lift_table(actual["spend_next"], s) for name, s in spend.items()}
     calibration = {name: amount_calibration_table(actual["spend_next"], s) for name, s in spend.items()}
-    day = f"{evaluation.as_of:%Y-%m-%d}"
-    what = f"{evaluation.horizon_days}-day spend"
-    figures = {
-        "gains": gains_figure(display_names(deciles), f"Next-horizon spend captured, as of {day}", "spend"),
-        "lift": lift_figure(display_names(deciles), f"Spend lift by predicted-spend decile, as of {day}", what),
-        "calibration": amount_calibration_figure(display_names(calibration),
-                                                 f"Predicted vs actual spend by decile, as of {day}",
-                                                 what, "currency units"),
-    }
     importance = shap_importance(model.contributions(x, target="spend"))
-    figures["shap_summary"] = shap_summary_figure(importance, f"What drives expected spend, as of {day}",
-                                                  "log of expected spend")
     tables = {
         "deciles": pd.concat([t.assign(scorer=n) for n, t in deciles.items()], ignore_index=True),
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
@@ -253,6 +238,9 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
         "shap_importance": importance,
         "baseline_comparison": comparison,
     }
+    figures = {"gains": plots.gains(tables["deciles"], "spend"), "lift": plots.lift(tables["deciles"], "spend"),
+               "calibration": plots.amount_calibration(tables["calibration"], f"{evaluation.horizon_days}-day spend"),
+               "shap_summary": plots.shap_summary(importance, "What drives expected spend", "log of expected spend")}
     return Evaluation(metrics=metrics_of.pop("model"), baselines=metrics_of, figures=figures, tables=tables,
                       n_customers=len(x), as_of=evaluation.as_of, notes=notes)
 
