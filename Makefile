@@ -63,6 +63,8 @@ test: env
 
 lint: env
 	$(BIN)/ruff check features training serving tests bench
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 
 bench: env
 	$(BIN)/python bench/run.py

@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from features.build import FeatureQuery
 from features.catalog import FEATURES_BY_NAME
+from features.errors import InsufficientDataError
 from features.synthetic.generator import PLANTED_CHURN_DRIVERS, oracle_churn_probability
-from training.errors import InsufficientDataError
 from training.estimators.baselines import rfm_summary
 from training.estimators.churn import (
     ChurnConfig,

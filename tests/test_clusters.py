@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from training.errors import InsufficientDataError
+from features.errors import InsufficientDataError
 from training.estimators.clusters import (
     DEFAULT_CLUSTER_FEATURES,
     ClusterConfig,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.errors import InsufficientDataError
+from features.errors import InsufficientDataError
 from training.estimators.lookalike import LookalikeConfig, LookalikeModel, evaluate_lookalike
 from training.labels import make_snapshot
 from training.seeds import BUILTIN_SEEDS, SeedSpecError, resolve_seed

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from features.build import FeatureQuery
-from training.errors import InsufficientDataError
+from features.errors import InsufficientDataError
 from training.estimators.baselines import BGNBDBaseline, last_horizon_repeats, rfm_summary
 from training.estimators.churn import snapshot_dates
 from training.estimators.value import ValueConfig, ValueModel, evaluate_value, value_rows

@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from features.build import FeatureQuery
+from features.errors import InsufficientDataError
 from features.validate import ValidationResult
-from training.errors import InsufficientDataError
 from training.estimators import KINDS as MODEL_KINDS
 from training.labels import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
 from training.tracking import TrainingRecord

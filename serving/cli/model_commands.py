@@ -45,7 +45,7 @@ def _config_and_data(config: Path | None, data: Path, max_bad_share: float):
 
 def _train(shared, kind: str, overrides: dict, horizon: int, seed: str | None):
     """One run, or None with the reason printed (too little data, a bad setting)."""
-    from training.errors import InsufficientDataError
+    from features.errors import InsufficientDataError
     from training.train import train_kind
 
     try:

@@ -38,11 +38,11 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from features.catalog import FEATURE_SET_VERSION
+from features.errors import InsufficientDataError
 from features.outputs import BANDS
 from features.validate import ValidationResult
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
-from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation, write_json
 from training.estimators.baselines import (
     BaselineFitError,

@@ -44,9 +44,9 @@ from sklearn.preprocessing import FunctionTransformer, RobustScaler
 from threadpoolctl import threadpool_limits
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
+from features.errors import InsufficientDataError
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
-from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation
 from training.evaluation import Evaluation
 

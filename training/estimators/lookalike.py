@@ -38,9 +38,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, GROUPS
+from features.errors import InsufficientDataError
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
-from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation
 from training.evaluation import Evaluation, lift_at, margin_over_baselines
 

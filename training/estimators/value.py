@@ -27,10 +27,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from features.errors import InsufficientDataError
 from features.validate import ValidationResult
 from training import plots
 from training.encoding import check_feature_set
-from training.errors import InsufficientDataError
 from training.estimators.base import Estimator, Explanation
 from training.estimators.baselines import (
     BaselineFitError,
