@@ -46,6 +46,11 @@ def _ibis_type(duckdb_type: str) -> str:
             "BOOLEAN": "boolean"}[duckdb_type]
 
 
+# A purchase (an order) is a transaction that is not a return; validation sets is_return for negative amounts too.
+# The feature query's `is_order` and the SQL of labels and baselines (PURCHASE_SQL) state this one rule.
+PURCHASE_SQL = "NOT is_return"
+
+
 def _prepared_transactions(t: ir.Table, as_of: ir.Value) -> ir.Table:
     t = t.filter(t.timestamp < as_of)
     return t.mutate(age_s=as_of.epoch_seconds() - t.timestamp.epoch_seconds(), is_order=~t.is_return)

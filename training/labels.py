@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from features.build import FeatureQuery
+from features.build import PURCHASE_SQL, FeatureQuery
 from features.validate import ValidationResult
 
 DEFAULT_HORIZON_DAYS = 90
@@ -46,8 +46,8 @@ def future_activity(validation: ValidationResult, as_of: datetime, horizon_days:
     """
     end = as_of + timedelta(days=horizon_days)
     return validation.con.execute(
-        """SELECT customer_id, count(*) AS purchases_next, sum(amount) AS spend_next
-           FROM transactions WHERE NOT is_return AND timestamp >= ? AND timestamp < ? GROUP BY customer_id""",
+        f"""SELECT customer_id, count(*) AS purchases_next, sum(amount) AS spend_next
+            FROM transactions WHERE {PURCHASE_SQL} AND timestamp >= ? AND timestamp < ? GROUP BY customer_id""",
         [as_of, end],
     ).df()
 

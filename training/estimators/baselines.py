@@ -27,6 +27,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from features.build import PURCHASE_SQL
 from features.validate import ValidationResult
 
 BGNBD_PENALIZER = 0.001
@@ -43,10 +44,10 @@ def rfm_summary(validation: ValidationResult, as_of: datetime) -> pd.DataFrame:
     NaN without repeats), orders (purchases, not days). Only customers with at least one purchase appear.
     """
     return validation.con.execute(
-        """
+        f"""
         WITH days AS (
             SELECT customer_id, date_trunc('day', timestamp) AS day, sum(amount) AS spend, count(*) AS orders
-            FROM transactions WHERE NOT is_return AND timestamp < ? GROUP BY ALL
+            FROM transactions WHERE {PURCHASE_SQL} AND timestamp < ? GROUP BY ALL
         ), ranked AS (
             SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY day) AS occasion FROM days
         )
