@@ -233,7 +233,6 @@ def best_of(fn, repeat: int) -> float:
 
 def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     os.environ.update(env_for(workdir))
-    from serving.explain.treeshap import engine_name
     from serving.http.request_features import resolve_features
     from serving.http.schemas import CustomerInput, ScoreResponse
     from serving.state import load_state
@@ -269,7 +268,7 @@ def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     t_path = best_of(lambda: service_path(False), repeat)
     t_path_x = best_of(lambda: service_path(True), repeat)
     t_resolve = best_of(lambda: resolve_features(state, customers, None), repeat)
-    models = {name: {"engine": engine_name(e.engine), "trees": e.booster.num_trees(), "inputs": e.n_inputs}
+    models = {name: {"engine": "pred_contrib", "trees": e.booster.num_trees(), "inputs": e.n_inputs}
               for name, e in scorer.explainers.items()}
     return {
         "rows": n, "models": models,

@@ -24,7 +24,6 @@ from serving.explain.reasons import (
     softmax_own_effect,
     top_reasons,
 )
-from serving.explain.treeshap import contribution_engine
 from serving.segments.refresh import SegmentRules
 from training.bundle import ScoringBundle
 from training.encoding import FeatureArrays
@@ -44,7 +43,7 @@ class ModelExplainer:
             raise ValueError(f"{name}: no reasons for a {declared.link!r} link; known: {', '.join(LINKS)}")
         self.booster, self.link, self.own_class = declared.booster, declared.link, declared.own_class
         self.target = Target(declared.key, declared.subject, declared.scale, declared.unit)
-        self.engine = contribution_engine(self.booster)
+        self.engine = tree_shap(self.booster)
         self.attribute_map = AttributeMap(self.encoder.feature_names_)
         self.n_inputs = len(self.encoder.feature_names_)
 
@@ -93,6 +92,12 @@ class ModelExplainer:
         if own is not None:
             values = values.reshape(len(X), -1, self.n_inputs + 1)[np.arange(len(X)), own]
         return values[:, :-1], values[:, -1]
+
+
+def tree_shap(booster):
+    """LightGBM's exact TreeSHAP (what `shap.TreeExplainer` returns for LightGBM, tested): rows -> contributions
+    per input then the base value (per class, side by side, for a multiclass booster)."""
+    return lambda X: np.asarray(booster.predict(X, pred_contrib=True))
 
 
 # How a margin becomes the shown score, per declared link (softmax: the own class among all, built per request).

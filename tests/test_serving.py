@@ -13,7 +13,6 @@ import pytest
 from serving_setup import AS_OF, build_served, environment, use_bentoml_home
 
 from serving.explain.reasons import AttributeMap, attribute_of, format_value, typical_values
-from serving.explain.treeshap import FastTreeShap, pred_contrib
 from training.encoding import SMALL_BATCH
 
 
@@ -136,34 +135,6 @@ def test_score_columns_are_the_declared_outputs(state, sample):
     for column in declared:
         dtype = find_output(column)[0].dtype
         assert str(frame[column].dtype) == {"string": "object"}.get(dtype, dtype), column
-
-
-def test_fast_treeshap_is_used_for_small_trees_and_matches_pred_contrib_on_missing_values(state, sample):
-    explainer = state.scorer.explainers["segments-churn"]
-    assert isinstance(explainer.engine, FastTreeShap)
-    X = explainer.matrix(sample).copy()
-    X[::3, :] = np.nan  # every split's missing-value rule
-    X[1::3, :] = 0.0  # zero-as-missing and the 0 side of every threshold
-    np.testing.assert_allclose(explainer.engine(X), pred_contrib(explainer.booster)(X), rtol=0, atol=1e-9)
-
-
-def test_categorical_splits_of_fast_treeshap_match_pred_contrib():
-    import lightgbm as lgb
-
-    rng = np.random.default_rng(5)
-    X = np.c_[rng.integers(0, 12, 3000).astype(float), rng.normal(size=3000)]
-    X[rng.random(3000) < 0.1, 0] = np.nan
-    y = (np.isin(X[:, 0], [1, 4, 7, 9]) + 0.5 * X[:, 1] + rng.normal(size=3000) > 0.7).astype(float)
-    params = {"objective": "binary", "num_leaves": 7, "max_cat_to_onehot": 4, "min_data_per_group": 5,
-              "verbosity": -1, "num_threads": 1}
-    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[0]), num_boost_round=30)
-    engine = FastTreeShap(booster)
-    assert len(engine.categorical_nodes) > 0
-    # negative, fractional, unseen, huge and missing codes: LightGBM's rule, read from the table (no fallback)
-    odd = np.array([np.nan, -1.0, -0.5, 0.0, 0.5, 1.0, 1.7, 4.0, 11.0, 12.0, 60.0, 1e9, 3e9, -3e9])
-    Z = np.c_[rng.choice(odd, 700), rng.normal(size=700)]
-    assert not np.isnan(engine.table[engine.offsets + engine.patterns(Z)]).any()
-    np.testing.assert_allclose(engine(Z), pred_contrib(booster)(Z), rtol=0, atol=1e-9)
 
 
 def test_one_encoding_per_request_is_each_models_own(state, sample):
@@ -369,7 +340,7 @@ def test_status_endpoints(client, state, served, monkeypatch):
     for entry in info["models"].values():
         assert entry["health"]["stale"] is True and entry["health"]["trained_as_of"] == AS_OF.isoformat()
         assert entry["health"]["monitoring"] is None  # no segments monitor has run
-    assert info["explanation_engines"]["churn"] == "FastTreeShap"
+    assert info["explanation_engines"]["churn"] == "pred_contrib"
     assert "predictive_segments" not in info and {"evaluated", "not_evaluated"} <= set(info["segments"])
     assert all(set(s) == {"name", "kind", "description"} for s in info["segments"]["evaluated"])
     assert {name: m["version"] for name, m in info["models"].items()} == state.versions

@@ -1,7 +1,7 @@
 """From exact TreeSHAP contributions to reasons a marketer reads, grouped to business attributes.
 
-Contributions come from LightGBM's own TreeSHAP (`pred_contrib`, or `serving.explain.treeshap.FastTreeShap`, which returns the
-same values): one value per model input plus the base value, adding up to the model's margin exactly.
+Contributions come from LightGBM's own exact TreeSHAP (`pred_contrib`, the values `shap.TreeExplainer` returns): one
+value per model input plus the base value, adding up to the model's margin exactly.
 
 Attributes. Each feature belongs to one attribute: its catalog name with the window suffix stripped
 (`orders_count_14d`, `_30d`, `_90d`, `_365d`, `_total` -> `orders_count`, "Purchases"). Windows of one measure are

@@ -384,12 +384,11 @@ class SegmentsService:
         """Models (registry versions, BentoML tags, training as_of and `health`: age, stale, latest monitoring
         result), feature set, as_of of the feature table, limits, engines, `warnings` (as /v1/ready), and the
         segments /score evaluates (name, kind, description) with those it cannot evaluate and why."""
-        from serving.explain.treeshap import engine_name
 
         manifest = self.state.manifest
         engines = {}
         if self.state.scorer is not None:
-            engines = {e.target.key: engine_name(e.engine) for e in self.state.scorer.explainers.values()}
+            engines = {e.target.key: "pred_contrib" for e in self.state.scorer.explainers.values()}
         health, warnings = self._health()
         models = {name: {**entry, "health": health.get(name)} for name, entry in manifest.get("models", {}).items()}
         return json.loads(json.dumps({
