@@ -100,3 +100,48 @@ def test_mlproject_train_entry_point(tmp_path, generated):
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     assert client.get_model_version_by_alias(registered_name("clusters"), "champion").version == 1
+
+
+def segments_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed `segments` command, on the test's MLflow store (MLFLOW_TRACKING_URI set by `tracking`)."""
+    return subprocess.run([str(Path(sys.executable).parent / "segments"), *args], capture_output=True, text=True,
+                          timeout=600, check=False, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize(("kind", "seed", "weak"), [
+    ("value", None, {"num_leaves": 2, "n_estimators": 2, "min_data_in_leaf": 400}),
+    ("lookalike", "best_members", {"num_boost_round": 2, "num_leaves": 2, "min_data_in_leaf": 400}),
+])
+def test_segments_promote_both_ways_for_value_and_lookalike(tracking, shared, kind, seed, weak):
+    """v1 weak (champion as the first), v2 the default: promoted; v3 weak again: kept (exit 1), champion unchanged."""
+    name = registered_name(kind, seed)
+    seed_option = ["--seed-segment", seed] if seed else []
+    for overrides in (weak, {}):
+        log_training_run(training.train_kind(kind, shared, overrides, 90, seed))
+    promoted = segments_cli("promote", kind, *seed_option)
+    assert promoted.returncode == 0 and "promoted:" in promoted.stdout, promoted.stdout + promoted.stderr
+    assert tracking.get_model_version_by_alias(name, "champion").version == 2
+    log_training_run(training.train_kind(kind, shared, weak, 90, seed))
+    kept = segments_cli("promote", kind, *seed_option)
+    assert kept.returncode == 1 and "does not beat" in kept.stderr, kept.stdout + kept.stderr
+    assert tracking.get_model_version_by_alias(name, "champion").version == 2
+
+
+def test_segments_promote_clusters_and_score_from_the_registry(tracking, shared, generated):
+    """Clusters through `segments promote` (the reported decision is what the registry holds), then `segments score`
+    from the registry gives exactly the in-process bundle's scores of every champion."""
+    name = registered_name("clusters")
+    log_training_run(training.train_kind("clusters", shared, {}, 90))
+    log_training_run(training.train_kind("clusters", shared, {"k_range": (3, 3)}, 90))
+    result = segments_cli("promote", "clusters")
+    assert result.returncode in (0, 1) and "stability_ari" in result.stdout + result.stderr
+    expected = 2 if result.returncode == 0 else 1
+    assert tracking.get_model_version_by_alias(name, "champion").version == expected
+
+    log_training_run(training.train_kind("churn", shared, WEAK, 90))
+    scored = segments_cli("score", "--data", str(generated[1]), "--as-of", "2026-07-01", "--out", "scores.parquet")
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    from_cli = pd.read_parquet("scores.parquet")
+    in_process = ScoringBundle.from_registry().score(shared.current_features)
+    assert {"churn_probability", "cluster_id", "cluster_name"} <= set(from_cli.columns)
+    pd.testing.assert_frame_equal(from_cli, in_process, check_dtype=False, check_categorical=False)
