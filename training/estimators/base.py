@@ -30,7 +30,9 @@ class Explanation:
 
     key, subject, scale, unit: the target in words (e.g. "churn", "churn risk", "log-odds", "probability");
     link: how the booster's margin becomes the shown score ("logistic", "log" or "softmax": the own class's
-    probability among all classes); `own_class(features, X)` picks each row's explained class for "softmax".
+    probability among all classes); `own_class(features, X)` picks each row's explained class for "softmax";
+    `extra(X)`: the contributions of a part of the margin that is not the booster's (rows x inputs + base value,
+    added to the booster's TreeSHAP; e.g. churn's textbook term), None when the margin is the booster's alone.
     """
 
     booster: lgb.Booster
@@ -40,6 +42,7 @@ class Explanation:
     unit: str
     link: str
     own_class: Any = None
+    extra: Any = None
 
 
 class Estimator:
@@ -85,6 +88,11 @@ class Estimator:
 
     def explanation(self) -> Explanation:
         raise NotImplementedError
+
+    def settings_from_backtest(self, evaluation) -> dict:
+        """Config values this model chooses out of time on the backtest's evaluation snapshot (called by the
+        training protocol after the backtest fit; the served refit is fitted with them). None by default."""
+        return {}
 
     # -- native save and load: model.json metadata shared by every kind
 

@@ -43,6 +43,7 @@ from features.outputs import BANDS
 from features.validate import ValidationResult
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
+from training.estimators import textbook
 from training.estimators.base import Estimator, Explanation, write_json
 from training.estimators.baselines import (
     BaselineFitError,
@@ -98,6 +99,9 @@ class ChurnConfig:
     num_threads: int = 2
     min_churners: int = 50
     min_non_churners: int = 50
+    # Weight of the textbook term (Pareto/NBD, training/estimators/textbook.py) in the margin: None lets the
+    # backtest choose it out of time (`settings_from_backtest`), a number fixes it, 0 leaves the trees alone.
+    textbook_weight: float | None = None
 
 
 class ChurnModel(Estimator):
@@ -105,7 +109,10 @@ class ChurnModel(Estimator):
 
     Fitted attributes: encoder_, booster_ (best_iteration_ rounds on all rows), best_iteration_,
     calibration_method_, calibration_ (JSON-ready parameters), calibration_scores_ (nested out-of-fold log-loss per
-    method), fit_as_of_, n_train_rows_, feature_set_version_.
+    method), textbook_ (Pareto/NBD parameters and reference customer, or None), textbook_weight_, fit_as_of_,
+    n_train_rows_, feature_set_version_.
+
+    The margin is the trees' log-odds plus `textbook_weight_` times the textbook term (training/estimators/textbook.py).
     """
 
     kind = "churn"
@@ -117,10 +124,56 @@ class ChurnModel(Estimator):
         x, y = prepare_snapshot_fit(self, train, _churn_rows)
         self.booster_, self.best_iteration_, out_of_fold = fit_boosted(self._params(), self.encoder_, x, y,
                                                                        self.config)
-        self.calibration_method_, self.calibration_scores_ = choose_calibration(
-            out_of_fold, y.to_numpy(), self.config.calibration_folds, self.config.seed)
-        self.calibration_ = fit_calibration(self.calibration_method_, out_of_fold, y.to_numpy())
+        usable = self.config.textbook_weight != 0 and set(textbook.INPUTS) <= set(self.encoder_.feature_names_)
+        newest = max(train, key=lambda s: s.as_of)
+        self.textbook_ = textbook.fit_textbook(newest.features) if usable else None
+        self._out_of_fold = (out_of_fold, self._term(self.encoder_.matrix(x)), y.to_numpy())
+        self.set_textbook_weight(self.config.textbook_weight or 0.0)
         return self
+
+    def set_textbook_weight(self, weight: float) -> None:
+        """Use `weight` for the textbook term and fit the calibration on the blended out-of-fold margins (right
+        after `fit`, which keeps those margins)."""
+        out_of_fold, term, y = self._out_of_fold
+        self.textbook_weight_ = float(weight) if self.textbook_ is not None else 0.0
+        blended = out_of_fold + self.textbook_weight_ * term
+        self.calibration_method_, self.calibration_scores_ = choose_calibration(
+            blended, y, self.config.calibration_folds, self.config.seed)
+        self.calibration_ = fit_calibration(self.calibration_method_, blended, y)
+
+    def settings_from_backtest(self, evaluation: Snapshot) -> dict:
+        """The textbook weight, chosen out of time when the config leaves it open: of `textbook.WEIGHTS`, the one
+        with the highest ROC-AUC on the backtest's evaluation snapshot (ties: the smaller); this model then uses it
+        and the served refit is fitted with it."""
+        if self.config.textbook_weight is not None or self.textbook_ is None:
+            return {}
+        x, y = evaluation.churn_frame()
+        X = self.encoder_.matrix(x)
+        trees, term = self.booster_.predict(X, raw_score=True), self._term(X)
+        scores = {w: round(roc_auc(y.to_numpy(), trees + w * term), 6) for w in textbook.WEIGHTS}
+        weight = max(textbook.WEIGHTS, key=lambda w: (scores[w], -w))
+        self.set_textbook_weight(weight)
+        return {"textbook_weight": weight}
+
+    def _term(self, X: np.ndarray) -> np.ndarray:
+        """The textbook term per encoded row (zeros without a fitted textbook model)."""
+        if self.textbook_ is None:
+            return np.zeros(len(X))
+        return textbook.term(self.textbook_["params"], X[:, self._textbook_columns], self.config.horizon_days)
+
+    @property
+    def _textbook_columns(self) -> list[int]:
+        return [self.encoder_.feature_names_.index(name) for name in textbook.INPUTS]
+
+    def _textbook_contributions(self, X: np.ndarray) -> np.ndarray:
+        """The textbook part of the margin as contributions (rows x inputs + base value), exact Shapley values on
+        its three inputs: with the trees' TreeSHAP they add up to the margin."""
+        out = np.zeros((len(X), len(self.encoder_.feature_names_) + 1))
+        params, reference = self.textbook_["params"], self.textbook_["reference"]
+        out[:, self._textbook_columns] = self.textbook_weight_ * textbook.shapley(
+            params, X[:, self._textbook_columns], reference, self.config.horizon_days)
+        out[:, -1] = self.textbook_weight_ * textbook.term(params, np.asarray([reference]), self.config.horizon_days)[0]
+        return out
 
     @staticmethod
     def target(snapshot: Snapshot) -> pd.Series:
@@ -154,17 +207,21 @@ class ChurnModel(Estimator):
         return lightgbm_params(self.config, objective="binary", monotone=monotone)
 
     def margin(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
-        """Raw LightGBM margin (log-odds before calibration): what SHAP contributions add up to.
-
-        `encoded`: the rows already through `encoder_.matrix` (the service encodes once for scores and reasons).
-        """
+        """Log-odds before calibration: the trees' margin plus the weighted textbook term (what contributions add
+        up to). `encoded`: the rows already through `encoder_.matrix` (the service encodes once)."""
         self.require_fitted()
-        return self.booster_.predict(self.encoder_.matrix(features) if encoded is None else encoded, raw_score=True)
+        X = self.encoder_.matrix(features) if encoded is None else encoded
+        margin = self.booster_.predict(X, raw_score=True)
+        return margin + self.textbook_weight_ * self._term(X) if self.textbook_weight_ else margin
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Exact TreeSHAP contributions to the margin: one column per model feature plus `expected_value`."""
+        """Exact contributions to the margin (TreeSHAP of the trees plus the textbook term's Shapley values): one
+        column per model feature plus `expected_value`."""
         self.require_fitted()
-        values = self.booster_.predict(self.encoder_.transform(features), pred_contrib=True)
+        X = self.encoder_.matrix(features)
+        values = np.asarray(self.booster_.predict(X, pred_contrib=True))
+        if self.textbook_weight_:
+            values = values + self._textbook_contributions(X)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
     def predict_proba(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
@@ -187,13 +244,15 @@ class ChurnModel(Estimator):
         }, index=features.index)
 
     def explanation(self) -> Explanation:
-        return Explanation(self.booster_, "churn", "churn risk", "log-odds", "probability", "logistic")
+        extra = self._textbook_contributions if self.textbook_weight_ else None
+        return Explanation(self.booster_, "churn", "churn risk", "log-odds", "probability", "logistic", extra=extra)
 
     def save(self, directory: Path) -> None:
         """Write booster.txt, encoder.json, calibration.json and model.json (config and metadata) to `directory`."""
         directory = save_snapshot_model(self, directory, {"booster": self.booster_}, {
             "best_iteration": self.best_iteration_, "calibration_method": self.calibration_method_,
-            "calibration_scores": self.calibration_scores_})
+            "calibration_scores": self.calibration_scores_, "textbook": self.textbook_,
+            "textbook_weight": self.textbook_weight_})
         write_json(directory / "calibration.json", self.calibration_)
 
     @classmethod
@@ -205,6 +264,7 @@ class ChurnModel(Estimator):
         model.calibration_method_ = meta["calibration_method"]
         model.calibration_scores_ = meta["calibration_scores"]
         model.best_iteration_ = meta["best_iteration"]
+        model.textbook_, model.textbook_weight_ = meta.get("textbook"), meta.get("textbook_weight", 0.0)
         return model
 
 
