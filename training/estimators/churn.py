@@ -16,6 +16,8 @@ backtest (0.677 ROC-AUC) lost to every textbook baseline; that wasted horizon is
 
 Monotone constraints encode behaviour we know: all else equal a more recent purchase never raises churn risk
 (+1 on days_since_last_order) and more purchases never raise it (-1 on every orders_count_* window).
+The textbook term added to the trees' margin (`training.estimators.textbook`) keeps the first but not the second:
+in Pareto/NBD a frequent buyer gone silent is likelier gone than an occasional one.
 
 Saved in native formats only: LightGBM text model, encoder JSON, calibration JSON, config and metadata JSON.
 The helpers at the end of this module (snapshot schedule, LightGBM training, JSON files) are shared with
