@@ -458,10 +458,12 @@ def shap_figures(model, features: pd.DataFrame) -> dict[str, Figure]:
                        ("shap_dependence", lambda: shap.plots.scatter(explanation[:, strongest], show=False)),
                        ("shap_waterfall", lambda: shap.plots.waterfall(explanation[top], max_display=12,
                                                                         show=False))):
+        before = set(plt.get_fignums())
         plt.figure()
-        draw()
+        draw()  # some shap plots open a figure of their own
         figure = plt.gcf()
         figure.suptitle(f"SHAP: {margin_words}", fontsize=10)
         figures[name] = figure
-        plt.close(figure)  # kept as an object; pyplot forgets it
+        for number in set(plt.get_fignums()) - before:  # kept as objects; pyplot forgets every one it opened
+            plt.close(number)
     return figures
