@@ -233,8 +233,10 @@ def best_of(fn, repeat: int) -> float:
 
 def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     os.environ.update(env_for(workdir))
+    from serving.cli.serve_commands import batch_segment_rules
     from serving.http.request_features import resolve_features
     from serving.http.schemas import CustomerInput, ScoreResponse
+    from serving.http.service import segment_evaluation
     from serving.state import load_state
 
     state = load_state(workdir / "serve")
@@ -257,13 +259,16 @@ def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     t_scorer = best_of(lambda: scorer.results(features, False), repeat)
     t_scorer_x = best_of(lambda: scorer.results(features, True), repeat)
     customers = [CustomerInput(customer_id=i) for i in ids]
+    # The service's segments, thresholds fitted on the served table (a refresh's, when the store has one).
+    rules = batch_segment_rules(None, state.table.reset_index(drop=True), scorer.bundle, None)
 
     def service_path(explain: bool) -> bytes:
         resolved = resolve_features(state, customers, None)
-        scored = iter(scorer.results(resolved.features, explain, 3))
+        scored = iter(scorer.results(resolved.features, explain, 3, rules))
         items = [err if err is not None else next(scored) for err in resolved.errors]
         versions = {"models": state.versions, "feature_set_version": "x", "as_of": resolved.as_of.isoformat()}
-        return ScoreResponse.model_validate({"versions": versions, "customers": items}).model_dump_json().encode()
+        return ScoreResponse.model_validate({"versions": versions, "segment_evaluation": segment_evaluation(rules),
+                                             "customers": items}).model_dump_json().encode()
 
     t_path = best_of(lambda: service_path(False), repeat)
     t_path_x = best_of(lambda: service_path(True), repeat)
