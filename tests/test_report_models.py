@@ -295,12 +295,16 @@ def report_sample(table: pd.DataFrame, churn: bool) -> pd.DataFrame:
 
 
 def raw_contributions(name: str, model, sample: pd.DataFrame, cluster: int | None) -> pd.DataFrame:
-    """LightGBM's pred_contrib of the served model (own class `cluster` for the clusters' surrogate)."""
+    """The served model's contributions: LightGBM's pred_contrib (own class `cluster` for the clusters' surrogate)
+    plus the part of the margin the model declares beside its trees (churn's textbook term)."""
     if name.startswith("segments-value"):
         booster = model.boosters_["spend"]
     else:
         booster = model.booster_
-    values = np.asarray(booster.predict(model.encoder_.transform(sample), pred_contrib=True))
+    X = model.encoder_.matrix(sample)
+    values = np.asarray(booster.predict(X, pred_contrib=True))
+    if cluster is None and model.explanation().extra is not None:
+        values = values + model.explanation().extra(X)
     inputs = model.encoder_.feature_names_
     if cluster is not None:
         values = values.reshape(len(sample), -1, len(inputs) + 1)[:, cluster, :]
