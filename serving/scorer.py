@@ -44,7 +44,7 @@ class ModelExplainer:
         self.booster, self.link, self.own_class, self.extra = (declared.booster, declared.link, declared.own_class,
                                                                declared.extra)
         self.target = Target(declared.key, declared.subject, declared.scale, declared.unit)
-        self.engine = tree_shap(self.booster, declared.extra)
+        self.engine = declared.contributions
         self.attribute_map = AttributeMap(self.encoder.feature_names_)
         self.n_inputs = len(self.encoder.feature_names_)
 
@@ -95,15 +95,6 @@ class ModelExplainer:
         if own is not None:
             values = values.reshape(len(X), -1, self.n_inputs + 1)[np.arange(len(X)), own]
         return values[:, :-1], values[:, -1]
-
-
-def tree_shap(booster, extra=None):
-    """LightGBM's exact TreeSHAP (what `shap.TreeExplainer` returns for LightGBM, tested): rows -> contributions
-    per input then the base value (per class, side by side, for a multiclass booster); plus the model's declared
-    `extra` contributions of a margin that is not the booster's alone (churn's textbook term)."""
-    if extra is None:
-        return lambda X: np.asarray(booster.predict(X, pred_contrib=True))
-    return lambda X: np.asarray(booster.predict(X, pred_contrib=True)) + extra(X)
 
 
 # How a margin becomes the shown score, per declared link (softmax: the own class among all, built per request).

@@ -44,6 +44,12 @@ class Explanation:
     own_class: Any = None
     extra: Any = None
 
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Exact contributions of the explained margin per encoded row: LightGBM's TreeSHAP of the booster (the
+        values `shap.TreeExplainer` gives; per class side by side for a multiclass booster) plus `extra`."""
+        values = np.asarray(self.booster.predict(X, pred_contrib=True))
+        return values if self.extra is None else values + self.extra(X)
+
 
 class Estimator:
     """Base of the model kinds. Subclasses set `kind`, `config_class` and `fitted_attribute`, and implement `fit`,

@@ -220,10 +220,7 @@ class ChurnModel(Estimator):
         """Exact contributions to the margin (TreeSHAP of the trees plus the textbook term's Shapley values): one
         column per model feature plus `expected_value`."""
         self.require_fitted()
-        X = self.encoder_.matrix(features)
-        values = np.asarray(self.booster_.predict(X, pred_contrib=True))
-        if self.textbook_weight_:
-            values = values + self._textbook_contributions(X)
+        values = self.explanation().contributions(self.encoder_.matrix(features))
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
     def predict_proba(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
