@@ -250,8 +250,10 @@ def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
         X = e.matrix(features)
         model = e.model
         for booster in (model.boosters_.values() if hasattr(model, "boosters_") else [model.booster_]):
-            boosters.append((booster, X))
-        explained.append((e.booster, X))
+            if booster is not None:  # a served textbook candidate has no trees
+                boosters.append((booster, X))
+        if e.declared.booster is not None:
+            explained.append((e.declared.booster, X))
         matrices[name] = X
     t_predict = best_of(lambda: [b.predict(X) for b, X in boosters], repeat)
     t_contrib = best_of(lambda: [b.predict(X, pred_contrib=True) for b, X in explained], repeat)
@@ -273,7 +275,7 @@ def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     t_path = best_of(lambda: service_path(False), repeat)
     t_path_x = best_of(lambda: service_path(True), repeat)
     t_resolve = best_of(lambda: resolve_features(state, customers, None), repeat)
-    models = {name: {"engine": "pred_contrib", "trees": e.booster.num_trees(), "inputs": e.n_inputs}
+    models = {name: {"engine": "pred_contrib", "trees": e.declared.booster.num_trees() if e.declared.booster else 0, "inputs": e.n_inputs}
               for name, e in scorer.explainers.items()}
     return {
         "rows": n, "models": models,

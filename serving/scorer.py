@@ -41,8 +41,7 @@ class ModelExplainer:
         declared = model.explanation()
         if declared.link not in LINKS:
             raise ValueError(f"{name}: no reasons for a {declared.link!r} link; known: {', '.join(LINKS)}")
-        self.booster, self.link, self.own_class, self.extra = (declared.booster, declared.link, declared.own_class,
-                                                               declared.extra)
+        self.declared, self.link, self.own_class, self.extra = declared, declared.link, declared.own_class, declared.extra
         self.target = Target(declared.key, declared.subject, declared.scale, declared.unit)
         self.engine = declared.contributions
         self.attribute_map = AttributeMap(self.encoder.feature_names_)
@@ -64,7 +63,7 @@ class ModelExplainer:
     def margin(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
         """The explained score computed by LightGBM's plain prediction (what contributions must add up to)."""
         X = self.matrix(features) if encoded is None else encoded
-        raw = self.booster.predict(X, raw_score=True)
+        raw = self.declared.trees_margin(X)
         own = self._own(features, X)
         if own is not None:
             return raw[np.arange(len(X)), own]
@@ -77,7 +76,7 @@ class ModelExplainer:
         contributions, base = self._contributions(X, own)
         margin = base + contributions.sum(axis=1)
         if self.link == "softmax":
-            raw = self.booster.predict(X, raw_score=True)
+            raw = self.declared.trees_margin(X)
             others = raw.copy()
             others[np.arange(len(raw)), own] = -np.inf
             effect = softmax_own_effect(np.log(np.exp(others - raw.max(axis=1, keepdims=True)).sum(axis=1))

@@ -64,7 +64,8 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
             metadata={"feature_set_version": version.tags.get("feature_set_version", FEATURE_SET_VERSION)})
         run = mlflow_client.get_run(version.run_id)
         models[name] = {"version": str(version.version), "bento_tag": str(imported.tag),
-                        "trained_as_of": trained_as_of(run), "quality": quality_of(name, run)}
+                        "trained_as_of": trained_as_of(run), "quality": quality_of(name, run),
+                        **served_candidate(run)}
     if not models:
         raise LookupError(f"no model has the alias '{alias}': train models first (segments train all ...)")
     progress(f"building features as of {as_of:%Y-%m-%d}")
@@ -88,6 +89,14 @@ def trained_as_of(run) -> str | None:
     the model's age from it (serving.health). None when the run does not record it."""
     value = run.data.params.get("data.as_of")
     return datetime.fromisoformat(value).isoformat() if value else None
+
+
+def served_candidate(run) -> dict[str, str]:
+    """Which candidate a model version serves and why (churn: the model or a textbook baseline, a small
+    programme's fallback included), as /v1/info shows it; empty for kinds without candidates."""
+    tags = run.data.tags
+    return {"served_candidate": tags["served_candidate"], "served_reason": tags.get("served_reason", "")} \
+        if "served_candidate" in tags else {}
 
 
 def quality_of(name: str, run) -> dict:

@@ -338,7 +338,7 @@ def test_the_textbook_term_is_in_the_margin_and_its_explanation_adds_up(blended,
     X = blended.encoder_.matrix(x)
     trees = blended.booster_.predict(X, raw_score=True)
     columns = [blended.encoder_.feature_names_.index(c) for c in textbook.INPUTS]
-    term = textbook.term(blended.textbook_["params"], X[:, columns], HORIZON)
+    term = textbook.term(blended.textbook_, X[:, columns], HORIZON)
     np.testing.assert_allclose(blended.margin(x), trees + 0.5 * term, rtol=0, atol=1e-9)
     contributions = blended.contributions(x)
     np.testing.assert_allclose(contributions.sum(axis=1), blended.margin(x), rtol=0, atol=1e-9)
@@ -359,18 +359,89 @@ def explanation_rows(x: pd.DataFrame, sample: int) -> pd.DataFrame:
     return x.sample(n=min(sample, len(x)), random_state=0) if len(x) > sample else x
 
 
-def test_the_backtest_chooses_the_textbook_weight_out_of_time(snapshots):
-    """Left open, the weight is the grid value with the best ROC-AUC on the backtest's evaluation snapshot."""
+def test_the_backtest_chooses_the_served_candidate_out_of_time(snapshots):
+    """Left open, the served candidate is the best on the backtest's evaluation snapshot of the trees with the term
+    at each grid weight and each textbook family alone; its figure is the best of them all."""
     from training.estimators import textbook
     from training.evaluation import roc_auc
 
     model = ChurnModel().fit(snapshots[0])
-    assert model.textbook_weight_ == 0.0
+    assert model.textbook_weight_ == 0.0 and model.candidate_ == "lightgbm"
+    assert set(model.textbooks_) == {"pnbd", "bgnbd"}
     chosen = model.settings_from_backtest(snapshots[1])
-    assert chosen["textbook_weight"] in textbook.WEIGHTS and model.textbook_weight_ == chosen["textbook_weight"]
     x, y = snapshots[1].churn_frame()
+    X, labels = model.encoder_.matrix(x), y.to_numpy()
+    trees = model.booster_.predict(X, raw_score=True)
+    blends = [roc_auc(labels, trees + w * model._term(X, model.textbooks_["pnbd"])) for w in textbook.WEIGHTS]
+    alone = [roc_auc(labels, model._term(X, fitted)) for fitted in model.textbooks_.values()]
+    assert roc_auc(labels, model.margin(x)) == pytest.approx(max(blends + alone), abs=1e-6)
+    assert chosen["candidate"] == model.candidate_
+    if model.candidate_ == "lightgbm":
+        assert chosen["textbook_weight"] in textbook.WEIGHTS and model.textbook_weight_ == chosen["textbook_weight"]
+    table = model.candidates_
+    assert list(table["candidate"]) == ["lightgbm", "pnbd", "bgnbd"] and table["served"].sum() == 1
+    assert (table["served_margin"] >= 0).all()  # the served one is the best of every candidate
+    assert ChurnModel(textbook_weight=0.5, candidate="lightgbm").fit(snapshots[0]).settings_from_backtest(
+        snapshots[1]) == {}
+
+
+@pytest.mark.parametrize("family", ["pnbd", "bgnbd"])
+def test_a_textbook_candidate_is_served_like_the_model(family, snapshots, eligible, tmp_path):
+    """The textbook alone as a served model: no trees, the same outputs and bands, calibrated, its ranking the
+    textbook's own, reasons that add up to its margin (exact Shapley values on its three inputs), saved and
+    loaded like the others."""
+    from training.estimators import textbook
+    from training.evaluation import roc_auc
+    from training.plots import shap_explanation
+
+    model = ChurnModel(candidate=family).fit(snapshots[0])
+    assert model.booster_ is None and model.candidate_ == family and set(model.textbooks_) == {family}
+    x, y = eligible
     X = model.encoder_.matrix(x)
-    trees, term = model.booster_.predict(X, raw_score=True), model._term(X)
-    best = max(roc_auc(y.to_numpy(), trees + w * term) for w in textbook.WEIGHTS)
-    assert roc_auc(y.to_numpy(), model.margin(x)) == pytest.approx(best, abs=1e-6)
-    assert ChurnModel(textbook_weight=0.5).fit(snapshots[0]).settings_from_backtest(snapshots[1]) == {}
+    columns = [model.encoder_.feature_names_.index(c) for c in textbook.INPUTS]
+    term = textbook.term(model.textbook_, X[:, columns], HORIZON)
+    np.testing.assert_allclose(model.margin(x), term, rtol=0, atol=1e-12)
+    scores = model.predict(x)
+    assert set(scores["churn_band"].unique()) <= {"low", "medium", "high"}
+    assert roc_auc(y.to_numpy(), scores["churn_probability"].to_numpy()) > 0.7
+    assert abs(scores["churn_probability"].mean() - y.mean()) < 0.1  # calibrated on the training labels
+    contributions = model.contributions(x.head(200))
+    np.testing.assert_allclose(contributions.sum(axis=1), model.margin(x.head(200)), rtol=0, atol=1e-9)
+    moved = np.flatnonzero(np.abs(contributions.to_numpy()).max(axis=0) > 0)
+    assert set(moved) <= {*columns, X.shape[1]}
+    explanation, _ = shap_explanation(model, x, sample=100)
+    np.testing.assert_allclose(explanation.values.sum(axis=1) + explanation.base_values,
+                               model.margin(explanation_rows(x, 100)), rtol=0, atol=1e-9)
+    model.save(tmp_path / family)
+    assert not (tmp_path / family / "booster.txt").exists()
+    loaded = ChurnModel.load(tmp_path / family)
+    pd.testing.assert_frame_equal(loaded.predict(x), scores)
+
+
+def test_bgnbd_with_too_few_labels_serves_its_own_probability(snapshots, eligible):
+    """The small-programme fallback: BG/NBD needs no labels to fit; with too few churners to calibrate, the served
+    probability is BG/NBD's P(no purchase in the horizon), computed as the baseline computes it."""
+    from lifetimes import BetaGeoFitter
+
+    from training.estimators.baselines import bgnbd_churn_probability, rfm_summary_from_features
+
+    newest = snapshots[0][-1]
+    outcomes = newest.outcomes.copy()
+    labelled = outcomes[outcomes["eligible"]]
+    keep = set(labelled.loc[labelled["churned"] == 1, "customer_id"].head(3)) | set(
+        labelled.loc[labelled["churned"] == 0, "customer_id"].head(40))
+    outcomes["eligible"] = outcomes["customer_id"].isin(keep)
+    small = Snapshot(newest.as_of, newest.horizon_days, newest.features, outcomes)
+    with pytest.raises(InsufficientDataError, match="churners"):
+        ChurnModel().fit([small])
+    assert ChurnModel.fallback_settings(InsufficientDataError("few")) == {"candidate": "bgnbd"}
+    model = ChurnModel(candidate="bgnbd").fit([small])
+    assert model.calibration_method_ == "identity" and model.booster_ is None
+    x = eligible[0]
+    bought = x.loc[x["orders_count_total"] > 0]
+    rfm = rfm_summary_from_features(bought)
+    fitter = BetaGeoFitter()
+    fitter.params_ = pd.Series(model.textbook_["params"])
+    expected = bgnbd_churn_probability(fitter, rfm["frequency"].to_numpy(float), rfm["recency"].to_numpy(float),
+                                       rfm["T"].to_numpy(float), HORIZON)
+    np.testing.assert_allclose(model.predict_proba(bought), np.clip(expected, 1e-4, 1 - 1e-4), rtol=0, atol=1e-6)

@@ -64,7 +64,8 @@ def mlflow_runs(versions: dict[str, str]) -> dict[str, dict]:
         evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/evaluation.json")
         profiles = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/tables/profiles.csv")) \
             if name.endswith("clusters") else None
-        out[name] = {"metrics": metrics, "params": params, "evaluation": evaluation, "profiles": profiles}
+        out[name] = {"metrics": metrics, "params": params, "evaluation": evaluation, "profiles": profiles,
+                     "tags": run.data.tags}
     return out
 
 
@@ -466,3 +467,13 @@ def test_churn_and_value_pages_say_the_served_version_is_a_refit(report):
             assert len(refit) == 1 and served in refit[0]["text"] and backtest in refit[0]["text"], name
         else:
             assert not refit, name
+
+
+def test_the_churn_page_says_which_candidate_is_served_and_why(report):
+    """The model or a textbook baseline: the page names the one served, its margin and interval, from the run."""
+    run = report["runs"]["segments-churn"]
+    served = [e for e in elements(report, page_of("segments-churn"), "data-section") if e["data-section"] == "served"]
+    reason = run["tags"]["served_reason"]
+    assert len(served) == 1 and served[0]["text"] == reason
+    assert reason.startswith("Served: ") and "best of 3 candidates" in reason and "95% interval" in reason
+    assert run["tags"]["served_candidate"] in ("lightgbm", "pnbd", "bgnbd")

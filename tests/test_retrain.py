@@ -27,7 +27,9 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # this process reads the registry the commands write
     mlflow.set_registry_uri(uri)
-    (tmp_path / "weak.yaml").write_text("churn: {num_leaves: 2, n_estimators: 3, min_data_in_leaf: 400}\n")
+    # weak trees alone (the candidates and the textbook term would rescue them)
+    (tmp_path / "weak.yaml").write_text("churn: {num_leaves: 2, n_estimators: 3, min_data_in_leaf: 400, "
+                                        "candidate: lightgbm, textbook_weight: 0}\n")
     return tmp_path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,3 +33,28 @@ def test_unknown_config_fields_are_clear_errors():
         from training.estimators.clusters import ClusterConfig
 
         training.make_config(ClusterConfig, {"n_clusters": 4})
+
+
+def test_a_programme_too_small_for_lightgbm_is_served_bgnbd_and_says_so(tmp_path):
+    """Issue 11, item 7: below the churn model's minimum of churners the answer is not a refusal: BG/NBD is fitted
+    (no labels needed), served with the same outputs, evaluated out of time with a bootstrap interval, and the run
+    says it is the fallback (its tags, which `segments train`, the report and /v1/info show)."""
+    from features.synthetic.generator import generate_tables, write_tables
+    from serving.state import served_candidate
+
+    write_tables(generate_tables(30, 24, seed=5, end=datetime(2026, 7, 1)), tmp_path)
+    data = training.TrainingData(load_validated(tmp_path), datetime(2026, 7, 1), str(tmp_path))
+    record = training.train_churn(data, {}, 90)
+    assert record.model.candidate_ == "bgnbd" and record.model.booster_ is None
+    reason = record.extra_tags["served_reason"]
+    assert record.extra_tags["served_candidate"] == "bgnbd"
+    assert reason.startswith("Served: BG/NBD (textbook), the fallback for a programme too small for LightGBM (only ")
+    assert record.evaluation.notes[0] == reason
+    metrics = record.evaluation.metrics
+    assert metrics["roc_auc_ci_low"] <= metrics["roc_auc"] <= metrics["roc_auc_ci_high"]
+    assert metrics["roc_auc_ci_high"] - metrics["roc_auc_ci_low"] > 0.05  # a few dozen customers: a wide interval
+    scores = record.model.predict(data.current_features)
+    assert scores["churn_probability"].between(0, 1).all() and scores["churn_band"].notna().all()
+
+    run = SimpleNamespace(data=SimpleNamespace(tags=record.extra_tags))
+    assert served_candidate(run) == {"served_candidate": "bgnbd", "served_reason": reason}  # what /v1/info shows

@@ -157,6 +157,19 @@ def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y_true, 
     return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
+def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], y_true, score,
+                       rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float]:
+    """95% interval of metric(score) over bootstrap resamples of customers (resamples with one class skipped):
+    what a figure on a small evaluation is worth."""
+    y, s = _as_arrays(y_true, score)
+    rng = np.random.default_rng(seed)
+    values = [metric(y[rows], s[rows]) for rows in (rng.integers(0, len(y), len(y)) for _ in range(rounds))
+              if y[rows].min() != y[rows].max()]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
 def margin_over_baselines(metric_name: str, y_true, model_score, baseline_scores: Mapping[str, np.ndarray],
                           metric: Callable[[np.ndarray, np.ndarray], float]) -> tuple[dict[str, float], pd.DataFrame]:
     """How far the model is above each baseline on `metric_name`, with paired-bootstrap 95% intervals.

@@ -427,11 +427,14 @@ def shap_explanation(model, features: pd.DataFrame, sample: int = SHAP_SAMPLE, s
     declared = model.explanation()
     rows = features.sample(n=min(sample, len(features)), random_state=seed) if len(features) > sample else features
     X = model.encoder_.matrix(rows)
-    explainer = shap.TreeExplainer(declared.booster)
-    with warnings.catch_warnings():  # shap's note that binary LightGBM output changed shape: we read the array
-        warnings.filterwarnings("ignore", message=".*binary classifier.*", category=UserWarning)
-        values = np.asarray(explainer.shap_values(X))
-    base = np.asarray(explainer.expected_value, dtype=float)
+    if declared.booster is None:  # a textbook candidate: its margin is `extra` alone
+        values, base = np.zeros(X.shape), np.zeros(1)
+    else:
+        explainer = shap.TreeExplainer(declared.booster)
+        with warnings.catch_warnings():  # shap's note that binary LightGBM output changed shape: we read the array
+            warnings.filterwarnings("ignore", message=".*binary classifier.*", category=UserWarning)
+            values = np.asarray(explainer.shap_values(X))
+        base = np.asarray(explainer.expected_value, dtype=float)
     if values.ndim == 3:  # (rows, inputs, classes): the own class of each row
         own = declared.own_class(rows, X)
         values, base = values[np.arange(len(X)), :, own], base[own]

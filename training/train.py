@@ -107,8 +107,9 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
     backtest_train = _snapshots(data, evaluation_as_of, horizon_days, config)
     evaluation = data.snapshot(evaluation_as_of, horizon_days)
     data.progress(f"backtest: fitting {kind} on snapshots up to {backtest_train[-1].as_of:%Y-%m-%d}")
-    backtest = model_cls(config).fit(backtest_train)
-    chosen = backtest.settings_from_backtest(evaluation)  # e.g. churn's textbook weight; the refit uses them too
+    fallback: list[str] = []
+    backtest, config = _fit_or_fall_back(model_cls, config, backtest_train, fallback)
+    chosen = backtest.settings_from_backtest(evaluation)  # e.g. churn's candidate and weight; the refit uses them
     config = dataclasses.replace(config, **chosen)
     data.progress(f"backtest: evaluating {kind} out of time as of {evaluation_as_of:%Y-%m-%d}")
     result = evaluate(backtest, evaluation, backtest_train, data.validation)
@@ -117,12 +118,30 @@ def _train_over_horizon(kind: str, config_cls, model_cls, evaluate, data: Traini
                             "evaluation snapshot (from a few values), so the figures above are slightly optimistic")
     served_train = _snapshots(data, data.as_of, horizon_days, config)
     data.progress(f"refitting {kind} on the freshest labelled snapshots (up to {served_train[-1].as_of:%Y-%m-%d})")
-    model = model_cls(config).fit(served_train)
+    model, config = _fit_or_fall_back(model_cls, config, served_train, fallback)
     result.tables["served_data_window"] = data_window(served_train, None, model, model_cls.target)
+    if getattr(backtest, "candidates_", None) is not None:
+        result.tables["candidates"] = backtest.candidates_
+    served = model.served(backtest, fallback)
+    if served:
+        result.notes.insert(0, served["reason"])
     return TrainingRecord(kind, model, config, result, data.base_data(
         evaluation_as_of=evaluation.as_of, backtest_training_as_of=[s.as_of for s in backtest_train],
         training_as_of=[s.as_of for s in served_train], horizon_days=horizon_days), evaluation.features,
-        backtest=backtest)
+        backtest=backtest, extra_tags={f"served_{k}": v for k, v in served.items()})
+
+
+def _fit_or_fall_back(model_cls, config, snapshots: list[Snapshot], fallback: list[str]):
+    """(fitted model, its config). Too little data for the model: the kind's fallback (`fallback_settings`, e.g.
+    churn's BG/NBD), with why appended to `fallback`; a kind without one refuses as before."""
+    try:
+        return model_cls(config).fit(snapshots), config
+    except InsufficientDataError as exc:
+        if not hasattr(model_cls, "fallback_settings"):
+            raise
+        config = dataclasses.replace(config, **model_cls.fallback_settings(exc))
+        fallback.append(str(exc))
+        return model_cls(config).fit(snapshots), config
 
 
 def train_churn(data: TrainingData, overrides: dict, horizon_days: int) -> TrainingRecord:

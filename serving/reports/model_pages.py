@@ -113,6 +113,7 @@ class RunEvidence:
     evaluation: dict
     tables: dict[str, pd.DataFrame]
     params: dict[str, str]
+    served: str | None = None  # which candidate is served and why (churn: the model or a textbook baseline)
 
     @property
     def evaluated_at(self) -> datetime | None:
@@ -128,7 +129,7 @@ def load_evidence(mlflow_client, name: str, version: str) -> RunEvidence:
     evaluation, tables = _run_files(mlflow_client, run_id)
     kind, seed = kind_of(name)
     return RunEvidence(name, str(version), kind, seed, run_id, metrics, baselines, evaluation, tables,
-                       dict(run.data.params))
+                       dict(run.data.params), run.data.tags.get("served_reason"))
 
 
 def _run_files(mlflow_client, run_id: str) -> tuple[dict, dict[str, pd.DataFrame]]:
@@ -241,6 +242,9 @@ def quality(evidence: RunEvidence) -> Quality:
     comparisons = [(BASELINE_NAMES.get(b, b), values[rule.metric]) for b, values in evidence.baselines.items()
                    if rule.metric in values]
     headline = f"{label}: {format_metric(rule.metric, value)}"
+    low, high = (evidence.metrics.get(f"{rule.metric}_ci_{end}") for end in ("low", "high"))
+    if low is not None and high is not None:
+        headline += f" (95% interval {format_metric(rule.metric, low)} to {format_metric(rule.metric, high)})"
     if comparisons:
         headline += " vs " + "; ".join(
             f"{format_metric(rule.metric, v)} for the {b} baseline ({format_margin(rule.metric, value - v)})"

@@ -35,7 +35,7 @@ class Explanation:
     added to the booster's TreeSHAP; e.g. churn's textbook term), None when the margin is the booster's alone.
     """
 
-    booster: lgb.Booster
+    booster: lgb.Booster | None  # None: the margin is `extra`'s alone (a textbook candidate)
     key: str
     subject: str
     scale: str
@@ -47,8 +47,14 @@ class Explanation:
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Exact contributions of the explained margin per encoded row: LightGBM's TreeSHAP of the booster (the
         values `shap.TreeExplainer` gives; per class side by side for a multiclass booster) plus `extra`."""
+        if self.booster is None:
+            return self.extra(X)
         values = np.asarray(self.booster.predict(X, pred_contrib=True))
         return values if self.extra is None else values + self.extra(X)
+
+    def trees_margin(self, X: np.ndarray) -> np.ndarray:
+        """The booster's raw margin per row (classes side by side for multiclass); zeros without a booster."""
+        return np.zeros(len(X)) if self.booster is None else self.booster.predict(X, raw_score=True)
 
 
 class Estimator:
@@ -98,6 +104,12 @@ class Estimator:
     def settings_from_backtest(self, evaluation) -> dict:
         """Config values this model chooses out of time on the backtest's evaluation snapshot (called by the
         training protocol after the backtest fit; the served refit is fitted with them). None by default."""
+        return {}
+
+    def served(self, backtest: Estimator, fallback: list[str]) -> dict[str, str]:
+        """Which candidate this fitted model serves and why ({"candidate", "reason"}, logged as the run's tags
+        served_candidate and served_reason), given the backtest model and why a fallback was fitted (if it was).
+        Empty for a kind without candidates."""
         return {}
 
     # -- native save and load: model.json metadata shared by every kind

@@ -210,11 +210,9 @@ class BGNBDBaseline:
         ((alpha + T) / (alpha + T + H)) ** (r + x). BG/NBD customers only drop out right after a purchase, so an
         alive customer stays alive until their next purchase.
         """
-        r, alpha = self.bgnbd_.params_["r"], self.bgnbd_.params_["alpha"]
-        x, t_age = rfm["frequency"].to_numpy(dtype=float), rfm["T"].to_numpy(dtype=float)
-        p_alive = self.bgnbd_.conditional_probability_alive(x, rfm["recency"].to_numpy(dtype=float), t_age)
-        p_quiet_if_alive = ((alpha + t_age) / (alpha + t_age + horizon_days)) ** (r + x)
-        return np.clip(1.0 - p_alive * (1.0 - p_quiet_if_alive), 0.0, 1.0)
+        return bgnbd_churn_probability(self.bgnbd_, rfm["frequency"].to_numpy(dtype=float),
+                                       rfm["recency"].to_numpy(dtype=float), rfm["T"].to_numpy(dtype=float),
+                                       horizon_days)
 
     def expected_purchases(self, rfm: pd.DataFrame, horizon_days: float) -> np.ndarray:
         """Expected purchase days in the next `horizon_days` (BG/NBD conditional expectation)."""
@@ -235,6 +233,16 @@ class BGNBDBaseline:
     def expected_spend(self, rfm: pd.DataFrame, horizon_days: float) -> np.ndarray:
         """Expected spend in the next `horizon_days` = expected purchases x expected value per purchase."""
         return self.expected_purchases(rfm, horizon_days) * self.expected_order_value(rfm)
+
+
+def bgnbd_churn_probability(fitter, frequency: np.ndarray, recency: np.ndarray, age: np.ndarray,
+                            horizon_days: float) -> np.ndarray:
+    """BG/NBD P(no purchase in the next `horizon_days`) from a fitted `BetaGeoFitter` (see
+    `BGNBDBaseline.churn_probability`)."""
+    r, alpha = fitter.params_["r"], fitter.params_["alpha"]
+    p_alive = fitter.conditional_probability_alive(frequency, recency, age)
+    p_quiet_if_alive = ((alpha + age) / (alpha + age + horizon_days)) ** (r + frequency)
+    return np.clip(1.0 - p_alive * (1.0 - p_quiet_if_alive), 0.0, 1.0)
 
 
 def align_rfm(rfm: pd.DataFrame, customer_ids: pd.Series) -> tuple[pd.DataFrame, np.ndarray]:

@@ -58,10 +58,12 @@ from training.estimators.baselines import (
 )
 from training.evaluation import (
     Evaluation,
+    bootstrap_interval,
     calibration_table,
     expected_calibration_error,
     lift_table,
     margin_over_baselines,
+    paired_bootstrap,
     probability_metrics,
     ranking_metrics,
     roc_auc,
@@ -104,17 +106,28 @@ class ChurnConfig:
     # Weight of the textbook term (Pareto/NBD, training/estimators/textbook.py) in the margin: None lets the
     # backtest choose it out of time (`settings_from_backtest`), a number fixes it, 0 leaves the trees alone.
     textbook_weight: float | None = None
+    # What is served (CANDIDATES): "lightgbm" (the trees plus the weighted textbook term), or the textbook alone,
+    # "pnbd" or "bgnbd", calibrated like the trees. None lets the backtest choose the best out of time.
+    candidate: str | None = None
+
+
+# The served candidates: the model, and the textbook baselines as models with the same outputs, reasons and bands.
+CANDIDATES = ("lightgbm", "pnbd", "bgnbd")
+CANDIDATE_NAMES = {"lightgbm": "LightGBM with the Pareto/NBD term", "pnbd": "Pareto/NBD (textbook)",
+                   "bgnbd": "BG/NBD (textbook)"}
 
 
 class ChurnModel(Estimator):
     """LightGBM churn classifier with monotone constraints, rounds and calibration from customer folds.
 
-    Fitted attributes: encoder_, booster_ (best_iteration_ rounds on all rows), best_iteration_,
-    calibration_method_, calibration_ (JSON-ready parameters), calibration_scores_ (nested out-of-fold log-loss per
-    method), textbook_ (Pareto/NBD parameters and reference customer, or None), textbook_weight_, fit_as_of_,
-    n_train_rows_, feature_set_version_.
+    Fitted attributes: candidate_ (what is served, CANDIDATES), encoder_, booster_ (best_iteration_ rounds on all
+    rows; None for a textbook candidate), best_iteration_, calibration_method_, calibration_ (JSON-ready
+    parameters), calibration_scores_ (nested out-of-fold log-loss per method), textbook_ (the textbook family, its
+    parameters and reference customer, or None), textbook_weight_, fit_as_of_, n_train_rows_,
+    feature_set_version_; after `settings_from_backtest`, candidates_ (every candidate's backtest figure).
 
-    The margin is the trees' log-odds plus `textbook_weight_` times the textbook term (training/estimators/textbook.py).
+    The margin is the trees' log-odds plus `textbook_weight_` times the textbook term (training/estimators/textbook.py);
+    a textbook candidate's margin is its term alone (no trees, weight 1).
     """
 
     kind = "churn"
@@ -122,46 +135,124 @@ class ChurnModel(Estimator):
     headline_metrics = ("roc_auc", "pr_auc", "brier", "ece")
 
     def fit(self, train: list[Snapshot]) -> ChurnModel:
-        """Fit on labelled snapshots (see the module docstring); returns self."""
-        x, y = prepare_snapshot_fit(self, train, _churn_rows)
-        self.booster_, self.best_iteration_, out_of_fold = fit_boosted(self._params(), self.encoder_, x, y,
-                                                                       self.config)
-        usable = self.config.textbook_weight != 0 and set(textbook.INPUTS) <= set(self.encoder_.feature_names_)
-        newest = max(train, key=lambda s: s.as_of)
-        self.textbook_ = textbook.fit_textbook(newest.features) if usable else None
-        self._out_of_fold = (out_of_fold, self._term(self.encoder_.matrix(x)), y.to_numpy())
-        self.set_textbook_weight(self.config.textbook_weight or 0.0)
+        """Fit on labelled snapshots (see the module docstring); returns self.
+
+        With `candidate` None the trees and both textbook families are fitted, for `settings_from_backtest` to
+        choose from; until then the model serves the trees (plus the term at a fixed `textbook_weight`). A
+        textbook candidate fits no trees, so it needs no minimum of churners: the small-programme fallback
+        (`fallback_settings`) serves BG/NBD's own probability where too few are labelled to calibrate.
+        """
+        candidate = self.config.candidate
+        if candidate not in (None, *CANDIDATES):
+            raise ValueError(f"unknown churn candidate {candidate!r}: use one of {', '.join(CANDIDATES)}")
+        with_trees = candidate in (None, "lightgbm")
+        x, y = prepare_snapshot_fit(self, train, _churn_rows, check_minimums=with_trees)
+        X = self.encoder_.matrix(x)
+        out_of_fold = None
+        self.booster_, self.best_iteration_ = None, 0
+        if with_trees:
+            self.booster_, self.best_iteration_, out_of_fold = fit_boosted(self._params(), self.encoder_, x, y,
+                                                                           self.config)
+        newest = max(train, key=lambda s: s.as_of).features
+        self.textbooks_ = {family: textbook.fit_textbook(newest, family) for family in self._families()}
+        self.textbooks_ = {family: fitted for family, fitted in self.textbooks_.items() if fitted is not None}
+        if not with_trees and candidate not in self.textbooks_:
+            raise InsufficientDataError(f"{CANDIDATE_NAMES[candidate]} could not be fitted on the purchase history "
+                                        f"as of {max(self.fit_as_of_):%Y-%m-%d}")
+        terms = {family: self._term(X, fitted) for family, fitted in self.textbooks_.items()}
+        self._fit_parts = (out_of_fold, terms, y.to_numpy())
+        self.use(candidate or "lightgbm", self.config.textbook_weight or 0.0)
         return self
 
+    def _families(self) -> list[str]:
+        """The textbook families `fit` needs: the blend's (Pareto/NBD, unless its weight is fixed at 0) and the
+        candidates'; none without the textbook's inputs."""
+        if not set(textbook.INPUTS) <= set(self.encoder_.feature_names_):
+            return []
+        candidate = self.config.candidate
+        if candidate in textbook.FAMILIES:
+            return [candidate]
+        blend = ["pnbd"] if self.config.textbook_weight != 0 else []
+        return blend if candidate == "lightgbm" else list(textbook.FAMILIES)
+
+    def use(self, candidate: str, weight: float = 0.0) -> None:
+        """Serve `candidate` ("lightgbm" with the textbook term at `weight`, or a textbook family alone) and fit
+        its calibration on the training rows' out-of-fold margins (right after `fit`, which keeps them).
+
+        Too few churners or non-churners to calibrate (a textbook candidate fitted on a small programme): BG/NBD's
+        own probability is served (the identity calibration of its log-odds); any other candidate is refused.
+        """
+        out_of_fold, terms, y = self._fit_parts
+        if candidate == "lightgbm":
+            self.textbook_ = self.textbooks_.get("pnbd") if weight else None
+            self.textbook_weight_ = float(weight) if self.textbook_ is not None else 0.0
+            margin = out_of_fold + (self.textbook_weight_ * terms["pnbd"] if self.textbook_weight_ else 0.0)
+        else:
+            self.textbook_, self.textbook_weight_, margin = self.textbooks_[candidate], 1.0, terms[candidate]
+        self.candidate_ = candidate
+        if min(int(y.sum()), int((1 - y).sum())) >= self.config.calibration_folds * 2:
+            self.calibration_method_, self.calibration_scores_ = choose_calibration(
+                margin, y, self.config.calibration_folds, self.config.seed)
+            self.calibration_ = fit_calibration(self.calibration_method_, margin, y)
+        elif candidate == "bgnbd":
+            self.calibration_method_, self.calibration_scores_ = "identity", {}
+            self.calibration_ = {"method": "identity"}
+        else:
+            raise InsufficientDataError(f"too few churners ({int(y.sum())}) or non-churners ({int((1 - y).sum())}) "
+                                        f"in the training snapshots to calibrate {CANDIDATE_NAMES[candidate]}")
+
     def set_textbook_weight(self, weight: float) -> None:
-        """Use `weight` for the textbook term and fit the calibration on the blended out-of-fold margins (right
-        after `fit`, which keeps those margins)."""
-        out_of_fold, term, y = self._out_of_fold
-        self.textbook_weight_ = float(weight) if self.textbook_ is not None else 0.0
-        blended = out_of_fold + self.textbook_weight_ * term
-        self.calibration_method_, self.calibration_scores_ = choose_calibration(
-            blended, y, self.config.calibration_folds, self.config.seed)
-        self.calibration_ = fit_calibration(self.calibration_method_, blended, y)
+        """Serve the trees with the textbook term at `weight` (see `use`)."""
+        self.use("lightgbm", weight)
+
+    @staticmethod
+    def fallback_settings(error: InsufficientDataError) -> dict:
+        """What a programme too small for the trees is served instead (the training protocol asks on
+        InsufficientDataError): BG/NBD, which needs no labels to fit."""
+        return {"candidate": "bgnbd"}
+
+    def served(self, backtest: ChurnModel, fallback: list[str]) -> dict[str, str]:
+        if fallback:
+            why = fallback[0].split(" among ")[0]
+            reason = (f"Served: {CANDIDATE_NAMES[self.candidate_]}, the fallback for a programme too small for "
+                      f"LightGBM ({why}).")
+        elif getattr(backtest, "candidates_", None) is not None:
+            reason = served_reason(backtest.candidates_)
+        else:
+            reason = f"Served: {CANDIDATE_NAMES[self.candidate_]}, as configured."
+        return {"candidate": self.candidate_, "reason": reason}
 
     def settings_from_backtest(self, evaluation: Snapshot) -> dict:
-        """The textbook weight, chosen out of time when the config leaves it open: of `textbook.WEIGHTS`, the one
-        with the highest ROC-AUC on the backtest's evaluation snapshot (ties: the smaller); this model then uses it
-        and the served refit is fitted with it."""
-        if self.config.textbook_weight is not None or self.textbook_ is None:
+        """The served candidate and textbook weight, chosen out of time where the config leaves them open: of the
+        trees with the term at each of `textbook.WEIGHTS` and each textbook family alone, the one with the highest
+        ROC-AUC on the backtest's evaluation snapshot (ties: the trees, then the smaller weight). This model then
+        serves it, and the served refit is fitted with it. `candidates_` keeps every option's figure, with the
+        chosen one's margin over the best of each other candidate (paired bootstrap, 95%)."""
+        open_weight = self.config.textbook_weight is None and "pnbd" in self.textbooks_
+        open_candidate = self.config.candidate is None
+        if self.booster_ is None or not (open_weight or open_candidate):
             return {}
         x, y = evaluation.churn_frame()
-        X = self.encoder_.matrix(x)
-        trees, term = self.booster_.predict(X, raw_score=True), self._term(X)
-        scores = {w: round(roc_auc(y.to_numpy(), trees + w * term), 6) for w in textbook.WEIGHTS}
-        weight = max(textbook.WEIGHTS, key=lambda w: (scores[w], -w))
-        self.set_textbook_weight(weight)
-        return {"textbook_weight": weight}
+        X, labels = self.encoder_.matrix(x), y.to_numpy()
+        trees = self.booster_.predict(X, raw_score=True)
+        weights = textbook.WEIGHTS if open_weight else (self.textbook_weight_,)
+        options = {("lightgbm", w): trees + w * self._term(X, self.textbooks_["pnbd"]) if w else trees
+                   for w in weights}
+        if open_candidate:
+            options.update({(family, 1.0): self._term(X, fitted) for family, fitted in self.textbooks_.items()})
+        scores = {key: round(roc_auc(labels, margin), 6) for key, margin in options.items()}
+        order = {name: i for i, name in enumerate(CANDIDATES)}
+        best = max(scores, key=lambda key: (scores[key], -order[key[0]], -key[1]))
+        self.use(*best)
+        self.candidates_ = candidate_table(labels, options, scores, best)
+        return {"candidate": best[0], **({"textbook_weight": best[1]} if best[0] == "lightgbm" else {})}
 
-    def _term(self, X: np.ndarray) -> np.ndarray:
-        """The textbook term per encoded row (zeros without a fitted textbook model)."""
-        if self.textbook_ is None:
+    def _term(self, X: np.ndarray, fitted: dict | None = None) -> np.ndarray:
+        """A textbook term per encoded row (`fitted`, by default the served one; zeros without one)."""
+        fitted = self.textbook_ if fitted is None else fitted
+        if fitted is None:
             return np.zeros(len(X))
-        return textbook.term(self.textbook_["params"], X[:, self._textbook_columns], self.config.horizon_days)
+        return textbook.term(fitted, X[:, self._textbook_columns], self.config.horizon_days)
 
     @property
     def _textbook_columns(self) -> list[int]:
@@ -171,10 +262,10 @@ class ChurnModel(Estimator):
         """The textbook part of the margin as contributions (rows x inputs + base value), exact Shapley values on
         its three inputs: with the trees' TreeSHAP they add up to the margin."""
         out = np.zeros((len(X), len(self.encoder_.feature_names_) + 1))
-        params, reference = self.textbook_["params"], self.textbook_["reference"]
+        horizon, reference = self.config.horizon_days, np.asarray([self.textbook_["reference"]])
         out[:, self._textbook_columns] = self.textbook_weight_ * textbook.shapley(
-            params, X[:, self._textbook_columns], reference, self.config.horizon_days)
-        out[:, -1] = self.textbook_weight_ * textbook.term(params, np.asarray([reference]), self.config.horizon_days)[0]
+            self.textbook_, X[:, self._textbook_columns], horizon)
+        out[:, -1] = self.textbook_weight_ * textbook.term(self.textbook_, reference, horizon)[0]
         return out
 
     @staticmethod
@@ -213,7 +304,7 @@ class ChurnModel(Estimator):
         up to). `encoded`: the rows already through `encoder_.matrix` (the service encodes once)."""
         self.require_fitted()
         X = self.encoder_.matrix(features) if encoded is None else encoded
-        margin = self.booster_.predict(X, raw_score=True)
+        margin = self.booster_.predict(X, raw_score=True) if self.booster_ is not None else np.zeros(len(X))
         return margin + self.textbook_weight_ * self._term(X) if self.textbook_weight_ else margin
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
@@ -248,23 +339,56 @@ class ChurnModel(Estimator):
 
     def save(self, directory: Path) -> None:
         """Write booster.txt, encoder.json, calibration.json and model.json (config and metadata) to `directory`."""
-        directory = save_snapshot_model(self, directory, {"booster": self.booster_}, {
+        boosters = {"booster": self.booster_} if self.booster_ is not None else {}
+        directory = save_snapshot_model(self, directory, boosters, {
             "best_iteration": self.best_iteration_, "calibration_method": self.calibration_method_,
             "calibration_scores": self.calibration_scores_, "textbook": self.textbook_,
-            "textbook_weight": self.textbook_weight_})
+            "textbook_weight": self.textbook_weight_, "candidate": self.candidate_})
         write_json(directory / "calibration.json", self.calibration_)
 
     @classmethod
     def load(cls, directory: Path) -> ChurnModel:
         """Load a model written by `save`; it scores identically."""
-        model, meta, boosters = load_snapshot_model(cls, directory, ["booster"])
-        model.booster_ = boosters["booster"]
+        meta = json.loads((Path(directory) / "model.json").read_text())
+        candidate = meta.get("candidate", "lightgbm")  # saved before the textbook candidates: the trees
+        model, meta, boosters = load_snapshot_model(cls, directory, ["booster"] if candidate == "lightgbm" else [])
+        model.booster_, model.candidate_ = boosters.get("booster"), candidate
         model.calibration_ = json.loads((Path(directory) / "calibration.json").read_text())
         model.calibration_method_ = meta["calibration_method"]
         model.calibration_scores_ = meta["calibration_scores"]
         model.best_iteration_ = meta["best_iteration"]
         model.textbook_, model.textbook_weight_ = meta.get("textbook"), meta.get("textbook_weight", 0.0)
         return model
+
+
+def candidate_table(y: np.ndarray, options: dict[tuple[str, float], np.ndarray], scores: dict, chosen: tuple) -> pd.DataFrame:
+    """One row per candidate (its best option): candidate, name, textbook_weight, roc_auc on the backtest's
+    evaluation snapshot, served, and the served one's margin over it with a paired-bootstrap 95% interval."""
+    rows = []
+    for candidate in CANDIDATES:
+        keys = [key for key in options if key[0] == candidate]
+        if not keys:
+            continue
+        key = chosen if chosen in keys else max(keys, key=lambda k: (scores[k], -k[1]))
+        low, high = (0.0, 0.0) if key == chosen else paired_bootstrap(roc_auc, y, options[chosen], options[key])
+        rows.append({"candidate": candidate, "name": CANDIDATE_NAMES[candidate],
+                     "textbook_weight": key[1] if candidate == "lightgbm" else None, "roc_auc": scores[key],
+                     "served": key == chosen, "served_margin": scores[chosen] - scores[key],
+                     "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def served_reason(table: pd.DataFrame) -> str:
+    """One sentence for reports and `segments train`: which candidate is served and why, with its margin over the
+    best other one and the interval."""
+    served = table.loc[table["served"]].iloc[0]
+    others = table.loc[~table["served"]]
+    if others.empty:
+        return f"Served: {served['name']} (no other candidate could be fitted)."
+    runner = others.loc[others["roc_auc"].idxmax()]
+    return (f"Served: {served['name']}, the best of {len(table)} candidates on the backtest's out-of-time ROC-AUC "
+            f"({served['roc_auc']:.4f}; {runner['name']} {runner['roc_auc']:.4f}, margin "
+            f"{runner['served_margin']:+.4f}, 95% interval {runner['ci_low']:+.4f} to {runner['ci_high']:+.4f}).")
 
 
 def _churn_rows(snapshots: list[Snapshot]) -> tuple[pd.DataFrame, pd.Series]:
@@ -296,7 +420,9 @@ def fit_calibration(method: str, margin: np.ndarray, y: np.ndarray) -> dict:
 
 def apply_calibration(calibration: dict, margin: np.ndarray) -> np.ndarray:
     """Calibrated probabilities from margins, kept inside [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR]."""
-    if calibration["method"] == "isotonic":
+    if calibration["method"] == "identity":  # the margin is already calibrated log-odds (BG/NBD's own)
+        p = 1.0 / (1.0 + np.exp(-margin))
+    elif calibration["method"] == "isotonic":
         p = np.interp(margin, calibration["x"], calibration["y"])
     else:
         p = 1.0 / (1.0 + np.exp(-(calibration["a"] * margin + calibration["b"])))
@@ -344,8 +470,9 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
     `validation` (the validated tables) so the textbook summaries come from the transactions themselves; without it,
     an approximation from the feature table is used and a note says so. A textbook fit that fails is a note, never
     an error.
-    Metrics: roc_auc, pr_auc, lift_top_decile, brier, log_loss, ece, ece_uncalibrated (sigmoid of the margin), and
-    the ROC-AUC margin over the best baseline with its paired-bootstrap 95% interval (`margin_over_baselines`).
+    Metrics: roc_auc (with roc_auc_ci_low and _high, its bootstrap 95% interval), pr_auc, lift_top_decile, brier,
+    log_loss, ece, ece_uncalibrated (sigmoid of the margin), and the ROC-AUC margin over the best baseline with its
+    paired-bootstrap 95% interval (`margin_over_baselines`).
     Tables: calibration, lift, slices, data_window, shap_importance, baseline_comparison. Figures: calibration, lift,
     gains, shap_summary (mean |SHAP| per feature, coloured by business attribute).
     """
@@ -359,6 +486,7 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
                  else ranking_metrics(y, score) for name, score in scores.items()}
     margin, comparison = margin_over_baselines("roc_auc", y, probability, scores, roc_auc)
     metrics.update(margin)
+    metrics["roc_auc_ci_low"], metrics["roc_auc_ci_high"] = bootstrap_interval(roc_auc, y, probability)
     calibration = {"model": calibration_table(y, probability),
                    **{name: calibration_table(y, p) for name, p in probabilities.items()}}
     scorers = {"model": probability, **scores}
@@ -520,13 +648,15 @@ def fit_boosted(params: dict, encoder: FeatureEncoder, x: pd.DataFrame, y: pd.Se
     return lgb.Booster(model_str=booster.model_to_string()), rounds, out_of_fold
 
 
-def prepare_snapshot_fit(model, train: list[Snapshot], rows) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame]:
+def prepare_snapshot_fit(model, train: list[Snapshot], rows,
+                         check_minimums: bool = True) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame]:
     """What churn and value fits share: check the snapshots, build their rows with `rows(snapshots) -> (x, y)`,
-    check the model's data minimums, fit the encoder (without `exclude_features`) and record the training dates
-    and size. Returns (x, y)."""
+    check the model's data minimums (unless told not to: a textbook candidate has none), fit the encoder (without
+    `exclude_features`) and record the training dates and size. Returns (x, y)."""
     ordered = check_snapshots(train, model.config.horizon_days)
     x, y = rows(ordered)
-    model._check_minimums(y, [s.as_of for s in ordered], "training snapshots")
+    if check_minimums:
+        model._check_minimums(y, [s.as_of for s in ordered], "training snapshots")
     model.encoder_ = FeatureEncoder().fit(x.drop(columns=list(model.config.exclude_features), errors="ignore"))
     model.fit_as_of_, model.n_train_rows_ = [s.as_of for s in ordered], len(x)
     model.feature_set_version_ = FEATURE_SET_VERSION

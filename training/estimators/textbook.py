@@ -1,4 +1,4 @@
-"""The textbook term of the churn margin: Pareto/NBD's expected purchases over the horizon, and its exact Shapley values.
+"""The textbook part of the churn margin (Pareto/NBD or BG/NBD on three inputs) and its exact Shapley values.
 
 Trees cannot extrapolate. Where the customers scored are older than any the training snapshots show (a young
 programme, or CDNOW's single 1997 cohort: at 1997-10-01 every one-time buyer is 183-273 days past the last purchase,
@@ -11,6 +11,11 @@ Explanations stay exact. The term reads three model inputs (INPUTS); its contrib
 Shapley values against a reference customer (baseline Shapley: 2^3 evaluations per row), so the reasons and drivers
 name the same attributes as the trees ("Days since last purchase", "Purchases", "Days since first purchase") and
 everything still adds up to the served margin: the term at the reference joins the base value.
+
+The same term, alone, is the textbook as a served candidate (`ChurnModel` with candidate "pnbd" or "bgnbd", issue 11
+item 2): FAMILIES gives each family's term, higher meaning likelier to churn. BG/NBD's is the log-odds of its
+P(no purchase in the horizon), so with the identity calibration the served probability is BG/NBD's own (the
+fallback of programmes too small for the trees).
 """
 
 from __future__ import annotations
@@ -21,57 +26,83 @@ from math import factorial
 import numpy as np
 import pandas as pd
 
-from training.estimators.baselines import BaselineFitError, ParetoNBDBaseline, rfm_summary_from_features
+from training.estimators.baselines import (
+    BaselineFitError,
+    bgnbd_churn_probability,
+    fit_purchase_model,
+    rfm_summary_from_features,
+)
 
 INPUTS = ("orders_count_total", "days_since_first_order", "days_since_last_order")
 EXPECTED_FLOOR = 1e-6  # expected purchases are floored before the log (customers who never bought)
 # Weights of the term the backtest chooses from (log-odds per unit of log expected purchases).
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
+FAMILIES = ("pnbd", "bgnbd")
 
 
-def fit_textbook(features: pd.DataFrame) -> dict | None:
-    """Pareto/NBD parameters fitted on a feature table's purchase summary, and the reference customer (the medians
-    of INPUTS among buyers); None when the fit fails (the margin is then the trees' alone)."""
+def _fitter(family: str):
+    from lifetimes import BetaGeoFitter, ParetoNBDFitter  # heavy imports (autograd): only when used
+
+    return {"pnbd": ParetoNBDFitter, "bgnbd": BetaGeoFitter}[family]
+
+
+def fit_textbook(features: pd.DataFrame, family: str = "pnbd") -> dict | None:
+    """A textbook model (`family`: "pnbd" or "bgnbd") fitted on a feature table's purchase summary: its family,
+    parameters and reference customer (the medians of INPUTS among buyers); None when the fit fails (the margin
+    is then the trees' alone)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown textbook family {family!r}: use one of {', '.join(FAMILIES)}")
+    # Pareto/NBD starts at its mean unless told otherwise (lifetimes picks random starts): repeatable fits
+    options = {"initial_params": np.ones(4)} if family == "pnbd" else {}
     try:
-        fitted = ParetoNBDBaseline().fit(rfm_summary_from_features(features))
+        fitted, _ = fit_purchase_model(_fitter(family), rfm_summary_from_features(features), **options)
     except BaselineFitError:
         return None
     buyers = features.loc[features["orders_count_total"].fillna(0) > 0, list(INPUTS)]
-    return {"params": {k: float(v) for k, v in fitted.pnbd_.params_.items()},
+    return {"family": family, "params": {k: float(v) for k, v in fitted.params_.items()},
             "reference": [float(buyers[c].median()) for c in INPUTS]}
 
 
-def term(params: dict, values: np.ndarray, horizon_days: float) -> np.ndarray:
-    """-log(Pareto/NBD expected purchases in the next `horizon_days`) per row of `values` (columns INPUTS).
+def term(textbook: dict, values: np.ndarray, horizon_days: float) -> np.ndarray:
+    """The textbook's churn term per row of `values` (columns INPUTS), higher = likelier to churn: Pareto/NBD
+    -log(expected purchases in the next `horizon_days`), BG/NBD the log-odds of no purchase in them.
 
     Defined for any combination of values (Shapley mixes a customer's with the reference's): no purchase, or a
-    missing value, gives the floor; recency is clipped to [0, tenure].
+    missing value, counts as certain to churn (the floor); recency is clipped to [0, tenure]. Models saved before
+    BG/NBD was a family hold Pareto/NBD parameters without a "family".
     """
-    from lifetimes import ParetoNBDFitter
-
+    family = textbook.get("family", "pnbd")
     orders, first, last = (np.asarray(values[:, i], dtype=float) for i in range(3))
     bought = (np.nan_to_num(orders) > 0) & np.isfinite(first) & np.isfinite(last)
-    expected = np.full(len(values), EXPECTED_FLOOR)
+    quiet = np.full(len(values), 1.0 - EXPECTED_FLOOR)  # P(no purchase), BG/NBD
+    expected = np.full(len(values), EXPECTED_FLOOR)  # expected purchases, Pareto/NBD
     if bought.any():
-        fitter = ParetoNBDFitter()
-        fitter.params_ = pd.Series(params)
+        fitter = _fitter(family)()
+        fitter.params_ = pd.Series(textbook["params"])
         tenure = first[bought] + 0.5  # floored days, as rfm_summary_from_features
         recency = np.clip(first[bought] - last[bought], 0.0, tenure)
         with np.errstate(all="ignore"):
-            found = fitter.conditional_expected_number_of_purchases_up_to_time(
-                horizon_days, orders[bought] - 1, recency, tenure)
-        expected[bought] = np.nan_to_num(np.asarray(found, dtype=float), nan=EXPECTED_FLOOR)
+            if family == "bgnbd":
+                found = bgnbd_churn_probability(fitter, orders[bought] - 1, recency, tenure, horizon_days)
+                quiet[bought] = np.nan_to_num(found, nan=1.0 - EXPECTED_FLOOR)
+            else:
+                found = fitter.conditional_expected_number_of_purchases_up_to_time(
+                    horizon_days, orders[bought] - 1, recency, tenure)
+                expected[bought] = np.nan_to_num(np.asarray(found, dtype=float), nan=EXPECTED_FLOOR)
+    if family == "bgnbd":
+        quiet = np.clip(quiet, EXPECTED_FLOOR, 1.0 - EXPECTED_FLOOR)
+        return np.log(quiet) - np.log1p(-quiet)
     return -np.log(np.maximum(expected, EXPECTED_FLOOR))
 
 
-def shapley(params: dict, values: np.ndarray, reference: list[float], horizon_days: float) -> np.ndarray:
+def shapley(textbook: dict, values: np.ndarray, horizon_days: float) -> np.ndarray:
     """Exact baseline Shapley values of `term` per row (rows x 3, columns INPUTS): each coalition of inputs takes
-    the row's values, the others the reference's. They sum to term(row) - term(reference)."""
+    the row's values, the others the reference customer's. They sum to term(row) - term(reference)."""
     n = values.shape[1]
-    base = np.broadcast_to(np.asarray(reference, dtype=float), values.shape)
+    base = np.broadcast_to(np.asarray(textbook["reference"], dtype=float), values.shape)
     coalitions = [frozenset(c) for size in range(n + 1) for c in combinations(range(n), size)]
     stacked = np.concatenate([np.where(np.isin(np.arange(n), list(c)), values, base) for c in coalitions])
-    at = dict(zip(coalitions, np.split(term(params, stacked, horizon_days), len(coalitions)), strict=True))
+    at = dict(zip(coalitions, np.split(term(textbook, stacked, horizon_days), len(coalitions)), strict=True))
     out = np.zeros(values.shape)
     for i in range(n):
         for coalition in coalitions:
