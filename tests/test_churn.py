@@ -381,6 +381,7 @@ def test_the_backtest_chooses_the_served_candidate_out_of_time(snapshots):
     table = model.candidates_
     assert list(table["candidate"]) == ["lightgbm", "pnbd", "bgnbd"] and table["served"].sum() == 1
     assert (table["served_margin"] >= 0).all()  # the served one is the best of every candidate
+    assert table.loc[table["served"], "value"].iloc[0] == pytest.approx(max(blends + alone), abs=1e-6)
     assert ChurnModel(textbook_weight=0.5, candidate="lightgbm").fit(snapshots[0]).settings_from_backtest(
         snapshots[1]) == {}
 

@@ -152,3 +152,57 @@ def test_baselines_on_the_evaluation_snapshot(generated_validation, snapshots):
     assert 0.5 < spend.sum() / actual.loc[bought.to_numpy(), "spend_next"].sum() < 2.0
     naive = last_horizon_repeats(x, HORIZON)
     np.testing.assert_array_equal(naive["expected_purchases"], x["orders_count_90d"].astype(float))
+
+
+def test_the_backtest_chooses_between_the_boosters_and_the_textbook(model, snapshots):
+    """Left open, the served candidate is whichever ranks next-horizon spend better on the backtest's evaluation
+    snapshot; the table keeps both figures and the served one's margin with its interval."""
+    from training.evaluation import spearman
+
+    fitted = ValueModel().fit(snapshots[0])
+    assert fitted.candidate_ == "lightgbm" and fitted.textbook_ is not None
+    chosen = fitted.settings_from_backtest(snapshots[1])
+    x, actual = value_rows([snapshots[1]])
+    served = spearman(actual["spend_next"].to_numpy(), fitted.predict(x)["expected_spend"].to_numpy())
+    table = fitted.candidates_.set_index("candidate")
+    assert chosen == {"candidate": fitted.candidate_} and table.loc[fitted.candidate_, "served"]
+    assert served == pytest.approx(table["value"].max(), abs=1e-6)
+    assert (table["served_margin"] >= 0).all()
+    assert ValueModel(candidate="lightgbm").fit(snapshots[0]).settings_from_backtest(snapshots[1]) == {}
+
+
+def test_the_textbook_candidate_is_served_like_the_model(snapshots, tmp_path):
+    """BG/NBD x Gamma-Gamma as a served value model: the baseline's own predictions from the feature table, the
+    same outputs, reasons that add up to log expected spend (exact Shapley values on its four inputs), saved and
+    loaded without boosters."""
+    from training.estimators import textbook
+    from training.estimators.baselines import rfm_summary_from_features
+
+    train, evaluation = snapshots
+    fitted = ValueModel(candidate="bgnbd_gamma_gamma").fit(train)
+    assert fitted.boosters_ == {} and fitted.candidate_ == "bgnbd_gamma_gamma"
+    x = evaluation.features
+    scores = fitted.predict(x)
+    baseline = BGNBDBaseline().fit(rfm_summary_from_features(train[-1].features))
+    rfm = rfm_summary_from_features(x)
+    bought = (x["orders_count_total"].fillna(0) > 0).to_numpy()
+    np.testing.assert_allclose(scores["expected_spend"].to_numpy()[bought], baseline.expected_spend(rfm, HORIZON),
+                               rtol=1e-6)
+    assert (scores.loc[~bought, "expected_spend"] == 0).all()
+    rows = x.head(200)
+    contributions = fitted.contributions(rows)
+    np.testing.assert_allclose(contributions.sum(axis=1), fitted.margin(rows), rtol=0, atol=1e-9)
+    columns = [fitted.encoder_.feature_names_.index(c) for c in textbook.VALUE_INPUTS]
+    moved = set(np.flatnonzero(np.abs(contributions.to_numpy()).max(axis=0) > 0))
+    assert moved <= {*columns, contributions.shape[1] - 1}  # its four inputs and the base value
+    fitted.save(tmp_path / "textbook")
+    loaded = ValueModel.load(tmp_path / "textbook")
+    pd.testing.assert_frame_equal(loaded.predict(x), scores)
+
+
+def test_a_programme_too_small_for_the_boosters_falls_back_to_the_textbook(snapshots):
+    with pytest.raises(InsufficientDataError):
+        ValueModel(min_buyers=10**6).fit(snapshots[0])
+    settings = ValueModel.fallback_settings(InsufficientDataError("few"))
+    fitted = ValueModel(min_buyers=10**6, **settings).fit(snapshots[0])
+    assert fitted.candidate_ == "bgnbd_gamma_gamma" and fitted.predict(snapshots[1].features).notna().all().all()

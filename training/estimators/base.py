@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 
 from features.catalog import FEATURE_SET_VERSION
+from training.evaluation import paired_bootstrap
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Estimator:
     primary_metric: ClassVar[str]
     # Out-of-time metrics shown first by `segments train` (the first is the primary metric of promotion).
     headline_metrics: ClassVar[tuple[str, ...]] = ()
+    # Kinds whose baselines are served candidates (churn, value): candidate -> words, and the figure that chooses.
+    candidate_names: ClassVar[dict[str, str]] = {}
+    candidate_metric: ClassVar[str] = ""
 
     def __init__(self, config=None, **params):
         base = config if config is not None else self.config_class()
@@ -108,9 +112,19 @@ class Estimator:
 
     def served(self, backtest: Estimator, fallback: list[str]) -> dict[str, str]:
         """Which candidate this fitted model serves and why ({"candidate", "reason"}, logged as the run's tags
-        served_candidate and served_reason), given the backtest model and why a fallback was fitted (if it was).
-        Empty for a kind without candidates."""
-        return {}
+        served_candidate and served_reason), given the backtest model (its `candidates_` table, when it chose) and
+        why a fallback was fitted, if it was. Empty for a kind without candidates."""
+        if not self.candidate_names:
+            return {}
+        name = self.candidate_names[self.candidate_]
+        if fallback:
+            reason = (f"Served: {name}, the fallback for a programme too small for LightGBM "
+                      f"({fallback[0].split(' among ')[0]}).")
+        elif getattr(backtest, "candidates_", None) is not None:
+            reason = served_reason(backtest.candidates_, self.candidate_metric)
+        else:
+            reason = f"Served: {name}, as configured."
+        return {"candidate": self.candidate_, "reason": reason}
 
     # -- native save and load: model.json metadata shared by every kind
 
@@ -130,6 +144,37 @@ class Estimator:
         if meta.get("kind") != cls.kind:
             raise ValueError(f"{path} holds a {meta.get('kind')!r} model, not {cls.kind!r}")
         return cls(config_from_dict(cls.config_class, meta["config"])), meta
+
+
+def candidate_table(names: dict[str, str], metric, y: np.ndarray, options: dict[tuple[str, float], np.ndarray],
+                    scores: dict[tuple[str, float], float], chosen: tuple[str, float]) -> pd.DataFrame:
+    """One row per candidate of `names` that has options (its best option; options are keyed (candidate, setting),
+    e.g. churn's textbook weight): candidate, name, setting, value (the choosing figure on the backtest's
+    evaluation snapshot), served, and the served option's margin over it with a paired-bootstrap 95% interval."""
+    rows = []
+    for candidate, name in names.items():
+        keys = [key for key in options if key[0] == candidate]
+        if not keys:
+            continue
+        key = chosen if chosen in keys else max(keys, key=lambda k: (scores[k], -k[1]))
+        low, high = (0.0, 0.0) if key == chosen else paired_bootstrap(metric, y, options[chosen], options[key])
+        rows.append({"candidate": candidate, "name": name, "setting": key[1], "value": scores[key],
+                     "served": key == chosen, "served_margin": scores[chosen] - scores[key],
+                     "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def served_reason(table: pd.DataFrame, metric_words: str) -> str:
+    """One sentence for reports and `segments train`: which candidate is served and why, with its margin over the
+    best other one and the interval (a `candidate_table`)."""
+    served = table.loc[table["served"]].iloc[0]
+    others = table.loc[~table["served"]]
+    if others.empty:
+        return f"Served: {served['name']} (no other candidate could be fitted)."
+    runner = others.loc[others["value"].idxmax()]
+    return (f"Served: {served['name']}, the best of {len(table)} candidates on the backtest's out-of-time "
+            f"{metric_words} ({served['value']:.4f}; {runner['name']} {runner['value']:.4f}, margin "
+            f"{runner['served_margin']:+.4f}, 95% interval {runner['ci_low']:+.4f} to {runner['ci_high']:+.4f}).")
 
 
 def config_from_dict(config_cls, values: dict):

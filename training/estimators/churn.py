@@ -46,7 +46,7 @@ from features.validate import ValidationResult
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.estimators import textbook
-from training.estimators.base import Estimator, Explanation, write_json
+from training.estimators.base import Estimator, Explanation, candidate_table, write_json
 from training.estimators.baselines import (
     BaselineFitError,
     BGNBDBaseline,
@@ -63,7 +63,6 @@ from training.evaluation import (
     expected_calibration_error,
     lift_table,
     margin_over_baselines,
-    paired_bootstrap,
     probability_metrics,
     ranking_metrics,
     roc_auc,
@@ -132,6 +131,8 @@ class ChurnModel(Estimator):
 
     kind = "churn"
     config_class = ChurnConfig
+    candidate_names = CANDIDATE_NAMES
+    candidate_metric = "ROC-AUC"
     headline_metrics = ("roc_auc", "pr_auc", "brier", "ece")
 
     def fit(self, train: list[Snapshot]) -> ChurnModel:
@@ -211,17 +212,6 @@ class ChurnModel(Estimator):
         InsufficientDataError): BG/NBD, which needs no labels to fit."""
         return {"candidate": "bgnbd"}
 
-    def served(self, backtest: ChurnModel, fallback: list[str]) -> dict[str, str]:
-        if fallback:
-            why = fallback[0].split(" among ")[0]
-            reason = (f"Served: {CANDIDATE_NAMES[self.candidate_]}, the fallback for a programme too small for "
-                      f"LightGBM ({why}).")
-        elif getattr(backtest, "candidates_", None) is not None:
-            reason = served_reason(backtest.candidates_)
-        else:
-            reason = f"Served: {CANDIDATE_NAMES[self.candidate_]}, as configured."
-        return {"candidate": self.candidate_, "reason": reason}
-
     def settings_from_backtest(self, evaluation: Snapshot) -> dict:
         """The served candidate and textbook weight, chosen out of time where the config leaves them open: of the
         trees with the term at each of `textbook.WEIGHTS` and each textbook family alone, the one with the highest
@@ -244,7 +234,7 @@ class ChurnModel(Estimator):
         order = {name: i for i, name in enumerate(CANDIDATES)}
         best = max(scores, key=lambda key: (scores[key], -order[key[0]], -key[1]))
         self.use(*best)
-        self.candidates_ = candidate_table(labels, options, scores, best)
+        self.candidates_ = candidate_table(self.candidate_names, roc_auc, labels, options, scores, best)
         return {"candidate": best[0], **({"textbook_weight": best[1]} if best[0] == "lightgbm" else {})}
 
     def _term(self, X: np.ndarray, fitted: dict | None = None) -> np.ndarray:
@@ -359,36 +349,6 @@ class ChurnModel(Estimator):
         model.best_iteration_ = meta["best_iteration"]
         model.textbook_, model.textbook_weight_ = meta.get("textbook"), meta.get("textbook_weight", 0.0)
         return model
-
-
-def candidate_table(y: np.ndarray, options: dict[tuple[str, float], np.ndarray], scores: dict, chosen: tuple) -> pd.DataFrame:
-    """One row per candidate (its best option): candidate, name, textbook_weight, roc_auc on the backtest's
-    evaluation snapshot, served, and the served one's margin over it with a paired-bootstrap 95% interval."""
-    rows = []
-    for candidate in CANDIDATES:
-        keys = [key for key in options if key[0] == candidate]
-        if not keys:
-            continue
-        key = chosen if chosen in keys else max(keys, key=lambda k: (scores[k], -k[1]))
-        low, high = (0.0, 0.0) if key == chosen else paired_bootstrap(roc_auc, y, options[chosen], options[key])
-        rows.append({"candidate": candidate, "name": CANDIDATE_NAMES[candidate],
-                     "textbook_weight": key[1] if candidate == "lightgbm" else None, "roc_auc": scores[key],
-                     "served": key == chosen, "served_margin": scores[chosen] - scores[key],
-                     "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows)
-
-
-def served_reason(table: pd.DataFrame) -> str:
-    """One sentence for reports and `segments train`: which candidate is served and why, with its margin over the
-    best other one and the interval."""
-    served = table.loc[table["served"]].iloc[0]
-    others = table.loc[~table["served"]]
-    if others.empty:
-        return f"Served: {served['name']} (no other candidate could be fitted)."
-    runner = others.loc[others["roc_auc"].idxmax()]
-    return (f"Served: {served['name']}, the best of {len(table)} candidates on the backtest's out-of-time ROC-AUC "
-            f"({served['roc_auc']:.4f}; {runner['name']} {runner['roc_auc']:.4f}, margin "
-            f"{runner['served_margin']:+.4f}, 95% interval {runner['ci_low']:+.4f} to {runner['ci_high']:+.4f}).")
 
 
 def _churn_rows(snapshots: list[Snapshot]) -> tuple[pd.DataFrame, pd.Series]:

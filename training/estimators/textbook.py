@@ -28,6 +28,7 @@ import pandas as pd
 
 from training.estimators.baselines import (
     BaselineFitError,
+    BGNBDBaseline,
     bgnbd_churn_probability,
     fit_purchase_model,
     rfm_summary_from_features,
@@ -96,13 +97,20 @@ def term(textbook: dict, values: np.ndarray, horizon_days: float) -> np.ndarray:
 
 
 def shapley(textbook: dict, values: np.ndarray, horizon_days: float) -> np.ndarray:
-    """Exact baseline Shapley values of `term` per row (rows x 3, columns INPUTS): each coalition of inputs takes
-    the row's values, the others the reference customer's. They sum to term(row) - term(reference)."""
+    """Exact baseline Shapley values of `term` per row (rows x 3, columns INPUTS) against the textbook's reference
+    customer. They sum to term(row) - term(reference)."""
+    return exact_shapley(lambda v: term(textbook, v, horizon_days), values, textbook["reference"])
+
+
+def exact_shapley(function, values: np.ndarray, reference: list[float]) -> np.ndarray:
+    """Exact baseline Shapley values of a row function (stacked rows -> one value each) per row of `values`:
+    each coalition of inputs takes the row's values, the others the reference's (2^inputs evaluations per row).
+    They sum to function(row) - function(reference)."""
     n = values.shape[1]
-    base = np.broadcast_to(np.asarray(textbook["reference"], dtype=float), values.shape)
+    base = np.broadcast_to(np.asarray(reference, dtype=float), values.shape)
     coalitions = [frozenset(c) for size in range(n + 1) for c in combinations(range(n), size)]
     stacked = np.concatenate([np.where(np.isin(np.arange(n), list(c)), values, base) for c in coalitions])
-    at = dict(zip(coalitions, np.split(term(textbook, stacked, horizon_days), len(coalitions)), strict=True))
+    at = dict(zip(coalitions, np.split(function(stacked), len(coalitions)), strict=True))
     out = np.zeros(values.shape)
     for i in range(n):
         for coalition in coalitions:
@@ -111,3 +119,58 @@ def shapley(textbook: dict, values: np.ndarray, horizon_days: float) -> np.ndarr
             weight = factorial(len(coalition)) * factorial(n - len(coalition) - 1) / factorial(n)
             out[:, i] += weight * (at[coalition | {i}] - at[coalition])
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value: BG/NBD purchases x Gamma-Gamma value per purchase, as a served candidate of the value model
+
+VALUE_INPUTS = (*INPUTS, "spend_sum_total")
+
+
+def fit_value_textbook(features: pd.DataFrame) -> dict | None:
+    """BG/NBD and Gamma-Gamma fitted on a feature table's purchase summary (`BGNBDBaseline`), as JSON-ready
+    parameters with the reference customer (medians of VALUE_INPUTS among buyers); None when BG/NBD fails."""
+    try:
+        fitted = BGNBDBaseline().fit(rfm_summary_from_features(features))
+    except BaselineFitError:
+        return None
+    buyers = features.loc[features["orders_count_total"].fillna(0) > 0, list(VALUE_INPUTS)]
+    gamma_gamma = fitted.gamma_gamma_
+    return {"family": "bgnbd_gamma_gamma", "params": {k: float(v) for k, v in fitted.bgnbd_.params_.items()},
+            "gamma_gamma": None if gamma_gamma is None else {k: float(v) for k, v in gamma_gamma.params_.items()},
+            "spend_method": fitted.spend_method_, "fallback_order_value": fitted.fallback_order_value_,
+            "reference": [float(buyers[c].median()) for c in VALUE_INPUTS]}
+
+
+def value_amounts(textbook: dict, values: np.ndarray, horizon_days: float) -> tuple[np.ndarray, np.ndarray]:
+    """(expected purchases, expected spend) over the horizon per row of `values` (columns VALUE_INPUTS), as the
+    BG/NBD x Gamma-Gamma baseline predicts them from the feature-table summary; 0 for customers who never bought."""
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    orders, first, last, spend = (np.asarray(values[:, i], dtype=float) for i in range(4))
+    bought = (np.nan_to_num(orders) > 0) & np.isfinite(first) & np.isfinite(last)
+    purchases, amounts = np.zeros(len(values)), np.zeros(len(values))
+    if not bought.any():
+        return purchases, amounts
+    model = BGNBDBaseline()
+    model.bgnbd_ = BetaGeoFitter()
+    model.bgnbd_.params_ = pd.Series(textbook["params"])
+    model.gamma_gamma_ = None
+    if textbook["gamma_gamma"] is not None:
+        model.gamma_gamma_ = GammaGammaFitter()
+        model.gamma_gamma_.params_ = pd.Series(textbook["gamma_gamma"])
+    model.fallback_order_value_ = textbook["fallback_order_value"]
+    tenure = first[bought] + 0.5  # as rfm_summary_from_features
+    frequency = orders[bought] - 1
+    rfm = pd.DataFrame({"frequency": frequency, "recency": np.clip(first[bought] - last[bought], 0.0, tenure),
+                        "T": tenure, "monetary_value": np.where(frequency > 0, np.nan_to_num(spend[bought]) /
+                                                                np.maximum(orders[bought], 1), np.nan)})
+    with np.errstate(all="ignore"):
+        purchases[bought] = np.nan_to_num(model.expected_purchases(rfm, horizon_days))
+        amounts[bought] = np.nan_to_num(purchases[bought] * model.expected_order_value(rfm))
+    return purchases, amounts
+
+
+def log_spend(textbook: dict, values: np.ndarray, horizon_days: float) -> np.ndarray:
+    """log of expected spend (floored): the margin the value candidate's reasons explain (a "log" link)."""
+    return np.log(np.maximum(value_amounts(textbook, values, horizon_days)[1], EXPECTED_FLOOR))

@@ -19,6 +19,7 @@ over-predicts the level (on the generated data: x1.4-1.5 the actual total, again
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +32,8 @@ from features.errors import InsufficientDataError
 from features.validate import ValidationResult
 from training import plots
 from training.encoding import check_feature_set
-from training.estimators.base import Estimator, Explanation
+from training.estimators import textbook
+from training.estimators.base import Estimator, Explanation, candidate_table
 from training.estimators.baselines import (
     BaselineFitError,
     BGNBDBaseline,
@@ -88,33 +90,100 @@ class ValueConfig:
     seed: int = 0
     num_threads: int = 2
     min_buyers: int = 50  # customers with a purchase in the horizon, in the training and in the validation data
+    # What is served (CANDIDATES): "lightgbm" (the two boosters) or "bgnbd_gamma_gamma" (the textbook, fitted on
+    # the newest training snapshot). None lets the backtest choose the best out of time (spend rank correlation).
+    candidate: str | None = None
+
+
+CANDIDATES = ("lightgbm", "bgnbd_gamma_gamma")
+CANDIDATE_NAMES = {"lightgbm": "LightGBM (Poisson and Tweedie)", "bgnbd_gamma_gamma": "BG/NBD x Gamma-Gamma (textbook)"}
 
 
 class ValueModel(Estimator):
     """Poisson model of next-horizon purchases and Tweedie model of next-horizon spend.
 
-    Fitted attributes: encoder_, boosters_ ({"purchases", "spend"}, each cut at its best iteration),
-    best_iterations_, fit_as_of_, n_train_rows_, feature_set_version_.
-    `booster_` is the spend booster (what value explanations use by default).
+    Fitted attributes: candidate_ (what is served, CANDIDATES), encoder_, boosters_ ({"purchases", "spend"}, each
+    cut at its best iteration; empty for the textbook candidate), best_iterations_, textbook_ (BG/NBD and
+    Gamma-Gamma parameters with the reference customer, or None), fit_as_of_, n_train_rows_, feature_set_version_;
+    after `settings_from_backtest`, candidates_ (every candidate's backtest figure).
+    `booster_` is the spend booster (what value explanations use by default; None for the textbook).
     """
 
     kind = "value"
     config_class = ValueConfig
     fitted_attribute = "boosters_"
     headline_metrics = ("spearman_spend", "mae_spend")
+    candidate_names = CANDIDATE_NAMES
+    candidate_metric = "spend rank correlation"
 
     @property
-    def booster_(self) -> lgb.Booster:
-        return self.boosters_["spend"]
+    def booster_(self) -> lgb.Booster | None:
+        return self.boosters_.get("spend")
 
     def fit(self, train: list[Snapshot]) -> ValueModel:
-        """Fit both targets on labelled snapshots, rounds early-stopped over customer folds (`fit_boosted`)."""
-        x, y = prepare_snapshot_fit(self, train, value_rows)
+        """Fit on labelled snapshots: both targets' boosters, rounds early-stopped over customer folds
+        (`fit_boosted`), and the textbook on the newest snapshot, as the candidate setting asks (None: both, for
+        `settings_from_backtest`; until then the boosters are served). The textbook needs no minimum of buyers:
+        it is the small-programme fallback (`fallback_settings`)."""
+        candidate = self.config.candidate
+        if candidate not in (None, *CANDIDATES):
+            raise ValueError(f"unknown value candidate {candidate!r}: use one of {', '.join(CANDIDATES)}")
+        with_trees = candidate in (None, "lightgbm")
+        x, y = prepare_snapshot_fit(self, train, value_rows, check_minimums=with_trees)
         self.boosters_, self.best_iterations_ = {}, {}
-        for target, column in TARGETS.items():
+        for target, column in TARGETS.items() if with_trees else ():
             self.boosters_[target], self.best_iterations_[target], _ = fit_boosted(
                 self._params(target), self.encoder_, x, y[column], self.config)
+        usable = candidate != "lightgbm" and set(textbook.VALUE_INPUTS) <= set(self.encoder_.feature_names_)
+        newest = max(train, key=lambda s: s.as_of).features
+        self.textbook_ = textbook.fit_value_textbook(newest) if usable else None
+        if not with_trees and self.textbook_ is None:
+            raise InsufficientDataError(f"{CANDIDATE_NAMES[candidate]} could not be fitted on the purchase history "
+                                        f"as of {max(self.fit_as_of_):%Y-%m-%d}")
+        self.candidate_ = "lightgbm" if with_trees else candidate
         return self
+
+    @staticmethod
+    def fallback_settings(error: InsufficientDataError) -> dict:
+        """What a programme too small for the boosters is served instead: BG/NBD x Gamma-Gamma (no labels)."""
+        return {"candidate": "bgnbd_gamma_gamma"}
+
+    def settings_from_backtest(self, evaluation: Snapshot) -> dict:
+        """The served candidate, chosen out of time when the config leaves it open: the boosters or the textbook,
+        whichever ranks next-horizon spend better (Spearman) on the backtest's evaluation snapshot (ties: the
+        boosters). `candidates_` keeps both figures and the margin's paired-bootstrap interval."""
+        if self.config.candidate is not None or not self.boosters_ or self.textbook_ is None:
+            return {}
+        x, actual = value_rows([evaluation])
+        X = self.encoder_.matrix(x)
+        options = {("lightgbm", 0.0): self.boosters_["spend"].predict(X),
+                   ("bgnbd_gamma_gamma", 0.0): self._textbook_amounts(X)[1]}
+        spend = actual["spend_next"].to_numpy()
+        scores = {key: round(spearman(spend, predicted), 6) for key, predicted in options.items()}
+        best = max(scores, key=lambda key: (scores[key], key[0] == "lightgbm"))
+        self.candidate_ = best[0]
+        self.candidates_ = candidate_table(self.candidate_names, spearman, spend, options, scores, best)
+        return {"candidate": best[0]}
+
+    def _textbook_columns(self) -> list[int]:
+        return [self.encoder_.feature_names_.index(name) for name in textbook.VALUE_INPUTS]
+
+    def _textbook_amounts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return textbook.value_amounts(self.textbook_, X[:, self._textbook_columns()], self.config.horizon_days)
+
+    def _textbook_contributions(self, X: np.ndarray) -> np.ndarray:
+        """The textbook's log expected spend as contributions (rows x inputs + base value): exact Shapley values
+        on its four inputs against the reference customer."""
+        horizon, columns = self.config.horizon_days, self._textbook_columns()
+        out = np.zeros((len(X), len(self.encoder_.feature_names_) + 1))
+        out[:, columns] = textbook.exact_shapley(lambda v: textbook.log_spend(self.textbook_, v, horizon),
+                                                 X[:, columns], self.textbook_["reference"])
+        out[:, -1] = textbook.log_spend(self.textbook_, np.asarray([self.textbook_["reference"]]), horizon)[0]
+        return out
+
+    @property
+    def _serves_textbook(self) -> bool:
+        return self.candidate_ == "bgnbd_gamma_gamma"
 
     @staticmethod
     def target(snapshot: Snapshot) -> pd.Series:
@@ -151,12 +220,19 @@ class ValueModel(Estimator):
     def margin(self, features: pd.DataFrame, target: str = "spend") -> np.ndarray:
         """Raw margin (log of the expected amount) of one target: what SHAP contributions add up to."""
         self.require_fitted()
+        if self._serves_textbook:
+            amounts = self._textbook_amounts(self.encoder_.matrix(features))[list(TARGETS).index(target)]
+            return np.log(np.maximum(amounts, textbook.EXPECTED_FLOOR))
         return self.boosters_[target].predict(self.encoder_.transform(features), raw_score=True)
 
     def contributions(self, features: pd.DataFrame, target: str = "spend") -> pd.DataFrame:
-        """Exact TreeSHAP contributions to one target's margin: one column per feature plus `expected_value`."""
+        """Exact contributions to one target's margin (TreeSHAP, or the textbook's exact Shapley values for
+        spend): one column per feature plus `expected_value`."""
         self.require_fitted()
-        values = self.boosters_[target].predict(self.encoder_.transform(features), pred_contrib=True)
+        if self._serves_textbook and target != "spend":
+            raise ValueError("the textbook candidate explains expected spend only")
+        values = (self.explanation().contributions(self.encoder_.matrix(features)) if self._serves_textbook
+                  else self.boosters_[target].predict(self.encoder_.transform(features), pred_contrib=True))
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
     def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
@@ -167,24 +243,37 @@ class ValueModel(Estimator):
         self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         matrix = self.encoder_.matrix(features) if encoded is None else encoded
+        if self._serves_textbook:
+            purchases, spend = self._textbook_amounts(matrix)
+            return pd.DataFrame({OUTPUTS["purchases"]: purchases, OUTPUTS["spend"]: spend}, index=features.index)
         return pd.DataFrame({OUTPUTS[t]: self.boosters_[t].predict(matrix) for t in TARGETS}, index=features.index)
 
     def explanation(self) -> Explanation:
-        """Reasons explain expected spend (the spend booster), on the log scale of its Tweedie margin."""
+        """Reasons explain expected spend (the spend booster, or the textbook's formula), on the log scale."""
+        if self._serves_textbook:
+            return Explanation(None, "value", "expected spend", "log of expected spend", "currency", "log",
+                               extra=self._textbook_contributions)
         return Explanation(self.boosters_["spend"], "value", "expected spend", "log of expected spend", "currency",
                            "log")
 
     def save(self, directory: Path) -> None:
-        """Write booster_purchases.txt, booster_spend.txt, encoder.json and model.json to `directory`."""
-        save_snapshot_model(self, directory, {f"booster_{t}": b for t, b in self.boosters_.items()},
-                            {"best_iterations": self.best_iterations_})
+        """Write booster_purchases.txt and booster_spend.txt (the boosters' candidate), encoder.json and model.json
+        (config, metadata and the textbook's parameters) to `directory`."""
+        boosters = {} if self._serves_textbook else {f"booster_{t}": b for t, b in self.boosters_.items()}
+        save_snapshot_model(self, directory, boosters, {
+            "best_iterations": self.best_iterations_, "candidate": self.candidate_,
+            "textbook": self.textbook_ if self._serves_textbook else None})
 
     @classmethod
     def load(cls, directory: Path) -> ValueModel:
         """Load a model written by `save`; it scores identically."""
-        model, meta, boosters = load_snapshot_model(cls, directory, [f"booster_{t}" for t in TARGETS])
-        model.boosters_ = {t: boosters[f"booster_{t}"] for t in TARGETS}
+        meta = json.loads((Path(directory) / "model.json").read_text())
+        candidate = meta.get("candidate", "lightgbm")  # saved before the textbook candidate: the boosters
+        names = [f"booster_{t}" for t in TARGETS] if candidate == "lightgbm" else []
+        model, meta, boosters = load_snapshot_model(cls, directory, names)
+        model.boosters_ = {t: boosters[f"booster_{t}"] for t in TARGETS if f"booster_{t}" in boosters}
         model.best_iterations_ = meta["best_iterations"]
+        model.candidate_, model.textbook_ = candidate, meta.get("textbook")
         return model
 
 
