@@ -576,6 +576,26 @@ def fit_surrogate(features: pd.DataFrame, labels: np.ndarray, k: int,
 # Evaluation and figures
 
 
+def plain_kmeans(features: pd.DataFrame, names: tuple[str, ...], k: int, seed: int = 0) -> np.ndarray:
+    """The textbook baseline of the pipeline: KMeans with the same k on the same features, median-imputed and
+    standardized (no log, no robust range). Labels per row of `features`."""
+    from sklearn.preprocessing import StandardScaler
+
+    X = feature_matrix(features, names)
+    X = np.where(np.isnan(X), np.nanmedian(X, axis=0), X)
+    with threadpool_limits(limits=1):
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(StandardScaler().fit_transform(X))
+
+
+def label_agreement(model: ClusterModel, features: pd.DataFrame, known: pd.Series) -> dict[str, float]:
+    """Adjusted Rand index of the model's clusters, and of `plain_kmeans` with the same k, against a known
+    labelling of the customers (`known`: label by customer_id; e.g. the generator's planted personas)."""
+    truth = known.reindex(features["customer_id"].astype(str)).to_numpy()
+    return {"ari": float(adjusted_rand_score(truth, model.assign(features))),
+            "plain_kmeans_ari": float(adjusted_rand_score(truth, plain_kmeans(features, model.config.features,
+                                                                              model.k_, model.config.seed)))}
+
+
 def evaluate_clusters(config: ClusterConfig, features: pd.DataFrame, *, as_of: datetime,
                       model: ClusterModel | None = None) -> Evaluation:
     """Fit (unless a fitted `model` is given) and report the cluster model.
