@@ -48,7 +48,7 @@ class ScoringBundle:
         # Columns gathered as arrays (positional, whatever the index) and one frame built at the end: a concat per
         # model cost more than the models for one customer.
         columns = {"customer_id": features["customer_id"].array}
-        for name in sorted(self.models, key=lambda n: (kind_of(n)[0] == "lookalike", n)):
+        for name in sorted(self.models, key=lambda n: (kind_of(n)[1] is not None, n)):  # per-seed models last
             _, seed = kind_of(name)
             scores = self.models[name].predict(features, (encoded or {}).get(name))
             for column in scores.columns:

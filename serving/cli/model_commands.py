@@ -74,8 +74,10 @@ def train(
 
     if kind not in (*MODEL_KINDS, "all"):
         raise typer.BadParameter(f"use one of {', '.join(MODEL_KINDS)} or all", param_hint="KIND")
+    from training.estimators import model_class
+
     planned = [(one, seed) for one in (MODEL_KINDS if kind == "all" else [kind])
-               for seed in (seed_segment if one == "lookalike" else [None])]
+               for seed in (seed_segment if model_class(one).needs_seed else [None])]
     overrides, validation = _config_and_data(config, data, max_bad_share)
     runs = []
     with status_bar() as say:
@@ -118,14 +120,16 @@ def promote(
     seed_segment: Annotated[str | None, typer.Option(help="Seed name, for a look-alike model.")] = None,
 ) -> None:
     """Make the challenger the champion, only if it beats the champion on the same out-of-time evaluation."""
+    from training.estimators import model_class
     from training.tracking import promote as promote_model
     from training.tracking import registered_name
 
     if kind not in MODEL_KINDS:
         raise typer.BadParameter(f"use {', '.join(MODEL_KINDS)}", param_hint="KIND")
-    if kind == "lookalike" and not seed_segment:
-        raise typer.BadParameter("a look-alike needs --seed-segment NAME", param_hint="--seed-segment")
-    result = promote_model(registered_name(kind, seed_segment if kind == "lookalike" else None), kind)
+    needs_seed = model_class(kind).needs_seed
+    if needs_seed and not seed_segment:
+        raise typer.BadParameter(f"a {kind} model needs --seed-segment NAME", param_hint="--seed-segment")
+    result = promote_model(registered_name(kind, seed_segment if needs_seed else None), kind)
     (out if result.promoted else console).print(("[green]promoted:[/] " if result.promoted else "[yellow]kept:[/] ")
                                                 + result.reason)
     if not result.promoted:

@@ -30,6 +30,7 @@ from serving.explain import drivers as drv
 from serving.explain.reasons import format_value
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
 from training import plots
+from training.estimators.base import ReportPage
 from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
 from training.plots import (
     ACCENT,
@@ -46,7 +47,6 @@ from training.plots import (
 from training.tracking import kind_of
 
 DEFAULT_SAMPLE = 2000
-CLUSTERS_FILE = "clusters.html"
 TOP_GROUP_SHARE = 0.10  # look-alike: "customers most like the seed" = the top 10% of the sample by score
 
 
@@ -83,18 +83,6 @@ METRICS = {
     "surrogate_fidelity": MetricSpec("Explainer agreement (surrogate fidelity)", "higher", "percent", 1),
     "k": MetricSpec("Clusters", "higher", "count", 0),
 }
-SHOWN = {
-    "churn": ("roc_auc", "pr_auc", "lift_top_decile", "brier", "log_loss", "ece"),
-    "lookalike": ("entry_lift_at_10", "entry_rate_at_10", "recall_at_1", "recall_at_5", "recall_at_10",
-                  "recall_at_20", "lift_at_10"),
-    "value": ("spearman_spend", "top_decile_capture_spend", "mae_spend", "total_ratio_spend",
-              "spearman_purchases", "mae_purchases"),
-    "clusters": ("stability_ari", "silhouette", "surrogate_fidelity", "k"),
-}
-TITLES = {"churn": "Churn risk model", "value": "Customer value model", "lookalike": "Look-alike model",
-          "clusters": "Behavioural clusters"}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Evidence from MLflow
 
@@ -114,6 +102,11 @@ class RunEvidence:
     tables: dict[str, pd.DataFrame]
     params: dict[str, str]
     served: str | None = None  # which candidate is served and why (churn: the model or a textbook baseline)
+
+    @property
+    def page(self) -> ReportPage:
+        """What this kind's page shows (the estimator's declaration)."""
+        return page_of_kind(self.kind)
 
     @property
     def evaluated_at(self) -> datetime | None:
@@ -199,7 +192,7 @@ class MetricRow:
 def metric_rows(evidence: RunEvidence) -> list[MetricRow]:
     """The shown metrics of the model beside each baseline that has them, with the margin."""
     rows = []
-    for metric in SHOWN[evidence.kind]:
+    for metric in evidence.page.shown_metrics:
         if metric not in evidence.metrics:
             continue
         value = float(evidence.metrics[metric])
@@ -424,23 +417,32 @@ class Context:
     written: list[Path] = field(default_factory=list)
 
 
+def page_of_kind(kind: str) -> ReportPage:
+    """A model kind's report declaration (`Estimator.report`)."""
+    from training.estimators import model_class
+
+    return model_class(kind).report
+
+
 def model_file(name: str) -> str:
-    """The page of a registered model: model-churn.html, model-value.html, model-lookalike-<seed>.html,
-    clusters.html."""
+    """The page of a registered model: the kind's declared file (clusters.html), else model-<kind>.html or
+    model-<kind>-<seed>.html."""
     kind, seed = kind_of(name)
-    if kind == "clusters":
-        return CLUSTERS_FILE
+    declared = page_of_kind(kind).file
+    if declared:
+        return declared
     return f"model-{kind}-{seed}.html" if seed else f"model-{kind}.html"
 
 
 def model_links(manifest: dict) -> list[NavLink]:
-    """Navigation links to the model pages of a serve folder's manifest (section "Models")."""
-    links = []
-    for name in sorted(manifest.get("models", {}), key=lambda n: ("clusters" in n, n)):
+    """Navigation links to the model pages of a serve folder's manifest (section "Models"; per-seed models after
+    the others, single-page kinds such as clusters last)."""
+    def order(name: str):
         kind, seed = kind_of(name)
-        label = "Clusters" if kind == "clusters" else f"Look-alike: {seed_words(seed)}" if seed else kind.capitalize()
-        links.append(NavLink(label, model_file(name), "Models"))
-    return links
+        return page_of_kind(kind).file is not None, seed is not None, name
+
+    return [NavLink(page_of_kind(kind_of(name)[0]).nav_label.format(seed=seed_words(kind_of(name)[1] or "")),
+                    model_file(name), "Models") for name in sorted(manifest.get("models", {}), key=order)]
 
 
 def default_site(state) -> Site:
@@ -470,7 +472,7 @@ def model_pages(serve_dir: Path, out_dir: Path, *, site: Site | None = None, sta
     context = Context(state, client(), site or default_site(state), Path(out_dir), sample_size, seed)
     for name, explainer in state.scorer.explainers.items():
         evidence = load_evidence(context.mlflow_client, name, state.versions[name])
-        writer = clusters_page if explainer.kind == "clusters" else model_page
+        writer = clusters_page if evidence.page.page == "clusters" else model_page
         context.written.append(writer(context, explainer, evidence))
     return context.written
 
@@ -481,19 +483,20 @@ def _write(context: Context, file_name: str, template: str, **values) -> Path:
 
 
 def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
-    """The page of a churn, value or look-alike model."""
+    """The page of a model with one explained score (churn, value, look-alikes), as its kind declares it."""
+    page, seed = evidence.page, seed_words(evidence.seed or "")
     table = context.state.table
-    population = churn_population(table) if evidence.kind == "churn" else table
+    population = churn_population(table) if page.population == "active" else table
     sample = report_sample(population, context.sample_size, context.seed)
-    subject = explainer.target.words if evidence.kind != "lookalike" else f"likeness to {seed_words(evidence.seed)}"
-    drivers = single_output_drivers(explainer, sample, subject, risk=evidence.kind == "churn")
-    contrast = lookalike_contrast(explainer, drivers, sample) if evidence.kind == "lookalike" else ""
-    title = TITLES[evidence.kind] + (f": {seed_words(evidence.seed)}" if evidence.seed else "")
+    subject = page.subject.format(seed=seed) if page.subject else explainer.target.words
+    drivers = single_output_drivers(explainer, sample, subject, risk=page.risk)
+    contrast = lookalike_contrast(explainer, drivers, sample) if page.contrast else ""
+    title = page.title + (f": {seed}" if evidence.seed else "")
     return _write(context, model_file(evidence.name), "model.html.j2", title=title, evidence=evidence,
-                  kind=evidence.kind, purpose=purpose(evidence), quality=quality(evidence), subject=subject,
+                  page=page, purpose=purpose(evidence), quality=quality(evidence), subject=subject,
                   rows=metric_rows(evidence), baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
                   drivers=driver_items(drivers), contrast=contrast, refit=refit_sentence(evidence),
-                  population_text=population_text(evidence.kind, len(sample), len(population)),
+                  population_text=population_text(page, len(sample), len(population)),
                   drivers_chart=drivers_chart(drivers, f"What moves {subject} most"),
                   effect_charts=effect_charts(drivers), evaluation_charts=evaluation_charts(evidence),
                   data_window=data_window_rows(evidence), warnings=leak_warnings(evidence),
@@ -532,20 +535,15 @@ def health_chart(realised: pd.DataFrame, metric: str, at_training: float | None)
 
 
 def purpose(evidence: RunEvidence) -> str:
-    horizon = evidence.params.get("data.horizon_days", "90")
-    if evidence.kind == "churn":
-        return (f"The probability that a customer who bought in the last year makes no purchase in the next "
-                f"{horizon} days.")
-    if evidence.kind == "value":
-        return f"Expected purchases and spend of each customer over the next {horizon} days."
+    """The kind's purpose sentence with the run's horizon and seed."""
+    seed = seed_words(evidence.seed or "")
     definition = json.loads(evidence.params.get("data.seed_definition", "{}") or "{}")
-    what = definition.get("description") or seed_words(evidence.seed)
-    return (f"How much each customer resembles the seed segment '{seed_words(evidence.seed)}' ({what}); the "
-            f"features that define the seed are left out, so the model finds customers like them, not copies.")
+    return evidence.page.purpose.format(horizon=evidence.params.get("data.horizon_days", "90"), seed=seed,
+                                        what=definition.get("description") or seed)
 
 
-def population_text(kind: str, n_sample: int, n_population: int) -> str:
-    who = "customers with a purchase in the last 365 days" if kind == "churn" else "customers"
+def population_text(page: ReportPage, n_sample: int, n_population: int) -> str:
+    who = "customers with a purchase in the last 365 days" if page.population == "active" else "customers"
     return f"Computed on {n_sample:,} {who} drawn at random (fixed seed) from {n_population:,}."
 
 
@@ -553,34 +551,15 @@ def _chart(section: str, title: str, chart: str, caption: str, square: bool = Fa
     return {"id": section, "title": title, "svg": chart, "caption": caption, "shape": "square" if square else ""}
 
 
-CHART_TABLES = {"churn": ("calibration", "lift"), "value": ("calibration", "deciles"), "lookalike": ("reach",)}
-
-
 def evaluation_charts(evidence: RunEvidence) -> list[dict]:
-    """The calibration and lift (or reach) charts of a model, redrawn from its logged tables (none when the run
-    lacks them: the page says so)."""
-    tables = evidence.tables
-    if any(name not in tables for name in CHART_TABLES[evidence.kind]):
+    """The evaluation charts the kind declares (calibration and lift, or reach), redrawn from the run's logged
+    tables (none when the run lacks them: the page says so)."""
+    page = evidence.page
+    if any(name not in evidence.tables for name in page.chart_tables):
         return []
-    horizon = evidence.params.get("data.horizon_days", "90")
-    if evidence.kind == "churn":
-        return [_chart("calibration", "Calibration", svg(plots.calibration(tables["calibration"], f"{horizon}-day churn")),
-                       "Does a predicted 30% churn risk mean that 30% of such customers lapse?", square=True),
-                _chart("lift", "Lift", svg(plots.lift(tables["lift"], "churn rate")),
-                       "How much more often the customers ranked highest actually lapsed.")]
-    if evidence.kind == "value":
-        return [_chart("calibration", "Calibration",
-                       svg(plots.amount_calibration(tables["calibration"], f"{horizon}-day spend")),
-                       "Do customers predicted to spend more actually spend that much?", square=True),
-                _chart("lift", "Lift", svg(plots.lift(tables["deciles"], "spend")),
-                       "How much more the customers ranked highest actually spent.")]
-    seed = seed_words(evidence.seed)
-    return [_chart("lift", "Lift", svg(plots.reach_lift(tables["reach"], seed)),
-                   "How many times more seed members the model finds than random targeting, by reach."),
-            _chart("reach", "Reach", svg(plots.reach(tables["reach"], seed)),
-                   "Share of held-out seed members found as more customers are reached. A look-alike score ranks "
-                   "customers; it is not a probability that can be checked against outcomes, so it has no "
-                   "calibration chart.")]
+    horizon, seed = evidence.params.get("data.horizon_days", "90"), seed_words(evidence.seed or "")
+    return [_chart(c.section, c.title, svg(c.draw(evidence.tables, horizon, seed)), c.caption, square=c.square)
+            for c in page.charts]
 
 
 def data_window_rows(evidence: RunEvidence) -> list[dict]:
@@ -637,13 +616,13 @@ def clusters_page(context: Context, explainer, evidence: RunEvidence) -> Path:
             "profile_chart": profile_chart(profile, population, name),
             "drivers_chart": drivers_chart(drivers, "What decides membership"),
         })
-    return _write(context, CLUSTERS_FILE, "clusters.html.j2", title=TITLES["clusters"], evidence=evidence,
-                  kind="clusters", quality=quality(evidence), rows=metric_rows(evidence),
+    return _write(context, model_file(evidence.name), "clusters.html.j2", title=evidence.page.title,
+                  evidence=evidence, quality=quality(evidence), rows=metric_rows(evidence),
                   baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
                   personas=personas,
                   sizes_chart=svg(plots.cluster_sizes(evidence.tables["profiles"])),
                   heatmap=svg(plots.profile_heatmap(evidence.tables["profiles"])),
-                  population_text=population_text("clusters", len(sample), len(context.state.table)),
+                  population_text=population_text(evidence.page, len(sample), len(context.state.table)),
                   k_note=f"{len(model.names_)} clusters, chosen by {model.criterion_} over "
                          f"k = {int(model.k_scores_['k'].min())}…{int(model.k_scores_['k'].max())}.")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.outputs import columns_of
 from features.segments import (
     Condition,
     Fields,
@@ -35,9 +36,9 @@ REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
 
 
 def cluster_names(bundle: ScoringBundle | None) -> dict[int, str] | None:
-    """Cluster id -> name of the bundle's cluster model (None without one)."""
+    """Cluster id -> name of the bundle's model that outputs cluster names (None without one)."""
     for name, model in (bundle.models.items() if bundle else []):
-        if kind_of(name)[0] == "clusters":
+        if "cluster_name" in columns_of(kind_of(name)[0]):
             return dict(enumerate(model.names_))
     return None
 

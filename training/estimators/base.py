@@ -58,6 +58,48 @@ class Explanation:
         return np.zeros(len(X)) if self.booster is None else self.booster.predict(X, raw_score=True)
 
 
+@dataclass(frozen=True)
+class Chart:
+    """An evaluation chart of the model report, redrawn from the run's logged tables: `draw(tables, horizon, seed)`
+    returns the figure (`seed`: the look-alike's seed in words)."""
+
+    section: str
+    title: str
+    caption: str
+    draw: Any
+    square: bool = False
+
+
+@dataclass(frozen=True)
+class ReportPage:
+    """What a kind's model report page shows, in a marketer's words (serving/reports/model_pages.py reads it).
+
+    title, nav_label ("{seed}" is the look-alike's seed in words); purpose ("{horizon}", "{seed}", "{what}": the
+    seed's description); shown_metrics (the quality table's rows); population (who the drivers are computed on:
+    "active" = the churn population, customers who bought in the last year, else everyone); subject (what the
+    drivers explain, None = the explanation's own words); risk (drivers read as risk); contrast (compare the top
+    drivers with the population, look-alikes); evaluated (the evaluation date's caption); target_label and
+    target_percent (the data-window table's target column); charts (needing `chart_tables` logged); file (the
+    page's file, None = model-<kind>[-<seed>].html); page ("model" or "clusters": the page template).
+    """
+
+    title: str
+    nav_label: str
+    purpose: str
+    shown_metrics: tuple[str, ...]
+    population: str = "all"
+    subject: str | None = None
+    risk: bool = False
+    contrast: bool = False
+    evaluated: str = "evaluation date (out of time: after the training data)"
+    target_label: str = "Mean"
+    target_percent: bool = False
+    chart_tables: tuple[str, ...] = ()
+    charts: tuple[Chart, ...] = ()
+    file: str | None = None
+    page: str = "model"
+
+
 class Estimator:
     """Base of the model kinds. Subclasses set `kind`, `config_class` and `fitted_attribute`, and implement `fit`,
     `predict`, `explanation`, `save` and `load`."""
@@ -72,6 +114,9 @@ class Estimator:
     # Kinds whose baselines are served candidates (churn, value): candidate -> words, and the figure that chooses.
     candidate_names: ClassVar[dict[str, str]] = {}
     candidate_metric: ClassVar[str] = ""
+    # A registered model of this kind is named per seed segment (look-alikes): `segments train` asks for one.
+    needs_seed: ClassVar[bool] = False
+    report: ClassVar[ReportPage]
 
     def __init__(self, config=None, **params):
         base = config if config is not None else self.config_class()

@@ -46,7 +46,7 @@ from features.validate import ValidationResult
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.estimators import textbook
-from training.estimators.base import Estimator, Explanation, candidate_table, write_json
+from training.estimators.base import Chart, Estimator, Explanation, ReportPage, candidate_table, write_json
 from training.estimators.baselines import (
     BaselineFitError,
     BGNBDBaseline,
@@ -133,6 +133,18 @@ class ChurnModel(Estimator):
     config_class = ChurnConfig
     candidate_names = CANDIDATE_NAMES
     candidate_metric = "ROC-AUC"
+    report = ReportPage(
+        title="Churn risk model", nav_label="Churn",
+        purpose="The probability that a customer who bought in the last year makes no purchase in the next "
+                "{horizon} days.",
+        shown_metrics=("roc_auc", "pr_auc", "lift_top_decile", "brier", "log_loss", "ece"),
+        population="active", risk=True, target_label="Churn rate", target_percent=True,
+        chart_tables=("calibration", "lift"),
+        charts=(Chart("calibration", "Calibration", "Does a predicted 30% churn risk mean that 30% of such customers "
+                      "lapse?", lambda t, horizon, _: plots.calibration(t["calibration"], f"{horizon}-day churn"),
+                      square=True),
+                Chart("lift", "Lift", "How much more often the customers ranked highest actually lapsed.",
+                      lambda t, _h, _s: plots.lift(t["lift"], "churn rate"))))
     headline_metrics = ("roc_auc", "pr_auc", "brier", "ece")
 
     def fit(self, train: list[Snapshot]) -> ChurnModel:

@@ -47,7 +47,7 @@ from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from features.errors import InsufficientDataError
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
-from training.estimators.base import Estimator, Explanation
+from training.estimators.base import Estimator, Explanation, ReportPage
 from training.evaluation import Evaluation
 
 # Recency, frequency, spend, trend, rhythm, returns and discounts, engagement, channel shares. No profile or identity
@@ -272,6 +272,9 @@ class ClusterModel(Estimator):
     fitted_attribute = "state_"
     primary_metric = "stability_ari"
     headline_metrics = ("k", "stability_ari", "surrogate_fidelity")
+    report = ReportPage(title="Behavioural clusters", nav_label="Clusters", purpose="",
+                        shown_metrics=("stability_ari", "silhouette", "surrogate_fidelity", "k"),
+                        file="clusters.html", page="clusters")
 
     def fit(self, features: pd.DataFrame) -> ClusterModel:
         """Fit on a feature table (customer_id + at least config.features): choose k, cluster, name, explain."""

@@ -41,7 +41,7 @@ from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, GROUPS
 from features.errors import InsufficientDataError
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
-from training.estimators.base import Estimator, Explanation
+from training.estimators.base import Chart, Estimator, Explanation, ReportPage
 from training.evaluation import Evaluation, lift_at, margin_over_baselines
 
 _MODEL_FILE, _ENCODER_FILE, _STATE_FILE = "lookalike_model.txt", "encoder.json", "lookalike.json"
@@ -99,6 +99,20 @@ class LookalikeModel(Estimator):
     config_class = LookalikeConfig
     primary_metric = "recall_at_10"
     headline_metrics = ("recall_at_10", "lift_at_10")
+    needs_seed = True
+    report = ReportPage(
+        title="Look-alike model", nav_label="Look-alike: {seed}",
+        purpose="How much each customer resembles the seed segment '{seed}' ({what}); the features that define the "
+                "seed are left out, so the model finds customers like them, not copies.",
+        shown_metrics=("entry_lift_at_10", "entry_rate_at_10", "recall_at_1", "recall_at_5", "recall_at_10",
+                       "recall_at_20", "lift_at_10"),
+        subject="likeness to {seed}", contrast=True,
+        evaluated="evaluation date (seed members held out from training)", chart_tables=("reach",),
+        charts=(Chart("lift", "Lift", "How many times more seed members the model finds than random targeting, "
+                      "by reach.", lambda t, _h, seed: plots.reach_lift(t["reach"], seed)),
+                Chart("reach", "Reach", "Share of held-out seed members found as more customers are reached. A "
+                      "look-alike score ranks customers; it is not a probability that can be checked against "
+                      "outcomes, so it has no calibration chart.", lambda t, _h, seed: plots.reach(t["reach"], seed))))
 
     def fit(self, features: pd.DataFrame, seed_ids: pd.Series | set[str], seed_name: str,
             definition: dict | None = None) -> LookalikeModel:

@@ -33,7 +33,7 @@ from features.validate import ValidationResult
 from training import plots
 from training.encoding import check_feature_set
 from training.estimators import textbook
-from training.estimators.base import Estimator, Explanation, candidate_table
+from training.estimators.base import Chart, Estimator, Explanation, ReportPage, candidate_table
 from training.estimators.baselines import (
     BaselineFitError,
     BGNBDBaseline,
@@ -115,6 +115,17 @@ class ValueModel(Estimator):
     headline_metrics = ("spearman_spend", "mae_spend")
     candidate_names = CANDIDATE_NAMES
     candidate_metric = "spend rank correlation"
+    report = ReportPage(
+        title="Customer value model", nav_label="Value",
+        purpose="Expected purchases and spend of each customer over the next {horizon} days.",
+        shown_metrics=("spearman_spend", "top_decile_capture_spend", "mae_spend", "total_ratio_spend",
+                       "spearman_purchases", "mae_purchases"),
+        target_label="Mean spend", chart_tables=("calibration", "deciles"),
+        charts=(Chart("calibration", "Calibration", "Do customers predicted to spend more actually spend that much?",
+                      lambda t, horizon, _: plots.amount_calibration(t["calibration"], f"{horizon}-day spend"),
+                      square=True),
+                Chart("lift", "Lift", "How much more the customers ranked highest actually spent.",
+                      lambda t, _h, _s: plots.lift(t["deciles"], "spend"))))
 
     @property
     def booster_(self) -> lgb.Booster | None:
