@@ -74,8 +74,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         pages, report_seconds = timed(lambda: write_reports(Path(out), workdir / "serve", store, state=state))
     processor = EventProcessor(state, store)
-    at_risk = [m["customer_id"] for m in store.members("likely_to_churn", limit=args.customers)]
-    loyal = {m["customer_id"] for m in store.members("loyal", limit=100_000)}
+    at_risk = [m["customer_id"] for m in store.current.members("likely_to_churn", limit=args.customers)]
+    loyal = {m["customer_id"] for m in store.current.members("loyal", limit=100_000)}
     others = [c for c in state.table["customer_id"].head(10 * args.customers) if c not in loyal][:args.customers]
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.machine(),

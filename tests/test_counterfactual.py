@@ -49,7 +49,7 @@ def processor(tmp_path_factory, generated_validation, generated):
 
 @pytest.fixture(scope="module")
 def members(processor) -> pd.DataFrame:
-    return processor.store.memberships()
+    return processor.store.current.memberships()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def rebuilt(processor, customer_id: str, records: list[dict], as_of: datetime) -
 
 
 def membership(processor, values: pd.DataFrame) -> pd.Series:
-    thresholds = processor.store.last_refresh()["thresholds"]
+    thresholds = processor.store.current.last_refresh()["thresholds"]
     return evaluate(processor.segments, values, thresholds).iloc[0]
 
 

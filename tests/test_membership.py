@@ -46,10 +46,10 @@ def run(store, validation, as_of: str, text: str = LOYAL):
 def test_refresh_records_entries_and_exits_with_causes(store_url, small_data):
     store = SegmentStore(store_url)
     first = run(store, small_data, "2026-07-01")
-    assert first.written and set(store.memberships()["segment"] + ":" + store.memberships()["customer_id"]) == {
+    assert first.written and set(store.current.memberships()["segment"] + ":" + store.current.memberships()["customer_id"]) == {
         "loyal:a", "big_spender:c"}
     second = run(store, small_data, "2026-07-15")
-    log = store.log(start=datetime(2026, 7, 15))
+    log = store.changes.log(start=datetime(2026, 7, 15))
     moves = {(r.customer_id, r.segment, r.change) for r in log.itertuples()}
     assert moves == {("a", "loyal", "exited"), ("b", "loyal", "entered")}
     assert second.changes == 2
@@ -67,10 +67,10 @@ def test_refresh_records_entries_and_exits_with_causes(store_url, small_data):
 def test_refreshing_the_same_as_of_again_writes_nothing(store_url, small_data):
     store = SegmentStore(store_url)
     run(store, small_data, "2026-07-01")
-    log_rows, states = len(store.log()), store.states()
+    log_rows, states = len(store.changes.log()), store.current.states()
     again = run(store, small_data, "2026-07-01")
     assert not again.written and again.changes == 0
-    assert len(store.log()) == log_rows and store.states() == states
+    assert len(store.changes.log()) == log_rows and store.current.states() == states
     store.close()
 
 
@@ -86,9 +86,9 @@ def test_a_segment_referring_to_another_moves_with_it_and_says_why(store_url, sm
     store = SegmentStore(store_url)
     text = LOYAL.replace("spend_sum_365d >= 500", "spend_sum_365d >= 100")  # a (150) and c (600) are big spenders
     run(store, small_data, "2026-07-01", text)
-    assert {s["segment"] for s in store.customer("a")["segments"]} == {"loyal", "big_spender", "loyal_big_spender"}
+    assert {s["segment"] for s in store.current.customer("a")["segments"]} == {"loyal", "big_spender", "loyal_big_spender"}
     run(store, small_data, "2026-07-15", text)
-    moves = store.log(segment="loyal_big_spender", start=datetime(2026, 7, 15))
+    moves = store.changes.log(segment="loyal_big_spender", start=datetime(2026, 7, 15))
     assert dict(zip(moves["customer_id"], moves["change"], strict=True)) == {"a": "exited", "b": "entered"}
     exits = moves[moves["customer_id"] == "a"]
     assert exits["cause"].iloc[0][0]["field"] == "segment loyal" and exits["cause"].iloc[0][0]["new"] is False
@@ -99,7 +99,7 @@ def test_members_of_a_removed_segment_exit(store_url, small_data):
     store = SegmentStore(store_url)
     run(store, small_data, "2026-07-01")
     run(store, small_data, "2026-07-02", "segments:\n  loyal: {when: {all: [orders_count_14d >= 2]}}\n")
-    removed = store.log(segment="big_spender", start=datetime(2026, 7, 2))
+    removed = store.changes.log(segment="big_spender", start=datetime(2026, 7, 2))
     assert removed["customer_id"].tolist() == ["c"] and removed["change"].tolist() == ["exited"]
     assert "no longer in the definitions" in removed["cause"].iloc[0][0]["text"]
     store.close()
@@ -117,7 +117,7 @@ def test_default_segments_have_sensible_sizes_on_generated_data(tmp_path, genera
                  "lifecycle_lapsing", "lifecycle_lapsed", "lifecycle_reactivated", "engaged_non_buyers"):
         assert 0.003 < sizes[name] < 0.6, (name, sizes[name])
     assert sizes["vip"] <= 0.2
-    stages = store.memberships()
+    stages = store.current.memberships()
     stages = stages[stages["segment"].str.startswith("lifecycle_")]
     assert not stages["customer_id"].duplicated().any()
     assert set(report.skipped) == {"likely_to_churn", "at_risk_vip", "best_members_lookalike", "cluster"}

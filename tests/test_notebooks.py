@@ -162,8 +162,8 @@ def test_02_segments_and_clusters(tmp_path, monkeypatch):
     store = SegmentStore(f"sqlite:///{work / 'segments.db'}")
     try:
         for segment, members in result["sizes_second"].items():
-            assert store.segment_size(segment) == members, segment
-        log = store.log()
+            assert store.current.segment_size(segment) == members, segment
+        log = store.changes.log()
         assert len(log) == result["changes_first"] + result["changes_second"]
         assert (log["at"] == first).sum() == result["changes_first"] and set(log[log["at"] == first]["change"]) == {
             "entered"}
@@ -172,7 +172,7 @@ def test_02_segments_and_clusters(tmp_path, monkeypatch):
         assert set(later["change"]) == {"entered", "exited"}
         assert all(cause and all(c["text"] for c in cause) for cause in later["cause"])
         assert result["moves_without_cause"] == 0
-        flows = store.flows(first, second, result["lifecycle"]).fillna("(none)")
+        flows = store.changes.flows(first, second, result["lifecycle"]).fillna("(none)")
         assert flows.to_dict(orient="records") == result["flows"] and len(flows) > 0
     finally:
         store.close()

@@ -130,7 +130,7 @@ def test_thresholds_are_read_again_after_a_new_refresh(processor):
 
     def refresh(thresholds: dict, day: int) -> None:
         with store.transaction() as conn:
-            store.record(conn, [], {}, AS_OF, refresh={"as_of": AS_OF + timedelta(days=day), "thresholds": thresholds,
+            store.write.record(conn, [], {}, AS_OF, refresh={"as_of": AS_OF + timedelta(days=day), "thresholds": thresholds,
                                                        "definitions_hash": "h", "customers": 0, "changes": 0})
 
     with store.transaction() as conn:
@@ -150,7 +150,7 @@ def test_an_event_answers_with_the_segments_the_store_holds(served, processor):
                                      for i in range(3)]})
     first, again = processor.ingest(posted), processor.ingest(posted)
     assert first[0]["stored"] == [r["id"] for r in posted] and again[0]["duplicates"] == first[0]["stored"]
-    held = sorted(processor.store.memberships([customer])["segment"])
+    held = sorted(processor.store.current.memberships([customer])["segment"])
     assert first[0]["segments"] == held and again[0]["segments"] == held and again[0]["changes"] == []
 
 
@@ -159,17 +159,17 @@ def test_segments_of_one_customer_equal_their_memberships(store_url):
 
     store = SegmentStore(store_url)
     try:
-        assert store.segments_of("c1") == []
+        assert store.current.segments_of("c1") == []
         entered = [{"customer_id": f"c{i % 7}", "segment": f"s{i % 5}", "change": "entered", "at": AS_OF,
                     "cause": [], "source": "event"} for i in range(40)]
         exited = [{**entered[3], "change": "exited"}]
         with store.transaction() as conn:
-            store.record(conn, entered + exited, {}, AS_OF)
-            assert store.segments_of("c3", conn) == sorted(store.memberships(["c3"], conn)["segment"])
+            store.write.record(conn, entered + exited, {}, AS_OF)
+            assert store.current.segments_of("c3", conn) == sorted(store.current.memberships(["c3"], conn)["segment"])
         for customer in [f"c{i}" for i in range(8)]:
-            expected = sorted(store.memberships([customer])["segment"])
-            assert store.segments_of(customer) == expected
-        assert "s3" not in store.segments_of("c3") and store.segments_of("c7") == []
+            expected = sorted(store.current.memberships([customer])["segment"])
+            assert store.current.segments_of(customer) == expected
+        assert "s3" not in store.current.segments_of("c3") and store.current.segments_of("c7") == []
     finally:
         store.close()
 

@@ -129,14 +129,14 @@ def test_overview_sizes_trend_and_not_evaluated_match_the_store(built, pages):
     rows = values(index, "[data-section=segments] tr[data-segment]", "data-segment")
     assert "loyal" in rows and "cluster_0" in rows and "likely_to_churn" in rows
     sizes = dict(zip(rows, values(index, "[data-section=segments] [data-metric=size]", "data-value"), strict=True))
-    at_first, at_last = (store.membership_at(m).groupby("segment").size() for m in (FIRST, LAST))
+    at_first, at_last = (store.changes.membership_at(m).groupby("segment").size() for m in (FIRST, LAST))
     customers = int(one(index, "[data-metric=customers]").replace(",", ""))
     assert customers == len(built["state"].table)
     for name, shown in sizes.items():
-        assert int(shown) == store.segment_size(name), name
+        assert int(shown) == store.current.segment_size(name), name
         row = f"[data-section=segments] tr[data-segment={name}]"
         share = one(index, f"{row} [data-metric=share]")
-        assert share == f"{store.segment_size(name) / customers * 100:.1f}%", name
+        assert share == f"{store.current.segment_size(name) / customers * 100:.1f}%", name
         change = int(one(index, f"{row} [data-metric=change]", "data-value"))
         assert change == at_last.get(name, 0) - at_first.get(name, 0), name
     skipped = values(index, "[data-section=not-evaluated] tr[data-segment]", "data-segment")
@@ -151,7 +151,7 @@ def test_overview_lift_equals_serving_lift_on_the_clean_tables(built, pages, gen
     store, index, definitions = built["store"], pages["index.html"], built["definitions"]
     checked = 0
     for name in ("loyal", "inactive", "lifecycle_active", "lifecycle_lapsed", "vip"):
-        members = store.membership_at(FIRST, [name])
+        members = store.changes.membership_at(FIRST, [name])
         held = in_holdout(members["customer_id"], name, definitions[name].holdout_percent)
         assert 0 < held.sum() < len(members), name
         expected = next(c for c in measure(members, definitions[name], generated_validation, FIRST, LAST).comparisons
@@ -170,7 +170,7 @@ def test_overview_lift_equals_serving_lift_on_the_clean_tables(built, pages, gen
         checked += 1
     assert checked == 5
     # at_risk_vip is tiny: when no member fell in its holdout the page says so instead of a number
-    members = store.membership_at(FIRST, ["at_risk_vip"])
+    members = store.changes.membership_at(FIRST, ["at_risk_vip"])
     if not in_holdout(members["customer_id"], "at_risk_vip", 10).any():
         text = one(index, "tr[data-segment=at_risk_vip] [data-metric=lift]")
         assert text.startswith("not measured: none of its") and "holdout" in text
@@ -186,11 +186,11 @@ def test_segment_pages_sizes_entries_exits_and_daily_rows_match_the_store(built,
         page = pages[f"segment-{name}.html"]
         for section in ("definition", "facts", "size-chart", "profile", "changes-chart", "daily", "log"):
             assert values(page, f"[data-section={section}]"), (name, section)
-        assert int(one(page, "[data-section=facts] [data-metric=size]", "data-value")) == store.segment_size(name)
-        log = store.log(segment=name)
+        assert int(one(page, "[data-section=facts] [data-metric=size]", "data-value")) == store.current.segment_size(name)
+        log = store.changes.log(segment=name)
         assert int(one(page, "[data-metric=entered-total]", "data-value")) == (log["change"] == "entered").sum()
         assert int(one(page, "[data-metric=exited-total]", "data-value")) == (log["change"] == "exited").sum()
-        daily = store.daily_changes(name, FIRST, LAST.replace(day=2))
+        daily = store.changes.daily_changes(name, FIRST, LAST.replace(day=2))
         moving = daily[(daily["entered"] > 0) | (daily["exited"] > 0)]
         assert values(page, "[data-section=daily] tr[data-day]", "data-day") == [
             f"{d:%Y-%m-%d}" for d in moving["day"]]
@@ -218,9 +218,9 @@ def test_flows_say_where_members_came_from_and_went(built, pages):
     the same counts as store.flows."""
     store = built["store"]
     evaluated = values(pages["index.html"], "[data-section=segments] tr[data-segment]", "data-segment")
-    before = store.membership_at(FIRST, evaluated).groupby("customer_id")["segment"].agg(set)
-    after = store.membership_at(LAST, evaluated).groupby("customer_id")["segment"].agg(set)
-    stage_flows = store.flows(FIRST, LAST, LIFECYCLE)
+    before = store.changes.membership_at(FIRST, evaluated).groupby("customer_id")["segment"].agg(set)
+    after = store.changes.membership_at(LAST, evaluated).groupby("customer_id")["segment"].agg(set)
+    stage_flows = store.changes.flows(FIRST, LAST, LIFECYCLE)
     for name in LIFECYCLE:
         page = pages[f"segment-{name}.html"]
         entrants = [c for c, s in after.items() if name in s and name not in before.get(c, set())]
@@ -249,7 +249,7 @@ def test_profile_differences_equal_the_feature_table(built, pages):
         page = pages[f"segment-{name}.html"]
         features = values(page, "[data-section=profile] tr[data-feature]", "data-feature")
         assert len(features) >= 3
-        members = table["customer_id"].isin(store.memberships().query("segment == @name")["customer_id"]).to_numpy()
+        members = table["customer_id"].isin(store.current.memberships().query("segment == @name")["customer_id"]).to_numpy()
         shown = [float(v) for v in values(page, "[data-section=profile] [data-metric=difference]", "data-value")]
         assert shown == sorted(shown, key=abs, reverse=True)
         for feature, difference in zip(features, shown, strict=True):

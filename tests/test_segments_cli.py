@@ -42,12 +42,12 @@ def test_refresh_twice_then_read_who_moved_and_why(workdir):
     from serving.segments.store import SegmentStore
 
     store = SegmentStore(db)
-    moved = store.log(segment="loyal", start=pd.Timestamp("2026-05-15").to_pydatetime())
+    moved = store.changes.log(segment="loyal", start=pd.Timestamp("2026-05-15").to_pydatetime())
     assert set(moved["change"]) == {"entered", "exited"}
     customer = moved["customer_id"].iloc[0]
     shown = segments("customer", customer, "--db", db, cwd=root)
     assert shown.returncode == 0 and "loyal" in shown.stdout and "Purchases in the last 14 days" in shown.stdout
-    size = store.segment_size("loyal")
+    size = store.current.segment_size("loyal")
     listed = segments("segment", "loyal", "--db", db, "--from", "2026-05-14", "--to", "2026-05-16",
                       "--members", "3", cwd=root)
     assert listed.returncode == 0 and f"loyal: {size:,} members" in listed.stdout

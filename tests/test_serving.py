@@ -66,7 +66,7 @@ def refreshed(served, state, client):
 def covering_ids(refreshed, state):
     """Up to 3 members of every segment of the refresh plus 20 customers at random: every kind of segment (rule,
     `in top N%`, predictive, look-alike, cluster) and customers in none."""
-    members = refreshed.memberships()
+    members = refreshed.current.memberships()
     ids = list(members.groupby("segment")["customer_id"].apply(lambda c: sorted(c)[:3]).explode())
     ids += list(state.table.index.to_series().sample(20, random_state=1))
     return list(dict.fromkeys(ids))
@@ -188,7 +188,7 @@ def test_reasons_are_sorted_signed_and_phrased(state, sample):
 
 
 def test_one_customer_gets_the_same_result_alone_and_in_a_batch(state, sample, refreshed):
-    rules = _rules(state, refreshed.last_refresh())
+    rules = _rules(state, refreshed.current.last_refresh())
     batch = state.scorer.results(sample.head(100), explain=True, rules=rules)  # above SMALL_BATCH: other conversion
     assert any(item["segments"] for item in batch)
     for i in (0, 7, 99):
@@ -222,13 +222,13 @@ def test_score_segments_are_the_store_membership_after_a_refresh(client, state, 
     assert evaluation["thresholds_as_of"] == state.as_of.isoformat()
     assert evaluation["not_evaluated"] == {}  # the served models give every output the shipped file reads
     by_id = {item["customer_id"]: item["segments"] for item in body["customers"]}
-    assert by_id == {c: refreshed.segments_of(c) for c in covering_ids}
+    assert by_id == {c: refreshed.current.segments_of(c) for c in covering_ids}
     # one vocabulary: the store's names, of every kind (the score's own outputs are not turned into other names)
     seen = {name for names in by_id.values() for name in names}
     assert {"vip", "likely_to_churn", "best_members_lookalike", "lifecycle_active"} <= seen
     assert any(name.startswith("cluster_") for name in seen) and not any(n.startswith("churn_risk") for n in seen)
     info = client.get("/v1/info").json()["segments"]
-    assert [s["name"] for s in info["evaluated"]] == _rules(state, refreshed.last_refresh()).evaluated.names()
+    assert [s["name"] for s in info["evaluated"]] == _rules(state, refreshed.current.last_refresh()).evaluated.names()
     assert {s["name"] for s in info["evaluated"]} >= seen and info["thresholds_as_of"] == state.as_of.isoformat()
     vip = next(s for s in info["evaluated"] if s["name"] == "vip")
     assert vip["kind"] == "rule" and "Top 20%" in vip["description"]
@@ -257,7 +257,7 @@ def test_segments_at_the_14_day_boundary_by_history_equal_the_store(client, stat
     assert response.status_code == 200, response.text
     items = response.json()["customers"]
     for item in items:
-        assert item["segments"] == refreshed.segments_of(item["customer_id"]), item["customer_id"]
+        assert item["segments"] == refreshed.current.segments_of(item["customer_id"]), item["customer_id"]
     counts = state.table.loc[[inside, outside], "orders_count_14d"]
     assert counts[inside] >= 1  # the purchase just after the window's start is counted
 
@@ -265,7 +265,7 @@ def test_segments_at_the_14_day_boundary_by_history_equal_the_store(client, stat
 def test_before_a_refresh_top_percent_segments_are_not_evaluated_not_false(state, sample, refreshed):
     """Without a refresh's thresholds, `vip` (`in top 20%`) and `at_risk_vip` (refers to vip) are left out with the
     reason; every other segment is evaluated as with them. With thresholds from other definitions: the same."""
-    last = refreshed.last_refresh()
+    last = refreshed.current.last_refresh()
     with_thresholds = _rules(state, last)
     before = _rules(state, None)
     assert set(before.not_evaluated) == {"vip", "at_risk_vip"}

@@ -265,9 +265,9 @@ def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_n
     finally:
         _stop(process)
     store = SegmentStore(db)
-    posted = store.posted([cid])["transactions"]
+    posted = store.current.posted([cid])["transactions"]
     assert sorted(posted["transaction_id"]) == sorted(e["transaction_id"] for e in events)
-    state = store.states([cid])[cid]
+    state = store.current.states([cid])[cid]
     last = pd.Timestamp("2026-07-01 00:39:00.000001")  # the evaluation clock: just after the last event
     history = generated[0].transactions
     orders = history[(history["customer_id"] == cid) & (history["amount"] > 0) & ~history["is_return"].astype(bool)

@@ -32,7 +32,7 @@ def change(customer, segment, kind, at, cause=None, source="refresh"):
 
 def record(store, changes, states=None, at=T0, refresh=None):
     with store.transaction() as conn:
-        return store.record(conn, changes, states or {}, at, refresh)
+        return store.write.record(conn, changes, states or {}, at, refresh)
 
 
 def posted_row(kind, id_, customer, timestamp, **payload):
@@ -75,7 +75,7 @@ def test_display_url_masks_the_password(store, store_url):
 def test_opening_an_existing_store_keeps_its_rows(store, store_url):
     record(store, [change("c1", "vip", "entered", T0)])
     again = SegmentStore(store_url)
-    assert again.segment_size("vip") == 1
+    assert again.current.segment_size("vip") == 1
     again.close()
 
 
@@ -92,17 +92,17 @@ def test_add_posted_is_idempotent_by_kind_and_id(store):
         posted_row("transaction", "t2", "c2", T0 - DAY, amount=5),
     ]
     with store.transaction() as conn:
-        assert store.add_posted(conn, rows) == [True, False, True, True]
+        assert store.write.add_posted(conn, rows) == [True, False, True, True]
     with store.transaction() as conn:  # a retried post with one new row
-        assert store.add_posted(conn, rows[:1] + [posted_row("transaction", "t3", "c1", T0, amount=1)]) == [
+        assert store.write.add_posted(conn, rows[:1] + [posted_row("transaction", "t3", "c1", T0, amount=1)]) == [
             False,
             True,
         ]
     with store.transaction() as conn:
-        assert store.add_posted(conn, rows) == [False, False, False, False]
-        assert store.add_posted(conn, []) == []
+        assert store.write.add_posted(conn, rows) == [False, False, False, False]
+        assert store.write.add_posted(conn, []) == []
 
-    posted = store.posted()
+    posted = store.current.posted()
     transactions, events = posted["transactions"], posted["events"]
     assert sorted(transactions["transaction_id"]) == ["t1", "t2", "t3"]
     first = transactions.set_index("transaction_id").loc["t1"]
@@ -115,7 +115,7 @@ def test_add_posted_is_idempotent_by_kind_and_id(store):
 
 def test_posted_filters_by_customer_and_before(store):
     with store.transaction() as conn:
-        store.add_posted(
+        store.write.add_posted(
             conn,
             [
                 posted_row("transaction", "t1", "c1", T0 - DAY, amount=1),
@@ -125,21 +125,21 @@ def test_posted_filters_by_customer_and_before(store):
                 posted_row("transaction", "t3", "c2", T0 - DAY, amount=3),
             ],
         )
-    posted = store.posted(["c1"], before=T0)
+    posted = store.current.posted(["c1"], before=T0)
     assert list(posted["transactions"]["transaction_id"]) == ["t1"]
     assert posted["events"].empty and {"event_id", "customer_id", "timestamp"} <= set(
         posted["events"].columns
     )
-    assert store.posted([])["transactions"].empty
+    assert store.current.posted([])["transactions"].empty
 
 
 def test_aware_timestamps_are_stored_as_naive_utc(store):
     aware = datetime(2026, 7, 1, 11, 30, tzinfo=timezone(timedelta(hours=2)))
     with store.transaction() as conn:
-        store.add_posted(conn, [posted_row("event", "e1", "c1", aware, event_type="visit")])
-        store.record(conn, [change("c1", "vip", "entered", aware)], {}, aware)
-    assert store.posted()["events"]["timestamp"].iloc[0] == pd.Timestamp(T0.replace(hour=9, minute=30))
-    assert store.members("vip")[0]["entered_at"] == datetime(2026, 7, 1, 9, 30)
+        store.write.add_posted(conn, [posted_row("event", "e1", "c1", aware, event_type="visit")])
+        store.write.record(conn, [change("c1", "vip", "entered", aware)], {}, aware)
+    assert store.current.posted()["events"]["timestamp"].iloc[0] == pd.Timestamp(T0.replace(hour=9, minute=30))
+    assert store.current.members("vip")[0]["entered_at"] == datetime(2026, 7, 1, 9, 30)
 
 
 # --- recording changes -----------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_record_round_trips_memberships_causes_states_and_refresh(store):
         "changes": 3,
     }
     states = {"c1": {"orders_count_14d": 2, "churn_probability": 0.71}, "c2": {"orders_count_14d": 0}}
-    assert store.last_refresh() is None
+    assert store.current.last_refresh() is None
     logged = record(
         store,
         [
@@ -167,10 +167,10 @@ def test_record_round_trips_memberships_causes_states_and_refresh(store):
         refresh=refresh,
     )
     assert logged == 3
-    assert store.states() == states
-    assert store.states(["c2", "unknown"]) == {"c2": {"orders_count_14d": 0}}
+    assert store.current.states() == states
+    assert store.current.states(["c2", "unknown"]) == {"c2": {"orders_count_14d": 0}}
 
-    last = store.last_refresh()
+    last = store.current.last_refresh()
     assert {key: last[key] for key in refresh} == refresh
     assert isinstance(last["recorded_at"], datetime) and last["recorded_at"].tzinfo is None
 
@@ -190,15 +190,15 @@ def test_record_round_trips_memberships_causes_states_and_refresh(store):
         {"c1": {"churn_probability": 0.2}},
         at=later,
     )
-    assert store.states(["c1"]) == {"c1": {"churn_probability": 0.2}}  # replaced, not merged
+    assert store.current.states(["c1"]) == {"c1": {"churn_probability": 0.2}}  # replaced, not merged
 
-    memberships = store.memberships()
+    memberships = store.current.memberships()
     assert list(memberships.columns) == ["segment", "customer_id", "entered_at"]
     assert memberships[["segment", "customer_id"]].values.tolist() == [["at_risk", "c2"], ["frequent", "c1"]]
     assert (memberships["entered_at"] == pd.Timestamp(T0)).all()
-    assert store.memberships(["c1"])["segment"].tolist() == ["frequent"]
+    assert store.current.memberships(["c1"])["segment"].tolist() == ["frequent"]
 
-    c1 = store.customer("c1")
+    c1 = store.current.customer("c1")
     assert c1["customer_id"] == "c1"
     assert c1["segments"] == [{"segment": "frequent", "entered_at": T0}]
     assert [(row["segment"], row["change"]) for row in c1["history"]] == [
@@ -209,12 +209,12 @@ def test_record_round_trips_memberships_causes_states_and_refresh(store):
     assert c1["history"][0]["cause"] == {"condition": "churn >= 0.6", "old": 0.71, "new": 0.2}
     assert c1["history"][0]["source"] == "event"
     assert c1["history"][-1]["cause"] == cause
-    assert store.customer("nobody") == {"customer_id": "nobody", "segments": [], "history": []}
+    assert store.current.customer("nobody") == {"customer_id": "nobody", "segments": [], "history": []}
 
     assert (
-        store.segment_size("at_risk") == 1
-        and store.segment_size("frequent") == 1
-        and store.segment_size("x") == 0
+        store.current.segment_size("at_risk") == 1
+        and store.current.segment_size("frequent") == 1
+        and store.current.segment_size("x") == 0
     )
 
 
@@ -228,7 +228,7 @@ def test_log_filters_and_columns(store):
         ],
     )
     record(store, [change("c1", "a", "exited", T0 + 2 * DAY)])
-    log = store.log()
+    log = store.changes.log()
     assert list(log.columns) == [
         "seq",
         "customer_id",
@@ -242,11 +242,11 @@ def test_log_filters_and_columns(store):
     assert log["seq"].is_monotonic_increasing and log["seq"].is_unique
     assert isinstance(log["cause"].iloc[0], dict)
     assert log["at"].dt.tz is None and log["recorded_at"].dt.tz is None
-    assert len(store.log(segment="a")) == 3
-    assert store.log(customer_id="c1")["segment"].tolist() == ["a", "b", "a"]
-    window = store.log(start=T0 + DAY, end=T0 + 2 * DAY)  # start inclusive, end exclusive
+    assert len(store.changes.log(segment="a")) == 3
+    assert store.changes.log(customer_id="c1")["segment"].tolist() == ["a", "b", "a"]
+    window = store.changes.log(start=T0 + DAY, end=T0 + 2 * DAY)  # start inclusive, end exclusive
     assert sorted(window["customer_id"] + window["segment"]) == ["c1b", "c2a"]
-    assert store.log(segment="none").empty and list(store.log(segment="none").columns) == list(log.columns)
+    assert store.changes.log(segment="none").empty and list(store.changes.log(segment="none").columns) == list(log.columns)
 
 
 def test_exit_then_reentry_in_one_call_and_repeated_entry(store):
@@ -254,23 +254,23 @@ def test_exit_then_reentry_in_one_call_and_repeated_entry(store):
     record(
         store, [change("c1", "vip", "entered", T0 + DAY)]
     )  # already a member: the first entry time is kept
-    assert store.members("vip") == [{"customer_id": "c1", "entered_at": T0}]
+    assert store.current.members("vip") == [{"customer_id": "c1", "entered_at": T0}]
     record(store, [change("c1", "vip", "exited", T0 + 2 * DAY), change("c1", "vip", "entered", T0 + 3 * DAY)])
-    assert store.members("vip") == [{"customer_id": "c1", "entered_at": T0 + 3 * DAY}]
+    assert store.current.members("vip") == [{"customer_id": "c1", "entered_at": T0 + 3 * DAY}]
     record(store, [change("c2", "vip", "entered", T0), change("c2", "vip", "exited", T0 + DAY)])
-    assert store.segment_size("vip") == 1
+    assert store.current.segment_size("vip") == 1
 
 
 def test_record_rejects_an_unknown_change(store):
     with pytest.raises(ValueError, match="change must be 'entered' or 'exited', got 'joined'.*customer 'c1'"):
         record(store, [change("c1", "vip", "joined", T0)])
-    assert store.log().empty
+    assert store.changes.log().empty
 
 
 def test_an_exception_inside_a_transaction_writes_nothing(store):
     with pytest.raises(RuntimeError, match="boom"), store.transaction() as conn:
-        store.add_posted(conn, [posted_row("transaction", "t1", "c1", T0, amount=1)])
-        store.record(
+        store.write.add_posted(conn, [posted_row("transaction", "t1", "c1", T0, amount=1)])
+        store.write.record(
             conn,
             [change("c1", "vip", "entered", T0)],
             {"c1": {"x": 1}},
@@ -278,11 +278,11 @@ def test_an_exception_inside_a_transaction_writes_nothing(store):
             {"as_of": T0, "definitions_hash": "h", "thresholds": {}, "customers": 1, "changes": 1},
         )
         raise RuntimeError("boom")
-    assert store.posted()["transactions"].empty
-    assert store.memberships().empty and store.log().empty and store.states() == {}
-    assert store.last_refresh() is None
+    assert store.current.posted()["transactions"].empty
+    assert store.current.memberships().empty and store.changes.log().empty and store.current.states() == {}
+    assert store.current.last_refresh() is None
     with store.transaction() as conn:  # the post was not half-stored: it is new now
-        assert store.add_posted(conn, [posted_row("transaction", "t1", "c1", T0, amount=1)]) == [True]
+        assert store.write.add_posted(conn, [posted_row("transaction", "t1", "c1", T0, amount=1)]) == [True]
 
 
 def test_concurrent_writers_wait_for_each_other(store, store_url):
@@ -295,9 +295,9 @@ def test_concurrent_writers_wait_for_each_other(store, store_url):
         try:
             for i in range(15):
                 with own.transaction() as conn:
-                    own.add_posted(conn, [posted_row("event", f"{name}{i}", name, T0, event_type="visit")])
-                    size = len(own.members("vip", limit=1000))  # a read in between, on another connection
-                    own.record(conn, [change(f"{name}{i}", "vip", "entered", T0)], {name: {"seen": size}}, T0)
+                    own.write.add_posted(conn, [posted_row("event", f"{name}{i}", name, T0, event_type="visit")])
+                    size = len(own.current.members("vip", limit=1000))  # a read in between, on another connection
+                    own.write.record(conn, [change(f"{name}{i}", "vip", "entered", T0)], {name: {"seen": size}}, T0)
         except Exception as error:  # noqa: BLE001 (reported below)
             errors.append(error)
         finally:
@@ -309,7 +309,7 @@ def test_concurrent_writers_wait_for_each_other(store, store_url):
     for thread in threads:
         thread.join()
     assert errors == []
-    assert store.segment_size("vip") == 30 and len(store.posted()["events"]) == 30
+    assert store.current.segment_size("vip") == 30 and len(store.current.posted()["events"]) == 30
 
 
 def test_lock_customer_makes_read_then_write_per_customer_take_turns(store, store_url):
@@ -322,9 +322,9 @@ def test_lock_customer_makes_read_then_write_per_customer_take_turns(store, stor
         try:
             start.wait()
             with own.transaction() as conn:
-                own.lock_customer(conn, "c1")
-                if own.memberships(["c1"]).empty:
-                    own.record(
+                own.write.lock_customer(conn, "c1")
+                if own.current.memberships(["c1"]).empty:
+                    own.write.record(
                         conn, [change("c1", "vip", "entered", T0, source="event")], {"c1": {"x": 1}}, T0
                     )
         finally:
@@ -335,7 +335,7 @@ def test_lock_customer_makes_read_then_write_per_customer_take_turns(store, stor
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(store.log(customer_id="c1")) == 1
+    assert len(store.changes.log(customer_id="c1")) == 1
 
 
 # --- reads over time -------------------------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def test_membership_at_counts_a_change_at_exactly_the_moment(store):
     tick = timedelta(microseconds=1)
 
     def members(moment, segments=None):
-        frame = store.membership_at(moment, segments)
+        frame = store.changes.membership_at(moment, segments)
         assert list(frame.columns) == ["segment", "customer_id"]
         return frame.values.tolist()
 
@@ -371,8 +371,8 @@ def test_membership_at_orders_by_time_not_by_recording(store):
     # An event that happened earlier but was recorded later does not override a later change.
     record(store, [change("c1", "vip", "exited", T0 + DAY)])
     record(store, [change("c1", "vip", "entered", T0)])
-    assert store.membership_at(T0).values.tolist() == [["vip", "c1"]]
-    assert store.membership_at(T0 + DAY).empty
+    assert store.changes.membership_at(T0).values.tolist() == [["vip", "c1"]]
+    assert store.changes.membership_at(T0 + DAY).empty
 
 
 def test_daily_changes_sizes_at_the_end_of_each_day(store):
@@ -397,17 +397,17 @@ def test_daily_changes_sizes_at_the_end_of_each_day(store):
     )
     record(store, [change("c5", "vip", "entered", start + 4 * DAY)])  # at `end`: outside
 
-    daily = store.daily_changes("vip", start, start + 4 * DAY)
+    daily = store.changes.daily_changes("vip", start, start + 4 * DAY)
     assert list(daily.columns) == ["day", "entered", "exited", "size"]
     assert daily["day"].tolist() == [pd.Timestamp(start + i * DAY) for i in range(4)]
     assert daily["entered"].tolist() == [2, 0, 1, 0]
     assert daily["exited"].tolist() == [0, 0, 1, 0]
     assert daily["size"].tolist() == [3, 3, 3, 3]  # c0 from before, c1, c2; then c0 out, c4 in
 
-    part = store.daily_changes("vip", start + DAY + timedelta(hours=6), start + 2 * DAY + timedelta(hours=1))
+    part = store.changes.daily_changes("vip", start + DAY + timedelta(hours=6), start + 2 * DAY + timedelta(hours=1))
     assert part["day"].tolist() == [pd.Timestamp(start + DAY), pd.Timestamp(start + 2 * DAY)]
     assert part["size"].tolist() == [3, 3]
-    empty = store.daily_changes("nobody", start, start + 2 * DAY)
+    empty = store.changes.daily_changes("nobody", start, start + 2 * DAY)
     assert empty["size"].tolist() == [0, 0] and empty["entered"].tolist() == [0, 0]
 
 
@@ -436,10 +436,10 @@ def test_flows_between_segments(store):
             change("in_and_out", "B", "exited", start + 2 * DAY),
         ],
     )
-    flows = store.flows(start, end, ["A", "B"])
+    flows = store.changes.flows(start, end, ["A", "B"])
     assert list(flows.columns) == ["from_segment", "to_segment", "customers"]
     assert flows.values.tolist() == [["A", "B", 2], [None, "A", 1], ["A", None, 1]]
-    assert store.flows(end + DAY, end + 2 * DAY, ["A", "B"]).empty
+    assert store.changes.flows(end + DAY, end + 2 * DAY, ["A", "B"]).empty
 
 
 def test_members_pages_are_stable_and_complete(store):
@@ -449,12 +449,12 @@ def test_members_pages_are_stable_and_complete(store):
         [change(customer, "vip", "entered", T0) for customer in reversed(ids)]
         + [change("z", "other", "entered", T0)],
     )
-    pages = [store.members("vip", limit=10, offset=offset) for offset in (0, 10, 20)]
+    pages = [store.current.members("vip", limit=10, offset=offset) for offset in (0, 10, 20)]
     assert [len(page) for page in pages] == [10, 10, 5]
     assert [row["customer_id"] for page in pages for row in page] == ids
-    assert pages[0] == store.members("vip", limit=10)  # the same page again
+    assert pages[0] == store.current.members("vip", limit=10)  # the same page again
     assert pages[0][0] == {"customer_id": "c000", "entered_at": T0}
-    assert store.members("vip", limit=10, offset=30) == []
+    assert store.current.members("vip", limit=10, offset=30) == []
 
 
 def test_record_in_bulk(store):
@@ -476,13 +476,13 @@ def test_record_in_bulk(store):
         "changes": len(changes),
     }
     assert record(store, changes, states, refresh=refresh) == 10_000
-    assert len(store.memberships()) == 10_000 and len(store.log()) == 10_000
-    assert len(store.states()) == 2000 and store.segment_size("s0") == 1000
-    assert len(store.states(customers[:7000])) == 2000
+    assert len(store.current.memberships()) == 10_000 and len(store.changes.log()) == 10_000
+    assert len(store.current.states()) == 2000 and store.current.segment_size("s0") == 1000
+    assert len(store.current.states(customers[:7000])) == 2000
 
     exits = [change(row["customer_id"], row["segment"], "exited", T0 + DAY) for row in changes[::2]]
     states = {customer: {"score": 0.1} for customer in customers}
     assert record(store, exits, states, at=T0 + DAY) == 5000
-    assert len(store.memberships()) == 5000 and len(store.log()) == 15_000
-    assert store.states([customers[0]]) == {customers[0]: {"score": 0.1}}
-    assert len(store.membership_at(T0)) == 10_000 and len(store.membership_at(T0 + DAY)) == 5000
+    assert len(store.current.memberships()) == 5000 and len(store.changes.log()) == 15_000
+    assert store.current.states([customers[0]]) == {customers[0]: {"score": 0.1}}
+    assert len(store.changes.membership_at(T0)) == 10_000 and len(store.changes.membership_at(T0 + DAY)) == 5000

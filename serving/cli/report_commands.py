@@ -40,7 +40,7 @@ def report(
     definitions_file = segments_file if segments_file is None else segments_file.resolve()
     segment_definitions(definitions_file)  # a bad file stops here, with every problem listed
     store = open_store(db)
-    if store.last_refresh() is None:
+    if store.current.last_refresh() is None:
         out.print("[yellow]note:[/] no refresh yet: run segments refresh; the pages say so")
     try:
         written = write_reports(out_dir, folder, store, definitions_file, progress=lambda m: out.print(f"  {m}"))

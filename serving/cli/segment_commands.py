@@ -122,7 +122,7 @@ def customer(
     """A customer's current segments and their history of entries and exits with causes."""
     from serving.reports.segment_pages import cause_text
 
-    info = open_store(db).customer(customer_id)
+    info = open_store(db).current.customer(customer_id)
     if not info["segments"] and not info["history"]:
         fail(f"customer {customer_id!r} has no membership record (refresh first?)")
     out.print(f"[bold]{customer_id}[/] is in: " + (", ".join(s["segment"] for s in info["segments"]) or "no segment"))
@@ -146,12 +146,12 @@ def segment(
 ) -> None:
     """A segment's exact size, a page of members, and entries, exits and size per day."""
     store = open_store(db)
-    out.print(f"[bold]{name}[/]: {store.segment_size(name):,} members")
+    out.print(f"[bold]{name}[/]: {store.current.segment_size(name):,} members")
     if members:
-        page = store.members(name, limit=members, offset=offset)
+        page = store.current.members(name, limit=members, offset=offset)
         out.print(", ".join(m["customer_id"] for m in page) or "(no members on this page)")
     if start is not None and end is not None:
-        out.print(frame_table(store.daily_changes(name, start, end), "entries, exits and size per day"))
+        out.print(frame_table(store.changes.daily_changes(name, start, end), "entries, exits and size per day"))
 
 
 def flows(
@@ -162,7 +162,7 @@ def flows(
     db: DbOpt = None,
 ) -> None:
     """Customers moving between segments from --from to --to (none = in none of them)."""
-    table = open_store(db).flows(start, end, [s.strip() for s in between.split(",") if s.strip()])
+    table = open_store(db).changes.flows(start, end, [s.strip() for s in between.split(",") if s.strip()])
     out.print(frame_table(table.fillna("(none)"), f"flows {start:%Y-%m-%d} -> {end:%Y-%m-%d}"))
 
 
@@ -183,7 +183,7 @@ def measure(
     definitions = segment_definitions(segments_file)
     if segment_name not in definitions.names():
         fail(f"no segment named {segment_name!r} in {definitions.source}")
-    members = open_store(db).membership_at(start, [segment_name])
+    members = open_store(db).changes.membership_at(start, [segment_name])
     validation = validated(data, max_bad_share)
     try:
         result = measure_lift(members, definitions[segment_name], validation, start, end)

@@ -123,7 +123,7 @@ def batch_segment_rules(segments_file: Path | None, features, bundle, db: str | 
     if db:
         store = open_store(db)
         try:
-            last = store.last_refresh()
+            last = store.current.last_refresh()
         finally:
             store.close()
     if last is not None:

@@ -243,7 +243,7 @@ class SegmentsService:
         store, error = self._read_store()
         if error is not None:
             return error
-        info = store.customer(customer_id)
+        info = store.current.customer(customer_id)
         if not info["segments"] and not info["history"]:
             return _error(404, f"customer {customer_id!r} has no membership record")
         return json.loads(json.dumps(info, default=str))
@@ -255,7 +255,7 @@ class SegmentsService:
         if error is not None:
             return error
         return {"segments": [{"name": s.name, "kind": s.kind, "description": s.description,
-                              "holdout_percent": s.holdout_percent, "size": store.segment_size(s.name)}
+                              "holdout_percent": s.holdout_percent, "size": store.current.segment_size(s.name)}
                              for s in self.events.segments],
                 "not_evaluated": self.events.skipped}
 
@@ -271,11 +271,11 @@ class SegmentsService:
             return _error(404, f"no segment named {name!r}")
         if not 0 < limit <= 10_000 or offset < 0:
             return _error(400, "limit must be in 1..10000 and offset >= 0")
-        body = {"segment": name, "size": store.segment_size(name),
-                "members": store.members(name, limit=limit, offset=offset), "limit": limit, "offset": offset}
+        body = {"segment": name, "size": store.current.segment_size(name),
+                "members": store.current.members(name, limit=limit, offset=offset), "limit": limit, "offset": offset}
         if start and end:
             try:
-                daily = store.daily_changes(name, datetime.fromisoformat(start), datetime.fromisoformat(end))
+                daily = store.changes.daily_changes(name, datetime.fromisoformat(start), datetime.fromisoformat(end))
             except ValueError as exc:
                 return _error(400, f"start/end: {exc}")
             body["daily"] = daily.to_dict(orient="records")
@@ -288,7 +288,7 @@ class SegmentsService:
         if error is not None:
             return error
         try:
-            table = store.flows(datetime.fromisoformat(start), datetime.fromisoformat(end),
+            table = store.changes.flows(datetime.fromisoformat(start), datetime.fromisoformat(end),
                                 [s for s in segments.split(",") if s])
         except ValueError as exc:
             return _error(400, f"start/end: {exc}")
@@ -317,7 +317,7 @@ class SegmentsService:
 
     def _knows(self, customer_id: str) -> bool:
         return customer_id in self.state.table.index or any(
-            len(frame) for frame in self.store.posted([customer_id]).values())
+            len(frame) for frame in self.store.current.posted([customer_id]).values())
 
     @reports_app.get("/customers/{customer_id}")
     def customer_page(self, customer_id: str, goal: str | None = None):

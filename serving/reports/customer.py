@@ -26,7 +26,7 @@ def customer_page(processor, customer_id: str, goal: str | None = None) -> str:
     if features.empty:
         raise KeyError(customer_id)
     scored = processor.state.scorer.results(features, explain=True, top_k=TOP_REASONS)[0]
-    membership = processor.store.customer(customer_id)
+    membership = processor.store.current.customer(customer_id)
     current = [s["segment"] for s in membership["segments"]]
     goal = goal or default_goal(current)
     return render_page(
@@ -94,7 +94,7 @@ def churn_reasons_chart(scored: dict) -> str | None:
 def customer_site(processor) -> Site:
     """Navigation back to the written reports (one folder up from /reports/customers/) and the footer's facts."""
     state = processor.state
-    last = processor.store.last_refresh()
+    last = processor.store.current.last_refresh()
     return Site(links=(NavLink("Overview", "../index.html", "Reports"),), models=site_models(state.manifest),
                 data_as_of=last["as_of"] if last else None, features_as_of=state.as_of,
                 feature_set_version=state.manifest.get("feature_set_version"))

@@ -45,7 +45,7 @@ def refresh_history(store: SegmentStore) -> pd.DataFrame:
     """Every batch refresh in recording order: as_of, customers, changes, recorded_at."""
     query = select(refreshes.c.as_of, refreshes.c.customers, refreshes.c.changes,
                    refreshes.c.recorded_at).order_by(refreshes.c.id)
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         rows = [dict(row) for row in conn.execute(query).mappings()]
     frame = pd.DataFrame(rows, columns=["as_of", "customers", "changes", "recorded_at"])
     for column in ("as_of", "recorded_at"):
@@ -58,13 +58,13 @@ def sizes_at(store: SegmentStore, moments: list[datetime]) -> pd.DataFrame:
     """Members per segment at each moment (from the log): index segment, one column per moment."""
     columns = {}
     for moment in moments:
-        columns[moment] = store.membership_at(moment).groupby("segment").size()
+        columns[moment] = store.changes.membership_at(moment).groupby("segment").size()
     return pd.DataFrame(columns).fillna(0).astype("int64")
 
 
 def current_sizes(store: SegmentStore) -> dict[str, int]:
     """Current members per segment (the membership table: refreshes and events alike)."""
-    return store.memberships().groupby("segment").size().astype("int64").to_dict()
+    return store.current.memberships().groupby("segment").size().astype("int64").to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime
     if last_purchase is None or end > last_purchase + timedelta(days=1):
         return Lift(reason=f"not measured: the purchase history ends {last_purchase or 'before it starts'}, before "
                            f"the window {start:%Y-%m-%d} to {end:%Y-%m-%d} ends (rebuild the serve folder)")
-    members = store.membership_at(start, [segment.name])
+    members = store.changes.membership_at(start, [segment.name])
     if members.empty:
         return Lift(reason=f"not measured: no members on {start:%Y-%m-%d}")
     held = int(in_holdout(members["customer_id"], segment.name, segment.holdout_percent).sum())
@@ -295,7 +295,7 @@ class Overview:
     def segments_by_customer(self, store: SegmentStore, moment: datetime | None) -> dict[str, set[str]]:
         """Each customer's segments at `moment` (None: now), from the store, read once per moment for all pages."""
         if moment not in self._memberships:
-            frame = store.memberships() if moment is None else store.membership_at(moment)
+            frame = store.current.memberships() if moment is None else store.changes.membership_at(moment)
             by_customer: dict[str, set[str]] = {}
             for segment, customer in zip(frame["segment"], frame["customer_id"], strict=True):
                 by_customer.setdefault(customer, set()).add(segment)
@@ -429,9 +429,9 @@ def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
                    evaluated_names: list[str], segment: Segment | None = None,
                    features_as_of: datetime | None = None) -> SegmentDetail:
     """Everything on a segment's page. `table` is the serve folder's feature table (one row per customer)."""
-    log = store.log(segment=summary.name)
+    log = store.changes.log(segment=summary.name)
     period = _period(data, log)
-    daily = store.daily_changes(summary.name, *period) if period else pd.DataFrame(
+    daily = store.changes.daily_changes(summary.name, *period) if period else pd.DataFrame(
         columns=["day", "entered", "exited", "size"])
     detail = SegmentDetail(summary, period, daily)
     if summary.evaluated and period:

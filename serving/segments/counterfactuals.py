@@ -501,7 +501,7 @@ def counterfactuals(processor, customer_id: str, goal: Goal | str = DEFAULT_GOAL
     the customer already meets.
     """
     limits = limits or SearchLimits()
-    thresholds = (processor.store.last_refresh() or {}).get("thresholds", {})
+    thresholds = (processor.store.current.last_refresh() or {}).get("thresholds", {})
     check = _resolved_goal(processor, goal, thresholds)
     as_of = as_of or customer_clock(processor, customer_id)
     window = window_days or min(DEFAULT_WINDOW_DAYS, check.window_days or DEFAULT_WINDOW_DAYS)

@@ -79,21 +79,21 @@ class EventProcessor:
     def _ingest_customer(self, customer_id: str, rows: list[dict]) -> dict:
         # Every read below uses the transaction's connection: it sees the rows just stored and opens no other.
         with self.store.transaction() as conn:
-            self.store.lock_customer(conn, customer_id)  # PostgreSQL: concurrent events of one customer queue here
-            stored = self.store.add_posted(conn, rows)
+            self.store.write.lock_customer(conn, customer_id)  # PostgreSQL: concurrent events of one customer queue here
+            stored = self.store.write.add_posted(conn, rows)
             new = [r for r, ok in zip(rows, stored, strict=True) if ok]
             result = {"customer_id": customer_id, "stored": [r["id"] for r in new],
                       "duplicates": [r["id"] for r, ok in zip(rows, stored, strict=True) if not ok],
                       "as_of": None, "changes": []}
-            segments = self.store.segments_of(customer_id, conn)
+            segments = self.store.current.segments_of(customer_id, conn)
             if new:
                 as_of = self.clock(customer_id, new, conn)
                 values = segment_values(self.features(customer_id, new, as_of, conn), self.bundle)
                 thresholds = self._thresholds(conn)
                 members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
                 changes = changes_for(self.segments, values, thresholds, members,
-                                      self.store.states([customer_id], conn), thresholds, as_of, "event")
-                self.store.record(conn, changes.changes, changes.states, as_of)
+                                      self.store.current.states([customer_id], conn), thresholds, as_of, "event")
+                self.store.write.record(conn, changes.changes, changes.states, as_of)
                 result["as_of"], result["changes"] = as_of, changes.changes
                 segments = _segments_after(segments, changes.changes)
         result["segments"] = segments
@@ -105,8 +105,8 @@ class EventProcessor:
         change. Late events count at the customer's current time and are never back-dated in the log, and a
         counterfactual (serving/segments/counterfactuals.py) evaluates its plan at the time its records would be posted."""
         last = self.last_refresh.read(conn)
-        moments = [self.state.as_of, last["as_of"] if last else None, self.store.last_change_at(customer_id, conn)]
-        records = [r["timestamp"] for r in new] + [self.store.last_posted_at(customer_id, conn)]
+        moments = [self.state.as_of, last["as_of"] if last else None, self.store.changes.last_change_at(customer_id, conn)]
+        records = [r["timestamp"] for r in new] + [self.store.current.last_posted_at(customer_id, conn)]
         records = [r for r in records if r is not None]
         if records:
             moments.append(pd.Timestamp(max(records)).to_pydatetime() + AFTER_LAST_EVENT)
@@ -155,7 +155,7 @@ class EventProcessor:
         last wins); tables without any are left out."""
         columns = self.state.manifest["columns"]
         out = {}
-        for table, stored in self.store.posted_records([customer_id], before=as_of, conn=conn).items():
+        for table, stored in self.store.current.posted_records([customer_id], before=as_of, conn=conn).items():
             if table not in columns:
                 continue
             records = stored + [{**r["payload"], "customer_id": customer_id} for r in new

@@ -88,11 +88,11 @@ class LastRefresh:
 
     def read(self, conn=None) -> dict | None:
         """The last refresh (as `SegmentStore.last_refresh` gives it), None before the first."""
-        latest = self.store.last_refresh_id(conn)
+        latest = self.store.current.last_refresh_id(conn)
         seen = self._seen
         if seen is None or seen[0] != latest:
             # Read after the id: this refresh is at least as new as `latest` (a newer one is read next time).
-            seen = self._seen = (latest, self.store.last_refresh(conn))
+            seen = self._seen = (latest, self.store.current.last_refresh(conn))
         return seen[1]
 
 
@@ -283,18 +283,18 @@ def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Scoring
             as_of: datetime) -> RefreshReport:
     """Evaluate every segment for every customer in `features` (as of `as_of`) and record the changes, the
     customers' new states and the refresh in one transaction. The same as_of again writes nothing new."""
-    last = store.last_refresh()
+    last = store.current.last_refresh()
     if last is not None and as_of < last["as_of"]:
         raise RefreshOrderError(f"the last refresh was as of {last['as_of']:%Y-%m-%d %H:%M}; a refresh as of "
                                 f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
     values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
-    result = changes_for(usable, values, thresholds, store.memberships(), store.states(),
+    result = changes_for(usable, values, thresholds, store.current.memberships(), store.current.states(),
                          last["thresholds"] if last else {}, as_of, "refresh")
     repeat = last is not None and last["as_of"] == as_of and last["definitions_hash"] == segments.definitions_hash
     written = not (repeat and not result.changes and not result.states)
     if written:
         with store.transaction() as conn:
-            store.record(conn, result.changes, result.states, as_of,
+            store.write.record(conn, result.changes, result.states, as_of,
                          refresh={"as_of": as_of, "definitions_hash": segments.definitions_hash,
                                   "thresholds": thresholds, "customers": len(values),
                                   "changes": len(result.changes)})

@@ -9,10 +9,16 @@ Tables:
 - customer_state: the values each customer was last evaluated on, so the next evaluation can say what changed;
 - refreshes: one row per batch refresh (as_of, the hash of the segment definitions, thresholds, counts).
 
-Writes take the connection of `transaction()`, so the caller combines them in one atomic transaction (a posted event,
-the changes it caused and the new state commit together or not at all). The reads the event path makes take that
-connection too (`conn=`), so they see the transaction's own writes and open no connection of their own. Timestamps are
-naive UTC on the way in and out.
+`SegmentStore` opens the database and holds its three sides, one class each:
+- `store.write` (`StoreWriter`): the write path. Writes take the connection of `store.transaction()`, so the caller
+  combines them in one atomic transaction (a posted event, the changes it caused and the new state commit together or
+  not at all);
+- `store.changes` (`ChangeLog`): the event log read as history (changes, membership at a moment, daily counts,
+  flows);
+- `store.current` (`CurrentState`): the read models of now (members, sizes, a customer's segments, states and
+  history, the last refresh, posted records).
+Reads the event path makes inside a transaction take its connection (`conn=`), so they see the transaction's own
+writes and open no connection of their own. Timestamps are naive UTC on the way in and out.
 """
 
 from __future__ import annotations
@@ -171,8 +177,9 @@ def _chunks(items: list, size: int = _IDS_PER_QUERY) -> Iterator[list]:
         yield items[start : start + size]
 
 
-class SegmentStore:
-    """Membership of dynamic segments, their change log, customer states and posted events (module docstring)."""
+class Database:
+    """The engine of the store (SQLite or PostgreSQL), its transactions and read connections, shared by the three
+    sides of `SegmentStore`."""
 
     def __init__(self, url: str | None = None):
         self.url = make_url(sqlalchemy_url(url or db_url()))
@@ -237,7 +244,48 @@ class SegmentStore:
         with self._read() as own:
             yield own
 
-    # --- writes ---------------------------------------------------------------------------------------------------
+    def _insert(self, table: Table):
+        """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL spell it the same way)."""
+        return (sqlite if self.is_sqlite else postgresql).insert(table)
+
+    def _rows_for(self, conn: Connection, query, column, customer_ids: list[str] | None) -> list[dict]:
+        """Run `query`, limited to `customer_ids` when given (in chunks, under the bind-parameter limits)."""
+        if customer_ids is None:
+            return [dict(row) for row in conn.execute(query).mappings()]
+        ids = sorted({str(customer_id) for customer_id in customer_ids})
+        return [
+            dict(row)
+            for chunk in _chunks(ids)
+            for row in conn.execute(query.where(column.in_(chunk))).mappings()
+        ]
+
+
+class SegmentStore:
+    """Membership of dynamic segments, their change log, customer states and posted events (module docstring): the
+    database and its write path (`write`), event log (`changes`) and read models of now (`current`)."""
+
+    def __init__(self, url: str | None = None):
+        self.db = Database(url)
+        self.url, self.display_url, self.is_sqlite = self.db.url, self.db.display_url, self.db.is_sqlite
+        self.write = StoreWriter(self.db)
+        self.changes = ChangeLog(self.db)
+        self.current = CurrentState(self.db)
+
+    def transaction(self):
+        """One atomic transaction for writes (`Database.transaction`)."""
+        return self.db.transaction()
+
+    def close(self) -> None:
+        """Close pooled connections (tests drop their database afterwards)."""
+        self.db.close()
+
+
+class StoreWriter:
+    """The write path: posted records, membership changes with their log rows and states, refreshes, and the
+    per-customer lock that orders concurrent writers. Every method takes the caller's transaction (`conn`)."""
+
+    def __init__(self, db: Database):
+        self.db = db
 
     def add_posted(self, conn: Connection, rows: list[dict]) -> list[bool]:
         """Store posted transactions and events once per (kind, id).
@@ -271,7 +319,7 @@ class SegmentStore:
         # ON CONFLICT DO NOTHING RETURNING tells which rows went in, also when another transaction posts the same id
         # at the same moment (it waits for that one to commit, then sees the conflict).
         statement = (
-            self._insert(posted_events)
+            self.db._insert(posted_events)
             .on_conflict_do_nothing()
             .returning(posted_events.c.kind, posted_events.c.id)
         )
@@ -337,10 +385,10 @@ class SegmentStore:
             if row["change"] == "entered"
         ]
         if entered:
-            conn.execute(self._insert(membership).on_conflict_do_nothing(), entered)
+            conn.execute(self.db._insert(membership).on_conflict_do_nothing(), entered)
         if states:
             as_of = naive_utc(at)
-            statement = self._insert(customer_state)
+            statement = self.db._insert(customer_state)
             statement = statement.on_conflict_do_update(
                 index_elements=[customer_state.c.customer_id],
                 set_={"as_of": statement.excluded.as_of, "values": statement.excluded["values"]},
@@ -366,13 +414,6 @@ class SegmentStore:
             )
         return len(log_rows)
 
-    def last_change_at(self, customer_id: str, conn: Connection | None = None) -> datetime | None:
-        """The time of the customer's latest logged change (None when they have none)."""
-        query = select(func.max(membership_log.c.at)).where(membership_log.c.customer_id == str(customer_id))
-        with self._reading(conn) as reader:
-            latest = reader.execute(query).scalar()
-        return None if latest is None else pd.Timestamp(latest).to_pydatetime()
-
     def lock_customer(self, conn: Connection, customer_id: str) -> None:
         """Hold `customer_id` until `conn`'s transaction ends, so two writers evaluating the same customer (two events
         at once) take turns: the second reads the first one's committed memberships and states.
@@ -380,18 +421,22 @@ class SegmentStore:
         SQLite needs nothing (transaction() already serializes writers); PostgreSQL takes a transaction-level
         advisory lock on a stable 64-bit hash of the id.
         """
-        if self.is_sqlite:
+        if self.db.is_sqlite:
             return
         key = int.from_bytes(
             hashlib.blake2b(str(customer_id).encode(), digest_size=8).digest(), "big", signed=True
         )
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
-    def _insert(self, table: Table):
-        """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL spell it the same way)."""
-        return (sqlite if self.is_sqlite else postgresql).insert(table)
 
-    # --- reads ----------------------------------------------------------------------------------------------------
+
+class CurrentState:
+    """The read models of now: current members and sizes, a customer's segments, evaluated states and history, the
+    last refresh, and the posted records the event path rebuilds features from."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._reading, self._read, self._rows_for = db._reading, db._read, db._rows_for
 
     def last_posted_at(self, customer_id: str, conn: Connection | None = None) -> datetime | None:
         """The timestamp of the customer's latest posted record (None when they have none)."""
@@ -532,6 +577,21 @@ class SegmentStore:
         with self._read() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
+class ChangeLog:
+    """The event log read as history: every entry and exit with its cause, membership at a past moment, daily
+    counts and flows between segments."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._reading, self._read = db._reading, db._read
+
+    def last_change_at(self, customer_id: str, conn: Connection | None = None) -> datetime | None:
+        """The time of the customer's latest logged change (None when they have none)."""
+        query = select(func.max(membership_log.c.at)).where(membership_log.c.customer_id == str(customer_id))
+        with self._reading(conn) as reader:
+            latest = reader.execute(query).scalar()
+        return None if latest is None else pd.Timestamp(latest).to_pydatetime()
+
     def log(
         self,
         segment: str | None = None,
@@ -643,17 +703,6 @@ class SegmentStore:
         return frame.sort_values(
             ["customers", "from_segment", "to_segment"], ascending=[False, True, True], na_position="first"
         ).reset_index(drop=True)
-
-    def _rows_for(self, conn: Connection, query, column, customer_ids: list[str] | None) -> list[dict]:
-        """Run `query`, limited to `customer_ids` when given (in chunks, under the bind-parameter limits)."""
-        if customer_ids is None:
-            return [dict(row) for row in conn.execute(query).mappings()]
-        ids = sorted({str(customer_id) for customer_id in customer_ids})
-        return [
-            dict(row)
-            for chunk in _chunks(ids)
-            for row in conn.execute(query.where(column.in_(chunk))).mappings()
-        ]
 
 
 def _latest_changes(moment: datetime, segments: list[str] | None):
