@@ -182,6 +182,33 @@ class Estimator:
                 "config": dataclasses.asdict(self.config), "lightgbm_version": lgb.__version__,
                 "feature_names": self.encoder_.feature_names_, **{name: iso(value) for name, value in dates.items()}}
 
+    def save_native(self, directory: Path, boosters: dict[str, lgb.Booster], state: dict,
+                    state_file: str = "model.json", encoder_file: str = "encoder.json") -> Path:
+        """What every kind saves: each booster as LightGBM text (`boosters`: file name -> booster), the encoder as
+        JSON, and `state_file` with `metadata()` (kind, config, versions) plus `state`. Returns the folder."""
+        self.require_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for file_name, booster in boosters.items():
+            booster.save_model(str(directory / file_name))
+        (directory / encoder_file).write_text(self.encoder_.to_json())
+        write_json(directory / state_file, {**self.metadata(), **state})
+        return directory
+
+    @classmethod
+    def load_native(cls, directory: Path, booster_files: list[str], state_file: str = "model.json",
+                    encoder_file: str = "encoder.json") -> tuple[Estimator, dict, dict[str, lgb.Booster]]:
+        """Read what `save_native` wrote: (the model with its config, encoder and feature-set version set, the
+        saved state, the boosters by file name)."""
+        from training.encoding import FeatureEncoder
+
+        directory = Path(directory)
+        model, state = cls.from_metadata(directory / state_file)
+        boosters = {name: lgb.Booster(model_file=str(directory / name)) for name in booster_files}
+        model.encoder_ = FeatureEncoder.from_json((directory / encoder_file).read_text())
+        model.feature_set_version_ = state["feature_set_version"]
+        return model, state, boosters
+
     @classmethod
     def from_metadata(cls, path: Path) -> tuple[Estimator, dict]:
         """(an unfitted estimator with the saved config, the metadata) from a model.json of this kind."""

@@ -638,27 +638,16 @@ def prepare_snapshot_fit(model, train: list[Snapshot], rows,
 def save_snapshot_model(model, directory: Path, boosters: dict, extra: dict) -> Path:
     """Save what churn and value models share: boosters as <name>.txt, encoder.json, and model.json with the
     config, training dates, row counts and `extra`. Returns the folder."""
-    model.require_fitted()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, booster in boosters.items():
-        booster.save_model(str(directory / f"{name}.txt"))
-    (directory / "encoder.json").write_text(model.encoder_.to_json())
-    write_json(directory / "model.json", {
-        **model.metadata(fit_as_of=model.fit_as_of_), "n_train_rows": model.n_train_rows_, **extra})
-    return directory
+    return model.save_native(directory, {f"{name}.txt": booster for name, booster in boosters.items()}, {
+        "fit_as_of": [d.isoformat() for d in model.fit_as_of_], "n_train_rows": model.n_train_rows_, **extra})
 
 
 def load_snapshot_model(cls, directory: Path, booster_names: list[str]):
     """Read what `save_snapshot_model` wrote: (model with the shared attributes set, metadata, boosters by name)."""
-    directory = Path(directory)
-    model, meta = cls.from_metadata(directory / "model.json")
-    boosters = {name: lgb.Booster(model_file=str(directory / f"{name}.txt")) for name in booster_names}
-    model.encoder_ = FeatureEncoder.from_json((directory / "encoder.json").read_text())
+    model, meta, boosters = cls.load_native(directory, [f"{name}.txt" for name in booster_names])
     model.fit_as_of_ = [datetime.fromisoformat(d) for d in meta["fit_as_of"]]
     model.n_train_rows_ = meta["n_train_rows"]
-    model.feature_set_version_ = meta["feature_set_version"]
-    return model, meta, boosters
+    return model, meta, {name: boosters[f"{name}.txt"] for name in booster_names}
 
 
 def data_window(train: list[Snapshot], evaluation: Snapshot | None, model, label) -> pd.DataFrame:

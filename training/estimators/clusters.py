@@ -348,30 +348,25 @@ class ClusterModel(Estimator):
 
     def save(self, directory: Path) -> Path:
         """Write pipeline.json, surrogate_model.txt, surrogate_encoder.json and clusters.json (names, profiles)."""
-        self.require_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / _STATE_FILE).write_text(json.dumps(self.state_, indent=1))
-        self.booster_.save_model(directory / _SURROGATE_FILE)
-        (directory / _ENCODER_FILE).write_text(self.encoder_.to_json())
-        summary = {**self.metadata(), "feature_set_version": self.feature_set_version_, "k": self.k_, "criterion": self.criterion_, "names": self.names_,
+        summary = {"feature_set_version": self.feature_set_version_, "k": self.k_, "criterion": self.criterion_,
+                   "names": self.names_,
                    "k_scores": self.k_scores_.to_dict(orient="records"),
                    "profiles": json.loads(self.profiles_.to_json(orient="records")),
                    "population": json.loads(self.population_.to_json(orient="records")),
                    "silhouette": self.silhouette_, "stability_ari": self.stability_ari_,
                    "stability_ari_std": self.stability_ari_std_, "surrogate_fidelity": self.surrogate_fidelity_,
                    "n_customers": self.n_customers_}
-        (directory / _PROFILE_FILE).write_text(json.dumps(summary, indent=1))
+        directory = self.save_native(directory, {_SURROGATE_FILE: self.booster_}, summary, _PROFILE_FILE,
+                                     _ENCODER_FILE)
+        (directory / _STATE_FILE).write_text(json.dumps(self.state_, indent=1))
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> ClusterModel:
         """Read a model written by `save`."""
-        directory = Path(directory)
-        model, summary = cls.from_metadata(directory / _PROFILE_FILE)
-        model.state_ = json.loads((directory / _STATE_FILE).read_text())
-        model.booster_ = lgb.Booster(model_file=str(directory / _SURROGATE_FILE))
-        model.encoder_ = FeatureEncoder.from_json((directory / _ENCODER_FILE).read_text())
+        model, summary, boosters = cls.load_native(directory, [_SURROGATE_FILE], _PROFILE_FILE, _ENCODER_FILE)
+        model.state_ = json.loads((Path(directory) / _STATE_FILE).read_text())
+        model.booster_ = boosters[_SURROGATE_FILE]
         model.k_, model.criterion_, model.names_ = summary["k"], summary["criterion"], summary["names"]
         model.k_scores_ = pd.DataFrame(summary["k_scores"])
         model.profiles_ = pd.DataFrame(summary["profiles"])
@@ -379,7 +374,7 @@ class ClusterModel(Estimator):
         model.silhouette_, model.stability_ari_ = summary["silhouette"], summary["stability_ari"]
         model.stability_ari_std_ = summary["stability_ari_std"]
         model.surrogate_fidelity_ = summary["surrogate_fidelity"]
-        model.n_customers_, model.feature_set_version_ = summary["n_customers"], summary["feature_set_version"]
+        model.n_customers_ = summary["n_customers"]
         return model
 
 

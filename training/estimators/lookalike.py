@@ -26,7 +26,6 @@ quantiles at fit time; they never depend on the batch being scored.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -183,31 +182,22 @@ class LookalikeModel(Estimator):
 
     def save(self, directory: Path) -> Path:
         """Write the LightGBM text model, the encoder JSON and the state JSON into `directory` (created)."""
-        self.require_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(directory / _MODEL_FILE)
-        (directory / _ENCODER_FILE).write_text(self.encoder_.to_json())
-        state = {**self.metadata(), "feature_set_version": self.feature_set_version_, "seed_name": self.seed_name_,
+        state = {"feature_set_version": self.feature_set_version_, "seed_name": self.seed_name_,
                  "seed_definition": self.seed_definition_, "excluded_features": self.excluded_features_,
                  "label_frequency": self.label_frequency_, "n_seed": self.n_seed_,
                  "n_unlabelled": self.n_unlabelled_, "reference_quantiles": self.reference_quantiles_}
-        (directory / _STATE_FILE).write_text(json.dumps(state, indent=1))
-        return directory
+        return self.save_native(directory, {_MODEL_FILE: self.booster_}, state, _STATE_FILE, _ENCODER_FILE)
 
     @classmethod
     def load(cls, directory: Path) -> LookalikeModel:
         """Read a model written by `save`."""
-        directory = Path(directory)
-        model, state = cls.from_metadata(directory / _STATE_FILE)
-        model.booster_ = lgb.Booster(model_file=str(directory / _MODEL_FILE))
-        model.encoder_ = FeatureEncoder.from_json((directory / _ENCODER_FILE).read_text())
+        model, state, boosters = cls.load_native(directory, [_MODEL_FILE], _STATE_FILE, _ENCODER_FILE)
+        model.booster_ = boosters[_MODEL_FILE]
         model.seed_name_, model.seed_definition_ = state["seed_name"], state["seed_definition"]
         model.excluded_features_ = state["excluded_features"]
         model.label_frequency_ = state["label_frequency"]
         model.n_seed_, model.n_unlabelled_ = state["n_seed"], state["n_unlabelled"]
         model.reference_quantiles_ = state["reference_quantiles"]
-        model.feature_set_version_ = state["feature_set_version"]
         return model
 
 
