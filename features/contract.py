@@ -16,6 +16,12 @@ from features.time import naive_utc
 # Canonical column types, as DuckDB type names (Ibis maps them to every backend it runs on).
 STRING, TIMESTAMP, DOUBLE, BIGINT, BOOLEAN = "VARCHAR", "TIMESTAMP", "DOUBLE", "BIGINT", "BOOLEAN"
 
+# Row rules shared by the file validator (features/validate.py) and the service's records (serving/http/schemas.py):
+# money amounts are finite and at most this large either way (1e308 is a typo or an attack, never a purchase), and
+# a record's time is not before EARLIEST_TIMESTAMP nor after the clock of whoever receives it.
+MAX_ABS_AMOUNT = 1e9
+EARLIEST_TIMESTAMP = datetime(1900, 1, 1)
+
 
 @dataclass(frozen=True)
 class TableContract:

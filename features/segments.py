@@ -385,14 +385,46 @@ def _parse_leaf(text: str, where: str, problems: list[str]):
             return None
         return Condition(match["field"], op, value, text.strip())
     try:
-        value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError:
-        problems.append(f"{where}, condition {text!r}: cannot read the value {raw!r}")
+        value = condition_value(raw) if raw else None
+    except ValueError as exc:
+        problems.append(f"{where}, condition {text!r}: {exc}")
         return None
     if value is None:
         problems.append(f"{where}, condition {text!r}: {op} needs a value")
         return None
     return Condition(match["field"], op, value, text.strip())
+
+
+MAX_VALUE_TEXT = 10_000  # characters of one condition value (a long `in [...]` list fits)
+
+
+class _ValueLoader(yaml.SafeLoader):
+    """YAML for one condition value: no aliases, so a short text can never expand into a huge value."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in a condition value")
+        return super().compose_node(parent, index)
+
+
+def condition_value(raw: str):
+    """The value of a condition: a number (finite), text, true/false, or a flat [list] of them. ValueError says
+    what is wrong, quoting the text as given (never an expansion of it)."""
+    if len(raw) > MAX_VALUE_TEXT:
+        raise ValueError(f"the value is {len(raw):,} characters long; at most {MAX_VALUE_TEXT:,}")
+    try:
+        value = yaml.load(raw, Loader=_ValueLoader)  # noqa: S506 - a SafeLoader without aliases
+    except RecursionError:
+        raise ValueError(f"the value {raw[:100]!r}... is nested too deeply") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"cannot read the value {raw[:100]!r}: {problem}") from None
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not np.isfinite(item):
+            raise ValueError(f"the value {raw[:100]!r} is not a finite number")
+        if not (item is None or isinstance(item, str | int | float | bool)):
+            raise ValueError(f"the value {raw[:100]!r} is not a number, text, true/false or a flat [list] of them")
+    return value
 
 
 def _reference_problems(segment: Segment, segments: dict[str, Segment], fields: Fields) -> list[str]:

@@ -4,7 +4,7 @@ For every raw row the validator finds the first rule it breaks, in this priority
 
 1. ``missing_key``: an id, ``customer_id`` or ``event_type`` is null or empty.
 2. ``unparseable_timestamp``: ``timestamp`` is empty or not an ISO date/datetime.
-3. ``non_numeric_amount``: ``amount`` is empty, not a number, NaN or infinite.
+3. ``non_numeric_amount``: ``amount`` is empty, not a number, NaN, infinite or beyond +-``MAX_ABS_AMOUNT``.
 4. ``wrong_type``: a value of an optional typed column does not cast (``birth_year='abc'``,
    ``loyalty_member='maybe'``); the first such column in contract order is named.
 5. ``negative_quantity``: ``quantity < 0`` on a row that is not a return.
@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
-from features.contract import BIGINT, BOOLEAN, CONTRACTS, DOUBLE, KNOWN_EVENT_TYPES, STRING, TIMESTAMP
+from features.contract import (
+    BIGINT,
+    BOOLEAN,
+    CONTRACTS,
+    DOUBLE,
+    KNOWN_EVENT_TYPES,
+    MAX_ABS_AMOUNT,
+    STRING,
+    TIMESTAMP,
+)
 from features.errors import DataContractError
 from features.io import (
     ROW_NUMBER_COLUMN,
@@ -365,7 +374,8 @@ def _rules(table: str, columns: dict[str, _Column], run_time: datetime, has_cust
         if c.target == TIMESTAMP
     ]
     rules += [
-        _Rule("non_numeric_amount", c.name, f"({c.parsed_ref} IS NULL OR NOT isfinite({c.parsed_ref}))")
+        _Rule("non_numeric_amount", c.name,
+              f"({c.parsed_ref} IS NULL OR NOT isfinite({c.parsed_ref}) OR abs({c.parsed_ref}) > {MAX_ABS_AMOUNT})")
         for c in required
         if c.target == DOUBLE
     ]

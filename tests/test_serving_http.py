@@ -18,6 +18,8 @@ import pytest
 from serving_setup import build_served
 
 KEY = "test-key-5b1c"
+READ_KEY = "read-key-77a0"
+MAX_BODY = 200_000
 READY_TIMEOUT_S = 120
 
 
@@ -32,7 +34,8 @@ def server(tmp_path_factory, generated_validation, generated):
     root = tmp_path_factory.mktemp("http")
     served = build_served(root, generated_validation, generated[1])
     port = _free_port()
-    env = {**os.environ, **served["env"], "SEGMENTS_API_KEY": KEY, "SEGMENTS_MAX_BATCH": "5",
+    env = {**os.environ, **served["env"], "SEGMENTS_API_KEY": KEY, "SEGMENTS_READ_KEY": READ_KEY,
+           "SEGMENTS_MAX_BATCH": "5", "SEGMENTS_MAX_BODY_BYTES": str(MAX_BODY),
            "BENTOML_DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     log = root / "server.log"
     segments = Path(sys.executable).with_name("segments")
@@ -360,3 +363,112 @@ def test_customer_page_renders_in_chromium(server):
                         params={"goal": "churn_probability < 0.01"}, headers=headers, timeout=120).json()
         reached = page.get_attribute("[data-metric=whatif-reached]", "data-value")
         assert reached == str(api["reached"]).lower()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile input (issue 13): every door answers 4xx with what is wrong, never 500, and stores nothing it refuses
+
+
+def _history(server, cid: str) -> list:
+    answer = httpx.get(f"{server['base']}/v1/customers/{cid}", headers={"x-api-key": KEY}, timeout=30)
+    return answer.json().get("history", []) if answer.status_code == 200 else []
+
+
+def test_only_json_bodies_reach_a_route(server):
+    headers = {"x-api-key": KEY}
+    cid = _ids(server, 1)[0]
+    before = _history(server, cid)
+    for route in ("/score", "/explain", "/events"):
+        multipart = httpx.post(f"{server['base']}{route}", files={"f": ("a.json", b"{}")}, headers=headers,
+                               timeout=30)
+        assert multipart.status_code == 415 and "application/json" in multipart.json()["error"], route
+    # a plain HTML form (what any web page can make a signed-in browser send) is refused, and stores nothing
+    form = httpx.post(f"{server['base']}/events", data={"transactions": "x"}, headers=headers, timeout=30)
+    assert form.status_code == 415
+    assert _history(server, cid) == before
+    text = httpx.post(f"{server['base']}/score", content=b'{"customers": []}',
+                      headers={**headers, "content-type": "text/plain"}, timeout=30)
+    assert text.status_code == 415
+
+
+def test_bodies_above_the_cap_are_refused_before_parsing(server):
+    headers = {"x-api-key": KEY}
+    big = json.dumps({"customers": [{"customer_id": "x" * 150}] * 2000}).encode()
+    assert len(big) > MAX_BODY
+    declared = httpx.post(f"{server['base']}/score", content=big,
+                          headers={**headers, "content-type": "application/json"}, timeout=30)
+    assert declared.status_code == 413 and "SEGMENTS_MAX_BODY_BYTES" in declared.json()["error"]
+
+    def chunks():  # no content-length: the cap is counted as the body arrives
+        for start in range(0, len(big), 16_384):
+            yield big[start:start + 16_384]
+
+    chunked = httpx.post(f"{server['base']}/score", content=chunks(),
+                         headers={**headers, "content-type": "application/json"}, timeout=30)
+    assert chunked.status_code == 413
+
+
+def test_the_read_key_reads_and_basic_auth_never_writes(server):
+    base, cid = server["base"], _customer_with_history(server)
+    assert httpx.get(f"{base}/v1/info", headers={"x-api-key": READ_KEY}, timeout=30).status_code == 200
+    assert httpx.get(f"{base}/v1/segments", auth=("marketer", READ_KEY), timeout=30).status_code == 200
+    body = {"transactions": [_transaction(cid, 90, 8)]}
+    assert httpx.post(f"{base}/events", json=body, headers={"x-api-key": READ_KEY}, timeout=30).status_code == 401
+    # the write key as a browser's remembered Basic credential: a cross-site form could use it, so POST refuses it
+    assert httpx.post(f"{base}/events", json=body, auth=("marketer", KEY), timeout=30).status_code == 401
+    assert httpx.post(f"{base}/score", json={"customers": [{"customer_id": cid}]}, auth=("m", KEY),
+                      timeout=30).status_code == 401
+    assert not any(h["source"] == "event" and h["at"].startswith("2026-07-01T08") for h in _history(server, cid))
+
+
+def test_event_records_follow_the_data_contract_all_or_nothing(server):
+    headers = {"x-api-key": KEY}
+    good, other = _ids(server, 2)
+    cases = {"9999-12-31T23:59:59.999999": "timestamp", "2300-01-01T00:00:00Z": "timestamp",
+             "1800-01-01T00:00:00Z": "timestamp"}
+    for stamp, field in cases.items():
+        record = {**_transaction(good, 7, 9), "timestamp": stamp}
+        answer = httpx.post(f"{server['base']}/events", json={"transactions": [record]}, headers=headers, timeout=30)
+        assert answer.status_code == 400, (stamp, answer.text)
+        assert answer.json()["detail"][0]["loc"][-1] == field and stamp[:4] in answer.json()["detail"][0]["msg"]
+    for amount in (1e308, -1e12):
+        answer = httpx.post(f"{server['base']}/events", json={"transactions": [
+            {**_transaction(good, 8, 9), "amount": amount}]}, headers=headers, timeout=30)
+        assert answer.status_code == 400 and answer.json()["detail"][0]["loc"][-1] == "amount", answer.text
+    # one bad record refuses the whole request: the good customer's record before it is not stored either
+    before = _history(server, other)
+    mixed = {"transactions": [_transaction(other, 11, 9), {**_transaction(good, 12, 9), "timestamp": "2300-01-01"}]}
+    refused = httpx.post(f"{server['base']}/events", json=mixed, headers=headers, timeout=30)
+    assert refused.status_code == 400 and refused.json()["detail"][0]["loc"][:3] == ["transactions", 1, "timestamp"]
+    assert _history(server, other) == before
+    retried = httpx.post(f"{server['base']}/events", json={"transactions": mixed["transactions"][:1]},
+                         headers=headers, timeout=60)
+    assert retried.status_code == 200 and retried.json()["customers"][0]["stored"] == [f"rt-{other}-11"]
+
+
+def test_paging_and_ranges_are_bounded(server):
+    headers, base = {"x-api-key": KEY}, server["base"]
+    huge = httpx.get(f"{base}/v1/segments/loyal", params={"offset": "99999999999999999999"}, headers=headers,
+                     timeout=30)
+    assert huge.status_code == 400 and "offset" in huge.json()["error"]
+    centuries = httpx.get(f"{base}/v1/segments/loyal", params={"start": "1900-01-01", "end": "2100-01-01"},
+                          headers=headers, timeout=30)
+    assert centuries.status_code == 400 and "3,660 days" in centuries.json()["error"]
+    backwards = httpx.get(f"{base}/v1/segments/loyal", params={"start": "2026-07-01", "end": "2026-06-01"},
+                          headers=headers, timeout=30)
+    assert backwards.status_code == 400
+    fine = httpx.get(f"{base}/v1/segments/loyal", params={"start": "2026-06-01", "end": "2026-07-01"},
+                     headers=headers, timeout=30)
+    assert fine.status_code == 200 and len(fine.json()["daily"]) == 30
+
+
+def test_counterfactual_goals_cannot_expand_or_overflow(server):
+    headers = {"x-api-key": KEY}
+    url = f"{server['base']}/v1/customers/{_ids(server, 1)[0]}/counterfactual"
+    laughs = "churn_band in [&a [x, x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]]"
+    for goal in (laughs, "churn_probability < .inf", "churn_probability < .nan", "churn_band in [[[[low]]]]"):
+        answer = httpx.get(url, params={"goal": goal}, headers=headers, timeout=60)
+        assert answer.status_code == 422, (goal, answer.text)
+        assert len(answer.text) < 1_000 and "x, x, x, x, x, x, x, x, x, x, x" not in answer.text, goal
+    long = httpx.get(url, params={"goal": "churn_probability < 0.1 " + " " * 600}, headers=headers, timeout=30)
+    assert long.status_code == 400 and "500 characters" in long.json()["error"]

@@ -1,7 +1,9 @@
 """Request and response models of the scoring service (pydantic v2): strict, documented, and the OpenAPI source.
 
 Input rules: unknown fields are errors (extra="forbid"); numbers must be numbers (a quoted "12.5" is refused) and
-finite (NaN and infinities are refused); a customer is given by exactly one of: its id alone (looked up in the
+finite (NaN and infinities are refused); money amounts are at most 1e9 either way and record times lie between
+1900-01-01 and the server's clock plus SEGMENTS_CLOCK_TOLERANCE_SECONDS (default 300): the data contract's row rules
+(features/contract.py), as for files. A customer is given by exactly one of: its id alone (looked up in the
 served feature table), its recent raw history, or a ready feature row. The batch cap (413 above it) is checked by
 the service before items are scored, since the cap is configuration (SEGMENTS_MAX_BATCH), not schema.
 """
@@ -9,10 +11,12 @@ the service before items are scored, since the cap is configuration (SEGMENTS_MA
 from __future__ import annotations
 
 import math
-from datetime import datetime
+import os
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,9 +29,18 @@ from pydantic import (
 )
 
 from features.catalog import FEATURES_BY_NAME
-from features.contract import BIGINT, BOOLEAN, CONTRACTS, DOUBLE, STRING, TIMESTAMP
+from features.contract import (
+    BIGINT,
+    BOOLEAN,
+    CONTRACTS,
+    DOUBLE,
+    EARLIEST_TIMESTAMP,
+    MAX_ABS_AMOUNT,
+    STRING,
+    TIMESTAMP,
+)
 from features.outputs import OUTPUTS
-from features.time import naive_utc
+from features.time import naive_utc, utc_now
 
 DEFAULT_MAX_BATCH = 10_000
 MAX_TOP_K = 20
@@ -35,6 +48,32 @@ MAX_TOP_K = 20
 Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Text = Annotated[StrictStr, Field(max_length=500)]
 Number = StrictFloat  # accepts JSON integers too; finite by the models' allow_inf_nan=False
+Amount = Annotated[StrictFloat, Field(ge=-MAX_ABS_AMOUNT, le=MAX_ABS_AMOUNT)]
+DEFAULT_CLOCK_TOLERANCE_S = 300
+
+
+def clock_tolerance_seconds() -> float:
+    """How far ahead of the server's clock a record may be stamped (SEGMENTS_CLOCK_TOLERANCE_SECONDS)."""
+    return float(os.environ.get("SEGMENTS_CLOCK_TOLERANCE_SECONDS") or DEFAULT_CLOCK_TOLERANCE_S)
+
+
+def _within_the_clock(value: datetime) -> datetime:
+    """A record time between EARLIEST_TIMESTAMP and now plus the tolerance: a purchase dated 2300 would move the
+    customer's clock (and their logged changes) centuries ahead."""
+    try:
+        moment = naive_utc(value)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{value.isoformat()} cannot be read as UTC") from None
+    tolerance = clock_tolerance_seconds()
+    if moment < EARLIEST_TIMESTAMP:
+        raise ValueError(f"{value.isoformat()} is before {EARLIEST_TIMESTAMP:%Y-%m-%d}")
+    if moment > utc_now() + timedelta(seconds=tolerance):
+        raise ValueError(f"{value.isoformat()} is more than {tolerance:g} s ahead of the server's clock "
+                         f"(SEGMENTS_CLOCK_TOLERANCE_SECONDS)")
+    return value
+
+
+RecordTime = Annotated[datetime, AfterValidator(_within_the_clock)]
 
 
 class Strict(BaseModel):
@@ -43,10 +82,11 @@ class Strict(BaseModel):
 
 # The raw records are the data contract's rows (features/contract.py) without customer_id: their fields and types
 # come from it, so the API cannot drift from the files. What the contract's types cannot say is added here.
-_TYPES = {STRING: Text, TIMESTAMP: datetime, DOUBLE: Number, BIGINT: StrictInt, BOOLEAN: StrictBool}
+_TYPES = {STRING: Text, TIMESTAMP: RecordTime, DOUBLE: Number, BIGINT: StrictInt, BOOLEAN: StrictBool}
 _FIELDS = {
     ("transactions", "timestamp"): {"description": "UTC; naive values are read as UTC."},
-    ("transactions", "amount"): {"description": "Paid amount; a negative amount is a return."},
+    ("transactions", "amount"): {"description": "Paid amount; a negative amount is a return.", "type": Amount},
+    ("transactions", "discount_amount"): {"type": Amount},
     ("transactions", "channel"): {"description": "store, online, app, ..."},
     ("events", "timestamp"): {"description": "UTC; naive values are read as UTC."},
     ("events", "event_type"): {"description": "email_open, email_click, app_open, web_visit, ..."},
@@ -67,6 +107,7 @@ def record_model(table: str, name: str, doc: str) -> type[Strict]:
         extra = dict(_FIELDS.get((table, column), {}))
         if "max_length" in extra:  # longer than the general text limit
             annotation = Annotated[StrictStr, Field(max_length=extra.pop("max_length"))]
+        annotation = extra.pop("type", annotation)
         required = column in contract.required
         fields[column] = (annotation if required else annotation | None, Field(... if required else None, **extra))
     return create_model(name, __base__=Strict, __doc__=doc, **fields)

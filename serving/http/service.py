@@ -11,19 +11,19 @@ stale, decaying or drifting models, which stay 200: serving.health), /v1/info;
 BentoML's own /livez, /readyz and Prometheus /metrics. Marketers' HTML, read-only: /reports/ (the files
 `segments report` wrote into SEGMENTS_REPORTS_DIR) and /reports/customers/{id} (rendered per request).
 
-Status codes: 400 for a body that breaks the schema (field-level errors, BentoML's format: loc, msg, type);
-422 for a valid body that cannot be served as asked (feature rows lacking features, ids at another as_of, duplicate
-records); 413 above the batch cap (SEGMENTS_MAX_BATCH, default 10,000); 401 without the API key when
-SEGMENTS_API_KEY is set (header `x-api-key` or `Authorization: Bearer`; the probes /livez, /readyz, /v1/health
-and /v1/ready stay open); 503 when not ready. An unknown customer is an error in its own item; the rest is scored.
-Errors never carry stack traces (they go to the server log).
+Status codes: 400 for a body that breaks the schema (field-level errors, BentoML's format: loc, msg, type; a record's
+time or amount outside the data contract's rules is one of them) or a query parameter out of range; 422 for a valid
+body that cannot be served as asked (feature rows lacking features, ids at another as_of, duplicate records); 413
+above the batch cap (SEGMENTS_MAX_BATCH, default 10,000) or the body cap; 415 for a body that is not JSON; 401
+without an accepted key (serving.http.guard: the write key SEGMENTS_API_KEY, the read-only SEGMENTS_READ_KEY; the
+probes stay open); 503 when not ready. An unknown customer is an error in its own item; the rest is scored.
+POST /events is all or nothing for input errors: one bad record refuses the request (400, naming it) before anything
+is stored. Errors never carry stack traces (they go to the server log).
 """
 
 from __future__ import annotations
 
-import base64
 import gc
-import hmac
 import html
 import json
 import logging
@@ -36,6 +36,7 @@ from fastapi import FastAPI
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
+from serving.http.guard import ApiKeyMiddleware, BodyMiddleware
 from serving.http.request_features import RequestError, resolve_features
 from serving.http.schemas import (
     DEFAULT_MAX_BATCH,
@@ -49,7 +50,9 @@ from serving.http.schemas import (
 from serving.state import load_state, serve_dir
 
 logger = logging.getLogger("segments.service")
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health", "/v1/ready"})
+MAX_OFFSET = 10**9  # members paged past: beyond any programme, and far inside both databases' integers
+MAX_DAILY_DAYS = 3660  # a segment's day-by-day changes over at most ten years per request
+MAX_GOAL_CHARACTERS = 500
 
 status_app = FastAPI(title="segments status", openapi_url=None, docs_url=None, redoc_url=None)
 # Marketers' HTML: the report files written by `segments report` (SEGMENTS_REPORTS_DIR) and a page per customer.
@@ -59,52 +62,6 @@ reports_app = FastAPI(title="segments reports", openapi_url=None, docs_url=None,
 REPORT_TYPE = "text/html; charset=utf-8"
 REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                                             "form-action 'self'", "X-Content-Type-Options": "nosniff"}
-
-
-class ApiKeyMiddleware:
-    """401 for every request without SEGMENTS_API_KEY (when it is set), except the liveness/readiness probes.
-
-    The key goes in `x-api-key`, as a bearer token, or as the password of HTTP Basic auth (any user name): a
-    marketer's browser cannot send a header, so the reports answer 401 with a Basic challenge and the browser asks.
-    The key is compared in constant time and never logged or echoed.
-    """
-
-    def __init__(self, app):
-        self.app = app
-        self.key = os.environ.get("SEGMENTS_API_KEY", "").encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self.key and scope.get("path") not in OPEN_PATHS:
-            headers = dict(scope.get("headers") or [])
-            given = headers.get(b"x-api-key", b"")
-            authorization = headers.get(b"authorization", b"")
-            if not given and authorization.lower().startswith(b"bearer "):
-                given = authorization[7:].strip()
-            if not given and authorization.lower().startswith(b"basic "):
-                given = basic_password(authorization[6:].strip())
-            if not hmac.compare_digest(given, self.key):
-                await self._refuse(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    async def _refuse(scope, receive, send):
-        if scope["path"].startswith("/reports"):
-            response = HTMLResponse("<h1>API key needed</h1><p>Sign in with any user name and the service's API key "
-                                    "as the password.</p>", status_code=401,
-                                    headers={"WWW-Authenticate": 'Basic realm="segments reports", charset="UTF-8"'})
-        else:
-            response = JSONResponse({"error": "missing or wrong API key: send it in the x-api-key header"},
-                                    status_code=401)
-        await response(scope, receive, send)
-
-
-def basic_password(encoded: bytes) -> bytes:
-    """The password of an HTTP Basic credential (user:password, base64), b"" when malformed."""
-    try:
-        return base64.b64decode(encoded, validate=True).partition(b":")[2]
-    except ValueError:
-        return b""
 
 
 def segment_evaluation(rules) -> dict:
@@ -269,14 +226,17 @@ class SegmentsService:
             return error
         if name not in self.events.segments.names():
             return _error(404, f"no segment named {name!r}")
-        if not 0 < limit <= 10_000 or offset < 0:
-            return _error(400, "limit must be in 1..10000 and offset >= 0")
+        if not 0 < limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
+            return _error(400, f"limit must be in 1..10000 and offset in 0..{MAX_OFFSET:,}")
         body = {"segment": name, "size": store.current.segment_size(name),
                 "members": store.current.members(name, limit=limit, offset=offset), "limit": limit, "offset": offset}
         if start and end:
             try:
-                daily = store.changes.daily_changes(name, datetime.fromisoformat(start), datetime.fromisoformat(end))
-            except ValueError as exc:
+                start_at, end_at = datetime.fromisoformat(start), datetime.fromisoformat(end)
+                if not 0 <= (end_at - start_at).days <= MAX_DAILY_DAYS:
+                    raise ValueError(f"end must be after start and at most {MAX_DAILY_DAYS:,} days later")
+                daily = store.changes.daily_changes(name, start_at, end_at)
+            except (ValueError, TypeError, OverflowError) as exc:
                 return _error(400, f"start/end: {exc}")
             body["daily"] = daily.to_dict(orient="records")
         return json.loads(json.dumps(body, default=str))
@@ -306,6 +266,8 @@ class SegmentsService:
             return error
         if not 1 <= max_actions <= 6:
             return _error(400, "max_actions must be in 1..6")
+        if len(goal) > MAX_GOAL_CHARACTERS:
+            return _error(400, f"goal: at most {MAX_GOAL_CHARACTERS} characters")
         if not self._knows(customer_id):
             return _error(404, f"customer {customer_id!r} is not in the served feature table and has no posted "
                                f"records")
@@ -401,4 +363,7 @@ class SegmentsService:
         }, default=str))
 
 
+# The first added is the outermost (Starlette's order): the key is checked before the body is read, and both answer
+# before BentoML's Prometheus middleware, so refused requests add no metric series.
 SegmentsService.add_asgi_middleware(ApiKeyMiddleware)
+SegmentsService.add_asgi_middleware(BodyMiddleware)
