@@ -47,41 +47,100 @@ def test_the_hand_built_members_split_as_assumed():
     assert in_holdout(HELD, "promo", 50).tolist() == [True] * 2
 
 
+def _wilson(x: int, n: int) -> tuple[float, float]:
+    """Wilson's score interval, written out: the roots in p of (x/n - p)^2 = z^2 p (1 - p) / n."""
+    a, b, c = 1 + Z * Z / n, -(2 * x / n + Z * Z / n), (x / n) ** 2
+    root = math.sqrt(b * b - 4 * a * c)
+    return (-b - root) / (2 * a), (-b + root) / (2 * a)
+
+
+def _fisher_two_sided(x_t: int, n_t: int, x_h: int, n_h: int) -> float:
+    """Fisher's exact test by enumeration: every table with the observed margins at most as likely as the observed."""
+    converted = x_t + x_h
+
+    def probability(k: int) -> float:
+        return math.comb(n_t, k) * math.comb(n_h, converted - k) / math.comb(n_t + n_h, converted)
+
+    observed = probability(x_t)
+    tables = range(max(0, converted - n_h), min(n_t, converted) + 1)
+    return sum(probability(k) for k in tables if probability(k) <= observed * (1 + 1e-7))
+
+
 def test_measure_is_exact_on_known_orders(tiny):
+    from scipy.stats import t as student_t
+
     result = measure(MEMBERS, PROMO, tiny, START, END)
     assert (result.targeted_customers, result.holdout_customers) == (4, 2)
     table = result.table().set_index("metric")
     assert list(result.table().columns) == TABLE_COLUMNS
     assert table.loc["customers", ["targeted", "holdout"]].tolist() == [4, 2]
-    # converted: targeted [1, 1, 0, 1], holdout [1, 0]; orders [2, 1, 0, 1] vs [1, 0]; spend [40, 50, 0, 20] vs [10, 0]
-    expected = {
-        "conversion_rate": (0.75, 0.5, math.sqrt(0.75 * 0.25 / 4 + 0.5 * 0.5 / 2), 0.5),
-        "mean_orders": (1.0, 0.5, math.sqrt((2 / 3) / 4 + 0.5 / 2), 1.0),
-        "mean_spend": (27.5, 5.0, math.sqrt((1475 / 3) / 4 + 50 / 2), 4.5),  # sample variances 1475/3 and 50
-    }
-    for metric, (targeted, held, se, lift) in expected.items():
+    assert result.warnings and "only 2 customers in the holdout" in result.warnings[0]
+    # converted: targeted 3 of 4, holdout 1 of 2: Newcombe's hybrid score interval and Fisher's exact test
+    row = table.loc["conversion_rate"]
+    (low_t, high_t), (low_h, high_h) = _wilson(3, 4), _wilson(1, 2)
+    assert (row["targeted"], row["holdout"], row["difference"], row["lift"]) == pytest.approx((0.75, 0.5, 0.25, 0.5))
+    assert row["ci_low"] == pytest.approx(0.25 - math.sqrt((0.75 - low_t) ** 2 + (high_h - 0.5) ** 2))
+    assert row["ci_high"] == pytest.approx(0.25 + math.sqrt((high_t - 0.75) ** 2 + (0.5 - low_h) ** 2))
+    assert row["p_value"] == pytest.approx(_fisher_two_sided(3, 4, 1, 2)) and row["p_value"] == pytest.approx(1.0)
+    # orders [2, 1, 0, 1] vs [1, 0]; spend [40, 50, 0, 20] vs [10, 0]: Welch's t with Welch-Satterthwaite df
+    expected = {"mean_orders": (1.0, 0.5, (2 / 3) / 4, 0.5 / 2, 1.0),
+                "mean_spend": (27.5, 5.0, (1475 / 3) / 4, 50 / 2, 4.5)}  # sample variances 1475/3 and 50
+    for metric, (targeted, held, a, b, lift) in expected.items():
         row = table.loc[metric]
-        difference = targeted - held
-        assert row["targeted"] == pytest.approx(targeted)
-        assert row["holdout"] == pytest.approx(held)
-        assert row["difference"] == pytest.approx(difference)
-        assert row["ci_low"] == pytest.approx(difference - Z * se)
-        assert row["ci_high"] == pytest.approx(difference + Z * se)
-        assert row["lift"] == pytest.approx(lift)
-        assert row["p_value"] == pytest.approx(math.erfc(difference / se / math.sqrt(2)))
-        assert row["ci_low"] < row["difference"] < row["ci_high"]
-        assert row["difference"] - row["ci_low"] == pytest.approx(row["ci_high"] - row["difference"])
+        difference, se = targeted - held, math.sqrt(a + b)
+        df = (a + b) ** 2 / (a * a / 3 + b * b / 1)
+        q = student_t.ppf(0.975, df)
+        assert (row["targeted"], row["holdout"], row["difference"], row["lift"]) == pytest.approx(
+            (targeted, held, difference, lift))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((difference - q * se, difference + q * se))
+        assert row["p_value"] == pytest.approx(2 * student_t.sf(difference / se, df))
         assert row["relative_ci_low"] < row["lift"] < row["relative_ci_high"]
 
 
 def test_relative_lift_interval_by_hand(tiny):
-    """Conversion 3/4 targeted against 1/2 held out: Katz's log interval of a risk ratio, written out by hand,
-    se(log RR) = sqrt((1 - p_t) / (n_t p_t) + (1 - p_h) / (n_h p_h)) = sqrt(1/12 + 1/2)."""
+    """Conversion 3/4 targeted against 1/2 held out: the ratio's MOVER-R interval (Donner & Zou 2012) from the two
+    Wilson intervals, written out by hand."""
     row = measure(MEMBERS, PROMO, tiny, START, END).table().set_index("metric").loc["conversion_rate"]
-    se_log = math.sqrt(0.25 / (4 * 0.75) + 0.5 / (2 * 0.5))
-    assert row["relative_ci_low"] == pytest.approx(1.5 * math.exp(-Z * se_log) - 1)
-    assert row["relative_ci_high"] == pytest.approx(1.5 * math.exp(Z * se_log) - 1)
+    (l1, u1), (l2, u2) = _wilson(3, 4), _wilson(1, 2)
+    p1, p2 = 0.75, 0.5
+    low = (p1 * p2 - math.sqrt((p1 * p2) ** 2 - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2))) / (u2 * (2 * p2 - u2))
+    high = (p1 * p2 + math.sqrt((p1 * p2) ** 2 - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2))) / (l2 * (2 * p2 - l2))
+    assert row["relative_ci_low"] == pytest.approx(low - 1)
+    assert row["relative_ci_high"] == pytest.approx(high - 1)
     assert row["relative_ci_low"] > -1  # a ratio of rates never falls below -100%
+
+
+@pytest.mark.parametrize(("n_holdout", "rate"), [(11, 0.95), (11, 0.6), (25, 0.98), (40, 0.1)])
+def test_the_difference_interval_holds_for_small_holdouts(n_holdout, rate):
+    """Simulated campaigns with no effect, a small holdout and rates near 0 or 1 (1,500 draws): Newcombe's interval
+    holds the true difference (0) at least 93% of the time; the Wald interval used before falls far short there
+    (at 11 held out and 95%, a holdout that all bought has zero variance: the Wald interval shrinks to the
+    targeted side's alone)."""
+    from serving.segments.lift import compare_rates
+
+    rng = np.random.default_rng(11)
+    n_targeted, draws, newcombe, wald = 300, 1500, 0, 0
+    for _ in range(draws):
+        x_t, x_h = int(rng.binomial(n_targeted, rate)), int(rng.binomial(n_holdout, rate))
+        result = compare_rates("m", x_t, n_targeted, x_h, n_holdout)
+        newcombe += result.ci_low <= 0 <= result.ci_high
+        p_t, p_h = x_t / n_targeted, x_h / n_holdout
+        half = Z * math.sqrt(p_t * (1 - p_t) / n_targeted + p_h * (1 - p_h) / n_holdout)
+        wald += abs(p_t - p_h) <= half
+    assert newcombe / draws >= 0.93, newcombe / draws
+    if n_holdout == 11 and rate == 0.95:
+        assert wald / draws < 0.85, wald / draws  # the old interval: what this test guards against
+
+
+def test_a_full_holdout_of_eleven_is_not_called_significant():
+    """The issue's case: every one of 11 held-out customers bought, as did every targeted one: no evidence of
+    anything (p = 1), and an interval that still has width."""
+    from serving.segments.lift import compare_rates
+
+    result = compare_rates("conversion_rate", 120, 120, 11, 11)
+    assert result.p_value == pytest.approx(1.0)
+    assert result.ci_low < 0 < result.ci_high and result.ci_high > 0.2  # 11 customers cannot rule out +20 points
+    assert result.relative_ci_low < 0 < result.relative_ci_high and result.relative_ci_high > 0.3
 
 
 @pytest.mark.parametrize("rate", [True, False])
@@ -118,7 +177,7 @@ def test_a_zero_holdout_figure_has_no_lift(tiny):
     assert math.isnan(table.loc["conversion_rate", "lift"]) and math.isnan(table.loc["mean_spend", "lift"])
     assert table.loc[["conversion_rate", "mean_spend"], ["relative_ci_low", "relative_ci_high"]].isna().all().all()
     assert table.loc["conversion_rate", "difference"] == 1.0
-    assert math.isnan(table.loc["conversion_rate", "p_value"])       # both rates constant: no standard error
+    assert table.loc["conversion_rate", "p_value"] == pytest.approx(_fisher_two_sided(2, 2, 0, 1))  # exact: 1/3
     assert math.isnan(table.loc["mean_orders", "ci_low"])            # a group of one has no sample variance
 
 

@@ -194,6 +194,8 @@ def measure(
         return
     out.print(frame_table(result.table(), f"{segment_name}: targeted vs holdout, {start:%Y-%m-%d} to "
                                           f"{end:%Y-%m-%d}"))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 def backtest(

@@ -206,8 +206,8 @@ def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime
 def lift_words(lift: Lift) -> str:
     """The conversion lift in one line: "+12% (95% CI +3% to +21%), p = 0.01: unlikely to be chance".
 
-    The interval is the relative lift's own (`serving.segments.lift.relative_interval`: both groups' rates are estimates);
-    the p-value is the two-sided test of the difference in conversion rate."""
+    The interval is the relative lift's own (`serving.segments.lift.compare_rates`: both groups' rates are
+    estimates); the p-value is Fisher's exact test of the difference in conversion rate; a small group says so."""
     comparison = lift.conversion
     if comparison is None:
         return lift.reason
@@ -215,7 +215,8 @@ def lift_words(lift: Lift) -> str:
         return (f"holdout converted 0%, targeted {comparison.targeted:.0%}: no relative lift "
                 f"(difference {comparison.difference * 100:+.1f} points)")
     lift_text, interval, verdict = lift_parts(lift)
-    return f"{lift_text} {interval}, {verdict}"
+    warnings = getattr(lift.measurement, "warnings", ())
+    return f"{lift_text} {interval}, {verdict}" + "".join(f" ({w})" for w in warnings)
 
 
 def lift_parts(lift: Lift) -> tuple[str, str, str] | None:

@@ -2,7 +2,12 @@
 
 `measure` compares the segment's targeted members with its holdout (the deterministic `in_holdout` draw the campaign
 left alone) over a window after the campaign started: conversion, orders and spend per customer, the difference
-with a 95% confidence interval, the relative lift with its own 95% interval and a p-value.
+with a 95% confidence interval, the relative lift with its own 95% interval and a p-value. Holdouts are often small
+(10% of a few hundred members), so the statistics hold at any size: for conversion, Newcombe's hybrid score interval
+of the difference (from two Wilson intervals; never of zero width at 0% or 100%), Fisher's exact test and the
+ratio's MOVER-R interval from the same Wilson intervals; for orders and spend, Welch's t (Welch-Satterthwaite degrees of freedom), with a
+warning under `SMALL_GROUP` customers in either group, where a mean of a skewed amount is still rough.
+`tests/test_lift.py` checks the coverage of the intervals by simulation.
 
 `backtest` evaluates a rule segment at past dates, point in time, and compares what its members did in the following
 horizon with what the active population did: a segment meant to catch churners should churn more than the
@@ -30,6 +35,7 @@ from serving.segments.refresh import evaluate_population
 from training.labels import churn_eligible, data_end, future_activity
 
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95%: 1.95996...
+SMALL_GROUP = 30  # below this many customers in a group, means of orders and spend get a warning
 TABLE_COLUMNS = ["metric", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "relative_ci_low",
                  "relative_ci_high", "p_value"]
 BACKTEST_METRICS = ("churn_rate", "conversion_rate", "mean_orders", "mean_spend")
@@ -88,6 +94,7 @@ class Measurement:
     targeted_customers: int
     holdout_customers: int
     comparisons: tuple[Comparison, ...]
+    warnings: tuple[str, ...] = ()
 
     def table(self) -> pd.DataFrame:
         """Columns TABLE_COLUMNS (metric, targeted, holdout, difference, ci_low, ci_high, lift, relative_ci_low,
@@ -101,7 +108,8 @@ class Measurement:
         return {"segment": self.segment, "start": self.start.isoformat(), "end": self.end.isoformat(),
                 "holdout_percent": self.holdout_percent,
                 "customers": {"targeted": self.targeted_customers, "holdout": self.holdout_customers},
-                "metrics": [{k: plain(v) for k, v in vars(c).items()} for c in self.comparisons]}
+                "metrics": [{k: plain(v) for k, v in vars(c).items()} for c in self.comparisons],
+                "warnings": list(self.warnings)}
 
 
 def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResult, start: datetime,
@@ -113,8 +121,8 @@ def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResul
         segment: gives the name and holdout_percent that decide the holdout (`in_holdout`).
         validation: the clean transactions to count purchases in.
 
-    Conversion (at least one purchase) is compared with the unpooled Wald interval, mean orders and mean spend
-    per customer with Welch's; both are normal approximations, so p-values are two-sided z tests.
+    Conversion (at least one purchase) is compared with `compare_rates` (Newcombe, Fisher), mean orders and mean
+    spend per customer with `compare_means` (Welch's t); see the module docstring.
     Raises ValueError when the window is empty, `members` has no customer_id, or either group is empty.
     """
     if end <= start:
@@ -132,7 +140,12 @@ def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResul
         compare("mean_orders", targeted["orders"].to_numpy(float), holdout["orders"].to_numpy(float), False),
         compare("mean_spend", targeted["spend"].to_numpy(float), holdout["spend"].to_numpy(float), False),
     )
-    return Measurement(segment.name, start, end, segment.holdout_percent, len(targeted), len(holdout), comparisons)
+    smallest = min(len(targeted), len(holdout))
+    group = "holdout" if len(holdout) <= len(targeted) else "targeted group"
+    warning = f"only {smallest} customers in the {group}: the intervals are wide, those of orders and spend rough"
+    warnings = (warning,) if smallest < SMALL_GROUP else ()
+    return Measurement(segment.name, start, end, segment.holdout_percent, len(targeted), len(holdout), comparisons,
+                       warnings)
 
 
 def _check_groups(segment: Segment, members: int, held: int) -> None:
@@ -153,41 +166,86 @@ def _check_groups(segment: Segment, members: int, held: int) -> None:
 
 
 def compare(metric: str, targeted: np.ndarray, holdout: np.ndarray, rate: bool) -> Comparison:
-    """Targeted against holdout for per-customer values (0/1 when `rate`), normal approximation at 95%.
+    """Targeted against holdout for per-customer values (0/1 when `rate`) at 95%: `compare_rates` or
+    `compare_means`."""
+    if rate:
+        return compare_rates(metric, int(targeted.sum()), len(targeted), int(holdout.sum()), len(holdout))
+    return compare_means(metric, targeted, holdout)
 
-    The standard error is unpooled: sqrt(v_t / n_t + v_h / n_h) with the Bernoulli variance p (1 - p) for a rate
-    (Wald) and the sample variance otherwise (Welch; undefined, hence NaN, for a group of one).
-    """
+
+def compare_rates(metric: str, x_t: int, n_t: int, x_h: int, n_h: int) -> Comparison:
+    """Two proportions x_t / n_t against x_h / n_h, exact or score-based so they hold for small groups and at 0%
+    or 100%: Newcombe's hybrid score interval of the difference (method 10, from Wilson intervals), Fisher's exact
+    two-sided p-value, and the ratio's interval by MOVER-R from the same Wilson intervals (NaN lift and ratio
+    interval when the holdout rate is 0)."""
+    from scipy.stats import fisher_exact
+
+    p_t, p_h = x_t / n_t, x_h / n_h
+    low_t, high_t = wilson_interval(x_t, n_t)
+    low_h, high_h = wilson_interval(x_h, n_h)
+    difference = p_t - p_h
+    ci_low = difference - math.sqrt((p_t - low_t) ** 2 + (high_h - p_h) ** 2)
+    ci_high = difference + math.sqrt((high_t - p_t) ** 2 + (p_h - low_h) ** 2)
+    p_value = float(fisher_exact([[x_t, n_t - x_t], [x_h, n_h - x_h]]).pvalue)
+    if p_h == 0:  # no ratio to a holdout rate of 0
+        return Comparison(metric, p_t, p_h, difference, ci_low, ci_high, float("nan"), float("nan"), float("nan"),
+                          p_value)
+    # The ratio's interval by MOVER-R (Donner & Zou 2012) from the same Wilson intervals: finite and of non-zero
+    # width at 0% and 100%, where a log interval of counts collapses.
+    product = p_t * p_h
+    ratio_low = (product - math.sqrt(max(product ** 2 - low_t * high_h * (2 * p_t - low_t) * (2 * p_h - high_h), 0)))
+    ratio_low /= high_h * (2 * p_h - high_h)
+    ratio_high = (product + math.sqrt(max(product ** 2 - high_t * low_h * (2 * p_t - high_t) * (2 * p_h - low_h), 0)))
+    ratio_high /= low_h * (2 * p_h - low_h)
+    return Comparison(metric, p_t, p_h, difference, ci_low, ci_high, p_t / p_h - 1, ratio_low - 1, ratio_high - 1,
+                      p_value)
+
+
+def wilson_interval(x: int, n: int) -> tuple[float, float]:
+    """Wilson's 95% score interval of a proportion x / n."""
+    p, z2 = x / n, Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def compare_means(metric: str, targeted: np.ndarray, holdout: np.ndarray) -> Comparison:
+    """Means per customer, Welch's t: unpooled standard error sqrt(v_t / n_t + v_h / n_h), Welch-Satterthwaite
+    degrees of freedom, a two-sided t test (NaN for a group of one or two constant groups: no test)."""
+    from scipy.stats import t as student_t
+
     mean_t, mean_h = float(targeted.mean()), float(holdout.mean())
-    var_t, var_h = (_bernoulli_var(mean_t), _bernoulli_var(mean_h)) if rate else (_var(targeted), _var(holdout))
+    var_t, var_h = _var(targeted), _var(holdout)
     n_t, n_h = len(targeted), len(holdout)
-    se = math.sqrt(var_t / n_t + var_h / n_h)
+    a, b = var_t / n_t, var_h / n_h
+    se = math.sqrt(a + b)
     difference = mean_t - mean_h
-    # A zero standard error (both groups constant) gives no test: report NaN rather than a certain p of 0 or 1.
-    p_value = math.erfc(abs(difference / se) / math.sqrt(2)) if se > 0 else float("nan")
     lift = mean_t / mean_h - 1 if mean_h > 0 else float("nan")
-    relative_low, relative_high = relative_interval(mean_t, var_t / n_t, mean_h, var_h / n_h)
-    return Comparison(metric, mean_t, mean_h, difference, difference - Z95 * se, difference + Z95 * se, lift,
+    if not se > 0:  # constant groups or a group of one: no interval and no test, rather than a certain one
+        return Comparison(metric, mean_t, mean_h, difference, float("nan"), float("nan"), lift, float("nan"),
+                          float("nan"), float("nan"))
+    df = (a + b) ** 2 / ((a * a / (n_t - 1) if a else 0.0) + (b * b / (n_h - 1) if b else 0.0))
+    q = float(student_t.ppf(0.975, df))
+    p_value = float(2 * student_t.sf(abs(difference / se), df))
+    relative_low, relative_high = relative_interval(mean_t, a, mean_h, b, q)
+    return Comparison(metric, mean_t, mean_h, difference, difference - q * se, difference + q * se, lift,
                       relative_low, relative_high, p_value)
 
 
-def relative_interval(mean_t: float, var_mean_t: float, mean_h: float, var_mean_h: float) -> tuple[float, float]:
+def relative_interval(mean_t: float, var_mean_t: float, mean_h: float, var_mean_h: float,
+                      quantile: float = Z95) -> tuple[float, float]:
     """95% interval of the relative lift mean_t / mean_h - 1, from each mean and the variance of that mean.
 
     Delta method on the log of the ratio: Var(log m_t - log m_h) ~ var_t / m_t^2 + var_h / m_h^2, so both groups'
-    uncertainty counts (the holdout's rate is an estimate too, usually from the smaller group); for two rates this is
-    Katz's interval of a risk ratio. The interval is exp(log ratio +- z se) - 1: asymmetric, never below -100%.
-    NaN when either mean is 0 (no log) or a variance is undefined.
+    uncertainty counts (the holdout's mean is an estimate too, usually from the smaller group). The interval is
+    exp(log ratio +- quantile se) - 1: asymmetric, never below -100%. NaN when either mean is 0 (no log) or a
+    variance is undefined.
     """
     if not (mean_t > 0 and mean_h > 0):
         return float("nan"), float("nan")
     se_log = math.sqrt(var_mean_t / mean_t ** 2 + var_mean_h / mean_h ** 2)
     log_ratio = math.log(mean_t / mean_h)
-    return math.expm1(log_ratio - Z95 * se_log), math.expm1(log_ratio + Z95 * se_log)
-
-
-def _bernoulli_var(p: float) -> float:
-    return p * (1 - p)
+    return math.expm1(log_ratio - quantile * se_log), math.expm1(log_ratio + quantile * se_log)
 
 
 def _var(values: np.ndarray) -> float:
