@@ -147,19 +147,30 @@ class ServingState:
 
 
 def load_state(directory: Path) -> ServingState:
-    """Load the serve folder, never raising: what is missing or incompatible goes to `problems`."""
+    """Load the serve folder, never raising: what is missing, incompatible or damaged (a truncated file, broken
+    JSON) goes to `problems`, so a worker answers 503 with the reason instead of crashing."""
+    state = ServingState(Path(directory))
+    try:
+        _load(state)
+    except Exception as exc:  # noqa: BLE001 - a damaged serve folder is a readiness problem, never a crash
+        state.scorer = None
+        state.problems.append(f"the serve folder {state.directory.resolve()} cannot be read ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}): rebuild it (segments build)")
+    return state
+
+
+def _load(state: ServingState) -> None:
     from serving.scorer import Scorer
 
-    state = ServingState(Path(directory))
     path = state.directory / MANIFEST
     if not path.exists():
         state.problems.append(f"no {MANIFEST} in {state.directory.resolve()}: run segments build first")
-        return state
+        return
     state.manifest = json.loads(path.read_text())
     if state.manifest.get("feature_set_version") != FEATURE_SET_VERSION:
         state.problems.append(f"the serve folder was built for feature set {state.manifest.get('feature_set_version')}"
                               f", this code builds {FEATURE_SET_VERSION}: rebuild it (segments build)")
-        return state
+        return
     bundle = ScoringBundle()
     for name, entry in state.manifest["models"].items():
         try:
@@ -187,4 +198,3 @@ def load_state(directory: Path) -> ServingState:
     _ = state.query.sql  # compiled once, at start
     if bundle.models:
         state.scorer = Scorer(bundle, state.typical)
-    return state

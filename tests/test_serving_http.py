@@ -33,20 +33,48 @@ def _free_port() -> int:
 def server(tmp_path_factory, generated_validation, generated):
     root = tmp_path_factory.mktemp("http")
     served = build_served(root, generated_validation, generated[1])
-    port = _free_port()
-    env = {**os.environ, **served["env"], "SEGMENTS_API_KEY": KEY, "SEGMENTS_READ_KEY": READ_KEY,
-           "SEGMENTS_MAX_BATCH": "5", "SEGMENTS_MAX_BODY_BYTES": str(MAX_BODY),
-           "BENTOML_DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    log = root / "server.log"
-    segments = Path(sys.executable).with_name("segments")
-    with open(log, "w") as out:
-        process = subprocess.Popen([str(segments), "serve", "--serve-dir", str(served["serve_dir"]),
-                                    "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=root, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    process, base, log = _serve(root, served["serve_dir"], served["env"], "server.log")
     _wait_ready(base, process, log)
     yield {"base": base, "process": process, "log": log, "state": served, "root": root}
     _stop(process)
+
+
+def _serve(root: Path, serve_dir: Path, served_env: dict, log_name: str, **extra: str):
+    """Start `segments serve` on a free loopback port: (process, base URL, log file)."""
+    port = _free_port()
+    env = {**os.environ, **served_env, "SEGMENTS_API_KEY": KEY, "SEGMENTS_READ_KEY": READ_KEY,
+           "SEGMENTS_MAX_BATCH": "5", "SEGMENTS_MAX_BODY_BYTES": str(MAX_BODY),
+           "BENTOML_DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **extra}
+    log = root / log_name
+    segments = Path(sys.executable).with_name("segments")
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(segments), "serve", "--serve-dir", str(serve_dir),
+                                    "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=root, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}", log
+
+
+def _answering(base: str, process: subprocess.Popen, log: Path) -> None:
+    """Wait until the worker answers /v1/health (whatever readiness says)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    _stop(process)
+    pytest.fail(f"server not answering\n{log.read_text()[-3000:]}")
+
+
+def _until(check, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
@@ -472,3 +500,160 @@ def test_counterfactual_goals_cannot_expand_or_overflow(server):
         assert len(answer.text) < 1_000 and "x, x, x, x, x, x, x, x, x, x, x" not in answer.text, goal
     long = httpx.get(url, params={"goal": "churn_probability < 0.1 " + " " * 600}, headers=headers, timeout=30)
     assert long.status_code == 400 and "500 characters" in long.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Faults (issue 13, item 3): a damaged serve folder and a database that is down answer 503 with the reason, the
+# worker stays up, and the service recovers when the database is back, without a restart
+
+
+def test_a_damaged_serve_folder_is_a_503_not_a_crash(server, tmp_path):
+    import shutil
+
+    serve_dir = tmp_path / "serve"
+    shutil.copytree(server["state"]["serve_dir"], serve_dir)
+    (serve_dir / "features.parquet").write_bytes(b"PAR1 not really parquet")
+    process, base, log = _serve(tmp_path, serve_dir, server["state"]["env"], "damaged.log")
+    try:
+        _answering(base, process, log)
+        ready = httpx.get(f"{base}/v1/ready", timeout=10)
+        assert ready.status_code == 503 and "cannot be read" in ready.json()["reason"], ready.text
+        assert "rebuild it" in ready.json()["reason"]
+        score = httpx.post(f"{base}/score", json={"customers": [{"customer_id": "x"}]}, headers={"x-api-key": KEY},
+                           timeout=30)
+        assert score.status_code == 503 and "not ready" in score.json()["error"]
+        assert process.poll() is None  # the worker is alive and answering
+    finally:
+        _stop(process)
+
+
+def test_a_store_that_opens_later_is_used_without_a_restart(server, tmp_path):
+    later = tmp_path / "later"  # SQLite cannot create a file in a folder that does not exist yet
+    process, base, log = _serve(tmp_path, server["state"]["serve_dir"], server["state"]["env"], "later.log",
+                                SEGMENTS_DB_URL=f"sqlite:///{later / 'segments.db'}")
+    try:
+        _answering(base, process, log)
+        ready = httpx.get(f"{base}/v1/ready", timeout=10)
+        assert ready.status_code == 503 and "segments" in ready.json()["reason"], ready.text
+        cid = _customer_with_history(server)
+        events = httpx.post(f"{base}/events", json={"transactions": [_transaction(cid, 70, 9)]},
+                            headers={"x-api-key": KEY}, timeout=30)
+        assert events.status_code == 503
+        later.mkdir()
+        assert _until(lambda: httpx.get(f"{base}/v1/ready", timeout=10).status_code == 200), log.read_text()[-2000:]
+        events = httpx.post(f"{base}/events", json={"transactions": [_transaction(cid, 70, 9)]},
+                            headers={"x-api-key": KEY}, timeout=60)
+        assert events.status_code == 200 and events.json()["customers"][0]["stored"] == [f"rt-{cid}-70"]
+    finally:
+        _stop(process)
+
+
+class TcpProxy:
+    """127.0.0.1:port -> 127.0.0.1:target, which a test can cut (every connection dropped, nothing listening) and
+    restore on the same port: the database as the service sees it going down and coming back."""
+
+    def __init__(self, target: int):
+        import threading
+
+        self.target, self.port, self.lock = target, _free_port(), threading.Lock()
+        self.listener, self.sockets = None, []
+
+    def start(self) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self.sockets = []
+
+    def _accept(self, listener) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+
+@pytest.fixture()
+def pg_database():
+    """A fresh PostgreSQL database (SEGMENTS_TEST_PG_URL, as the store tests use), dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from serving.segments.store import sqlalchemy_url
+
+    admin_url = os.environ.get("SEGMENTS_TEST_PG_URL")
+    if not admin_url:
+        if os.environ.get("SEGMENTS_REQUIRE_PG") == "1":
+            pytest.fail("SEGMENTS_REQUIRE_PG=1 but SEGMENTS_TEST_PG_URL is not set")
+        pytest.skip("SEGMENTS_TEST_PG_URL is not set (`.ci/run postgres` starts a server)")
+    admin = create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"test_{uuid.uuid4().hex}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def test_postgresql_down_and_back_up_without_a_restart(server, tmp_path, pg_database):
+    proxy = TcpProxy(pg_database.port)
+    proxy.start()
+    url = pg_database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    process, base, log = _serve(tmp_path, server["state"]["serve_dir"], server["state"]["env"], "pg.log",
+                                SEGMENTS_DB_URL=url, SEGMENTS_DB_CONNECT_TIMEOUT="2")
+    headers, cid = {"x-api-key": KEY}, _customer_with_history(server)
+    try:
+        _wait_ready(base, process, log)
+        assert httpx.post(f"{base}/events", json={"transactions": [_transaction(cid, 80, 9)]}, headers=headers,
+                          timeout=60).status_code == 200
+        proxy.stop()  # the database goes away: every pooled connection is cut
+        assert _until(lambda: httpx.get(f"{base}/v1/ready", timeout=10).status_code == 503)
+        down = [httpx.post(f"{base}/events", json={"transactions": [_transaction(cid, 81, 10)]}, headers=headers,
+                           timeout=30),
+                httpx.get(f"{base}/v1/segments", headers=headers, timeout=30),
+                httpx.get(f"{base}/v1/customers/{cid}", headers=headers, timeout=30)]
+        for answer in down:
+            assert answer.status_code == 503 and "unavailable" in answer.json()["error"], answer.text
+        # scoring needs the database only to learn of a newer refresh: it keeps answering, or says 503, never 500
+        score = httpx.post(f"{base}/score", json={"customers": [{"customer_id": cid}]}, headers=headers, timeout=30)
+        assert score.status_code in (200, 503), score.text
+        assert process.poll() is None
+        proxy.start()  # back, on the same address
+        assert _until(lambda: httpx.get(f"{base}/v1/ready", timeout=10).status_code == 200), log.read_text()[-2000:]
+        again = httpx.post(f"{base}/events", json={"transactions": [_transaction(cid, 81, 10)]}, headers=headers,
+                           timeout=60)
+        assert again.status_code == 200 and again.json()["customers"][0]["stored"] == [f"rt-{cid}-81"]
+        history = httpx.get(f"{base}/v1/customers/{cid}", headers=headers, timeout=30)
+        assert history.status_code == 200
+    finally:
+        _stop(process)
+        proxy.stop()

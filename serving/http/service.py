@@ -23,16 +23,20 @@ is stored. Errors never carry stack traces (they go to the server log).
 
 from __future__ import annotations
 
+import functools
 import gc
 import html
 import json
 import logging
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
@@ -53,6 +57,28 @@ logger = logging.getLogger("segments.service")
 MAX_OFFSET = 10**9  # members paged past: beyond any programme, and far inside both databases' integers
 MAX_DAILY_DAYS = 3660  # a segment's day-by-day changes over at most ten years per request
 MAX_GOAL_CHARACTERS = 500
+STORE_RETRY_SECONDS = 5  # a store that failed to open is tried again at most this often
+STORE_DOWN = (DBAPIError, PoolTimeout)
+
+
+def store_down(error: Exception) -> JSONResponse:
+    """503 for a database that stopped answering: the request can be retried once it is back (nothing was half
+    written: every write is one transaction)."""
+    logger.error("segment store error: %s", error)
+    cause = getattr(error, "orig", None) or error
+    return _error(503, f"the segment store is unavailable ({type(cause).__name__}); retry shortly")
+
+
+def store_errors_as_503(route):
+    """A read route whose store calls may meet a database that is down: 503 with the reason, not 500."""
+    @functools.wraps(route)
+    def guarded(*args, **kwargs):
+        try:
+            return route(*args, **kwargs)
+        except STORE_DOWN as error:
+            return store_down(error)
+
+    return guarded
 
 status_app = FastAPI(title="segments status", openapi_url=None, docs_url=None, redoc_url=None)
 # Marketers' HTML: the report files written by `segments report` (SEGMENTS_REPORTS_DIR) and a page per customer.
@@ -110,6 +136,8 @@ class SegmentsService:
         self.state = load_state(serve_dir())
         self.max_batch = max_batch()
         self.store, self.events = None, None
+        self.segments_problem: str | None = None
+        self._segments_tried = 0.0
         if self.state.ready:
             self._start_segments()
         for problem in self.state.problems:
@@ -120,19 +148,40 @@ class SegmentsService:
         gc.freeze()
 
     def _start_segments(self) -> None:
-        """The membership store (SEGMENTS_DB_URL) and the event path; a failure is a readiness problem."""
+        """The membership store (SEGMENTS_DB_URL) and the event path. A failure is a readiness problem, tried again
+        (at most every STORE_RETRY_SECONDS) by the requests that need them, so a database that comes up later is
+        used without a restart."""
         from serving.segments.events import EventProcessor
         from serving.segments.store import SegmentStore
 
+        self._segments_tried = time.monotonic()
         try:
-            self.store = SegmentStore()
+            store = SegmentStore()
             definitions = os.environ.get("SEGMENTS_DEFINITIONS")
-            self.events = EventProcessor(self.state, self.store, Path(definitions) if definitions else None)
+            self.events = EventProcessor(self.state, store, Path(definitions) if definitions else None)
+            self.store, self.segments_problem = store, None
         except Exception as exc:  # noqa: BLE001 - reported by readiness, with its reason
-            self.state.problems.append(f"segments: {type(exc).__name__}: {exc}")
+            self.segments_problem = f"segments: {type(exc).__name__}: {str(exc)[:300]}"
+            logger.error("not ready: %s", self.segments_problem)
+
+    def _segments_ready(self) -> str | None:
+        """None when the store and the event path are up (starting them if due), else why not."""
+        if self.events is None and self.state.ready and \
+                time.monotonic() - self._segments_tried >= STORE_RETRY_SECONDS:
+            self._start_segments()
+        if self.events is not None:
+            return None
+        return self.segments_problem or "; ".join(self.state.problems) or "the segment store is not open"
+
+    def _problems(self) -> list[str]:
+        """Why the service cannot serve now: the serve folder's problems, the store not opening or not answering."""
+        if not self.state.ready:
+            return list(self.state.problems)
+        problem = self._segments_ready() or self.store.ping()
+        return [problem] if problem else []
 
     def __is_ready__(self) -> bool:
-        return self.state.ready
+        return not self._problems()
 
     def _versions(self, as_of) -> dict:
         return {"models": self.state.versions, "feature_set_version": FEATURE_SET_VERSION,
@@ -158,7 +207,13 @@ class SegmentsService:
         resolved, error = self._resolve(request)
         if error is not None:
             return error
-        rules = self.events.segment_rules()
+        problem = self._segments_ready()
+        if problem is not None:
+            return _error(503, "not ready: " + problem)
+        try:
+            rules = self.events.segment_rules()
+        except STORE_DOWN as exc:
+            return store_down(exc)
         scored = iter(self.state.scorer.results(resolved.features, request.explain, request.top_k, rules))
         items = [item_error if item_error is not None else next(scored) for item_error in resolved.errors]
         return ScoreResponse.model_validate({"versions": self._versions(resolved.as_of),
@@ -184,17 +239,22 @@ class SegmentsService:
     def post_events(self, request: EventsRequest, /) -> EventsResponse:
         """Push new transactions and engagement events. Each is stored durably (once per id) before the answer; the
         customer's features are rebuilt, rescored and their segments updated; the answer lists the changes."""
-        if not self.state.ready or self.events is None:
-            return _error(503, "not ready: " + "; ".join(self.state.problems))
+        problem = "; ".join(self.state.problems) if not self.state.ready else self._segments_ready()
+        if problem is not None:
+            return _error(503, "not ready: " + problem)
         rows = request.rows()
         if len(rows) > self.max_batch:
             return _error(413, f"{len(rows):,} records in one request; the limit is {self.max_batch:,} "
                                f"(SEGMENTS_MAX_BATCH): split the batch")
-        updates = self.events.ingest(rows)
+        try:
+            updates = self.events.ingest(rows)
+        except STORE_DOWN as exc:  # each customer's records commit or not as one: none is half stored
+            return store_down(exc)
         return EventsResponse.model_validate({"models": self.state.versions,
                                               "feature_set_version": FEATURE_SET_VERSION, "customers": updates})
 
     @status_app.get("/customers/{customer_id}")
+    @store_errors_as_503
     def customer_segments(self, customer_id: str):
         """A customer's current segments and their history of entries and exits with causes (newest first)."""
         store, error = self._read_store()
@@ -206,6 +266,7 @@ class SegmentsService:
         return json.loads(json.dumps(info, default=str))
 
     @status_app.get("/segments")
+    @store_errors_as_503
     def segments(self):
         """Every evaluated segment: kind, description, holdout share and exact current size."""
         store, error = self._read_store()
@@ -217,6 +278,7 @@ class SegmentsService:
                 "not_evaluated": self.events.skipped}
 
     @status_app.get("/segments/{name}")
+    @store_errors_as_503
     def segment(self, name: str, limit: int = 100, offset: int = 0, start: str | None = None,
                 end: str | None = None):
         """A segment's exact size, a page of members (by customer id), and with start and end (YYYY-MM-DD) its
@@ -242,6 +304,7 @@ class SegmentsService:
         return json.loads(json.dumps(body, default=str))
 
     @status_app.get("/flows")
+    @store_errors_as_503
     def flows(self, start: str, end: str, segments: str):
         """Customers moving between the comma-separated segments from start to end (null: none of them)."""
         store, error = self._read_store()
@@ -255,6 +318,7 @@ class SegmentsService:
         return json.loads(table.to_json(orient="records"))
 
     @status_app.get("/customers/{customer_id}/counterfactual")
+    @store_errors_as_503
     def counterfactual(self, customer_id: str, goal: str = "leave likely_to_churn", max_actions: int = 4):
         """The smallest change of actionable behaviour (purchases, visits, clicks, redemptions; never age, region or
         tenure) that reaches `goal` ("leave SEGMENT", "enter SEGMENT" or a condition such as "churn_probability <
@@ -314,8 +378,9 @@ class SegmentsService:
                 **segment_evaluation(rules)}
 
     def _read_store(self):
-        if self.store is None or self.events is None:
-            return None, _error(503, "not ready: " + "; ".join(self.state.problems))
+        problem = "; ".join(self.state.problems) if not self.state.ready else self._segments_ready()
+        if problem is not None:
+            return None, _error(503, "not ready: " + problem)
         return self.store, None
 
     @status_app.get("/health")
@@ -332,14 +397,15 @@ class SegmentsService:
 
     @status_app.get("/ready")
     def ready(self):
-        """Readiness: true when every model loaded and matches the feature set; otherwise false with the reason.
+        """Readiness: true when every model loaded and matches the feature set, the serve folder could be read and
+        the segment store answers; otherwise false with the reason (503), true again once the cause is gone.
         `warnings` lists stale models and those the last `segments monitor` found decaying or drifting: they still
         serve (200), as they did yesterday; retraining is the cure, not an outage."""
         warnings = self._health()[1]
-        if self.state.ready:
+        problems = self._problems()
+        if not problems:
             return {"ready": True, "warnings": warnings}
-        return JSONResponse({"ready": False, "reason": "; ".join(self.state.problems), "warnings": warnings},
-                            status_code=503)
+        return JSONResponse({"ready": False, "reason": "; ".join(problems), "warnings": warnings}, status_code=503)
 
     @status_app.get("/info")
     def info(self) -> dict:
@@ -352,9 +418,10 @@ class SegmentsService:
         if self.state.scorer is not None:
             engines = {e.target.key: "pred_contrib" for e in self.state.scorer.explainers.values()}
         health, warnings = self._health()
+        problems = self._problems()
         models = {name: {**entry, "health": health.get(name)} for name, entry in manifest.get("models", {}).items()}
         return json.loads(json.dumps({
-            "ready": self.state.ready, "problems": self.state.problems, "warnings": warnings,
+            "ready": self.state.ready and not problems, "problems": problems, "warnings": warnings,
             "feature_set_version": FEATURE_SET_VERSION, "as_of": manifest.get("as_of"),
             "models": models, "customers_in_feature_table": manifest.get("customers"),
             "built_at": manifest.get("built_at"), "max_batch": self.max_batch,

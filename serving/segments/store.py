@@ -138,6 +138,11 @@ class StoreError(RuntimeError):
     """The segment store cannot be reached or set up; the message names the URL with its password masked."""
 
 
+def connect_timeout_seconds() -> int:
+    """Seconds to wait for a PostgreSQL connection (SEGMENTS_DB_CONNECT_TIMEOUT, default 5)."""
+    return int(os.environ.get("SEGMENTS_DB_CONNECT_TIMEOUT") or 5)
+
+
 def db_url() -> str:
     """SEGMENTS_DB_URL, else DEFAULT_DB_URL; a plain postgresql:// (or postgres://) URL gets the psycopg 3 driver."""
     url = os.environ.get("SEGMENTS_DB_URL") or DEFAULT_DB_URL
@@ -185,8 +190,12 @@ class Database:
         self.url = make_url(sqlalchemy_url(url or db_url()))
         self.display_url = self.url.render_as_string(hide_password=True)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        # pre-ping: a long-running service outlives PostgreSQL restarts without handing out dead connections.
-        self.engine = create_engine(self.url, pool_pre_ping=not self.is_sqlite)
+        # pre-ping: a long-running service outlives PostgreSQL restarts without handing out dead connections; a
+        # connect timeout and a pool timeout, so a database that does not answer fails a request instead of hanging
+        # it (SQLite waits at most its busy timeout for a lock).
+        options = {} if self.is_sqlite else {"connect_args": {"connect_timeout": connect_timeout_seconds()},
+                                             "pool_timeout": connect_timeout_seconds()}
+        self.engine = create_engine(self.url, pool_pre_ping=not self.is_sqlite, **options)
         if self.is_sqlite:
             self._configure_sqlite()
         try:
@@ -220,6 +229,15 @@ class Database:
     def close(self) -> None:
         """Close pooled connections (tests drop their database afterwards)."""
         self.engine.dispose()
+
+    def ping(self) -> str | None:
+        """None when the database answers a trivial query, else why not (for readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError as error:
+            return f"the segment store at {self.display_url} does not answer: {str(error.orig).strip()[:200]}"
+        return None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -278,6 +296,9 @@ class SegmentStore:
     def close(self) -> None:
         """Close pooled connections (tests drop their database afterwards)."""
         self.db.close()
+
+    def ping(self) -> str | None:
+        return self.db.ping()
 
 
 class StoreWriter:
