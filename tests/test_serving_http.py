@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -333,7 +334,7 @@ def test_counterfactual_api_proposes_actions_and_refuses_bad_goals(server):
     posted = httpx.post(f"{server['base']}/events", json=records, headers=headers, timeout=60)
     assert posted.status_code == 200, posted.text
     update = posted.json()["customers"][0]
-    assert update["as_of"] == body["as_of"]
+    assert datetime.fromisoformat(update["as_of"]).replace(tzinfo=None) == datetime.fromisoformat(body["as_of"])
     stored = httpx.get(f"{server['base']}/v1/customers/{risky['customer_id']}", headers=headers, timeout=30).json()
     assert sorted(s["segment"] for s in stored["segments"]) == body["plan"]["predicted"]["segments"]
     assert httpx.get(url, params={"goal": "enter no_such_segment"}, headers=headers, timeout=60).status_code == 422
@@ -657,3 +658,26 @@ def test_postgresql_down_and_back_up_without_a_restart(server, tmp_path, pg_data
     finally:
         _stop(process)
         proxy.stop()
+
+
+def test_the_live_service_holds_its_openapi_document_under_fuzzing(server, tmp_path):
+    """Issue 13, item 6: schemathesis (an OpenAPI fuzzer) against a real `segments serve` on 127.0.0.1, every
+    operation, 100 examples each: no 5xx, only documented statuses, bodies and content types as documented."""
+    process, base, log = _serve(tmp_path, server["state"]["serve_dir"], server["state"]["env"], "fuzz.log",
+                                SEGMENTS_API_KEY="", SEGMENTS_READ_KEY="",
+                                SEGMENTS_DB_URL=f"sqlite:///{tmp_path / 'fuzz.db'}")
+    try:
+        _wait_ready(base, process, log)
+        schemathesis = Path(sys.executable).with_name("schemathesis")
+        run = subprocess.run(
+            [str(schemathesis), "run", f"{base}/docs.json", "--checks",
+             "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance",
+             "--max-examples", "100", "--seed", "13", "--no-color"],
+            capture_output=True, text=True, timeout=900, check=False)
+        summary = run.stdout[-4000:]
+        assert run.returncode == 0, summary + log.read_text()[-2000:]
+        assert "passed" in summary and "failures" not in summary.lower().replace("0 failures", ""), summary
+        assert "Selected: 17/17" in summary  # every operation of the document
+        assert process.poll() is None
+    finally:
+        _stop(process)

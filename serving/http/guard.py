@@ -77,6 +77,26 @@ def basic_password(encoded: bytes) -> bytes:
         return b""
 
 
+class UnroutableMiddleware:
+    """404 in the service's own error body (HTML under /reports) for a path with control characters: no route
+    pattern matches a newline, and BentoML's outer router would answer in plain text, which the OpenAPI document
+    does not promise."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+            if path.startswith("/reports"):
+                response = HTMLResponse("<h1>Not found</h1><p>No such page.</p>", status_code=404)
+            else:
+                response = _json(404, "no such route")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class BodyMiddleware:
     """415 for a body that is not JSON, 413 for one above the cap (module docstring)."""
 

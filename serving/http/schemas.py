@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import (
@@ -74,6 +74,8 @@ def _within_the_clock(value: datetime) -> datetime:
 
 
 RecordTime = Annotated[datetime, AfterValidator(_within_the_clock)]
+# Times in responses are UTC and say so ("...Z"): RFC 3339 date-times, as the OpenAPI document declares them.
+UtcTime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
 
 
 class Strict(BaseModel):
@@ -104,6 +106,8 @@ def record_model(table: str, name: str, doc: str) -> type[Strict]:
         if column == "customer_id":
             continue
         annotation = Id if column == contract.id_column else _TYPES[kind]
+        if kind == STRING and column in contract.required:  # empty is missing, as the file validator's missing_key
+            annotation = Annotated[StrictStr, Field(min_length=1, max_length=500)]
         extra = dict(_FIELDS.get((table, column), {}))
         if "max_length" in extra:  # longer than the general text limit
             annotation = Annotated[StrictStr, Field(max_length=extra.pop("max_length"))]
@@ -318,7 +322,7 @@ class EventsRequest(Strict):
 class Change(BaseModel):
     segment: str
     change: str = Field(description="entered or exited")
-    at: datetime
+    at: UtcTime
     cause: list[dict] = Field(description="The conditions that flipped: condition, field, old, new, text.")
 
 
@@ -326,7 +330,7 @@ class CustomerUpdate(BaseModel):
     customer_id: str
     stored: list[str] = Field(description="Ids stored by this request.")
     duplicates: list[str] = Field(description="Ids already stored before (ignored).")
-    as_of: datetime | None = Field(description="When the customer was re-evaluated (just after the latest record).")
+    as_of: UtcTime | None = Field(description="When the customer was re-evaluated (just after the latest record).")
     changes: list[Change]
     segments: list[str] = Field(description="The customer's segments after this request.")
 

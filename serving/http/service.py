@@ -37,10 +37,12 @@ import bentoml
 from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
-from serving.http.guard import ApiKeyMiddleware, BodyMiddleware
+from serving.http.guard import ApiKeyMiddleware, BodyMiddleware, UnroutableMiddleware
+from serving.http.openapi import OpenApiMiddleware
 from serving.http.request_features import RequestError, resolve_features
 from serving.http.schemas import (
     DEFAULT_MAX_BATCH,
@@ -86,6 +88,18 @@ reports_app = FastAPI(title="segments reports", openapi_url=None, docs_url=None,
 # Reports are self-contained HTML (charts inline): nothing else is served, so no file from the folder (an SVG, say) can
 # run script from the API's origin; the pages have no script of their own, and the policy header keeps it so.
 REPORT_TYPE = "text/html; charset=utf-8"
+
+
+@status_app.exception_handler(StarletteHTTPException)
+async def status_error(_request, exc: StarletteHTTPException) -> JSONResponse:
+    """Errors of the routing itself (no such route, a path that matches none) in the API's JSON error body."""
+    return _error(exc.status_code, str(exc.detail))
+
+
+@reports_app.exception_handler(StarletteHTTPException)
+async def report_error(_request, exc: StarletteHTTPException) -> HTMLResponse:
+    return HTMLResponse(f"<h1>{exc.status_code}</h1><p>{html.escape(str(exc.detail))}</p>", status_code=exc.status_code,
+                        headers=REPORT_HEADERS)
 REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                                             "form-action 'self'", "X-Content-Type-Options": "nosniff"}
 
@@ -433,4 +447,6 @@ class SegmentsService:
 # The first added is the outermost (Starlette's order): the key is checked before the body is read, and both answer
 # before BentoML's Prometheus middleware, so refused requests add no metric series.
 SegmentsService.add_asgi_middleware(ApiKeyMiddleware)
+SegmentsService.add_asgi_middleware(UnroutableMiddleware)
 SegmentsService.add_asgi_middleware(BodyMiddleware)
+SegmentsService.add_asgi_middleware(OpenApiMiddleware)
