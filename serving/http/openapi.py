@@ -64,10 +64,11 @@ def _reports(responses: dict) -> None:
 
 
 class OpenApiMiddleware:
-    """Serves `document(...)` of the service's own spec at GET /docs.json (built once per worker)."""
+    """Serves `document(spec())` at GET /docs.json (built once per worker); `spec` returns the service's own
+    document (BentoML's)."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, spec):
+        self.app, self.spec = app, spec
         self.body: bytes | None = None
 
     async def __call__(self, scope, receive, send):
@@ -75,9 +76,7 @@ class OpenApiMiddleware:
             await self.app(scope, receive, send)
             return
         if self.body is None:
-            from serving.http.service import SegmentsService
-
-            self.body = json.dumps(document(SegmentsService.openapi_spec.asdict())).encode()
+            self.body = json.dumps(document(self.spec())).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(self.body)).encode())]})

@@ -449,4 +449,4 @@ class SegmentsService:
 SegmentsService.add_asgi_middleware(ApiKeyMiddleware)
 SegmentsService.add_asgi_middleware(UnroutableMiddleware)
 SegmentsService.add_asgi_middleware(BodyMiddleware)
-SegmentsService.add_asgi_middleware(OpenApiMiddleware)
+SegmentsService.add_asgi_middleware(OpenApiMiddleware, spec=lambda: SegmentsService.openapi_spec.asdict())
