@@ -368,10 +368,17 @@ def _service(tmp_path, models: dict):
     from serving.http.service import SegmentsService
     from serving.state import ServingState
 
+    from serving.segments.store import SegmentStore
+
     service = object.__new__(SegmentsService.inner)
     service.state = ServingState(tmp_path, manifest={"as_of": "2026-07-01T00:00:00", "models": models},
                                  scorer=SimpleNamespace(explainers={}))
-    service.max_batch, service.store, service.events = 10, None, None
+    # a real (empty) store that answers readiness, and an event path with no segments
+    rules = SimpleNamespace(evaluated=type("Evaluated", (list,), {"definitions_hash": "none"})(),
+                            thresholds_as_of=None, not_evaluated={})
+    service.max_batch, service.store = 10, SegmentStore(f"sqlite:///{tmp_path / 'segments.db'}")
+    service.events = SimpleNamespace(segment_rules=lambda: rules)
+    service.segments_problem, service._segments_tried = None, 0.0
     return service
 
 

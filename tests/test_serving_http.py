@@ -161,8 +161,13 @@ def test_docs_metrics_and_info(server):
     headers = {"x-api-key": KEY}
     spec = httpx.get(f"{server['base']}/docs.json", headers=headers, timeout=10).json()
     assert {"/score", "/explain"} <= set(spec["paths"])
+    for path in ("/v1/customers/C-metrics-1", "/v1/customers/C-metrics-2", "/no-such-route-5f2a"):
+        httpx.get(f"{server['base']}{path}", headers=headers, timeout=10)
     metrics = httpx.get(f"{server['base']}/metrics", headers=headers, timeout=10)
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    # series by route template: no customer id, no random path, ever becomes a label
+    assert 'endpoint="/v1/customers/{customer_id}"' in metrics.text and 'endpoint="other"' in metrics.text
+    assert "C-metrics-1" not in metrics.text and "no-such-route" not in metrics.text
     assert "segment_evaluation" in json.dumps(spec["components"]) and "not_evaluated" in json.dumps(spec)
     info = httpx.get(f"{server['base']}/v1/info", headers=headers, timeout=10).json()
     assert info["ready"] and info["max_batch"] == 5
@@ -673,7 +678,7 @@ def test_the_live_service_holds_its_openapi_document_under_fuzzing(server, tmp_p
             [str(schemathesis), "run", f"{base}/docs.json", "--checks",
              "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance",
              "--max-examples", "100", "--seed", "13", "--no-color"],
-            capture_output=True, text=True, timeout=900, check=False)
+            capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path)  # its cache stays out of the repo
         summary = run.stdout[-4000:]
         assert run.returncode == 0, summary + log.read_text()[-2000:]
         assert "passed" in summary and "failures" not in summary.lower().replace("0 failures", ""), summary

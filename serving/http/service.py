@@ -42,6 +42,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
 from serving.http.guard import ApiKeyMiddleware, BodyMiddleware, UnroutableMiddleware
+from serving.http.metrics import install as install_route_metrics
 from serving.http.openapi import OpenApiMiddleware
 from serving.http.request_features import RequestError, resolve_features
 from serving.http.schemas import (
@@ -450,3 +451,5 @@ SegmentsService.add_asgi_middleware(ApiKeyMiddleware)
 SegmentsService.add_asgi_middleware(UnroutableMiddleware)
 SegmentsService.add_asgi_middleware(BodyMiddleware)
 SegmentsService.add_asgi_middleware(OpenApiMiddleware, spec=lambda: SegmentsService.openapi_spec.asdict())
+# Prometheus series by route template (serving/http/metrics.py), before BentoML builds the HTTP app.
+install_route_metrics(lambda: SegmentsService.openapi_spec.asdict())
