@@ -366,9 +366,8 @@ def test_bad_input_is_a_clear_error_without_traceback(trained, programme, tmp_pa
 def _service(tmp_path, models: dict):
     """The service's route methods on a hand-made ready state (no model store needed for the status routes)."""
     from serving.http.service import SegmentsService
-    from serving.state import ServingState
-
     from serving.segments.store import SegmentStore
+    from serving.state import ServingState
 
     service = object.__new__(SegmentsService.inner)
     service.state = ServingState(tmp_path, manifest={"as_of": "2026-07-01T00:00:00", "models": models},
