@@ -91,7 +91,7 @@ class UnroutableMiddleware:
             if path.startswith("/reports"):
                 response = HTMLResponse("<h1>Not found</h1><p>No such page.</p>", status_code=404)
             else:
-                response = _json(404, "no such route")
+                response = error_response(404, "no such route")
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -117,11 +117,11 @@ class BodyMiddleware:
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media_type != b"application/json":
             shown = media_type.decode("latin-1")[:100] or "none"
-            await _json(415, f"the body must be JSON (content-type: application/json), not {shown}")(scope, receive,
+            await error_response(415, f"the body must be JSON (content-type: application/json), not {shown}")(scope, receive,
                                                                                                      send)
             return
         if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
-            await _json(413, self._too_large())(scope, receive, send)
+            await error_response(413, self._too_large())(scope, receive, send)
             return
         body, more = [], True
         size = 0
@@ -133,7 +133,7 @@ class BodyMiddleware:
             size += len(body[-1])
             more = message.get("more_body", False)
             if size > self.limit:
-                await _json(413, self._too_large())(scope, receive, send)
+                await error_response(413, self._too_large())(scope, receive, send)
                 return
         await self.app(scope, _replay(b"".join(body), receive), send)
 
@@ -141,8 +141,12 @@ class BodyMiddleware:
         return (f"the body is larger than {self.limit:,} bytes (SEGMENTS_MAX_BODY_BYTES): split the batch")
 
 
-def _json(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, detail: list | None = None) -> JSONResponse:
+    """The service's error body: {"error": message} and, where there are some, field-level `detail`."""
+    body = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
 
 
 def _replay(body: bytes, receive):

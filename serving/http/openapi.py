@@ -3,13 +3,15 @@
 BentoML writes the document from the routes' types, but it documents its 400 body's `detail` as a string (it sends a
 list of field errors) and knows nothing of the statuses our guard and routes send (401, 404, 413, 415, 503) nor of
 the reports' HTML. `document(spec)` completes it; `OpenApiMiddleware` serves the result at /docs.json (and the
-docs UI reads it from there). CI fuzzes the live service against it (tests/test_fuzz.py, schemathesis).
+docs UI reads it from there). CI fuzzes the live service against it (schemathesis, tests/test_serving_http.py).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+
+from serving.http.guard import OPEN_PATHS
 
 ERROR = {"type": "object", "title": "Error", "required": ["error"],
          "properties": {"error": {"type": "string", "description": "What is wrong, in words."},
@@ -24,7 +26,7 @@ WITH_BODY = {"400": "The body breaks the schema: `detail` lists the fields.",
              "503": "Not ready: the reason is in `error`."}
 READS = {"400": "A query parameter out of range.", "404": "No such customer or segment.",
          "503": "Not ready, or the segment store is unavailable: the reason is in `error`."}
-PROBES = {"/healthz", "/livez", "/readyz", "/v1/health", "/v1/ready", "/metrics"}
+PROBES = OPEN_PATHS  # what the guard lets through without a key (/metrics is guarded)
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 

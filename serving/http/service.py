@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
 from features.catalog import FEATURE_SET_VERSION
-from serving.http.guard import ApiKeyMiddleware, BodyMiddleware, UnroutableMiddleware
+from serving.http.guard import ApiKeyMiddleware, BodyMiddleware, UnroutableMiddleware, error_response
 from serving.http.metrics import install as install_route_metrics
 from serving.http.openapi import OpenApiMiddleware
 from serving.http.request_features import RequestError, resolve_features
@@ -69,7 +69,7 @@ def store_down(error: Exception) -> JSONResponse:
     written: every write is one transaction)."""
     logger.error("segment store error: %s", error)
     cause = getattr(error, "orig", None) or error
-    return _error(503, f"the segment store is unavailable ({type(cause).__name__}); retry shortly")
+    return error_response(503, f"the segment store is unavailable ({type(cause).__name__}); retry shortly")
 
 
 def store_errors_as_503(route):
@@ -89,20 +89,20 @@ reports_app = FastAPI(title="segments reports", openapi_url=None, docs_url=None,
 # Reports are self-contained HTML (charts inline): nothing else is served, so no file from the folder (an SVG, say) can
 # run script from the API's origin; the pages have no script of their own, and the policy header keeps it so.
 REPORT_TYPE = "text/html; charset=utf-8"
+REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                            "form-action 'self'", "X-Content-Type-Options": "nosniff"}
 
 
 @status_app.exception_handler(StarletteHTTPException)
 async def status_error(_request, exc: StarletteHTTPException) -> JSONResponse:
     """Errors of the routing itself (no such route, a path that matches none) in the API's JSON error body."""
-    return _error(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, str(exc.detail))
 
 
 @reports_app.exception_handler(StarletteHTTPException)
 async def report_error(_request, exc: StarletteHTTPException) -> HTMLResponse:
     return HTMLResponse(f"<h1>{exc.status_code}</h1><p>{html.escape(str(exc.detail))}</p>", status_code=exc.status_code,
                         headers=REPORT_HEADERS)
-REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-                                            "form-action 'self'", "X-Content-Type-Options": "nosniff"}
 
 
 def segment_evaluation(rules) -> dict:
@@ -115,13 +115,6 @@ def segment_evaluation(rules) -> dict:
 
 def max_batch() -> int:
     return int(os.environ.get("SEGMENTS_MAX_BATCH") or DEFAULT_MAX_BATCH)
-
-
-def _error(status: int, message: str, detail: list | None = None) -> JSONResponse:
-    body = {"error": message}
-    if detail is not None:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status)
 
 
 def reports_dir() -> Path:
@@ -180,13 +173,15 @@ class SegmentsService:
             logger.error("not ready: %s", self.segments_problem)
 
     def _segments_ready(self) -> str | None:
-        """None when the store and the event path are up (starting them if due), else why not."""
-        if self.events is None and self.state.ready and \
-                time.monotonic() - self._segments_tried >= STORE_RETRY_SECONDS:
+        """None when the models, the store and the event path are up (starting the last two if due), else why
+        not."""
+        if not self.state.ready:
+            return "; ".join(self.state.problems)
+        if self.events is None and time.monotonic() - self._segments_tried >= STORE_RETRY_SECONDS:
             self._start_segments()
         if self.events is not None:
             return None
-        return self.segments_problem or "; ".join(self.state.problems) or "the segment store is not open"
+        return self.segments_problem or "the segment store is not open"
 
     def _problems(self) -> list[str]:
         """Why the service cannot serve now: the serve folder's problems, the store not opening or not answering."""
@@ -205,14 +200,14 @@ class SegmentsService:
     def _resolve(self, request):
         """Common checks of score and explain: readiness, batch cap, then features (or an error response)."""
         if not self.state.ready:
-            return None, _error(503, "not ready: " + "; ".join(self.state.problems))
+            return None, error_response(503, "not ready: " + "; ".join(self.state.problems))
         if len(request.customers) > self.max_batch:
-            return None, _error(413, f"{len(request.customers):,} customers in one request; the limit is "
+            return None, error_response(413, f"{len(request.customers):,} customers in one request; the limit is "
                                      f"{self.max_batch:,} (SEGMENTS_MAX_BATCH): split the batch")
         try:
             return resolve_features(self.state, request.customers, request.as_of), None
         except RequestError as exc:
-            return None, _error(422, str(exc), exc.detail)
+            return None, error_response(422, str(exc), exc.detail)
 
     @bentoml.api(route="/score")
     def score(self, request: ScoreRequest, /) -> ScoreResponse:
@@ -224,7 +219,7 @@ class SegmentsService:
             return error
         problem = self._segments_ready()
         if problem is not None:
-            return _error(503, "not ready: " + problem)
+            return error_response(503, "not ready: " + problem)
         try:
             rules = self.events.segment_rules()
         except STORE_DOWN as exc:
@@ -254,12 +249,12 @@ class SegmentsService:
     def post_events(self, request: EventsRequest, /) -> EventsResponse:
         """Push new transactions and engagement events. Each is stored durably (once per id) before the answer; the
         customer's features are rebuilt, rescored and their segments updated; the answer lists the changes."""
-        problem = "; ".join(self.state.problems) if not self.state.ready else self._segments_ready()
+        problem = self._segments_ready()
         if problem is not None:
-            return _error(503, "not ready: " + problem)
+            return error_response(503, "not ready: " + problem)
         rows = request.rows()
         if len(rows) > self.max_batch:
-            return _error(413, f"{len(rows):,} records in one request; the limit is {self.max_batch:,} "
+            return error_response(413, f"{len(rows):,} records in one request; the limit is {self.max_batch:,} "
                                f"(SEGMENTS_MAX_BATCH): split the batch")
         try:
             updates = self.events.ingest(rows)
@@ -277,7 +272,7 @@ class SegmentsService:
             return error
         info = store.current.customer(customer_id)
         if not info["segments"] and not info["history"]:
-            return _error(404, f"customer {customer_id!r} has no membership record")
+            return error_response(404, f"customer {customer_id!r} has no membership record")
         return json.loads(json.dumps(info, default=str))
 
     @status_app.get("/segments")
@@ -302,9 +297,9 @@ class SegmentsService:
         if error is not None:
             return error
         if name not in self.events.segments.names():
-            return _error(404, f"no segment named {name!r}")
+            return error_response(404, f"no segment named {name!r}")
         if not 0 < limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
-            return _error(400, f"limit must be in 1..10000 and offset in 0..{MAX_OFFSET:,}")
+            return error_response(400, f"limit must be in 1..10000 and offset in 0..{MAX_OFFSET:,}")
         body = {"segment": name, "size": store.current.segment_size(name),
                 "members": store.current.members(name, limit=limit, offset=offset), "limit": limit, "offset": offset}
         if start and end:
@@ -314,7 +309,7 @@ class SegmentsService:
                     raise ValueError(f"end must be after start and at most {MAX_DAILY_DAYS:,} days later")
                 daily = store.changes.daily_changes(name, start_at, end_at)
             except (ValueError, TypeError, OverflowError) as exc:
-                return _error(400, f"start/end: {exc}")
+                return error_response(400, f"start/end: {exc}")
             body["daily"] = daily.to_dict(orient="records")
         return json.loads(json.dumps(body, default=str))
 
@@ -329,7 +324,7 @@ class SegmentsService:
             table = store.changes.flows(datetime.fromisoformat(start), datetime.fromisoformat(end),
                                 [s for s in segments.split(",") if s])
         except ValueError as exc:
-            return _error(400, f"start/end: {exc}")
+            return error_response(400, f"start/end: {exc}")
         return json.loads(table.to_json(orient="records"))
 
     @status_app.get("/customers/{customer_id}/counterfactual")
@@ -344,16 +339,16 @@ class SegmentsService:
         if error is not None:
             return error
         if not 1 <= max_actions <= 6:
-            return _error(400, "max_actions must be in 1..6")
+            return error_response(400, "max_actions must be in 1..6")
         if len(goal) > MAX_GOAL_CHARACTERS:
-            return _error(400, f"goal: at most {MAX_GOAL_CHARACTERS} characters")
+            return error_response(400, f"goal: at most {MAX_GOAL_CHARACTERS} characters")
         if not self._knows(customer_id):
-            return _error(404, f"customer {customer_id!r} is not in the served feature table and has no posted "
+            return error_response(404, f"customer {customer_id!r} is not in the served feature table and has no posted "
                                f"records")
         try:
             result = counterfactuals(self.events, customer_id, goal, limits=SearchLimits(max_actions=max_actions))
         except ValueError as exc:
-            return _error(422, str(exc))
+            return error_response(422, str(exc))
         return json.loads(json.dumps(result.to_dict(), default=str))
 
     def _knows(self, customer_id: str) -> bool:
@@ -393,9 +388,9 @@ class SegmentsService:
                 **segment_evaluation(rules)}
 
     def _read_store(self):
-        problem = "; ".join(self.state.problems) if not self.state.ready else self._segments_ready()
+        problem = self._segments_ready()
         if problem is not None:
-            return None, _error(503, "not ready: " + problem)
+            return None, error_response(503, "not ready: " + problem)
         return self.store, None
 
     @status_app.get("/health")

@@ -214,10 +214,6 @@ class ChurnModel(Estimator):
             raise InsufficientDataError(f"too few churners ({int(y.sum())}) or non-churners ({int((1 - y).sum())}) "
                                         f"in the training snapshots to calibrate {CANDIDATE_NAMES[candidate]}")
 
-    def set_textbook_weight(self, weight: float) -> None:
-        """Serve the trees with the textbook term at `weight` (see `use`)."""
-        self.use("lightgbm", weight)
-
     @staticmethod
     def fallback_settings(error: InsufficientDataError) -> dict:
         """What a programme too small for the trees is served instead (the training protocol asks on
