@@ -562,15 +562,24 @@ class TcpProxy:
         import threading
 
         self.target, self.port, self.lock = target, _free_port(), threading.Lock()
-        self.listener, self.sockets = None, []
+        self.listener, self.sockets, self.stopped = None, [], False
 
     def start(self) -> None:
         import threading
 
+        self.stopped = False
         self.listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
     def stop(self) -> None:
+        # close() alone does not wake a thread blocked in accept(): the socket would keep accepting one more
+        # connection. shutdown() wakes it, and the flag turns away anything accepted meanwhile.
+        with self.lock:
+            self.stopped = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         with self.lock:
             for sock in self.sockets:
@@ -589,8 +598,11 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
             with self.lock:
+                if self.stopped:
+                    client.close()
+                    return
+                upstream = socket.create_connection(("127.0.0.1", self.target))
                 self.sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
