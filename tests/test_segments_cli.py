@@ -100,3 +100,90 @@ def test_measure_and_backtest(workdir):
     assert "churn_rate_members" in backtest.stdout and "2026-03-01" in backtest.stdout
     late = segments("backtest", "--segment", "loyal", "--data", str(data), "--dates", "2026-06-01", cwd=root)
     assert late.returncode == 2 and "2026-06-01" in late.stderr
+
+
+class _WriteHeldAtTheRefreshRow:
+    """PostgreSQL: holds the `refreshes` table so a refresh stops at its last write, the refresh row, with its log,
+    membership and states already written in its open transaction; `waiting()` says it got there."""
+
+    def __init__(self, url: str):
+        from sqlalchemy import create_engine, text
+
+        from serving.segments.store import SegmentStore, sqlalchemy_url
+
+        SegmentStore(url).close()  # the tables exist before the refresh starts
+        self.text, self.engine = text, create_engine(sqlalchemy_url(url))
+        self.conn = self.engine.connect()
+        self.conn.begin()
+        self.conn.execute(text("LOCK TABLE refreshes IN SHARE MODE"))
+
+    def waiting(self) -> bool:
+        query = ("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                 "WHERE c.relname = 'refreshes' AND NOT l.granted")
+        with self.engine.connect() as other:
+            return other.execute(self.text(query)).scalar() > 0
+
+    def release(self) -> None:
+        self.conn.rollback()
+        self.conn.close()
+        self.engine.dispose()
+
+
+def _sqlite_write_locked(url: str) -> bool:
+    """SQLite: another connection holds the write lock (a refresh's write transaction is open)."""
+    import sqlite3
+
+    probe = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
+def _store_contents(url: str) -> tuple[list, list, list]:
+    from serving.segments.store import SegmentStore
+
+    store = SegmentStore(url)
+    try:
+        log = store.changes.log()[["customer_id", "segment", "change", "at", "source"]]
+        members = store.current.memberships()
+        refresh = store.current.last_refresh()
+        return (sorted(map(tuple, log.astype(str).to_numpy())), sorted(map(tuple, members.astype(str).to_numpy())),
+                [] if refresh is None else [str(refresh["as_of"]), refresh["customers"], refresh["changes"]])
+    finally:
+        store.close()
+
+
+def test_a_refresh_killed_while_writing_leaves_nothing_and_a_rerun_completes_it(workdir, store_url, tmp_path):
+    """kill -9 in the middle of the refresh's write. PostgreSQL: deterministically at its last statement (its other
+    writes done). SQLite: as soon as its write lock is seen (the database allows nothing finer from outside)."""
+    import time
+
+    root, data = workdir
+    args = ["refresh", "--data", str(data), "--as-of", "2026-05-01", "--no-models", "--db"]
+    held = None if store_url.startswith("sqlite") else _WriteHeldAtTheRefreshRow(store_url)
+    process = subprocess.Popen([str(SEGMENTS), *args, store_url], cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env={"PATH": str(SEGMENTS.parent)})
+    try:
+        deadline = time.monotonic() + 240
+        while not (held.waiting() if held else _sqlite_write_locked(store_url)):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the refresh never reached its write"
+            time.sleep(0.2 if held else 0.001)
+        process.kill()
+        process.wait()
+    finally:
+        if held:
+            held.release()
+    assert _store_contents(store_url) == ([], [], [])  # nothing of the killed refresh is visible
+
+    rerun = segments(*args, store_url, cwd=root)
+    assert rerun.returncode == 0, rerun.stderr
+    control = f"sqlite:///{tmp_path / 'uninterrupted.db'}"
+    assert segments(*args, control, cwd=root).returncode == 0
+    contents = _store_contents(store_url)
+    assert contents == _store_contents(control) and contents[2][2] > 0  # the same as a refresh never killed

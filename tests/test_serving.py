@@ -394,6 +394,18 @@ def test_readiness_reports_a_missing_model(served, tmp_path):
     assert not state.ready and "segments-churn" in state.problems[0]
 
 
+def _same(a, b, rel: float = 1e-9) -> bool:
+    """Equal, floats to `rel`: the batch builds its feature table again and DuckDB's parallel sums may round a
+    feature's last bit differently from the serve folder's table (measured: 324.29078103448273 vs ...827)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, rel) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
+
+
 def test_batch_scoring_and_the_service_agree(client, served, state, generated, refreshed, covering_ids, tmp_path):
     """`segments score --serve-dir` and POST /score give the same scores, reasons and segments. The batch takes the
     thresholds of the store's last refresh (SEGMENTS_DB_URL, as the service); without a store it fits them on the
@@ -417,12 +429,12 @@ def test_batch_scoring_and_the_service_agree(client, served, state, generated, r
     assert response.status_code == 200, response.text
     for item in response.json()["customers"]:
         row = scored.loc[item["customer_id"]]
-        assert item["churn"] == {"probability": row["churn_probability"], "band": row["churn_band"]}
-        assert item["value"]["expected_spend"] == row["expected_spend"]
+        assert _same(item["churn"], {"probability": row["churn_probability"], "band": row["churn_band"]})
+        assert _same(item["value"]["expected_spend"], row["expected_spend"])
         assert item["lookalike"]["best_members"]["percentile"] == row["lookalike_best_members_percentile"]
         assert item["cluster"]["id"] == row["cluster_id"]
         assert item["segments"] == list(row["segments"])
-        assert item["reasons"] == json.loads(row["reasons"])
+        assert _same(item["reasons"], json.loads(row["reasons"])), (item["reasons"], row["reasons"])
     output, fitted = batch(tmp_path / "fitted.parquet", False, SEGMENTS_DB_URL="")
     assert f"fitted on the {len(fitted):,} scored customers" in " ".join(output.split())
     assert fitted["segments"].map(list).equals(scored["segments"].map(list))

@@ -106,6 +106,12 @@ def refresh(
     out.print(frame_table(report.sizes, f"Segments as of {as_of:%Y-%m-%d} ({store.display_url})"))
     for name, reason in report.skipped.items():
         out.print(f"[yellow]not evaluated[/] {name}: {reason}")
+    if report.kept_newer:
+        out.print(f"{report.kept_newer:,} customers kept the membership events gave them after "
+                  f"{as_of:%Y-%m-%d %H:%M} (newer than this refresh)")
+    if report.reconciled:
+        out.print(f"{report.reconciled:,} customers moved by events during the refresh: their changes were "
+                  f"computed again against the store")
     if report.written:
         out.print(f"[green]{report.changes:,} entries and exits recorded[/] in the membership log")
     else:

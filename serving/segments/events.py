@@ -91,9 +91,13 @@ class EventProcessor:
                 values = segment_values(self.features(customer_id, new, as_of, conn), self.bundle)
                 thresholds = self._thresholds(conn)
                 members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
-                changes = changes_for(self.segments, values, thresholds, members,
-                                      self.store.current.states([customer_id], conn), thresholds, as_of, "event")
-                self.store.write.record(conn, changes.changes, changes.states, as_of)
+                stored_states = self.store.current.states([customer_id], conn)
+                changes = changes_for(self.segments, values, thresholds, members, stored_states, thresholds, as_of,
+                                      "event")
+                # The state is written even when its values did not change: its as_of says when the customer was
+                # last evaluated, which a batch refresh planned before then must not overwrite.
+                states = {customer_id: stored_states.get(customer_id, {}), **changes.states}
+                self.store.write.record(conn, changes.changes, states, as_of)
                 result["as_of"], result["changes"] = as_of, changes.changes
                 segments = _segments_after(segments, changes.changes)
         result["segments"] = segments

@@ -262,6 +262,10 @@ class RefreshOrderError(ValueError):
     """A refresh before the last one: the log only moves forward in time."""
 
 
+class _Superseded(RuntimeError):
+    """Another refresh was written between planning this one and writing it."""
+
+
 @dataclass
 class RefreshReport:
     as_of: datetime
@@ -270,6 +274,23 @@ class RefreshReport:
     changes: int
     written: bool
     values: pd.DataFrame | None = None  # features and model scores of every customer (the prediction log keeps them)
+    kept_newer: int = 0  # customers left as events evaluated them after as_of
+    reconciled: int = 0  # customers whose changes were recomputed because events moved them during the refresh
+
+
+@dataclass
+class RefreshPlan:
+    """A refresh evaluated against a snapshot of the store, not yet written (`apply_refresh` writes it)."""
+
+    as_of: datetime
+    definitions_hash: str
+    values: pd.DataFrame
+    usable: SegmentSet
+    skipped: dict[str, str]
+    thresholds: dict
+    last: dict | None  # the last refresh when planned
+    watermark: int  # the log's last seq before the snapshot was read
+    result: Changes
 
 
 def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None):
@@ -280,25 +301,81 @@ def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: Sc
 
 
 def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None,
-            as_of: datetime) -> RefreshReport:
+            as_of: datetime, attempts: int = 3) -> RefreshReport:
     """Evaluate every segment for every customer in `features` (as of `as_of`) and record the changes, the
-    customers' new states and the refresh in one transaction. The same as_of again writes nothing new."""
-    last = store.current.last_refresh()
+    customers' new states and the refresh in one transaction. The same as_of again writes nothing new.
+
+    Evaluating a population takes long, so it runs outside the store's write lock, on a snapshot; events may move
+    customers meanwhile. The write then reconciles under the lock (`apply_refresh`): nothing an event wrote is lost
+    and the log stays in time order. Killed at any point, a refresh leaves nothing or all of it.
+    """
+    for _ in range(attempts):
+        try:
+            return apply_refresh(store, plan_refresh(store, segments, features, bundle, as_of))
+        except _Superseded:
+            continue
+    raise RuntimeError(f"other refreshes were written while this one ran, {attempts} times: run it again")
+
+
+def _check_order(last: dict | None, as_of: datetime) -> None:
     if last is not None and as_of < last["as_of"]:
         raise RefreshOrderError(f"the last refresh was as of {last['as_of']:%Y-%m-%d %H:%M}; a refresh as of "
                                 f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
+
+
+def plan_refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None,
+                 as_of: datetime) -> RefreshPlan:
+    """Evaluate the population and diff it against a snapshot of the store (read without the write lock)."""
+    last = store.current.last_refresh()
+    _check_order(last, as_of)
+    watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
     result = changes_for(usable, values, thresholds, store.current.memberships(), store.current.states(),
                          last["thresholds"] if last else {}, as_of, "refresh")
-    repeat = last is not None and last["as_of"] == as_of and last["definitions_hash"] == segments.definitions_hash
-    written = not (repeat and not result.changes and not result.states)
-    if written:
-        with store.transaction() as conn:
-            store.write.record(conn, result.changes, result.states, as_of,
-                         refresh={"as_of": as_of, "definitions_hash": segments.definitions_hash,
-                                  "thresholds": thresholds, "customers": len(values),
-                                  "changes": len(result.changes)})
-    return RefreshReport(as_of, size_table(usable, result), skipped, len(result.changes), written, values)
+    return RefreshPlan(as_of, segments.definitions_hash, values, usable, skipped, thresholds, last, watermark, result)
+
+
+def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
+    """Write a plan in one transaction, under the lock that events take too, after reconciling it with the store:
+
+    - customers an event evaluated later than as_of keep their newer membership (a refresh never writes a change
+      before one already logged for them);
+    - customers an event moved since the snapshot (at or before as_of) get their changes computed again against
+      what the store holds now, so no entry or exit is logged twice or lost.
+    """
+    with store.transaction() as conn:
+        store.write.lock_for_refresh(conn)
+        last = store.current.last_refresh(conn)
+        if (last and last["id"]) != (plan.last and plan.last["id"]):
+            raise _Superseded()
+        newer = store.current.evaluated_after(plan.as_of, conn)
+        moved = store.changes.customers_since(plan.watermark, conn) - newer
+        result = _reconciled(store, conn, plan, newer, moved)
+        repeat = last is not None and last["as_of"] == plan.as_of and last["definitions_hash"] == plan.definitions_hash
+        written = not (repeat and not result.changes and not result.states)
+        if written:
+            store.write.record(conn, result.changes, result.states, plan.as_of,
+                               refresh={"as_of": plan.as_of, "definitions_hash": plan.definitions_hash,
+                                        "thresholds": plan.thresholds, "customers": len(plan.values),
+                                        "changes": len(result.changes)})
+    evaluated = set(plan.values["customer_id"].astype(str))
+    return RefreshReport(plan.as_of, size_table(plan.usable, result), plan.skipped, len(result.changes), written,
+                         plan.values, len(newer & evaluated), len(moved))
+
+
+def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]) -> Changes:
+    """The plan's changes and states without the customers in `newer`, and those of `moved` computed again."""
+    left_out = newer | moved
+    result = Changes([c for c in plan.result.changes if c["customer_id"] not in left_out],
+                     {cid: s for cid, s in plan.result.states.items() if cid not in left_out}, plan.result.membership)
+    if moved:
+        ids = sorted(moved)
+        again = changes_for(plan.usable, plan.values[plan.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True),
+                            plan.thresholds, store.current.memberships(ids, conn), store.current.states(ids, conn),
+                            plan.last["thresholds"] if plan.last else {}, plan.as_of, "refresh")
+        result.changes += again.changes
+        result.states.update(again.states)
+    return result
 
 
 def size_table(segments: SegmentSet, result: Changes) -> pd.DataFrame:

@@ -60,6 +60,7 @@ KINDS = {"transaction": "transactions", "event": "events"}  # posted kind -> the
 ID_COLUMNS = {"transaction": "transaction_id", "event": "event_id"}
 _IDS_PER_QUERY = 5000  # keeps `customer_id IN (...)` under both backends' bind-parameter limits
 _SQLITE_BUSY_MS = 30_000
+_CREATE_LOCK, _REFRESH_LOCK = 7411, 7412  # PostgreSQL advisory lock keys (creating tables; writing a refresh)
 
 metadata = MetaData()
 
@@ -202,7 +203,7 @@ class Database:
             with self.transaction() as conn:
                 if not self.is_sqlite:
                     # Service workers starting together would race to create the tables; one creates, others wait.
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7411)"))
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK})
                 metadata.create_all(conn)
         except DBAPIError as error:
             self.engine.dispose()
@@ -437,17 +438,26 @@ class StoreWriter:
 
     def lock_customer(self, conn: Connection, customer_id: str) -> None:
         """Hold `customer_id` until `conn`'s transaction ends, so two writers evaluating the same customer (two events
-        at once) take turns: the second reads the first one's committed memberships and states.
+        at once) take turns: the second reads the first one's committed memberships and states. Also waits for a
+        refresh being written (`lock_for_refresh`), and holds one off until this transaction ends.
 
-        SQLite needs nothing (transaction() already serializes writers); PostgreSQL takes a transaction-level
-        advisory lock on a stable 64-bit hash of the id.
+        SQLite needs nothing (transaction() already serializes writers); PostgreSQL takes transaction-level advisory
+        locks: the refresh lock shared, then one on a stable 64-bit hash of the id.
         """
         if self.db.is_sqlite:
             return
         key = int.from_bytes(
             hashlib.blake2b(str(customer_id).encode(), digest_size=8).digest(), "big", signed=True
         )
+        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": _REFRESH_LOCK})
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    def lock_for_refresh(self, conn: Connection) -> None:
+        """Hold every customer until `conn`'s transaction ends: waits for the events being written to commit and
+        holds new ones (and another refresh) off, so a refresh reconciles with the store as it is and writes alone.
+        SQLite: transaction() has the database's write lock already."""
+        if not self.db.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _REFRESH_LOCK})
 
 
 
@@ -473,7 +483,7 @@ class CurrentState:
             return reader.execute(select(func.max(refreshes.c.id))).scalar()
 
     def last_refresh(self, conn: Connection | None = None) -> dict | None:
-        """The most recently recorded refresh: as_of, definitions_hash, thresholds (dict), customers, changes,
+        """The most recently recorded refresh: id, as_of, definitions_hash, thresholds (dict), customers, changes,
         recorded_at; None before the first refresh."""
         query = select(refreshes).order_by(refreshes.c.id.desc()).limit(1)
         with self._reading(conn) as reader:
@@ -481,7 +491,7 @@ class CurrentState:
         if row is None:
             return None
         result = {
-            key: row[key] for key in ("as_of", "definitions_hash", "customers", "changes", "recorded_at")
+            key: row[key] for key in ("id", "as_of", "definitions_hash", "customers", "changes", "recorded_at")
         }
         result["thresholds"] = json.loads(row["thresholds"])
         return result
@@ -494,6 +504,12 @@ class CurrentState:
         with self._reading(conn) as reader:
             rows = self._rows_for(reader, query, customer_state.c.customer_id, customer_ids)
         return {row["customer_id"]: json.loads(row["values"]) for row in rows}
+
+    def evaluated_after(self, moment: datetime, conn: Connection | None = None) -> set[str]:
+        """The customers whose last evaluation (their state's as_of) is later than `moment`."""
+        query = select(customer_state.c.customer_id).where(customer_state.c.as_of > naive_utc(moment))
+        with self._reading(conn) as reader:
+            return set(reader.execute(query).scalars())
 
     def memberships(
         self, customer_ids: list[str] | None = None, conn: Connection | None = None
@@ -612,6 +628,17 @@ class ChangeLog:
         with self._reading(conn) as reader:
             latest = reader.execute(query).scalar()
         return None if latest is None else pd.Timestamp(latest).to_pydatetime()
+
+    def last_seq(self, conn: Connection | None = None) -> int:
+        """The seq of the latest logged change (0 before any): a mark to ask later who changed since."""
+        with self._reading(conn) as reader:
+            return reader.execute(select(func.max(membership_log.c.seq))).scalar() or 0
+
+    def customers_since(self, seq: int, conn: Connection | None = None) -> set[str]:
+        """The customers with a change logged after `seq` (`last_seq`)."""
+        query = select(membership_log.c.customer_id).where(membership_log.c.seq > seq).distinct()
+        with self._reading(conn) as reader:
+            return set(reader.execute(query).scalars())
 
     def log(
         self,
