@@ -261,3 +261,50 @@ def test_events_on_threads_while_a_refresh_runs_lose_nothing(served, processor):
     for answer in answers:  # evaluated by an event after the refresh's as_of: the event's membership is the last word
         if answer["as_of"] > as_of:
             assert store.current.segments_of(answer["customer_id"]) == answer["segments"], answer["customer_id"]
+
+
+def test_an_event_committed_while_another_was_evaluated_is_counted_by_both(served, processor, monkeypatch):
+    """Events are evaluated outside the write lock, then written if nothing about the customer moved meanwhile.
+    Here a second purchase of the same customer commits while the first is being evaluated: the first's write sees
+    the customer moved and evaluates again inside its transaction, so its answer and the stored state count both."""
+    customer = _customers(served, 2)[0]
+    evaluate, calls = processor._evaluate, []
+
+    def evaluate_with_a_concurrent_event(*args):
+        calls.append(args[0])
+        if len(calls) == 1:  # the first, optimistic evaluation: another event of the customer commits meanwhile
+            processor.ingest(_big_purchases(customer, AS_OF + timedelta(hours=5), n=1))
+        return evaluate(*args)
+
+    before = processor.features(customer, [], AS_OF)["orders_count_14d"].iloc[0]
+    monkeypatch.setattr(processor, "_evaluate", evaluate_with_a_concurrent_event)
+    answer = processor.ingest(_big_purchases(customer, AS_OF + timedelta(hours=6), n=1))[0]
+
+    assert len(calls) == 3  # first (optimistic), the concurrent one, the first again inside its transaction
+    state = processor.store.current.states([customer])[customer]
+    assert state["orders_count_14d"] == before + 2 and len(answer["stored"]) == 1
+    _assert_log_agrees_with_membership(processor.store)
+
+
+def test_events_of_one_customer_on_threads_are_all_counted(served, processor):
+    import threading
+
+    customer = _customers(served, 2)[0]
+    before = processor.features(customer, [], AS_OF)["orders_count_14d"].iloc[0]
+    errors = []
+
+    def post(k: int) -> None:
+        try:
+            for i in range(3):
+                processor.ingest(_big_purchases(customer, AS_OF + timedelta(hours=2 * i + k, minutes=k), n=1))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert processor.store.current.states([customer])[customer]["orders_count_14d"] == before + 6
+    _assert_log_agrees_with_membership(processor.store)

@@ -253,9 +253,9 @@ def test_bad_events_are_field_errors(server):
 
 def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_none_twice(server, generated,
                                                                                            tmp_path):
-    """A stream of events to a second server on the same store; SIGKILL it mid-stream, restart, resend everything
-    (a client retries what it does not know was stored): every acknowledged event is stored once, none twice, and
-    the customer's features count each one once."""
+    """A stream of events to a second server on the same store, with two workers (`--workers 2`: both take
+    events); SIGKILL it mid-stream, restart, resend everything (a client retries what it does not know was stored):
+    every acknowledged event is stored once, none twice, and the customer's features count each one once."""
     from serving.segments.store import SegmentStore
 
     cid = str(server["state"]["features"]["customer_id"].iloc[-1])
@@ -270,11 +270,14 @@ def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_n
         with open(log, "w") as out:
             process = subprocess.Popen(
                 [str(Path(sys.executable).with_name("segments")), "serve", "--serve-dir",
-                 str(server["state"]["serve_dir"]), "--port", str(port), "--db", db], env=env, cwd=tmp_path,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                 str(server["state"]["serve_dir"]), "--port", str(port), "--db", db, "--workers", "2"], env=env,
+                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_ready(f"http://127.0.0.1:{port}", process, log)
+        assert _until(lambda: log.read_text().count("Service segments initialized") == 2, 120), log.read_text()
+        logs.append(log)
         return process, f"http://127.0.0.1:{port}"
 
+    logs: list[Path] = []
     process, base = start()
     acknowledged = []
     for i, event in enumerate(events):
@@ -301,6 +304,9 @@ def test_killing_the_service_mid_stream_loses_no_acknowledged_event_and_counts_n
             assert (update["duplicates"] == [event["transaction_id"]]) == (event["transaction_id"] in acknowledged)
     finally:
         _stop(process)
+    served_by = {worker for log in logs for worker in ("segments:1]", "segments:2]")
+                 if any(worker in line and "path=/events" in line for line in log.read_text().splitlines())}
+    assert served_by == {"segments:1]", "segments:2]"}  # each connection is new: both workers took events
     store = SegmentStore(db)
     posted = store.current.posted([cid])["transactions"]
     assert sorted(posted["transaction_id"]) == sorted(e["transaction_id"] for e in events)

@@ -180,6 +180,8 @@ def serve(
     predictions: Annotated[Path | None, typer.Option(
         "--predictions", help="Prediction log folder whose monitoring.json (segments monitor) /v1/info and /v1/ready "
                               "report (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes, each with the models loaded: about "
+                                                             "one per core (bench/README.md).")] = 1,
 ) -> None:
     """Start the scoring service (bentoml serve serving.http.service:SegmentsService). SEGMENTS_API_KEY, when set, is
     required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000). Posted events update the
@@ -194,6 +196,11 @@ def serve(
     if segments_file is not None:
         os.environ["SEGMENTS_DEFINITIONS"] = str(segments_file.resolve())
     os.environ["SEGMENTS_REPORTS_DIR"] = str(reports.resolve())
+    os.environ["SEGMENTS_WORKERS"] = str(workers)
+    # Requests are a few rows each: LightGBM's OpenMP threads cost more to wake than they save (one-customer
+    # score+explain p50 ~26 ms with one thread, ~100 ms with two, on 2 busy cores: bench/README.md). A worker per
+    # core scales instead (--workers); OMP_NUM_THREADS set by the user wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from serving.predictions import ENV_FOLDER, prediction_folder
 
     os.environ[ENV_FOLDER] = str(prediction_folder(predictions).resolve())  # not relative to a worker's cwd

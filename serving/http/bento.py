@@ -35,7 +35,8 @@ def build_bento(serve_dir: Path, manifest: dict) -> str:
             "service": "serving.http.service:SegmentsService",
             "labels": {"feature_set_version": manifest["feature_set_version"], "as_of": manifest["as_of"][:10]},
             "include": [f"{p}/**/*.py" for p in PACKAGES] + ["features/*.yaml", f"{BENTO_SERVE_DIR}/**"],
-            "envs": [{"name": "SEGMENTS_SERVE_DIR", "value": BENTO_SERVE_DIR}],
+            "envs": [{"name": "SEGMENTS_SERVE_DIR", "value": BENTO_SERVE_DIR},
+                     {"name": "OMP_NUM_THREADS", "value": "1"}],  # as `segments serve` (serve_commands.serve)
             "python": {"packages": PYTHON_PACKAGES, "lock_packages": False},
             "models": [entry["bento_tag"] for entry in manifest["models"].values()],
         }

@@ -134,7 +134,15 @@ def report_file(path: str) -> Path | None:
     return target
 
 
-@bentoml.service(name="segments", traffic={"timeout": 120})
+def worker_count() -> int:
+    """SEGMENTS_WORKERS (`segments serve --workers`): worker processes, each with the models loaded (default 1)."""
+    value = os.environ.get("SEGMENTS_WORKERS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"SEGMENTS_WORKERS must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+@bentoml.service(name="segments", traffic={"timeout": 120}, workers=worker_count())
 @bentoml.asgi_app(status_app, path="/v1")
 @bentoml.asgi_app(reports_app, path="/reports")
 class SegmentsService:

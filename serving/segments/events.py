@@ -1,12 +1,13 @@
 """Events arriving at the service move customers between segments, through the same code as a batch refresh.
 
-For each customer of a request, in ONE store transaction: store the new transactions and events (idempotent by
-their id), rebuild the customer's feature row with the served `FeatureQuery` from their history (the serve folder's
-`history.duckdb`, written by `segments build`) plus every event posted since, score it with the served models,
-evaluate the segments (population thresholds of the last refresh) and record entries and exits with causes. The
-transaction commits before the response is sent, so an acknowledged event is never lost; a retried event is a
-duplicate and changes nothing, so none is counted twice. A crash before the commit loses the whole unit, which the
-caller (never acknowledged) sends again.
+For each customer of a request: rebuild the customer's feature row with the served `FeatureQuery` from their
+history (the serve folder's `history.duckdb`, written by `segments build`) plus every event posted since and the new
+ones, score it with the served models and evaluate the segments (population thresholds of the last refresh), on a
+snapshot of the store; then, in ONE store transaction, store the new transactions and events (idempotent by their
+id) and record entries and exits with causes, after checking that nothing about the customer moved since the
+snapshot (else the evaluation runs again inside the transaction). The transaction commits before the response is
+sent, so an acknowledged event is never lost; a retried event is a duplicate and changes nothing, so none is counted
+twice. A crash before the commit loses the whole unit, which the caller (never acknowledged) sends again.
 """
 
 from __future__ import annotations
@@ -77,31 +78,49 @@ class EventProcessor:
         return [self._ingest_customer(cid, customer_rows) for cid, customer_rows in by_customer.items()]
 
     def _ingest_customer(self, customer_id: str, rows: list[dict]) -> dict:
-        # Every read below uses the transaction's connection: it sees the rows just stored and opens no other.
+        # Evaluated on a snapshot first, without the write lock (on SQLite one lock serialises every writer: held
+        # across features and scoring, it made events of other customers wait ~70 ms each). The transaction then
+        # checks that nothing about the customer moved meanwhile and writes; if something did (a concurrent event
+        # of theirs, a refresh), it evaluates again inside, holding the customer.
+        with self.store.snapshot() as conn:
+            mark = self.store.current.customer_mark(customer_id, conn)
+            known = self.store.current.stored_posted(rows, conn)
+            planned = self._evaluate(customer_id, rows, _first_posts(rows, known), conn)
         with self.store.transaction() as conn:
             self.store.write.lock_customer(conn, customer_id)  # PostgreSQL: concurrent events of one customer queue here
+            unchanged = self.store.current.customer_mark(customer_id, conn) == mark
             stored = self.store.write.add_posted(conn, rows)
-            new = [r for r, ok in zip(rows, stored, strict=True) if ok]
-            result = {"customer_id": customer_id, "stored": [r["id"] for r in new],
-                      "duplicates": [r["id"] for r, ok in zip(rows, stored, strict=True) if not ok],
-                      "as_of": None, "changes": []}
-            segments = self.store.current.segments_of(customer_id, conn)
-            if new:
-                as_of = self.clock(customer_id, new, conn)
-                values = segment_values(self.features(customer_id, new, as_of, conn), self.bundle)
-                thresholds = self._thresholds(conn)
-                members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
-                stored_states = self.store.current.states([customer_id], conn)
-                changes = changes_for(self.segments, values, thresholds, members, stored_states, thresholds, as_of,
-                                      "event")
-                # The state is written even when its values did not change: its as_of says when the customer was
-                # last evaluated, which a batch refresh planned before then must not overwrite.
-                states = {customer_id: stored_states.get(customer_id, {}), **changes.states}
-                self.store.write.record(conn, changes.changes, states, as_of)
-                result["as_of"], result["changes"] = as_of, changes.changes
-                segments = _segments_after(segments, changes.changes)
-        result["segments"] = segments
+            result, writes = (planned if unchanged and stored == planned[0]["_stored"]
+                              else self._evaluate(customer_id, rows, stored, conn))
+            if writes is not None:
+                self.store.write.record(conn, *writes)
+        result.pop("_stored")
         return result
+
+    def _evaluate(self, customer_id: str, rows: list[dict], stored: list[bool], conn: Connection
+                  ) -> tuple[dict, tuple | None]:
+        """(the answer for the customer, the (changes, states, at) to record or None) when `stored` says which of
+        `rows` are stored now (the others are duplicates); every read uses `conn`."""
+        new = [r for r, ok in zip(rows, stored, strict=True) if ok]
+        result = {"customer_id": customer_id, "stored": [r["id"] for r in new],
+                  "duplicates": [r["id"] for r, ok in zip(rows, stored, strict=True) if not ok],
+                  "as_of": None, "changes": [], "_stored": list(stored)}
+        segments, writes = self.store.current.segments_of(customer_id, conn), None
+        if new:
+            as_of = self.clock(customer_id, new, conn)
+            values = segment_values(self.features(customer_id, new, as_of, conn), self.bundle)
+            thresholds = self._thresholds(conn)
+            members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
+            stored_states = self.store.current.states([customer_id], conn)
+            changes = changes_for(self.segments, values, thresholds, members, stored_states, thresholds, as_of,
+                                  "event")
+            # The state is written even when its values did not change: its as_of says when the customer was
+            # last evaluated, which a batch refresh planned before then must not overwrite.
+            writes = (changes.changes, {customer_id: stored_states.get(customer_id, {}), **changes.states}, as_of)
+            result["as_of"], result["changes"] = as_of, changes.changes
+            segments = _segments_after(segments, changes.changes)
+        result["segments"] = segments
+        return result, writes
 
     def clock(self, customer_id: str, new: list[dict] = (), conn: Connection | None = None) -> datetime:
         """When the customer is evaluated: just after their latest record (`new` or posted before), never before
@@ -185,6 +204,17 @@ class EventProcessor:
                 values = _plain_rows(rows)
                 row_marks = ", ".join([f"({_marks(len(names))})"] * len(values))
                 con.execute(f"INSERT INTO {table} VALUES {row_marks}", [v for row in values for v in row])
+
+
+def _first_posts(rows: list[dict], known: set[tuple[str, str]]) -> list[bool]:
+    """Per row: whether storing it now would store it (`StoreWriter.add_posted`'s answer), given the (kind, id)
+    already stored: not known, and not repeated earlier in `rows`."""
+    seen, out = set(known), []
+    for row in rows:
+        key = (row["kind"], str(row["id"]))
+        out.append(key not in seen)
+        seen.add(key)
+    return out
 
 
 def _segments_after(segments: list[str], changes: list[dict]) -> list[str]:

@@ -294,6 +294,12 @@ class SegmentStore:
         """One atomic transaction for writes (`Database.transaction`)."""
         return self.db.transaction()
 
+    def snapshot(self) -> Connection:
+        """A read connection that takes no write lock (SQLite: one snapshot for its queries; PostgreSQL: each query
+        sees the latest commit). Read a `CurrentState.customer_mark` first, evaluate, then check the mark again in
+        `transaction()`: anything committed after the first read changes it."""
+        return self.db._read()
+
     def close(self) -> None:
         """Close pooled connections (tests drop their database afterwards)."""
         self.db.close()
@@ -504,6 +510,28 @@ class CurrentState:
         with self._reading(conn) as reader:
             rows = self._rows_for(reader, query, customer_state.c.customer_id, customer_ids)
         return {row["customer_id"]: json.loads(row["values"]) for row in rows}
+
+    def customer_mark(self, customer_id: str, conn: Connection | None = None) -> tuple:
+        """What changes whenever anything writes this customer or thresholds: their posted records, latest logged
+        change, evaluation time, and the last refresh. Equal marks = nothing read about them is stale."""
+        cid = str(customer_id)
+        with self._reading(conn) as reader:
+            return (
+                reader.execute(select(func.count()).where(posted_events.c.customer_id == cid)).scalar(),
+                reader.execute(select(func.max(membership_log.c.seq)).where(membership_log.c.customer_id == cid))
+                .scalar(),
+                reader.execute(select(customer_state.c.as_of).where(customer_state.c.customer_id == cid)).scalar(),
+                reader.execute(select(func.max(refreshes.c.id))).scalar(),
+            )
+
+    def stored_posted(self, rows: list[dict], conn: Connection | None = None) -> set[tuple[str, str]]:
+        """The (kind, id) of `rows` already stored."""
+        keys = {(row["kind"], str(row["id"])) for row in rows}
+        query = select(posted_events.c.kind, posted_events.c.id)
+        with self._reading(conn) as reader:
+            found = {tuple(row) for chunk in _chunks(sorted({key[1] for key in keys}))
+                     for row in reader.execute(query.where(posted_events.c.id.in_(chunk)))}
+        return found & keys
 
     def evaluated_after(self, moment: datetime, conn: Connection | None = None) -> set[str]:
         """The customers whose last evaluation (their state's as_of) is later than `moment`."""

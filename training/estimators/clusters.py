@@ -336,7 +336,7 @@ class ClusterModel(Estimator):
         self.require_fitted()
         X = self.encoder_.transform(features)
         n_inputs = len(self.encoder_.feature_names_) + 1
-        values = self.booster_.predict(X, pred_contrib=True, num_threads=self.config.num_threads)
+        values = self.booster_.predict(X, pred_contrib=True)
         values = np.asarray(values).reshape(len(X), self.k_, n_inputs)
         own = values[np.arange(len(X)), self.assign(features)]
         return pd.DataFrame(own, index=features.index, columns=[*self.encoder_.feature_names_, "bias"])

@@ -163,7 +163,7 @@ class LookalikeModel(Estimator):
         """Exact TreeSHAP values (log-odds of being a seed member) per model input, plus a "bias" column."""
         self.require_fitted()
         X = self.encoder_.transform(features)
-        values = self.booster_.predict(X, pred_contrib=True, num_threads=self.config.num_threads)
+        values = self.booster_.predict(X, pred_contrib=True)
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "bias"])
 
     def explanation(self) -> Explanation:
@@ -172,7 +172,7 @@ class LookalikeModel(Estimator):
 
     def _classifier_output(self, X: pd.DataFrame) -> np.ndarray:
         # Percentiles and rankings use g itself: min(g / c, 1) ties every customer above c at 1.
-        return self.booster_.predict(X, num_threads=self.config.num_threads)
+        return self.booster_.predict(X)
 
     def _percentile(self, score: np.ndarray) -> np.ndarray:
         ref = np.asarray(self.reference_quantiles_)
