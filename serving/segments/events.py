@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from features.contract import typed_records
 from features.segments import SegmentSet
 from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
+from serving.segments.store import first_posts, posted_key
 
 HISTORY_FILE = "history.duckdb"
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
@@ -84,17 +85,16 @@ class EventProcessor:
         # of theirs, a refresh), it evaluates again inside, holding the customer.
         with self.store.snapshot() as conn:
             mark = self.store.current.customer_mark(customer_id, conn)
-            known = self.store.current.stored_posted(rows, conn)
-            planned = self._evaluate(customer_id, rows, _first_posts(rows, known), conn)
+            expected = first_posts(rows, {posted_key(r) for r in rows} - self.store.current.stored_posted(rows, conn))
+            planned = self._evaluate(customer_id, rows, expected, conn)
         with self.store.transaction() as conn:
             self.store.write.lock_customer(conn, customer_id)  # PostgreSQL: concurrent events of one customer queue here
             unchanged = self.store.current.customer_mark(customer_id, conn) == mark
             stored = self.store.write.add_posted(conn, rows)
-            result, writes = (planned if unchanged and stored == planned[0]["_stored"]
+            result, writes = (planned if unchanged and stored == expected
                               else self._evaluate(customer_id, rows, stored, conn))
             if writes is not None:
                 self.store.write.record(conn, *writes)
-        result.pop("_stored")
         return result
 
     def _evaluate(self, customer_id: str, rows: list[dict], stored: list[bool], conn: Connection
@@ -104,7 +104,7 @@ class EventProcessor:
         new = [r for r, ok in zip(rows, stored, strict=True) if ok]
         result = {"customer_id": customer_id, "stored": [r["id"] for r in new],
                   "duplicates": [r["id"] for r, ok in zip(rows, stored, strict=True) if not ok],
-                  "as_of": None, "changes": [], "_stored": list(stored)}
+                  "as_of": None, "changes": []}
         segments, writes = self.store.current.segments_of(customer_id, conn), None
         if new:
             as_of = self.clock(customer_id, new, conn)
@@ -204,17 +204,6 @@ class EventProcessor:
                 values = _plain_rows(rows)
                 row_marks = ", ".join([f"({_marks(len(names))})"] * len(values))
                 con.execute(f"INSERT INTO {table} VALUES {row_marks}", [v for row in values for v in row])
-
-
-def _first_posts(rows: list[dict], known: set[tuple[str, str]]) -> list[bool]:
-    """Per row: whether storing it now would store it (`StoreWriter.add_posted`'s answer), given the (kind, id)
-    already stored: not known, and not repeated earlier in `rows`."""
-    seen, out = set(known), []
-    for row in rows:
-        key = (row["kind"], str(row["id"]))
-        out.append(key not in seen)
-        seen.add(key)
-    return out
 
 
 def _segments_after(segments: list[str], changes: list[dict]) -> list[str]:

@@ -292,6 +292,11 @@ class RefreshPlan:
     watermark: int  # the log's last seq before the snapshot was read
     result: Changes
 
+    @staticmethod
+    def old_thresholds(last: dict | None) -> dict:
+        """The thresholds the stored states were evaluated with: the last refresh's."""
+        return last["thresholds"] if last else {}
+
 
 def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None):
     """(values, usable segments, skipped {name: reason}, thresholds) for a whole population as of one date."""
@@ -331,7 +336,7 @@ def plan_refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Sc
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
     result = changes_for(usable, values, thresholds, store.current.memberships(), store.current.states(),
-                         last["thresholds"] if last else {}, as_of, "refresh")
+                         RefreshPlan.old_thresholds(last), as_of, "refresh")
     return RefreshPlan(as_of, segments.definitions_hash, values, usable, skipped, thresholds, last, watermark, result)
 
 
@@ -370,9 +375,10 @@ def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]
                      {cid: s for cid, s in plan.result.states.items() if cid not in left_out}, plan.result.membership)
     if moved:
         ids = sorted(moved)
-        again = changes_for(plan.usable, plan.values[plan.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True),
-                            plan.thresholds, store.current.memberships(ids, conn), store.current.states(ids, conn),
-                            plan.last["thresholds"] if plan.last else {}, plan.as_of, "refresh")
+        rows = plan.values[plan.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True)
+        again = changes_for(plan.usable, rows, plan.thresholds, store.current.memberships(ids, conn),
+                            store.current.states(ids, conn), RefreshPlan.old_thresholds(plan.last), plan.as_of,
+                            "refresh")
         result.changes += again.changes
         result.states.update(again.states)
     return result

@@ -178,6 +178,22 @@ def _dumps(value) -> str:
     return json.dumps(value, default=_json_default)
 
 
+def posted_key(row: dict) -> tuple[str, str]:
+    """A posted record's identity: (kind, id)."""
+    return row["kind"], str(row["id"])
+
+
+def first_posts(rows: list[dict], new_keys: set[tuple[str, str]]) -> list[bool]:
+    """Per row: stored now, i.e. its (kind, id) is among `new_keys` and not repeated earlier in `rows` (a repeat is
+    a duplicate)."""
+    left, out = set(new_keys), []
+    for row in rows:
+        key = posted_key(row)
+        out.append(key in left)
+        left.discard(key)
+    return out
+
+
 def _chunks(items: list, size: int = _IDS_PER_QUERY) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -323,14 +339,13 @@ class StoreWriter:
         within `rows`).
         """
         received_at = utc_now()
-        keys, records = [], {}
+        records = {}
         for row in rows:
             if row["kind"] not in KINDS:
                 raise ValueError(
                     f"posted kind must be one of {sorted(KINDS)}, got {row['kind']!r} (id {row['id']!r})"
                 )
-            key = (row["kind"], str(row["id"]))
-            keys.append(key)
+            key = posted_key(row)
             records.setdefault(
                 key,
                 {
@@ -351,12 +366,7 @@ class StoreWriter:
             .on_conflict_do_nothing()
             .returning(posted_events.c.kind, posted_events.c.id)
         )
-        stored = {tuple(row) for row in conn.execute(statement, list(records.values()))}
-        inserted = []
-        for key in keys:
-            inserted.append(key in stored)
-            stored.discard(key)  # a repeat later in `rows` is a duplicate
-        return inserted
+        return first_posts(rows, {tuple(row) for row in conn.execute(statement, list(records.values()))})
 
     def record(
         self,
@@ -521,12 +531,12 @@ class CurrentState:
                 reader.execute(select(func.max(membership_log.c.seq)).where(membership_log.c.customer_id == cid))
                 .scalar(),
                 reader.execute(select(customer_state.c.as_of).where(customer_state.c.customer_id == cid)).scalar(),
-                reader.execute(select(func.max(refreshes.c.id))).scalar(),
+                self.last_refresh_id(reader),
             )
 
     def stored_posted(self, rows: list[dict], conn: Connection | None = None) -> set[tuple[str, str]]:
         """The (kind, id) of `rows` already stored."""
-        keys = {(row["kind"], str(row["id"])) for row in rows}
+        keys = {posted_key(row) for row in rows}
         query = select(posted_events.c.kind, posted_events.c.id)
         with self._reading(conn) as reader:
             found = {tuple(row) for chunk in _chunks(sorted({key[1] for key in keys}))
