@@ -147,7 +147,9 @@ def _frequency_and_spend_features() -> list[Feature]:
                 unit="currency"),
         Feature("spend_per_month_total", "float64", "monetary", "Spend per month as a customer",
                 "All-time spend divided by months since the first purchase (at least one month).", "derived",
-                lambda f: f.spend_sum_total / ibis.greatest(f.days_since_first_order / 30.4375, 1.0), _TXN,
+                # fill_null: engines disagree on greatest(NULL, 1.0) (DuckDB and Spark skip the NULL, SQLite gives NULL)
+                lambda f: f.spend_sum_total / ibis.greatest(f.days_since_first_order.fill_null(0) / 30.4375, 1.0),
+                _TXN,
                 bounds=NONNEG, unit="currency/month"),
     ]
 

@@ -99,24 +99,37 @@ PANDAS_DTYPES = {STRING: "string", TIMESTAMP: "datetime64[us]", DOUBLE: "float64
                  BOOLEAN: "boolean"}
 
 
+def typed_rows(table: str, records: list[dict], columns: list[str]) -> list[tuple]:
+    """Records typed like the validated table, as tuples of plain Python values in `columns` order (trimmed text,
+    empty as missing, naive UTC datetimes, `is_return` = flagged or a negative amount): a few records (one customer
+    at request time) are typed ~10x faster without a frame."""
+    kinds = _kinds(table, columns)
+    derive_return = table == "transactions"
+    return [tuple((bool(r.get("is_return") or False) or r["amount"] < 0) if derive_return and name == "is_return"
+                  else _clean(r.get(name), kinds[name]) for name in columns) for r in records]
+
+
 def typed_records(table: str, records: list[dict], columns: list[str]) -> pd.DataFrame:
-    """Records typed like the validated table (contract types; trimmed text, empty as missing; naive UTC)."""
+    """`typed_rows` as a frame of the contract's pandas dtypes."""
+    rows = typed_rows(table, records, columns)
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    kinds = _kinds(table, columns)
+    return pd.DataFrame({name: pd.Series(list(column), dtype=PANDAS_DTYPES[kinds[name]])
+                         for name, column in zip(columns, values, strict=True)}, columns=columns)
+
+
+def _kinds(table: str, columns: list[str]) -> dict[str, str]:
     contract = CONTRACTS[table].columns
-    out = {}
-    for name in columns:
-        kind = contract.get(name, "VARCHAR") if name != "is_return" else "BOOLEAN"
-        values = [_clean(r.get(name), kind) for r in records]
-        if table == "transactions" and name == "is_return":
-            values = [bool(r.get("is_return") or False) or (r["amount"] < 0) for r in records]
-        out[name] = pd.Series(values, dtype=PANDAS_DTYPES[kind] if kind != "TIMESTAMP" else "object")
-        if kind == "TIMESTAMP":
-            out[name] = pd.to_datetime(out[name]).astype("datetime64[us]")
-    return pd.DataFrame(out, columns=columns)
+    return {name: BOOLEAN if name == "is_return" else contract.get(name, STRING) for name in columns}
 
 
 def _clean(value, kind: str):
     if isinstance(value, str):
         value = value.strip() or None
+        if value is not None and kind == TIMESTAMP:
+            value = datetime.fromisoformat(value)
     if isinstance(value, datetime):
         value = naive_utc(value)
+    if kind == DOUBLE and value is not None:
+        value = float(value)  # an amount of 3 sums and divides as 3.0 on every engine
     return value

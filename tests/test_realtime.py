@@ -106,23 +106,30 @@ def test_unknown_customer_gives_an_empty_row_of_catalog_dtypes(served, processor
     assert row.dtypes.to_dict() == served["run"].table.dtypes.to_dict()
 
 
-def test_run_prepared_equals_run_duckdb_on_edge_cases():
-    """The prepared path (fetched as Python rows) and the batch path (Arrow) on the hand-made fixture of
-    test_features: nulls, returns, customers with no records, records at and after as_of."""
+def test_sqlite_runner_equals_run_duckdb_on_edge_cases():
+    """The request-time engine (the feature SQL compiled for SQLite, fed Python rows) and the batch path (DuckDB,
+    Arrow) on the hand-made fixture of test_features: nulls, returns, customers with no records, records at and after
+    as_of, and as_of just after a record (the event path's clock) or within a second of it."""
     from test_features import AS_OF as FIXTURE_AS_OF
     from test_features import FRAMES, _columns
 
+    from features.build import SQLiteFeatureRunner
+
     query = FeatureQuery(_columns(FRAMES))
+    runner = SQLiteFeatureRunner(query)
+    rows = {name: [tuple(None if pd.isna(v) else v for v in row)  # pd.Timestamp is a datetime
+                   for row in FRAMES[name][columns].astype(object).itertuples(index=False, name=None)]
+            for name, columns in runner.columns.items()}
     con = duckdb.connect()
     for name, frame in FRAMES.items():
-        con.register(f"{name}_frame", frame)
-        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_frame")
-    query.prepare(con, "rows")
-    for as_of in (FIXTURE_AS_OF, FIXTURE_AS_OF - timedelta(days=200), datetime(2000, 1, 1)):
+        con.register(name, frame)
+    last = FRAMES["transactions"]["timestamp"].max().to_pydatetime()
+    for as_of in (FIXTURE_AS_OF, FIXTURE_AS_OF - timedelta(days=200), datetime(2000, 1, 1),
+                  last + timedelta(microseconds=1), last + timedelta(milliseconds=999), last):
         batch = query.run_duckdb(con, as_of)
-        prepared = query.run_prepared(con, as_of, "rows")
-        pd.testing.assert_frame_equal(prepared, batch, check_exact=True)
-        assert prepared.attrs == batch.attrs
+        on_sqlite = runner.run(rows, as_of)
+        pd.testing.assert_frame_equal(on_sqlite, batch, check_exact=False, rtol=FLOAT_RTOL)
+        assert on_sqlite.attrs == batch.attrs
 
 
 def test_thresholds_are_read_again_after_a_new_refresh(processor):
