@@ -103,7 +103,9 @@ class EventProcessor:
         segments, writes = self.store.current.segments_of(customer_id, conn), None
         if new:
             as_of = self.clock(customer_id, new, conn)
-            values = segment_values(self.features(customer_id, new, as_of, conn), self.bundle)
+            features = self.features(customer_id, new, as_of, conn)
+            scorer = self.state.scorer  # the frame converted once for all models (per model it cost more than them)
+            values = segment_values(features, self.bundle, scorer.bundle.score(features, scorer.encode(features)))
             thresholds = self._thresholds(conn)
             members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
             stored_states = self.store.current.states([customer_id], conn)
