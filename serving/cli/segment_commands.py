@@ -1,11 +1,12 @@
-"""Dynamic segment commands: preview, refresh, the read side (customer, segment, flows), measure (campaign lift)
-and backtest. The membership store is SEGMENTS_DB_URL (or --db), by default the SQLite file ./segments.db."""
+"""Dynamic segment commands: preview, refresh, the read side (customer, segment, flows), export (audiences for
+campaign tools), measure (campaign lift) and backtest. The membership store is SEGMENTS_DB_URL (or --db), by default the SQLite file ./segments.db."""
 
 from __future__ import annotations
 
 import json
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -172,6 +173,47 @@ def flows(
     out.print(frame_table(table.fillna("(none)"), f"flows {start:%Y-%m-%d} -> {end:%Y-%m-%d}"))
 
 
+def export(
+    segment: SegmentOpt,
+    out_file: Annotated[Path, typer.Option("--out", help="File to write: .csv, .parquet or .jsonl (the format).")],
+    changes_since: Annotated[datetime | None, date_option(
+        "--changes-since", "Export the entries and exits logged at or after this moment instead of the members.")]
+    = None,
+    include_holdout: Annotated[bool, typer.Option(
+        "--include-holdout", help="Keep the holdout in (a column in_holdout says who); by default a campaign "
+                                  "audience leaves it out.")] = False,
+    fields: Annotated[str, typer.Option(
+        help="Comma-separated values to add per customer, from what they were last evaluated on (e.g. "
+             "churn_probability,churn_band).")] = "",
+    db: DbOpt = None,
+    segments_file: SegmentsFileOpt = None,
+) -> None:
+    """Write a segment's audience (its current members, or its entries and exits since a moment) to a file for a
+    campaign tool, in constant memory; the store position it reflects is written beside it (FILE.export.json)."""
+    from serving.segments.export import (
+        ExportError,
+        ExportRequest,
+        SegmentExport,
+        holdout_percent_of,
+        write_export,
+    )
+
+    try:
+        request = ExportRequest(segment, holdout_percent_of(segment_definitions(segments_file), segment),
+                                include_holdout, changes_since,
+                                tuple(f.strip() for f in fields.split(",") if f.strip()))
+        with SegmentExport(open_store(db), request) as export, step(f"Exporting {segment}"):
+            position = write_export(export, out_file)
+    except (ExportError, OSError) as exc:
+        fail(str(exc))
+    what = "entries and exits" if changes_since else "members"
+    holdout = ("holdout included (column in_holdout)" if include_holdout
+               else f"{position.held_out:,} held-out customers left out ({position.holdout_percent:g}% holdout)")
+    out.print(f"{out_file}: {position.rows:,} {what} of {segment}; {holdout}; as of log position "
+              f"{position.log_seq:,}, refresh {position.refresh_id or '-'} ({position.refresh_as_of or 'none'}); "
+              f"position in {out_file.name}.export.json")
+
+
 def measure(
     segment_name: SegmentOpt,
     data: DataOpt,
@@ -251,4 +293,4 @@ def _cell(value) -> str:
 
 
 COMMANDS = {"preview": preview, "refresh": refresh, "customer": customer, "segment": segment, "flows": flows,
-            "measure": measure, "backtest": backtest}
+            "export": export, "measure": measure, "backtest": backtest}

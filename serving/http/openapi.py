@@ -12,6 +12,7 @@ import copy
 import json
 
 from serving.http.guard import OPEN_PATHS
+from serving.segments.export import MEDIA_TYPES as EXPORT_MEDIA_TYPES
 
 ERROR = {"type": "object", "title": "Error", "required": ["error"],
          "properties": {"error": {"type": "string", "description": "What is wrong, in words."},
@@ -45,6 +46,10 @@ def document(spec: dict) -> dict:
                 _add(responses, READS)
             if path not in PROBES:
                 _add(responses, GUARDED)
+            if path.endswith("/export"):
+                responses["200"] = {"description": "The export, streamed (csv, parquet or jsonl as asked).",
+                                    "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                                                for media in EXPORT_MEDIA_TYPES.values()}}
             if path == "/v1/ready":
                 _add(responses, {"503": "Not ready: `reason` says why."}, schema={"type": "object"})
     return out

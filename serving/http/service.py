@@ -38,9 +38,10 @@ from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 
 from features.catalog import FEATURE_SET_VERSION
+from features.time import naive_utc
 from serving.http.guard import ApiKeyMiddleware, BodyMiddleware, UnroutableMiddleware, error_response
 from serving.http.metrics import install as install_route_metrics
 from serving.http.openapi import OpenApiMiddleware
@@ -54,6 +55,7 @@ from serving.http.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from serving.segments import export as exports
 from serving.state import load_state, serve_dir
 
 logger = logging.getLogger("segments.service")
@@ -320,6 +322,38 @@ class SegmentsService:
                 return error_response(400, f"start/end: {exc}")
             body["daily"] = daily.to_dict(orient="records")
         return json.loads(json.dumps(body, default=str))
+
+    @status_app.get("/segments/{name}/export")
+    @store_errors_as_503
+    def segment_export(self, name: str, format: str = "csv", include_holdout: bool = False,
+                       changes_since: str | None = None, fields: str = ""):
+        """A segment's audience for a campaign tool, streamed in chunks (constant memory): its current members, or
+        with changes_since its entries and exits logged since then; csv, parquet or jsonl. The holdout is left out
+        unless include_holdout; fields adds values the customers were last evaluated on. Headers name the store
+        position it reflects (X-Segments-Log-Seq, X-Segments-Refresh-Id)."""
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        if name not in self.events.segments.names():
+            return error_response(404, f"no segment named {name!r}")
+        if format not in exports.FORMATS:
+            return error_response(400, f"format must be one of {', '.join(exports.FORMATS)}")
+        try:
+            since = naive_utc(datetime.fromisoformat(changes_since)) if changes_since else None
+            request = exports.ExportRequest(name, self.events.segments[name].holdout_percent, include_holdout, since,
+                                    tuple(f.strip() for f in fields.split(",") if f.strip()))
+            export = exports.SegmentExport(store, request).__enter__()
+        except (ValueError, OverflowError) as exc:  # ExportError is a ValueError
+            return error_response(400, str(exc))
+
+        def body():
+            try:
+                yield from exports.stream_export(export, format)
+            finally:
+                export.__exit__(None, None, None)
+
+        headers = {**export.position.headers(), "Content-Disposition": f'attachment; filename="{name}.{format}"'}
+        return StreamingResponse(body(), media_type=exports.MEDIA_TYPES[format], headers=headers)
 
     @status_app.get("/flows")
     @store_errors_as_503

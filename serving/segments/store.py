@@ -264,6 +264,17 @@ class Database:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def consistent_read(self) -> Iterator[Connection]:
+        """One read transaction whose queries all see the same committed state (SQLite: the WAL snapshot of a
+        deferred BEGIN; PostgreSQL: REPEATABLE READ), for a read made of many queries (an export in chunks). It
+        takes no write lock."""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
     def _read(self) -> Connection:
         """A connection for reads: on SQLite a plain (deferred) BEGIN, so a method's queries see one snapshot without
         blocking writers."""
@@ -309,6 +320,10 @@ class SegmentStore:
     def transaction(self):
         """One atomic transaction for writes (`Database.transaction`)."""
         return self.db.transaction()
+
+    def consistent_read(self):
+        """One read transaction, one committed state for all its queries (`Database.consistent_read`)."""
+        return self.db.consistent_read()
 
     def snapshot(self) -> Connection:
         """A read connection that takes no write lock (SQLite: one snapshot for its queries; PostgreSQL: each query
@@ -640,6 +655,17 @@ class CurrentState:
         with self._read() as conn:
             return int(conn.scalar(query))
 
+    def member_page(self, segment: str, after: str | None, limit: int, conn: Connection) -> list[tuple]:
+        """Up to `limit` current members of `segment` with customer_id > `after` (keyset paging, ordered by
+        customer_id): (customer_id, entered_at, the values they were last evaluated on as JSON text or None)."""
+        query = (select(membership.c.customer_id, membership.c.entered_at, customer_state.c["values"])
+                 .select_from(membership.outerjoin(customer_state,
+                                                   customer_state.c.customer_id == membership.c.customer_id))
+                 .where(membership.c.segment == segment).order_by(membership.c.customer_id).limit(limit))
+        if after is not None:
+            query = query.where(membership.c.customer_id > after)
+        return [tuple(row) for row in conn.execute(query)]
+
     def members(self, segment: str, limit: int = 100, offset: int = 0) -> list[dict]:
         """One page of `segment`'s current members, ordered by customer_id: [{customer_id, entered_at}]."""
         query = (
@@ -671,6 +697,16 @@ class ChangeLog:
         """The seq of the latest logged change (0 before any): a mark to ask later who changed since."""
         with self._reading(conn) as reader:
             return reader.execute(select(func.max(membership_log.c.seq))).scalar() or 0
+
+    def change_page(self, segment: str, since: datetime, after_seq: int, limit: int,
+                    conn: Connection) -> list[tuple]:
+        """Up to `limit` entries and exits of `segment` at or after `since` with seq > `after_seq`, in recording
+        order: (seq, customer_id, change, at, source, cause as JSON text)."""
+        log = membership_log.c
+        query = (select(log.seq, log.customer_id, log.change, log.at, log.source, log.cause)
+                 .where(log.segment == segment, log.at >= naive_utc(since), log.seq > after_seq)
+                 .order_by(log.seq).limit(limit))
+        return [tuple(row) for row in conn.execute(query)]
 
     def customers_since(self, seq: int, conn: Connection | None = None) -> set[str]:
         """The customers with a change logged after `seq` (`last_seq`)."""
