@@ -193,6 +193,15 @@ class SegmentSet:
     def names(self) -> list[str]:
         return list(self.segments)
 
+    def definition_of(self, name: str) -> Segment | None:
+        """The definition behind segment `name`: its own, or for a cluster segment `<spec>_<id>` (expanded when
+        resolved against a cluster model) its spec's; None when nothing defines it."""
+        if name in self.segments:
+            return self.segments[name]
+        spec, _, cluster_id = name.rpartition("_")
+        segment = self.segments.get(spec)
+        return segment if segment is not None and segment.kind == "cluster" and cluster_id.isdigit() else None
+
     def closure(self, names: list[str]) -> SegmentSet:
         """The named segments and every segment they refer to, in evaluation order."""
         needed, stack = set(), list(names)

@@ -214,6 +214,68 @@ def export(
               f"position in {out_file.name}.export.json")
 
 
+def subscribe(
+    subscriptions_file: Annotated[Path, typer.Option("--file", help="Subscriptions YAML (name -> url, segments, "
+                                                                     "changes, secret_env).")],
+    db: DbOpt = None,
+    segments_file: SegmentsFileOpt = None,
+) -> None:
+    """Make the store's webhook subscriptions those of a YAML file: from then on every entry or exit of their
+    segments is queued for delivery in the same transaction (see segments deliver)."""
+    from serving.segments.delivery import SubscriptionError, load_subscriptions, sync_subscriptions
+
+    try:
+        wanted = load_subscriptions(subscriptions_file, segment_definitions(segments_file))
+    except SubscriptionError as exc:
+        fail(str(exc))
+    counts = sync_subscriptions(open_store(db), wanted)
+    for sub in wanted:
+        out.print(f"{sub.name}: {', '.join(sub.changes)} of {', '.join(sub.segments)} -> {sub.url} "
+                  f"(signed with ${sub.secret_env})")
+    out.print(f"{counts['active']} active subscriptions, {counts['deactivated']} deactivated")
+
+
+def deliver(
+    once: Annotated[bool, typer.Option("--once", help="Deliver what is due now and stop (else keep delivering "
+                                                      "until interrupted).")] = False,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Attempts before a change becomes a dead letter.")] = 8,
+    redeliver_dead: Annotated[bool, typer.Option("--redeliver", help="First put dead letters back in the queue "
+                                                                     "(of --subscription, or all).")] = False,
+    subscription: Annotated[str | None, typer.Option(help="With --redeliver: only this subscription.")] = None,
+    lease_seconds: Annotated[float, typer.Option(min=1.0, help="A change being posted is left to this deliverer "
+                                                               "this long (if it dies, another posts it after).")]
+    = 60.0,
+    retry_base_seconds: Annotated[float, typer.Option(min=0.0, help="First retry within this many seconds, "
+                                                                    "doubling per attempt (full jitter).")] = 2.0,
+    db: DbOpt = None,
+) -> None:
+    """Post queued membership changes to the subscribed webhooks: signed (HMAC-SHA256), with an idempotency key
+    per change, each customer's changes in order, retried with backoff, dead letters after --max-attempts."""
+    import threading
+
+    from serving.segments.delivery import Deliverer, DeliveryPolicy, outbox_counts, redeliver
+
+    store = open_store(db)
+    if redeliver_dead:
+        out.print(f"{redeliver(store, subscription):,} dead letters queued again")
+    deliverer = Deliverer(store, DeliveryPolicy(max_attempts=max_attempts, lease_s=lease_seconds,
+                                                base_delay_s=retry_base_seconds))
+    if once:
+        report = deliverer.run_once()
+        for error in report.errors[:20]:
+            console.print(f"[yellow]failed:[/] {error}")
+        out.print(f"{report.delivered:,} delivered, {report.retried:,} to retry, {report.dead:,} dead letters")
+    else:
+        stop = threading.Event()
+        console.print("Delivering until interrupted (Ctrl+C)")
+        try:
+            deliverer.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+    for name, counts in sorted(outbox_counts(store).items()):
+        out.print(f"{name}: " + ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items())))
+
+
 def measure(
     segment_name: SegmentOpt,
     data: DataOpt,
@@ -293,4 +355,4 @@ def _cell(value) -> str:
 
 
 COMMANDS = {"preview": preview, "refresh": refresh, "customer": customer, "segment": segment, "flows": flows,
-            "export": export, "measure": measure, "backtest": backtest}
+            "export": export, "subscribe": subscribe, "deliver": deliver, "measure": measure, "backtest": backtest}

@@ -72,13 +72,11 @@ class ExportPosition:
 
 def holdout_percent_of(definitions: SegmentSet, name: str) -> float:
     """The holdout share of segment `name` in the definitions (a cluster segment `<spec>_<id>` takes its spec's)."""
-    if name in definitions.names():
-        return definitions[name].holdout_percent
-    for segment in definitions:
-        if segment.kind == "cluster" and name.startswith(f"{segment.name}_") and name[len(segment.name) + 1:].isdigit():
-            return segment.holdout_percent
-    raise ExportError(f"no segment named {name!r} in the segment definitions ({definitions.source or 'shipped'}); "
-                      f"defined: {', '.join(definitions.names())}")
+    segment = definitions.definition_of(name)
+    if segment is None:
+        raise ExportError(f"no segment named {name!r} in the segment definitions ({definitions.source or 'shipped'}); "
+                          f"defined: {', '.join(definitions.names())}")
+    return segment.holdout_percent
 
 
 class SegmentExport:

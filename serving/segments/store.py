@@ -33,6 +33,7 @@ from datetime import date, datetime
 import pandas as pd
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -117,6 +118,56 @@ refreshes = Table(
     Column("customers", Integer, nullable=False),
     Column("changes", Integer, nullable=False),
     Column("recorded_at", DateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Activation (serving/segments/delivery.py): who is told about which changes, and what is still to be told. An
+# outbox row is written in the transaction of the change it reports, so a change is never delivered without being
+# recorded nor recorded without being queued.
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("segments", Text, nullable=False),  # JSON list of segment names
+    Column("changes", Text, nullable=False),  # JSON list: entered, exited
+    Column("secret_env", String(200), nullable=False),  # the environment variable holding the signing secret
+    Column("active", Boolean, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("subscription", String(200), nullable=False),
+    Column("customer_id", String(200), nullable=False),
+    Column("segment", String(200), nullable=False),
+    Column("change", String(8), nullable=False),
+    Column("at", DateTime, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(12), nullable=False),  # pending, delivered, dead
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("lease_until", DateTime),
+    Column("last_error", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("delivered_at", DateTime),
+    Index("ix_outbox_due", "status", "next_attempt_at"),
+    Index("ix_outbox_line", "subscription", "customer_id", "id"),  # each customer's changes in order
+    sqlite_autoincrement=True,
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("outbox_id", BigInteger, nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("at", DateTime, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("milliseconds", Integer, nullable=False),
     sqlite_autoincrement=True,
 )
 
@@ -423,6 +474,7 @@ class StoreWriter:
                 exited.add(key)
         if log_rows:
             conn.execute(membership_log.insert(), log_rows)
+            self._queue_for_subscribers(conn, log_rows, states, recorded_at)
         # Deletes first, then inserts: an exit followed by a re-entry in one call ends as a member since the re-entry.
         if exited:
             conn.execute(
@@ -466,6 +518,24 @@ class StoreWriter:
                 },
             )
         return len(log_rows)
+
+    @staticmethod
+    def _queue_for_subscribers(conn: Connection, log_rows: list[dict], states: dict[str, dict],
+                               now: datetime) -> None:
+        """An outbox row per change and active subscription that wants it, in the change's transaction."""
+        wanted = [(name, set(json.loads(segments)), set(json.loads(changes))) for name, segments, changes in conn.execute(
+            select(subscriptions.c.name, subscriptions.c.segments, subscriptions.c.changes)
+            .where(subscriptions.c.active))]
+        rows = [{"subscription": name, "customer_id": row["customer_id"], "segment": row["segment"],
+                 "change": row["change"], "at": row["at"], "status": "pending", "attempts": 0, "next_attempt_at": now,
+                 "created_at": now, "payload": _dumps({
+                     "customer_id": row["customer_id"], "segment": row["segment"], "change": row["change"],
+                     "at": row["at"], "cause": json.loads(row["cause"]), "source": row["source"],
+                     "values": states.get(row["customer_id"])})}
+                for row in log_rows for name, segments, changes in wanted
+                if row["segment"] in segments and row["change"] in changes]
+        if rows:
+            conn.execute(outbox.insert(), rows)
 
     def lock_customer(self, conn: Connection, customer_id: str) -> None:
         """Hold `customer_id` until `conn`'s transaction ends, so two writers evaluating the same customer (two events
