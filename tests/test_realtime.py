@@ -6,6 +6,7 @@ scoring bundle is empty (segments over scores are skipped; features and rule seg
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import duckdb
@@ -315,3 +316,32 @@ def test_events_of_one_customer_on_threads_are_all_counted(served, processor):
     assert not errors
     assert processor.store.current.states([customer])[customer]["orders_count_14d"] == before + 6
     _assert_log_agrees_with_membership(processor.store)
+
+
+def test_refreshes_and_events_queue_every_subscribed_change_for_webhooks(served, processor):
+    """Issue 15: the outbox holds exactly the log's changes of the subscribed segments, from a refresh and from an
+    event alike (written in their transactions), with the values the change was decided on."""
+    from sqlalchemy import select
+
+    from features.segments import load_segments
+    from serving.segments.delivery import Subscription, sync_subscriptions
+    from serving.segments.refresh import apply_refresh, plan_refresh
+    from serving.segments.store import outbox
+
+    store, wanted = processor.store, ("lifecycle_active", "loyal", "vip")
+    sync_subscriptions(store, [Subscription("crm", "http://127.0.0.1:9/hooks", wanted)])
+    apply_refresh(store, plan_refresh(store, load_segments(), served["run"].table, None, AS_OF))
+    customer = _customers(served, 2)[1]
+    event = processor.ingest(_big_purchases(customer, AS_OF + timedelta(hours=3)))[0]
+
+    log = store.changes.log()
+    subscribed = log[log["segment"].isin(wanted)]
+    with store.db._read() as conn:
+        queued = list(conn.execute(select(outbox).order_by(outbox.c.id)))
+    assert {"refresh", "event"} <= set(subscribed["source"])
+    assert [(r.customer_id, r.segment, r.change) for r in queued] == list(
+        zip(subscribed["customer_id"], subscribed["segment"], subscribed["change"], strict=True))
+    for row in queued:
+        assert json.loads(row.payload)["values"] is not None
+    assert [c["segment"] for c in event["changes"] if c["segment"] in wanted] == \
+        [r.segment for r in queued if r.customer_id == customer and json.loads(r.payload)["source"] == "event"]

@@ -22,6 +22,7 @@ KEY = "test-key-5b1c"
 READ_KEY = "read-key-77a0"
 MAX_BODY = 200_000
 READY_TIMEOUT_S = 120
+WEBHOOK_SECRET = "webhook-secret-3f2"
 
 
 def _free_port() -> int:
@@ -34,7 +35,9 @@ def _free_port() -> int:
 def server(tmp_path_factory, generated_validation, generated):
     root = tmp_path_factory.mktemp("http")
     served = build_served(root, generated_validation, generated[1])
-    process, base, log = _serve(root, served["serve_dir"], served["env"], "server.log")
+    # --deliver (webhooks from the outbox, inside the service): only subscriptions tests make, all to 127.0.0.1
+    process, base, log = _serve(root, served["serve_dir"], served["env"], "server.log", SEGMENTS_DELIVER="1",
+                                SEGMENTS_WEBHOOK_SECRET=WEBHOOK_SECRET)
     _wait_ready(base, process, log)
     yield {"base": base, "process": process, "log": log, "state": served, "root": root}
     _stop(process)
@@ -236,6 +239,34 @@ def test_events_move_customers_with_causes_and_are_idempotent(server):
                for h in history["history"])
     loyal = httpx.get(f"{server['base']}/v1/segments/loyal", headers=headers, timeout=30).json()
     assert loyal["size"] >= 1 and cid in [m["customer_id"] for m in loyal["members"]]
+
+
+def test_the_service_tells_subscribed_webhooks_about_changes_from_events(server):
+    """`segments serve --deliver`: an event that moves a customer into `loyal` reaches a subscribed receiver on
+    127.0.0.1, signed, with its idempotency key, without `segments deliver` running."""
+    from test_delivery import Receiver
+
+    from serving.segments.delivery import Subscription, sync_subscriptions, verify_signature
+    from serving.segments.store import SegmentStore
+
+    features = server["state"]["features"]
+    cid = str(features.loc[features["orders_count_365d"] >= 12, "customer_id"].iloc[1])
+    store, receiver = SegmentStore(server["state"]["env"]["SEGMENTS_DB_URL"]), Receiver()
+    try:
+        sync_subscriptions(store, [Subscription("crm", receiver.url, ("loyal",), ("entered",))])
+        body = {"transactions": [_transaction(cid, 11, 9), _transaction(cid, 12, 10)]}
+        answer = httpx.post(f"{server['base']}/events", json=body, headers={"x-api-key": KEY}, timeout=60).json()
+        assert any(c["segment"] == "loyal" and c["change"] == "entered" for c in answer["customers"][0]["changes"])
+        assert _until(lambda: any(json.loads(r["body"])["customer_id"] == cid for r in receiver.requests), 30)
+    finally:
+        sync_subscriptions(store, [])  # later tests' changes are not queued for a receiver that is gone
+        receiver.stop()
+        store.close()
+    [request] = [r for r in receiver.requests if json.loads(r["body"])["customer_id"] == cid]
+    sent = json.loads(request["body"])
+    assert verify_signature(WEBHOOK_SECRET, request["signature"], request["body"])
+    assert (sent["segment"], sent["change"], sent["source"]) == ("loyal", "entered", "event")
+    assert request["key"] == sent["idempotency_key"] and sent["values"]["orders_count_14d"] >= 2
 
 
 def test_bad_events_are_field_errors(server):

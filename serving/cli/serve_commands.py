@@ -182,6 +182,9 @@ def serve(
                               "report (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes, each with the models loaded: about "
                                                              "one per core (bench/README.md).")] = 1,
+    deliver: Annotated[bool, typer.Option("--deliver", help="Also post queued membership changes to the subscribed "
+                                                            "webhooks (as segments deliver does), in each worker.")]
+    = False,
 ) -> None:
     """Start the scoring service (bentoml serve serving.http.service:SegmentsService). SEGMENTS_API_KEY, when set, is
     required on every request; SEGMENTS_MAX_BATCH caps the batch size (default 10,000). Posted events update the
@@ -197,6 +200,8 @@ def serve(
         os.environ["SEGMENTS_DEFINITIONS"] = str(segments_file.resolve())
     os.environ["SEGMENTS_REPORTS_DIR"] = str(reports.resolve())
     os.environ["SEGMENTS_WORKERS"] = str(workers)
+    if deliver:
+        os.environ["SEGMENTS_DELIVER"] = "1"
     # Requests are a few rows each: LightGBM's OpenMP threads cost more to wake than they save (one-customer
     # score+explain p50 ~26 ms with one thread, ~100 ms with two, on 2 busy cores: bench/README.md). A worker per
     # core scales instead (--workers); OMP_NUM_THREADS set by the user wins.

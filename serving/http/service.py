@@ -178,9 +178,27 @@ class SegmentsService:
             definitions = os.environ.get("SEGMENTS_DEFINITIONS")
             self.events = EventProcessor(self.state, store, Path(definitions) if definitions else None)
             self.store, self.segments_problem = store, None
+            if os.environ.get("SEGMENTS_DELIVER") == "1":  # `segments serve --deliver`: webhooks from this worker
+                self._start_delivery(store)
         except Exception as exc:  # noqa: BLE001 - reported by readiness, with its reason
             self.segments_problem = f"segments: {type(exc).__name__}: {str(exc)[:300]}"
             logger.error("not ready: %s", self.segments_problem)
+
+    def _start_delivery(self, store) -> None:
+        """A daemon thread posting the outbox (serving/segments/delivery.py); workers share it through leases."""
+        import threading
+
+        from serving.segments.delivery import Deliverer
+
+        def deliver() -> None:
+            while True:
+                try:
+                    Deliverer(store).run(threading.Event())
+                except Exception:  # a database that went away: logged, tried again shortly
+                    logger.exception("webhook delivery stopped; retrying in %s s", STORE_RETRY_SECONDS)
+                    time.sleep(STORE_RETRY_SECONDS)
+
+        threading.Thread(target=deliver, name="webhook-delivery", daemon=True).start()
 
     def _segments_ready(self) -> str | None:
         """None when the models, the store and the event path are up (starting the last two if due), else why
