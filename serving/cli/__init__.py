@@ -30,7 +30,10 @@ def make_app() -> typer.Typer:
     )
     for panel, commands in GROUPS.items():
         for name, command in commands.items():
-            app.command(name, rich_help_panel=panel, short_help=_first_sentence(command.__doc__))(command)
+            if isinstance(command, typer.Typer):  # a command with subcommands (segments campaign create|list|...)
+                app.add_typer(command, name=name, rich_help_panel=panel)
+            else:
+                app.command(name, rich_help_panel=panel, short_help=_first_sentence(command.__doc__))(command)
     return app
 
 

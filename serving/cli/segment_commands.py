@@ -308,6 +308,77 @@ def measure(
         console.print(f"[yellow]warning:[/] {warning}")
 
 
+campaign_app = typer.Typer(help="Campaigns: a segment, its holdout, a date range, a channel and a goal metric; "
+                                "measured against the holdout over time.", no_args_is_help=True)
+
+
+@campaign_app.command("create")
+def campaign_create(
+    name: Annotated[str, typer.Option(help="Campaign name (unique).")],
+    segment_name: SegmentOpt,
+    start: Annotated[datetime, date_option("--from", "Start: the segment's members at this moment are targeted.")],
+    end: Annotated[datetime, date_option("--to", "End (exclusive) of the campaign's outcome window.")],
+    channel: Annotated[str, typer.Option(help="How members are reached: email, sms, push, ads, app, ...")],
+    goal: Annotated[str, typer.Option(help="Goal metric: conversion_rate, mean_orders or mean_spend.")]
+    = "conversion_rate",
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    db: DbOpt = None,
+    segments_file: SegmentsFileOpt = None,
+) -> None:
+    """Record a campaign on a segment (its holdout share is kept as it is now)."""
+    from serving.segments.campaigns import CampaignError, create_campaign
+
+    try:
+        campaign = create_campaign(open_store(db), segment_definitions(segments_file), name, segment_name, start, end,
+                                   channel, goal, description)
+    except CampaignError as exc:
+        fail(str(exc))
+    out.print(f"campaign {campaign.name}: {campaign.segment} by {campaign.channel}, {campaign.start:%Y-%m-%d} to "
+              f"{campaign.end:%Y-%m-%d}, goal {campaign.goal}, holdout {campaign.holdout_percent:g}%")
+
+
+@campaign_app.command("list")
+def campaign_list(db: DbOpt = None) -> None:
+    """Every campaign."""
+    import pandas as pd
+
+    from serving.segments.campaigns import list_campaigns
+
+    rows = [vars(c) for c in list_campaigns(open_store(db))]
+    out.print(frame_table(pd.DataFrame(rows), "campaigns") if rows else "no campaigns (segments campaign create)")
+
+
+@campaign_app.command("measure")
+def campaign_measure(
+    name: Annotated[str, typer.Argument(help="Campaign name.")],
+    data: DataOpt,
+    step_days: Annotated[int, typer.Option(min=1, help="Days between the timeline's checkpoints.")] = 7,
+    db: DbOpt = None,
+    segments_file: SegmentsFileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    max_bad_share: MaxBadOpt = 0.05,
+) -> None:
+    """The campaign's lift against its holdout (every metric, 95% intervals that hold for small groups) and its
+    goal metric from the start to each checkpoint."""
+    from serving.segments.campaigns import CampaignError, get_campaign, measure_campaign
+
+    store = open_store(db)
+    try:
+        campaign = get_campaign(store, name)
+        result = measure_campaign(store, segment_definitions(segments_file), campaign,
+                                  validated(data, max_bad_share), step_days)
+    except CampaignError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+        return
+    out.print(frame_table(result.result.table(), f"{name} ({campaign.segment} by {campaign.channel}): targeted vs "
+                                                 f"holdout, {campaign.start:%Y-%m-%d} to {result.through:%Y-%m-%d}"))
+    out.print(frame_table(result.timeline, f"{campaign.goal} from the start to each checkpoint"))
+    for warning in result.result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
 def backtest(
     segment_name: SegmentOpt,
     data: DataOpt,
@@ -355,4 +426,5 @@ def _cell(value) -> str:
 
 
 COMMANDS = {"preview": preview, "refresh": refresh, "customer": customer, "segment": segment, "flows": flows,
-            "export": export, "subscribe": subscribe, "deliver": deliver, "measure": measure, "backtest": backtest}
+            "export": export, "subscribe": subscribe, "deliver": deliver, "campaign": campaign_app,
+            "measure": measure, "backtest": backtest}

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -169,6 +170,21 @@ delivery_attempts = Table(
     Column("error", Text),
     Column("milliseconds", Integer, nullable=False),
     sqlite_autoincrement=True,
+)
+
+# Campaigns (serving/segments/campaigns.py): a segment's members at the start, its holdout, a window, a channel, a goal.
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("segment", String(200), nullable=False),
+    Column("start", DateTime, nullable=False),
+    Column("end", DateTime, nullable=False),
+    Column("channel", String(100), nullable=False),
+    Column("goal", String(40), nullable=False),
+    Column("holdout_percent", Float, nullable=False),  # the segment's at creation: who was held out stays so
+    Column("description", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
 )
 
 LOG_COLUMNS = ["seq", "customer_id", "segment", "change", "at", "cause", "source", "recorded_at"]
