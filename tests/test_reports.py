@@ -56,6 +56,9 @@ def built(tmp_path_factory, generated_validation, generated):
     for as_of in (FIRST, LAST):
         refresh(store, definitions, build_feature_table(generated_validation, as_of).table, state.scorer.bundle,
                 as_of)
+    from serving.segments.campaigns import create_campaign
+
+    create_campaign(store, definitions, "spring-email", "loyal", FIRST, LAST, "email", "conversion_rate")
     with environment(MLFLOW_TRACKING_URI=served["env"]["MLFLOW_TRACKING_URI"]):
         written = write_reports(root / "out", served["serve_dir"], store, definitions_file, state=state)
     yield {"root": root, "served": served, "state": state, "store": store, "written": written,
@@ -178,6 +181,26 @@ def test_overview_lift_equals_serving_lift_on_the_clean_tables(built, pages, gen
 
 # ---------------------------------------------------------------------------------------------------------------
 # Segment pages
+
+
+def test_a_campaign_reads_its_goal_and_timeline_as_measured_on_the_clean_tables(built, pages, generated_validation):
+    """The campaign on `loyal` (issue 15): its goal metric on the page equals `measure_campaign` recomputed here on
+    the validated tables (the page reads the serve folder's copy of them), with its chart over time."""
+    from serving.reports.render import segment_file
+    from serving.segments.campaigns import get_campaign, measure_campaign
+
+    store = built["store"]
+    measured = measure_campaign(store, built["definitions"], get_campaign(store, "spring-email"), generated_validation)
+    expected = next(c for c in measured.result.comparisons if c.metric == "conversion_rate")
+    page = pages[segment_file("loyal")]
+    cell = "[data-campaign=spring-email] [data-metric=campaign-goal]"
+    for attribute, value in (("data-value", expected.difference), ("data-ci-low", expected.ci_low),
+                             ("data-ci-high", expected.ci_high), ("data-p-value", expected.p_value)):
+        assert math.isclose(float(one(page, cell, attribute)), value, rel_tol=1e-12), attribute
+    assert one(page, cell).startswith(f"targeted {expected.targeted:.1%}, holdout {expected.holdout:.1%}")
+    assert "<svg" in page.page.inner_html("[data-campaign=spring-email] [data-section=campaign-chart]")
+    assert len(measured.timeline) >= 2  # checkpoints from the start to the end
+    assert one(pages[segment_file("vip")], "[data-section=campaigns]").startswith("No campaign on this segment")
 
 
 def test_segment_pages_sizes_entries_exits_and_daily_rows_match_the_store(built, pages):

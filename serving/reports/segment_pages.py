@@ -239,6 +239,74 @@ def p_value_words(p: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Campaigns on a segment: lift against the holdout kept at creation, and its goal metric over time
+
+
+@dataclass
+class CampaignResult:
+    campaign: object  # serving.segments.campaigns.Campaign
+    measured: object | None = None  # serving.segments.campaigns.CampaignMeasurement
+    reason: str = ""  # why not measured
+    chart: str = ""
+
+    @property
+    def goal(self):
+        """The goal metric's comparison over the whole measured window (serving.segments.lift.Comparison)."""
+        if self.measured is None:
+            return None
+        return next(c for c in self.measured.result.comparisons if c.metric == self.campaign.goal)
+
+    def words(self) -> str:
+        """"targeted 31.0%, holdout 24.0%: +7.0 points (95% CI -2.1 to +15.3 points), p = 0.140: could be chance"."""
+        c = self.goal
+        if c is None:
+            return self.reason
+        if self.campaign.goal == "conversion_rate":
+            value, change = (lambda v: f"{v:.1%}"), (lambda v: f"{v * 100:+.1f} points")
+        else:
+            value, change = (lambda v: f"{v:,.2f}"), (lambda v: f"{v:+,.2f}")
+        warnings = "".join(f" ({w})" for w in self.measured.result.warnings)
+        return (f"targeted {value(c.targeted)}, holdout {value(c.holdout)}: {change(c.difference)} (95% CI "
+                f"{change(c.ci_low)} to {change(c.ci_high)}), {p_value_words(c.p_value)}{warnings}")
+
+
+def campaign_results(store: SegmentStore, definitions: SegmentSet, history) -> dict[str, list[CampaignResult]]:
+    """segment -> its campaigns, each measured on the serve folder's purchase history (or why not)."""
+    from serving.segments.campaigns import CampaignError, list_campaigns, measure_campaign
+
+    out: dict[str, list[CampaignResult]] = {}
+    for campaign in list_campaigns(store):
+        result = CampaignResult(campaign)
+        if history is None or "transactions" not in history.tables:
+            result.reason = "not measured: the serve folder has no purchase history (rebuild it: segments build)"
+        else:
+            try:
+                result.measured = measure_campaign(store, definitions, campaign, history)
+                result.chart = campaign_chart(result.measured)
+            except CampaignError as exc:
+                result.reason = f"not measured: {exc}"
+        out.setdefault(campaign.segment, []).append(result)
+    return out
+
+
+def campaign_chart(measured) -> str:
+    """The goal metric's difference (targeted - holdout) from the start to each checkpoint, with its 95% interval."""
+    campaign, timeline = measured.campaign, measured.timeline
+    rate = campaign.goal == "conversion_rate"
+    scale = 100 if rate else 1
+    fig, ax = plots.figure(f"{campaign.name}: {campaign.goal.replace('_', ' ')}, targeted minus holdout",
+                           "Measured from the start to", "Difference (points)" if rate else "Difference",
+                           height=3.0, subtitle="the band is the 95% interval; above zero the campaign is ahead")
+    ax.fill_between(timeline["through"], timeline["ci_low"] * scale, timeline["ci_high"] * scale,
+                    color=plots.MAIN, alpha=0.15, label="95% interval")
+    ax.plot(timeline["through"], timeline["difference"] * scale, "o-", color=plots.MAIN, label="difference")
+    ax.axhline(0, color=plots.TEXT_COLOUR, linewidth=0.8)
+    plots.date_axis(ax)
+    ax.legend(loc="upper left", fontsize=9)
+    return plots.svg(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The overview
 
 
@@ -408,6 +476,7 @@ class SegmentDetail:
     came_from: list[Flow] = field(default_factory=list)
     went_to: list[Flow] = field(default_factory=list)
     recent: list[dict] = field(default_factory=list)  # at, customer_id, change, cause, source
+    campaigns: list[CampaignResult] = field(default_factory=list)  # campaigns on this segment
 
     @property
     def entered_total(self) -> int:

@@ -51,6 +51,8 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     try:
         progress("reading sizes, trends and holdout lift from the membership store")
         data = segment_pages.overview(store, definitions, usable, skipped, history)
+        progress("measuring campaigns against their holdouts")
+        campaigns = segment_pages.campaign_results(store, definitions, history)
     finally:
         if history is not None:
             history.con.close()
@@ -64,6 +66,7 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
         segment = usable.segments.get(summary.name) or definitions.segments.get(summary.name)
         detail = segment_pages.segment_detail(store, summary, data, state.table, evaluated, segment,
                                              _features_as_of(state))
+        detail.campaigns = campaigns.get(summary.name, [])
         html = render_page("segment.html.j2", title=f"Segment {summary.name}", site=site,
                            page_file=links[summary.name], detail=detail, segment_links=links,
                            no_refresh=segment_pages.NO_REFRESH)
