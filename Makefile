@@ -36,6 +36,11 @@ demo: env
 	cd $(DEMO) && ../$(BIN)/segments refresh --data data --as-of 2026-06-01
 	cd $(DEMO) && ../$(BIN)/segments refresh --data data --as-of 2026-07-01
 	cd $(DEMO) && ../$(BIN)/segments flows --from 2026-06-02 --to 2026-07-02
+	cd $(DEMO) && ../$(BIN)/segments campaign create --name june-winback --segment lifecycle_lapsing \
+		--from 2026-06-01 --to 2026-07-01 --channel email --goal conversion_rate
+	cd $(DEMO) && ../$(BIN)/segments campaign measure june-winback --data data
+	cd $(DEMO) && ../$(BIN)/segments export --segment at_risk_vip --out exports/at_risk_vip.csv \
+		--fields churn_band,lookalike_best_members_percentile
 	$(BIN)/segments import-cdnow --out $(DEMO)/cdnow
 	$(BIN)/segments features --data $(DEMO)/cdnow --as-of 1997-10-01 --out $(DEMO)/cdnow_features.parquet
 	cd $(DEMO) && for d in 1997-09-01 1997-10-01; do ../$(BIN)/segments refresh --data cdnow --as-of $$d \
@@ -48,6 +53,7 @@ demo: env
 	@echo "  feature table         $(DEMO)/features.parquet"
 	@echo "  models (MLflow)       $(DEMO)/mlflow.db, artifacts in $(DEMO)/mlruns/"
 	@echo "  scores                $(DEMO)/scores.parquet, with reasons: $(DEMO)/scores_explained.parquet"
+	@echo "  campaign audience     $(DEMO)/exports/at_risk_vip.csv (holdout left out; position in .export.json)"
 	@echo "  serve folder          $(DEMO)/serve/ (models in $(DEMO)/bentoml/)"
 	@echo "  segment membership    $(DEMO)/segments.db (refreshed 2026-06-01 and 2026-07-01; CDNOW: cdnow_segments.db)"
 	@echo "  CDNOW (real data)     $(DEMO)/cdnow/ and $(DEMO)/cdnow_features.parquet"

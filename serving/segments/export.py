@@ -269,6 +269,7 @@ def write_export(export: SegmentExport, path: Path) -> ExportPosition:
     """Write the export to `path` (format from its suffix) through a temporary file renamed at the end, so a failed
     export never leaves a partial file; the position is also written beside it as `<path>.export.json`."""
     fmt = format_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with partial.open("wb") as sink:
         writer = _writer(fmt, sink, export.schema)
