@@ -37,7 +37,7 @@ def server(tmp_path_factory, generated_validation, generated):
     served = build_served(root, generated_validation, generated[1])
     # --deliver (webhooks from the outbox, inside the service): only subscriptions tests make, all to 127.0.0.1
     process, base, log = _serve(root, served["serve_dir"], served["env"], "server.log", SEGMENTS_DELIVER="1",
-                                SEGMENTS_WEBHOOK_SECRET=WEBHOOK_SECRET)
+                                SEGMENTS_WEBHOOK_SECRET=WEBHOOK_SECRET, SEGMENTS_WEBHOOK_HOSTS="127.0.0.1")
     _wait_ready(base, process, log)
     yield {"base": base, "process": process, "log": log, "state": served, "root": root}
     _stop(process)
@@ -267,6 +267,31 @@ def test_the_service_tells_subscribed_webhooks_about_changes_from_events(server)
     assert verify_signature(WEBHOOK_SECRET, request["signature"], request["body"])
     assert (sent["segment"], sent["change"], sent["source"]) == ("loyal", "entered", "event")
     assert request["key"] == sent["idempotency_key"] and sent["values"]["orders_count_14d"] >= 2
+
+
+def test_subscriptions_over_the_api(server):
+    """PUT, GET and DELETE /v1/subscriptions: the write key adds, checks say what is wrong, hosts are limited to
+    SEGMENTS_WEBHOOK_HOSTS (127.0.0.1 here), a stopped subscription queues nothing more."""
+    base, write, read = server["base"], {"x-api-key": KEY}, {"x-api-key": READ_KEY}
+    url = f"{base}/v1/subscriptions/crm-api"
+    body = {"url": "http://127.0.0.1:9/hooks", "segments": ["loyal"], "changes": ["entered"]}
+    assert httpx.put(url, json=body, headers=read, timeout=30).status_code == 401
+    created = httpx.put(url, json=body, headers=write, timeout=30)
+    assert created.status_code == 200 and created.json()["created"] is True
+    assert httpx.put(url, json=body, headers=write, timeout=30).json()["created"] is False
+    listed = httpx.get(f"{base}/v1/subscriptions", headers=read, timeout=30).json()["subscriptions"]
+    assert {"name": "crm-api", "active": True, "segments": ["loyal"]}.items() <= next(
+        s for s in listed if s["name"] == "crm-api").items()
+    for wrong, status, said in (({**body, "url": "http://example.com/h"}, 422, "SEGMENTS_WEBHOOK_HOSTS"),
+                                ({**body, "segments": ["nope"]}, 422, "no segment named nope"),
+                                ({**body, "changes": ["moved"]}, 400, "invalid field"),
+                                ({"segments": ["loyal"]}, 400, "invalid field")):
+        answer = httpx.put(url, json=wrong, headers=write, timeout=30)
+        assert answer.status_code == status and said in answer.json()["error"], answer.text
+    assert httpx.delete(url, headers=write, timeout=30).json() == {"name": "crm-api", "active": False}
+    assert httpx.delete(url, headers=write, timeout=30).status_code == 404
+    listed = httpx.get(f"{base}/v1/subscriptions", headers=read, timeout=30).json()["subscriptions"]
+    assert next(s for s in listed if s["name"] == "crm-api")["active"] is False
 
 
 def test_bad_events_are_field_errors(server):
@@ -770,7 +795,7 @@ def test_the_live_service_holds_its_openapi_document_under_fuzzing(server, tmp_p
         summary = run.stdout[-4000:]
         assert run.returncode == 0, summary + log.read_text()[-2000:]
         assert "passed" in summary and "failures" not in summary.lower().replace("0 failures", ""), summary
-        assert "Selected: 18/18" in summary  # every operation of the document
+        assert "Selected: 21/21" in summary  # every operation of the document
         assert process.poll() is None
     finally:
         _stop(process)

@@ -43,7 +43,7 @@ def document(spec: dict) -> dict:
             elif method == "post":
                 _add(responses, WITH_BODY, replace=("400", "404", "500"))
             elif path.startswith("/v1") and path not in PROBES:
-                _add(responses, READS)
+                _add(responses, {**READS, **WITH_BODY} if method == "put" else READS)
             if path not in PROBES:
                 _add(responses, GUARDED)
             if path.endswith("/export"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -339,3 +339,14 @@ class EventsResponse(BaseModel):
     models: dict[str, str]
     feature_set_version: str
     customers: list[CustomerUpdate]
+
+
+class SubscriptionBody(Strict):
+    """A webhook subscription (PUT /v1/subscriptions/{name}); see serving/segments/delivery.py."""
+
+    url: str = Field(max_length=2000, description="Where changes are posted: http:// or https:// (a host among "
+                                                  "SEGMENTS_WEBHOOK_HOSTS when the operator set it).")
+    segments: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=200)
+    changes: list[Literal["entered", "exited"]] = Field(default=["entered", "exited"], min_length=1, max_length=2)
+    secret_env: str = Field(default="SEGMENTS_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$",
+                            description="The environment variable of the deliverer holding the signing secret.")

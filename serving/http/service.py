@@ -29,12 +29,14 @@ import html
 import json
 import logging
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,6 +56,7 @@ from serving.http.schemas import (
     ExplainResponse,
     ScoreRequest,
     ScoreResponse,
+    SubscriptionBody,
 )
 from serving.segments import export as exports
 from serving.state import load_state, serve_dir
@@ -99,6 +102,13 @@ REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'uns
 async def status_error(_request, exc: StarletteHTTPException) -> JSONResponse:
     """Errors of the routing itself (no such route, a path that matches none) in the API's JSON error body."""
     return error_response(exc.status_code, str(exc.detail))
+
+
+@status_app.exception_handler(RequestValidationError)
+async def status_bad_request(_request, exc: RequestValidationError) -> JSONResponse:
+    """A query parameter or body that breaks the route's types: 400 with the fields, as the scoring routes answer."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return error_response(400, f"{len(detail)} invalid field(s): see detail", detail)
 
 
 @reports_app.exception_handler(StarletteHTTPException)
@@ -372,6 +382,50 @@ class SegmentsService:
 
         headers = {**export.position.headers(), "Content-Disposition": f'attachment; filename="{name}.{format}"'}
         return StreamingResponse(body(), media_type=exports.MEDIA_TYPES[format], headers=headers)
+
+    @status_app.get("/subscriptions")
+    @store_errors_as_503
+    def subscriptions(self):
+        """Webhook subscriptions, each with its queued, delivered and dead changes (serving/segments/delivery.py)."""
+        from serving.segments.delivery import list_subscriptions
+
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        return {"subscriptions": list_subscriptions(store)}
+
+    @status_app.put("/subscriptions/{name}")
+    @store_errors_as_503
+    def put_subscription(self, name: str, body: SubscriptionBody):
+        """Add or replace a webhook subscription: from now on every entry or exit of its segments is queued for it
+        in the change's transaction (write key)."""
+        from serving.segments.delivery import Subscription, put_subscription, subscription_problems
+
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+            return error_response(400, "a subscription name is 1-100 letters, digits, '_', '.' or '-'")
+        sub = Subscription(name, body.url, tuple(body.segments), tuple(body.changes), body.secret_env)
+        problems = subscription_problems(sub, self.events.segments)
+        if problems:
+            return error_response(422, "; ".join(problems))
+        created = put_subscription(store, sub)
+        return {"name": name, "created": created, "url": sub.url, "segments": list(sub.segments),
+                "changes": list(sub.changes), "secret_env": sub.secret_env}
+
+    @status_app.delete("/subscriptions/{name}")
+    @store_errors_as_503
+    def delete_subscription(self, name: str):
+        """Stop a webhook subscription (changes queued before are still delivered)."""
+        from serving.segments.delivery import deactivate_subscription
+
+        store, error = self._read_store()
+        if error is not None:
+            return error
+        if not deactivate_subscription(store, name):
+            return error_response(404, f"no active subscription named {name!r}")
+        return {"name": name, "active": False}
 
     @status_app.get("/flows")
     @store_errors_as_503

@@ -24,9 +24,11 @@ import hmac
 import json
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -93,48 +95,89 @@ def load_subscriptions(path: Path, definitions: SegmentSet) -> list[Subscription
             problems.append(f"{where}: expected url, segments, changes")
             continue
         unknown_keys = sorted(set(spec) - {"url", "segments", "changes", "secret_env"})
-        url, segments = spec.get("url"), spec.get("segments") or []
-        changes = spec.get("changes") or list(CHANGE_KINDS)
         if unknown_keys:
             problems.append(f"{where}: unknown keys {', '.join(unknown_keys)}")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            problems.append(f"{where}: url must be an http:// or https:// URL, got {url!r}")
-        if not isinstance(segments, list) or not segments:
-            problems.append(f"{where}: segments must be a non-empty list")
-            segments = []
-        missing = [s for s in segments if definitions.definition_of(str(s)) is None]
-        if missing:
-            problems.append(f"{where}: no segment named {', '.join(map(str, missing))} (defined: "
-                            f"{', '.join(definitions.names())})")
-        if not isinstance(changes, list) or not set(changes) <= set(CHANGE_KINDS):
-            problems.append(f"{where}: changes must be a list of {' and '.join(CHANGE_KINDS)}, got {changes!r}")
-            changes = []
-        out.append(Subscription(str(name), str(url), tuple(segments), tuple(changes),
-                                str(spec.get("secret_env") or Subscription.secret_env)))
+        segments, changes = spec.get("segments") or [], spec.get("changes") or list(CHANGE_KINDS)
+        sub = Subscription(str(name), str(spec.get("url")), tuple(segments) if isinstance(segments, list) else (),
+                           tuple(changes) if isinstance(changes, list) else (str(changes),),
+                           str(spec.get("secret_env") or Subscription.secret_env))
+        problems += [f"{where}: {problem}" for problem in subscription_problems(sub, definitions)]
+        out.append(sub)
     if problems:
         raise SubscriptionError("\n".join(problems))
     return out
 
 
+def subscription_problems(sub: Subscription, definitions: SegmentSet) -> list[str]:
+    """What is wrong with a subscription (empty when nothing): the URL (http or https; its host among
+    SEGMENTS_WEBHOOK_HOSTS when that is set, so webhooks go only where the operator allows), the segments, the change
+    kinds, the secret's variable name."""
+    problems = []
+    host = urllib.parse.urlsplit(sub.url).hostname if sub.url.startswith(("http://", "https://")) else None
+    if host is None:
+        problems.append(f"url must be an http:// or https:// URL, got {sub.url!r}")
+    allowed = [h.strip() for h in os.environ.get("SEGMENTS_WEBHOOK_HOSTS", "").split(",") if h.strip()]
+    if host is not None and allowed and host not in allowed:
+        problems.append(f"webhooks may only go to {', '.join(allowed)} (SEGMENTS_WEBHOOK_HOSTS), not {host}")
+    if not sub.segments:
+        problems.append("segments must be a non-empty list")
+    missing = [s for s in sub.segments if definitions.definition_of(str(s)) is None]
+    if missing:
+        problems.append(f"no segment named {', '.join(map(str, missing))} (defined: {', '.join(definitions.names())})")
+    if not sub.changes or not set(sub.changes) <= set(CHANGE_KINDS):
+        problems.append(f"changes must be a list of {' and '.join(CHANGE_KINDS)}, got {list(sub.changes)!r}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", sub.secret_env):
+        problems.append(f"secret_env must be an environment variable name, got {sub.secret_env!r}")
+    return problems
+
+
 def sync_subscriptions(store, wanted: list[Subscription]) -> dict[str, int]:
     """Make the store's active subscriptions exactly `wanted` (added, changed, others deactivated; their queued rows
     stay and are still delivered). Returns counts."""
-    now, counts = utc_now(), {"active": len(wanted), "deactivated": 0}
     with store.transaction() as conn:
-        existing = {row.name for row in conn.execute(select(subscriptions.c.name, subscriptions.c.active))
-                    if row.active}
+        active = {row.name for row in conn.execute(select(subscriptions.c.name).where(subscriptions.c.active))}
         for sub in wanted:
-            values = {"url": sub.url, "segments": json.dumps(list(sub.segments)),
-                      "changes": json.dumps(list(sub.changes)), "secret_env": sub.secret_env, "active": True,
-                      "updated_at": now}
-            statement = store.db._insert(subscriptions).values(name=sub.name, **values)
-            conn.execute(statement.on_conflict_do_update(index_elements=[subscriptions.c.name], set_=values))
-        gone = existing - {sub.name for sub in wanted}
-        if gone:
-            conn.execute(update(subscriptions).where(subscriptions.c.name.in_(sorted(gone)))
-                         .values(active=False, updated_at=now))
-        counts["deactivated"] = len(gone)
-    return counts
+            _put(store, conn, sub)
+        gone = active - {sub.name for sub in wanted}
+        for name in sorted(gone):
+            _deactivate(conn, name)
+    return {"active": len(wanted), "deactivated": len(gone)}
+
+
+def put_subscription(store, sub: Subscription) -> bool:
+    """Add or replace one subscription (active); True when it is new."""
+    with store.transaction() as conn:
+        new = conn.execute(select(subscriptions.c.name).where(subscriptions.c.name == sub.name)).first() is None
+        _put(store, conn, sub)
+    return new
+
+
+def deactivate_subscription(store, name: str) -> bool:
+    """Stop queueing changes for `name` (its queued rows are still delivered); False when it is not active."""
+    with store.transaction() as conn:
+        return _deactivate(conn, name)
+
+
+def list_subscriptions(store) -> list[dict]:
+    """Every subscription with its outbox rows per status."""
+    counts = outbox_counts(store)
+    with store.db._read() as conn:
+        rows = conn.execute(select(subscriptions).order_by(subscriptions.c.name)).mappings().all()
+    return [{"name": r["name"], "url": r["url"], "segments": json.loads(r["segments"]),
+             "changes": json.loads(r["changes"]), "secret_env": r["secret_env"], "active": bool(r["active"]),
+             "updated_at": r["updated_at"].isoformat(), "outbox": counts.get(r["name"], {})} for r in rows]
+
+
+def _put(store, conn, sub: Subscription) -> None:
+    values = {"url": sub.url, "segments": json.dumps(list(sub.segments)), "changes": json.dumps(list(sub.changes)),
+              "secret_env": sub.secret_env, "active": True, "updated_at": utc_now()}
+    statement = store.db._insert(subscriptions).values(name=sub.name, **values)
+    conn.execute(statement.on_conflict_do_update(index_elements=[subscriptions.c.name], set_=values))
+
+
+def _deactivate(conn, name: str) -> bool:
+    return conn.execute(update(subscriptions).where(subscriptions.c.name == name, subscriptions.c.active)
+                        .values(active=False, updated_at=utc_now())).rowcount == 1
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
