@@ -20,7 +20,12 @@ LATER_DEFINITIONS = parse_segments("holdout_percent: 10\nsegments:\n  promo: {wh
 
 @pytest.fixture
 def store(store_url):
-    store = SegmentStore(store_url)
+    store = _members(SegmentStore(store_url))
+    yield store
+    store.close()
+
+
+def _members(store: SegmentStore) -> SegmentStore:
     before = START - timedelta(days=3)
     change = {"segment": "promo", "cause": [], "source": "refresh"}
     with store.transaction() as conn:  # members at the start: TARGETED + HELD; c5 left before, c6 joined after
@@ -29,8 +34,7 @@ def store(store_url):
         store.write.record(conn, [{**change, "customer_id": "c5", "change": "exited", "at": START - timedelta(days=1)},
                                   {**change, "customer_id": "c6", "change": "entered", "at": START + timedelta(days=2)}],
                            {}, START + timedelta(days=2))
-    yield store
-    store.close()
+    return store
 
 
 def test_a_campaign_is_measured_on_its_members_at_the_start_by_hand(store, tiny):  # noqa: F811
@@ -64,7 +68,10 @@ def test_bad_campaigns_say_what_to_change(store):
         create_campaign(store, DEFINITIONS, "once", "promo", START, END, "sms")
 
 
-def test_the_cli_creates_lists_and_measures(store, store_url, tmp_path, tiny):  # noqa: F811
+def test_the_cli_creates_lists_and_measures(tmp_path, tiny):  # noqa: F811
+    """On SQLite only: the store behaviour is tested on both stores above; this is the command's wiring."""
+    store_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    _members(SegmentStore(store_url))
     segments_file = tmp_path / "segments.yaml"
     segments_file.write_text("holdout_percent: 50\nsegments:\n  promo: {when: orders_count_90d >= 0}\n")
     cli = [str(Path(sys.executable).with_name("segments")), "campaign"]

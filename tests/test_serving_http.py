@@ -254,7 +254,7 @@ def test_the_service_tells_subscribed_webhooks_about_changes_from_events(server)
     store, receiver = SegmentStore(server["state"]["env"]["SEGMENTS_DB_URL"]), Receiver()
     try:
         sync_subscriptions(store, [Subscription("crm", receiver.url, ("loyal",), ("entered",))])
-        body = {"transactions": [_transaction(cid, 11, 9), _transaction(cid, 12, 10)]}
+        body = {"transactions": [_transaction(cid, 71, 9), _transaction(cid, 72, 10)]}
         answer = httpx.post(f"{server['base']}/events", json=body, headers={"x-api-key": KEY}, timeout=60).json()
         assert any(c["segment"] == "loyal" and c["change"] == "entered" for c in answer["customers"][0]["changes"])
         assert _until(lambda: any(json.loads(r["body"])["customer_id"] == cid for r in receiver.requests), 30)
