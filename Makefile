@@ -20,6 +20,7 @@ env: $(VENV)/.synced
 $(VENV)/.synced: pyproject.toml uv.lock
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
 	$(UV) sync --frozen --all-extras
+	@echo "environment $(VENV): $$($(BIN)/python --version) (Python 3.11, 3.12 and 3.13 are supported; uv took the first it found)"
 	@touch $@
 
 demo: env
