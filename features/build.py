@@ -257,8 +257,8 @@ class SQLiteFeatureRunner:
 
     DuckDB binds and plans the ~24 KB statement again on every run, prepared or not (~25 ms for one customer on 2
     cores, most of it binding); SQLite keeps it compiled (the sqlite3 statement cache) and runs one customer in a few
-    ms. It is the same Ibis expression compiled for SQLite, equal to the DuckDB run to 1e-9 on every feature
-    (tests/test_features.py); ages are whole seconds there (STRFTIME('%s')), which the features floor to days or
+    ms. It is the same Ibis expression compiled for SQLite, equal to the DuckDB run on every feature
+    (tests/test_realtime.py); ages are whole seconds there (STRFTIME('%s')), which the features floor to days or
     compare with windows of whole days.
     """
 

@@ -147,7 +147,7 @@ class Lift:
         """The conversion-rate comparison (serving.segments.lift.Comparison) or None."""
         if self.measurement is None:
             return None
-        return next(c for c in self.measurement.comparisons if c.metric == "conversion_rate")
+        return self.measurement.comparison("conversion_rate")
 
 
 def purchase_history(serve_dir: Path):
@@ -254,7 +254,7 @@ class CampaignResult:
         """The goal metric's comparison over the whole measured window (serving.segments.lift.Comparison)."""
         if self.measured is None:
             return None
-        return next(c for c in self.measured.result.comparisons if c.metric == self.campaign.goal)
+        return self.measured.result.comparison(self.campaign.goal)
 
     def words(self) -> str:
         """"targeted 31.0%, holdout 24.0%: +7.0 points (95% CI -2.1 to +15.3 points), p = 0.140: could be chance"."""

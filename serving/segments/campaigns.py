@@ -24,6 +24,7 @@ from features.time import naive_utc, utc_now
 from features.validate import ValidationResult
 from serving.segments.lift import Measurement, measure
 from serving.segments.store import campaigns
+from training.labels import data_end
 
 GOALS = ("conversion_rate", "mean_orders", "mean_spend")
 TIMELINE_COLUMNS = ["through", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "p_value"]
@@ -90,15 +91,19 @@ def create_campaign(store, definitions: SegmentSet, name: str, segment: str, sta
     return campaign
 
 
-def list_campaigns(store) -> list[Campaign]:
+def list_campaigns(store, name: str | None = None) -> list[Campaign]:
+    """Every campaign (or the one named `name`), by start."""
+    query = select(campaigns).order_by(campaigns.c.start, campaigns.c.name)
+    if name is not None:
+        query = query.where(campaigns.c.name == name)
     with store.db._read() as conn:
-        rows = conn.execute(select(campaigns).order_by(campaigns.c.start, campaigns.c.name)).mappings().all()
+        rows = conn.execute(query).mappings().all()
     fields = [f.name for f in dataclasses.fields(Campaign)]
     return [Campaign(**{k: row[k] for k in fields}) for row in rows]
 
 
 def get_campaign(store, name: str) -> Campaign:
-    found = [c for c in list_campaigns(store) if c.name == name]
+    found = list_campaigns(store, name)
     if not found:
         raise CampaignError(f"no campaign named {name!r} (segments campaign list)")
     return found[0]
@@ -107,7 +112,7 @@ def get_campaign(store, name: str) -> Campaign:
 def measure_campaign(store, definitions: SegmentSet, campaign: Campaign, validation: ValidationResult,
                      step_days: int = 7) -> CampaignMeasurement:
     """The campaign's lift over [start, through) and its goal metric at each `step_days` checkpoint (module doc)."""
-    last = validation.con.execute("SELECT max(timestamp) FROM transactions").fetchone()[0]
+    last = data_end(validation)
     if last is None or last < campaign.start:
         raise CampaignError(f"no transactions on or after the campaign's start {campaign.start:%Y-%m-%d}: nothing "
                             f"to measure yet")
@@ -120,15 +125,15 @@ def measure_campaign(store, definitions: SegmentSet, campaign: Campaign, validat
     try:
         result = measure(members, segment, validation, campaign.start, through)
         checkpoints = [campaign.start + timedelta(days=d) for d in range(step_days, (through - campaign.start).days,
-                                                                          step_days)] + [through]
-        timeline = pd.DataFrame([_goal_row(measure(members, segment, validation, campaign.start, moment),
-                                           campaign.goal, moment) for moment in checkpoints],
-                                columns=TIMELINE_COLUMNS)
+                                                                          step_days)]
+        rows = [_goal_row(measure(members, segment, validation, campaign.start, moment), campaign.goal, moment)
+                for moment in checkpoints]
+        timeline = pd.DataFrame([*rows, _goal_row(result, campaign.goal, through)], columns=TIMELINE_COLUMNS)
     except ValueError as exc:
         raise CampaignError(f"campaign {campaign.name!r}: {exc}") from exc
     return CampaignMeasurement(campaign, through, result, timeline)
 
 
 def _goal_row(result: Measurement, goal: str, moment: datetime) -> dict:
-    comparison = next(c for c in result.comparisons if c.metric == goal)
+    comparison = result.comparison(goal)
     return {"through": moment, **{k: getattr(comparison, k) for k in TIMELINE_COLUMNS[1:]}}

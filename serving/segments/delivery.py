@@ -250,8 +250,8 @@ class Deliverer:
         blocked = (select(earlier.c.id).where(earlier.c.subscription == outbox.c.subscription,
                                               earlier.c.customer_id == outbox.c.customer_id,
                                               earlier.c.status == "pending", earlier.c.id < outbox.c.id).exists())
-        query = (select(outbox).where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now,
-                                      (outbox.c.lease_until.is_(None)) | (outbox.c.lease_until < now), ~blocked)
+        query = (select(outbox).where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now, _unleased(now),
+                                      ~blocked)
                  .order_by(outbox.c.id).limit(self.policy.batch))
         with self.store.db._read() as conn:
             return list(conn.execute(query))
@@ -264,10 +264,9 @@ class Deliverer:
         """Lease the row if nobody holds it (one UPDATE: atomic on both databases)."""
         now = utc_now()
         with self.store.transaction() as conn:
-            claimed = conn.execute(update(outbox).where(
-                outbox.c.id == row_id, outbox.c.status == "pending",
-                (outbox.c.lease_until.is_(None)) | (outbox.c.lease_until < now))
-                .values(lease_until=now + timedelta(seconds=self.policy.lease_s)))
+            claimed = conn.execute(update(outbox).where(outbox.c.id == row_id, outbox.c.status == "pending",
+                                                        _unleased(now))
+                                   .values(lease_until=now + timedelta(seconds=self.policy.lease_s)))
             return claimed.rowcount == 1
 
     def _deliver(self, row, sub, report: DeliveryReport) -> None:
@@ -301,9 +300,8 @@ class Deliverer:
 
     def _settle(self, row, status: int | None, error: str | None, ms: int, report: DeliveryReport) -> None:
         now, attempts = utc_now(), row.attempts + 1
-        ok = error is None and status is not None and 200 <= status < 300
         values = {"attempts": attempts, "lease_until": None, "last_error": error}
-        if ok:
+        if error is None:  # `_post` answers without an error only for a 2xx
             values.update(status="delivered", delivered_at=now)
             report.delivered += 1
         elif attempts >= self.policy.max_attempts:
@@ -318,6 +316,11 @@ class Deliverer:
             conn.execute(delivery_attempts.insert().values(outbox_id=row.id, attempt=attempts, at=now,
                                                            status_code=status, error=error, milliseconds=ms))
             conn.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+
+
+def _unleased(now):
+    """The outbox rows no deliverer holds at `now`."""
+    return outbox.c.lease_until.is_(None) | (outbox.c.lease_until < now)
 
 
 def redeliver(store, subscription: str | None = None) -> int:

@@ -104,8 +104,9 @@ class EventProcessor:
         if new:
             as_of = self.clock(customer_id, new, conn)
             features = self.features(customer_id, new, as_of, conn)
-            scorer = self.state.scorer  # the frame converted once for all models (per model it cost more than them)
-            values = segment_values(features, self.bundle, scorer.bundle.score(features, scorer.encode(features)))
+            # The frame converted once for all models' encoders (per model it cost more than the models).
+            scores = self.bundle.score(features, self.state.scorer.encode(features))
+            values = segment_values(features, self.bundle, scores)
             thresholds = self._thresholds(conn)
             members = pd.DataFrame({"segment": segments, "customer_id": [customer_id] * len(segments)})
             stored_states = self.store.current.states([customer_id], conn)

@@ -13,6 +13,7 @@ Used by `segments export` (a file) and `GET /v1/segments/{name}/export` (a strea
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -100,7 +101,8 @@ class SegmentExport:
         return self
 
     def _start(self) -> None:
-        """Read the position and the fields' types, in the export's read."""
+        """Read the position and the first chunk (the fields' types are read from its values), in the export's
+        read."""
         refresh = self.store.current.last_refresh(self.conn)
         r = self.request
         self.position = ExportPosition(
@@ -109,15 +111,18 @@ class SegmentExport:
             refresh_as_of=refresh["as_of"].isoformat() if refresh else None, exported_at=utc_now().isoformat(),
             holdout_percent=r.holdout_percent, include_holdout=r.include_holdout,
             changes_since=r.changes_since.isoformat() if r.changes_since else None, fields=list(r.fields))
-        self.schema = self._schema(_field_types(r.fields, self._sample_states()) if r.fields else {})
+        self._pages = self._member_pages() if r.changes_since is None else self._change_pages()
+        self._first = next(self._pages, None)
+        states = [] if self._first is None else [v for v in self._first["_states"] if v]
+        self.schema = self._schema(_field_types(r.fields, states) if r.fields else {})
 
     def __exit__(self, *exc) -> None:
         self._read.__exit__(*exc)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows in chunks of at most `chunk_rows` (current members by customer_id; changes in log order)."""
-        pages = self._member_pages() if self.request.changes_since is None else self._change_pages()
-        for columns in pages:
+        for columns in itertools.chain([self._first] if self._first is not None else [], self._pages):
+            columns = self._with_fields(columns)
             held = in_holdout(columns["customer_id"], self.request.segment, self.request.holdout_percent)
             self.position.held_out += int(held.sum())
             if self.request.include_holdout:
@@ -140,16 +145,6 @@ class SegmentExport:
                                                    if k not in ("rows", "held_out")})}
         return pa.schema(base + holdout + list(field_types.items()), metadata=metadata)
 
-    def _sample_states(self) -> list[dict]:
-        """The evaluated values of up to `chunk_rows` of the exported customers: what the fields' types are read
-        from."""
-        if self.request.changes_since is None:
-            page = self.store.current.member_page(self.request.segment, None, self.chunk_rows, self.conn)
-            return [json.loads(row[2]) for row in page if row[2] is not None]
-        page = self.store.changes.change_page(self.request.segment, naive_utc(self.request.changes_since), 0,
-                                              self.chunk_rows, self.conn)
-        return list(self.store.current.states(sorted({row[1] for row in page}), self.conn).values())
-
     def _member_pages(self) -> Iterator[dict[str, list]]:
         after = None
         while True:
@@ -157,8 +152,9 @@ class SegmentExport:
             if not page:
                 return
             after = page[-1][0]
-            columns = {"customer_id": [row[0] for row in page], "entered_at": [row[1] for row in page]}
-            yield self._with_fields(columns, [row[2] for row in page])
+            yield {"customer_id": [row[0] for row in page], "entered_at": [row[1] for row in page],
+                   "_states": [json.loads(row[2]) if row[2] is not None else {} for row in page]
+                   if self.request.fields else []}
 
     def _change_pages(self) -> Iterator[dict[str, list]]:
         after = 0
@@ -172,14 +168,14 @@ class SegmentExport:
             columns = {name: [row[i] for row in page] for i, name in enumerate(names)}
             # The values a change was decided on are the customer's current state (the log keeps the causes).
             states = self.store.current.states(columns["customer_id"], self.conn) if self.request.fields else {}
-            yield self._with_fields(columns, [states.get(cid) for cid in columns["customer_id"]], parsed=True)
+            columns["_states"] = [states.get(cid) or {} for cid in columns["customer_id"]]
+            yield columns
 
-    def _with_fields(self, columns: dict[str, list], states: list, parsed: bool = False) -> dict[str, list]:
-        if not self.request.fields:
-            return columns
-        values = [(s if parsed else json.loads(s)) if s is not None else {} for s in states]
+    def _with_fields(self, columns: dict[str, list]) -> dict[str, list]:
+        """A page's columns with the asked fields taken out of its customers' evaluated values (`_states`)."""
+        states = columns.pop("_states")
         for name in self.request.fields:
-            columns[name] = [v.get(name) for v in values]
+            columns[name] = [v.get(name) for v in states]
         return columns
 
 

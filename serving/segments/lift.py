@@ -96,6 +96,10 @@ class Measurement:
     comparisons: tuple[Comparison, ...]
     warnings: tuple[str, ...] = ()
 
+    def comparison(self, metric: str) -> Comparison:
+        """The comparison of `metric` (conversion_rate, mean_orders or mean_spend)."""
+        return next(c for c in self.comparisons if c.metric == metric)
+
     def table(self) -> pd.DataFrame:
         """Columns TABLE_COLUMNS (metric, targeted, holdout, difference, ci_low, ci_high, lift, relative_ci_low,
         relative_ci_high, p_value); the first row, `customers`, holds the group sizes (its other columns are NaN)."""

@@ -539,9 +539,9 @@ class StoreWriter:
     def _queue_for_subscribers(conn: Connection, log_rows: list[dict], states: dict[str, dict],
                                now: datetime) -> None:
         """An outbox row per change and active subscription that wants it, in the change's transaction."""
-        wanted = [(name, set(json.loads(segments)), set(json.loads(changes))) for name, segments, changes in conn.execute(
-            select(subscriptions.c.name, subscriptions.c.segments, subscriptions.c.changes)
-            .where(subscriptions.c.active))]
+        active = conn.execute(select(subscriptions.c.name, subscriptions.c.segments, subscriptions.c.changes)
+                              .where(subscriptions.c.active))
+        wanted = [(name, set(json.loads(segments)), set(json.loads(changes))) for name, segments, changes in active]
         rows = [{"subscription": name, "customer_id": row["customer_id"], "segment": row["segment"],
                  "change": row["change"], "at": row["at"], "status": "pending", "attempts": 0, "next_attempt_at": now,
                  "created_at": now, "payload": _dumps({
