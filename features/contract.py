@@ -88,6 +88,7 @@ CONTRACTS: dict[str, TableContract] = {c.name: c for c in (CUSTOMERS, TRANSACTIO
 KNOWN_EVENT_TYPES = (
     "email_sent", "email_open", "email_click", "push_open", "sms_click", "app_open", "web_visit",
     "reward_redeemed", "review", "referral", "survey_response", "loyalty_join", "tier_change",
+    "campaign_holdout",  # in a campaign's audience, held out (not contacted): uplift models learn from these
 )
 
 # Channels that count as digital for the online-share features.

@@ -58,6 +58,9 @@ OUTPUTS = (
            "Behavioural cluster, numbered by size (0 = largest)."),
     Output("cluster_name", "clusters", "string", "string", "Cluster name", ("cluster", "name"), "",
            "The cluster's name, from its profile."),
+    Output("uplift_score", "uplift", "float64", "number", "Campaign uplift", ("uplift", "score"), "probability",
+           "Estimated change in the chance of buying within the campaign window when contacted rather than held "
+           "out (-1..1; learnt from past campaigns' holdouts)."),
 )
 _PER_SEED = {o: re.compile("^" + re.escape(o.name).replace(re.escape("{seed}"), "(?P<seed>[A-Za-z0-9_]+?)") + "$")
              for o in OUTPUTS if o.per_seed}
@@ -100,9 +103,9 @@ def is_model_number(name: str) -> bool:
 
 
 def nested(row: dict, seeds: list[str]) -> dict:
-    """A flat score row (columns above) -> the response's groups: churn, value, cluster as objects (None when the
-    model is not served) and lookalike as {seed: object}."""
-    groups: dict = {"churn": None, "value": None, "lookalike": {}, "cluster": None}
+    """A flat score row (columns above) -> the response's groups: churn, value, cluster, uplift as objects (None when
+    the model is not served) and lookalike as {seed: object}."""
+    groups: dict = {"churn": None, "value": None, "lookalike": {}, "cluster": None, "uplift": None}
     for output in OUTPUTS:
         group, key = output.response
         for seed in (seeds if output.per_seed else [None]):

@@ -18,7 +18,7 @@ A segments file (the default ships as `features/segments.yaml`)::
 
 A condition is `<field> <operator> [value]`. Fields are catalog features or model outputs (churn_probability,
 churn_band, expected_purchases, expected_spend, lookalike_<seed>_score, lookalike_<seed>_percentile, cluster_id,
-cluster_name); `segment <name>` is true for members of another segment. Operators: > >= < <= == != in, not in,
+cluster_name, uplift_score); `segment <name>` is true for members of another segment. Operators: > >= < <= == != in, not in,
 between [lo, hi] (inclusive), is null, is not null, and `in top N%` / `in bottom N%` (thresholds fitted on the whole
 population at a batch refresh and reused for single customers until the next one). Conditions nest with all / any /
 not. A missing value makes every comparison false (and `is null` true), so `not` of a comparison holds for it.

@@ -20,6 +20,7 @@ from serving.explain.reasons import (
     AttributeMap,
     Target,
     exp_effect,
+    identity_effect,
     sigmoid_effect,
     softmax_own_effect,
     top_reasons,
@@ -97,7 +98,7 @@ class ModelExplainer:
 
 
 # How a margin becomes the shown score, per declared link (softmax: the own class among all, built per request).
-LINKS = {"logistic": sigmoid_effect, "log": exp_effect, "softmax": None}
+LINKS = {"logistic": sigmoid_effect, "log": exp_effect, "identity": identity_effect, "softmax": None}
 
 
 @dataclass

@@ -18,6 +18,7 @@ SMALL = {
     "lookalike": {"num_boost_round": 15, "num_leaves": 7},
     "clusters": {"k_range": (3, 4), "bootstrap_rounds": 2, "n_init": 2, "surrogate_num_boost_round": 10,
                  "surrogate_num_leaves": 7, "sample_size": 1500},
+    "uplift": {"n_estimators": 40, "score_rounds": 30, "cv_folds": 2},
 }
 
 
@@ -50,7 +51,7 @@ def use_bentoml_home(home: Path) -> None:
 
 
 def build_served(root: Path, validation, data_folder: Path) -> dict:
-    """Train the four model kinds (small), register them, and run `segments build` logic. Returns paths and env."""
+    """Train the five model kinds (small), register them, and run `segments build` logic. Returns paths and env."""
     from training import train as training
     from training.tracking import log_training_run
 
@@ -61,7 +62,7 @@ def build_served(root: Path, validation, data_folder: Path) -> dict:
         shared = training.TrainingData(validation, AS_OF, str(data_folder))
         records = [training.train_churn(shared, SMALL["churn"], 90), training.train_value(shared, SMALL["value"], 90),
                    training.train_lookalike(shared, SMALL["lookalike"], "best_members"),
-                   training.train_clusters(shared, SMALL["clusters"])]
+                   training.train_clusters(shared, SMALL["clusters"]), training.train_uplift(shared, SMALL["uplift"])]
         for record in records:
             log_training_run(record)
         from serving.state import build

@@ -155,9 +155,10 @@ def test_transaction_attributes_use_their_vocabularies(data):
 def test_events_use_known_types_campaigns_and_json_properties(data):
     ev = data.events
     assert set(ev["event_type"]) == set(contract.KNOWN_EVENT_TYPES)
-    is_email = ev["event_type"].isin(["email_sent", "email_open", "email_click"])
+    is_email = ev["event_type"].isin(["email_sent", "email_open", "email_click", "campaign_holdout"])
     assert (ev["campaign_id"].notna() == is_email).all()
     assert (ev.loc[is_email, "channel"] == "email").all()
+    assert set(ev.loc[ev["event_type"] == "campaign_holdout", "campaign_id"].str[:3]) == {"OFR"}  # offers only
     properties = ev["properties"].dropna()
     assert len(properties) > 0
     assert all(isinstance(json.loads(text), dict) for text in properties.unique())

@@ -22,7 +22,7 @@ BASELINE_NAMES = {"recency": "recency-only", "bgnbd": "BG/NBD", "pnbd": "Pareto/
                   "bgnbd_gamma_gamma": "BG/NBD × Gamma-Gamma", "last_horizon": "last-horizon-repeats",
                   "random": "random", "centroid_similarity": "centroid-similarity",
                   "rule_near_miss": "rule near-miss",
-                  "majority_cluster": "majority-cluster"}
+                  "majority_cluster": "majority-cluster", "likeliest_buyers": "likeliest-buyers"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ GRADE_RULES = {
                        "rank correlation of predicted and actual spend over the next horizon (0 = unrelated)"),
     "clusters": GradeRule("stability_ari", (0.6, 0.75, 0.85),
                           "agreement of the clusters with those of refits on resampled customers (1 = identical)"),
+    "uplift": GradeRule("qini", (0.0, 0.05, 0.15),
+                        "extra buyers won by contacting the customers ranked highest first, as a share of what a "
+                        "perfect ranking of the held-out campaigns' outcomes would win (0 = random targeting)"),
 }
 
 

@@ -301,6 +301,23 @@ def reach(table: pd.DataFrame, seed: str) -> Figure:
     return fig
 
 
+def qini(table: pd.DataFrame) -> Figure:
+    """Qini curves from tables/qini_curve.csv (fraction, model, then baselines; "random" dotted): extra buyers per
+    audience member when the best-ranked share is contacted."""
+    fig, ax = figure("Extra buyers by share contacted (held-out campaigns)", "Audience contacted (%, best first)",
+                     "Extra buyers (% of the audience)", width=7.0, height=4.0)
+    x = 100 * table["fraction"]
+    ax.plot(x, 100 * table["model"], color=MAIN, label="this model")
+    for i, column in enumerate([c for c in table.columns if c not in ("fraction", "model")], start=1):
+        random = column == "random"
+        ax.plot(x, 100 * table[column], color=NEUTRAL if random else series_colour(i),
+                linestyle=":" if random else "--", label=series_name(column))
+    ax.axhline(0.0, color=NEUTRAL, linewidth=0.8)
+    ax.set(xlim=(0, 100))
+    ax.legend(loc="lower right")
+    return fig
+
+
 def reach_lift(table: pd.DataFrame, seed: str, up_to: int = 30) -> Figure:
     """Lift (share of held-out seed members found / share of customers reached) for the first `up_to`% reached."""
     head = table[table["reach_pct"] <= up_to]

@@ -34,6 +34,14 @@ normalised to midnight. For every customer i:
   ``sigmoid(click_logit_p + 0.6 z_i)`` after an open. After churn_time engagement rates are multiplied by 0.1 and
   email open probabilities by 0.15.
 
+* offer campaigns (``OFR001``.., every 6 weeks back from 4 weeks before end, `offer_campaigns` of them): each
+  reaches a random ``_OFFER_REACH`` of the opted-in customers started before the send; ``_OFFER_HOLDOUT`` of those
+  are held out (a ``campaign_holdout`` event), the rest get an ``email_sent`` of that campaign. A treated customer
+  alive at the send makes one extra purchase, uniform over the ``OFFER_WINDOW_DAYS`` after it (dropped if that
+  falls after churn or end), with probability ``offer_response_p`` of the persona (`PLANTED_OFFER_RESPONSE`):
+  the planted treatment effect. Held-out customers only do what they would have done anyway. Offer purchases are
+  never returned and carry no review or redemption event.
+
 Hence the planted churn drivers: recency and frequency (``days_since_last_order``, ``orders_count_90d``) through
 the Pareto/NBD mechanism above, app opens and email clicks as observable proxies of z, and loyalty membership.
 """
@@ -61,6 +69,15 @@ PLANTED_CHURN_DRIVERS: tuple[str, ...] = (
     "days_since_last_order", "orders_count_90d", "app_open_count_90d", "email_click_count_90d", "loyalty_member",
 )
 
+# Chance that a treated customer alive at an offer's send makes one extra purchase in its window, per persona
+# (module docstring): offers move occasional, new and lapsing-but-alive customers, not VIPs or serial returners
+# (who buy anyway or not at all), and barely the engaged non-buyers who open everything.
+PLANTED_OFFER_RESPONSE: dict[str, float] = {
+    "vip": 0.0, "bargain_hunter": 0.1, "occasional": 0.3, "new": 0.25, "lapsing": 0.3, "serial_returner": 0.0,
+    "engaged_non_buyer": 0.03,
+}
+OFFER_WINDOW_DAYS = 14
+
 CATEGORIES = ("grocery", "apparel", "electronics", "beauty", "home", "sports", "toys", "books")
 CHANNELS = ("store", "online", "app")
 TIERS = ("bronze", "silver", "gold", "platinum")
@@ -83,6 +100,9 @@ _CHUNK_CUSTOMERS = 20_000  # bounds memory and sets the progress granularity
 _PRODUCTS_PER_CATEGORY = 150
 _STORES_PER_REGION = 6
 _EMAIL_REACH = 0.6  # share of opted-in customers a campaign targets
+_OFFER_REACH = 0.6  # share of opted-in customers an offer campaign's audience takes
+_OFFER_HOLDOUT = 0.3  # share of an offer's audience held out
+_OFFER_SPACING_DAYS = 42
 _REVIEW_PROB = 0.04
 
 # Relative unit price and return propensity of each category (aligned with CATEGORIES).
@@ -294,6 +314,7 @@ def generate_tables(
     seed: int = 0,
     end: str | date = "2026-07-01",
     progress: Callable[[int], None] | None = None,
+    offer_campaigns: int = 8,
 ) -> GeneratedData:
     """Generate customers, transactions, events and the latent ground truth; pure, no I/O.
 
@@ -303,27 +324,36 @@ def generate_tables(
         seed: the same seed gives identical frames.
         end: exclusive end of the period, normalised to midnight; nothing happens at or after it.
         progress: called with the number of customers simulated so far, once per chunk.
+        offer_campaigns: offer campaigns with a holdout and a planted effect (module docstring); those that would
+            start before the period are left out.
 
     Returns:
         GeneratedData whose customers/transactions/events follow `features.contract` (every optional column
         filled; ids "C000001", "T00000001", "E00000001"; naive UTC datetime64[us]; returns carry is_return=True,
         a positive quantity and a negative amount) and whose ground_truth has customer_id, persona, start,
-        purchase_rate_per_day, churn_hazard_per_day, churn_time (NaT if not before end), engagement_propensity.
+        purchase_rate_per_day, churn_hazard_per_day, churn_time (NaT if not before end), engagement_propensity,
+        offer_response (the planted chance of an extra purchase when treated by an offer, while alive).
     """
     if n_customers < 1 or months < 1:
         raise ValueError(f"n_customers and months must be >= 1, got n_customers={n_customers}, months={months}")
     end_ts = pd.Timestamp(end).normalize()
     window = _Window(start=end_ts - pd.DateOffset(months=months), end=end_ts)
-    customer_seed, campaign_seed, chunk_seed, profile_seed = np.random.SeedSequence(seed).spawn(4)
+    # Offers draw from their own streams, so adding them left every other table's draws as they were.
+    customer_seed, campaign_seed, chunk_seed, profile_seed, offer_seed = np.random.SeedSequence(seed).spawn(5)
     customers = _draw_customers(np.random.default_rng(customer_seed), n_customers, window)
     campaigns = _draw_campaigns(np.random.default_rng(campaign_seed), window)
+    offers = _draw_offers(np.random.default_rng(offer_seed), window, offer_campaigns)
 
     starts = range(0, n_customers, _CHUNK_CUSTOMERS)
     tx_parts, ev_parts = [], []
-    for lo, chunk_ss in zip(starts, chunk_seed.spawn(len(starts))):
+    chunk_seeds = zip(chunk_seed.spawn(len(starts)), offer_seed.spawn(len(starts)), strict=True)
+    for lo, (chunk_ss, offer_ss) in zip(starts, chunk_seeds, strict=True):
         rng = np.random.default_rng(chunk_ss)
         chunk = customers.rows(slice(lo, lo + _CHUNK_CUSTOMERS))
         tx, ev = _simulate_chunk(rng, chunk, campaigns, window)
+        offer_tx, offer_ev = _simulate_offers(np.random.default_rng(offer_ss), chunk, offers, len(campaigns[0]),
+                                              window)
+        tx, ev = _concat([tx, offer_tx]), _concat([ev, offer_ev])
         tx["owner"] += lo
         ev["owner"] += lo
         tx_parts.append(tx)
@@ -337,7 +367,7 @@ def generate_tables(
     return GeneratedData(
         customers=_customers_frame(profile_rng, customers, transactions, customer_ids, window),
         transactions=_transactions_frame(transactions, customer_ids),
-        events=_events_frame(events, customer_ids, len(campaigns[0])),
+        events=_events_frame(events, customer_ids, len(campaigns[0]), offers.size),
         ground_truth=_ground_truth_frame(customers, customer_ids, window),
         start=window.start,
         end=window.end,
@@ -507,6 +537,46 @@ def _draw_campaigns(rng: np.random.Generator, window: _Window) -> tuple[np.ndarr
     return send, rng.integers(0, len(_CAMPAIGN_TYPES), send.size)
 
 
+def _draw_offers(rng: np.random.Generator, window: _Window, count: int) -> np.ndarray:
+    """Send times of the offer campaigns (days since epoch, around 10:00), oldest first: every 6 weeks back from
+    4 weeks before end (so the last one's window is observed), those inside the period."""
+    last = np.floor(window.t1) - 28.0
+    days = last - _OFFER_SPACING_DAYS * np.arange(count)[::-1]
+    send = days + (10.0 + 2.0 * rng.random(count)) / 24.0
+    return send[send >= window.t0]
+
+
+def _simulate_offers(rng: np.random.Generator, c: _Customers, offers: np.ndarray, first_code: int,
+                     window: _Window) -> tuple[dict, dict]:
+    """The offer campaigns' audiences, holdouts and planted extra purchases (module docstring): (transactions,
+    events) arrays; an offer's campaign code is `first_code` + its index."""
+    reached = (c.opt_in[:, None] & (offers[None, :] >= c.start[:, None])
+               & (rng.random((len(c), offers.size)) < _OFFER_REACH))
+    owner, offer = np.nonzero(reached)
+    sent = offers[offer] + rng.random(owner.size) * 600.0 / _SECONDS_PER_DAY
+    treated = rng.random(owner.size) >= _OFFER_HOLDOUT
+    response = _by_persona_map(PLANTED_OFFER_RESPONSE)[c.persona[owner]]
+    responds = treated & (sent < c.churn[owner]) & (rng.random(owner.size) < response)
+    buy_t = sent + rng.random(owner.size) * OFFER_WINDOW_DAYS
+    buyer_hi = np.minimum(c.churn[owner], window.t1)
+    responds &= buy_t < buyer_hi
+    buyer = owner[responds]
+    channel = _sample_rows(rng, c.channel_cum, buyer)
+    purchases = _purchase_rows(rng, c, buyer, buy_t[responds], channel, sent[responds], buyer_hi[responds])
+    code = first_code + offer
+    promo = _PROP_CAMPAIGN + _CAMPAIGN_TYPES.index("promo")
+    events = _concat([
+        _event_arrays(owner[treated], _to_sec(sent[treated]), "email_sent", "email", code[treated],
+                      np.full(treated.sum(), promo)),
+        _event_arrays(owner[~treated], _to_sec(sent[~treated]), "campaign_holdout", "email", code[~treated]),
+    ])
+    return purchases, events
+
+
+def _by_persona_map(values: dict[str, float]) -> np.ndarray:
+    return np.array([values[p] for p in PERSONAS], dtype=float)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Behaviour of one chunk of customers (arrays keyed by column; "owner" is the row in the chunk)
 
@@ -540,6 +610,13 @@ def _simulate_purchases(rng: np.random.Generator, c: _Customers, window: _Window
     owner = np.concatenate([owner[keep], first_owner])
     t = np.concatenate([t[keep], first_t])
     channel = np.concatenate([channel[keep], _sample_rows(rng, c.channel_cum, first_owner)])
+    return _purchase_rows(rng, c, owner, t, channel, lo[owner], hi[owner])
+
+
+def _purchase_rows(rng: np.random.Generator, c: _Customers, owner: np.ndarray, t: np.ndarray, channel: np.ndarray,
+                   lo: np.ndarray, hi: np.ndarray) -> dict[str, np.ndarray]:
+    """Purchase rows of `owner` at days `t` through `channel`: basket, price, discount, store, points; the time of
+    day never leaves [lo, hi) (per row)."""
     n = owner.size
 
     category = _sample_rows(rng, c.category_cum, owner)
@@ -555,7 +632,7 @@ def _simulate_purchases(rng: np.random.Generator, c: _Customers, window: _Window
     redeemed = earning & (rng.random(n) < c.redeem_prob[owner])
     return {
         "owner": owner,
-        "sec": _with_time_of_day(rng, t, channel, lo[owner], hi[owner]),
+        "sec": _with_time_of_day(rng, t, channel, lo, hi),
         "amount": np.round(amount, 2),
         "quantity": quantity,
         "product": category * _PRODUCTS_PER_CATEGORY + np.floor(_PRODUCTS_PER_CATEGORY * rng.random(n) ** 2),
@@ -755,11 +832,11 @@ def _transactions_frame(tx: dict, customer_ids: pa.Array) -> pd.DataFrame:
     })
 
 
-def _events_frame(ev: dict, customer_ids: pa.Array, n_campaigns: int) -> pd.DataFrame:
+def _events_frame(ev: dict, customer_ids: pa.Array, n_campaigns: int, n_offers: int) -> pd.DataFrame:
     """Events table ordered by time, ids assigned in that order."""
     order = _time_order(ev["sec"])
     ev = {key: values[order] for key, values in ev.items()}
-    campaign_names = _ids("CMP", n_campaigns, 5).to_pylist()
+    campaign_names = _ids("CMP", n_campaigns, 5).to_pylist() + _ids("OFR", n_offers, 3).to_pylist()
     return pd.DataFrame({
         "event_id": pd.array(_ids("E", order.size, 8), dtype="str"),
         "customer_id": pd.array(customer_ids.take(pa.array(ev["owner"])), dtype="str"),
@@ -773,7 +850,7 @@ def _events_frame(ev: dict, customer_ids: pa.Array, n_campaigns: int) -> pd.Data
 
 def _ground_truth_frame(c: _Customers, customer_ids: pa.Array, window: _Window) -> pd.DataFrame:
     """Latent truth: customer_id, persona, start, purchase_rate_per_day, churn_hazard_per_day, churn_time,
-    engagement_propensity."""
+    engagement_propensity, offer_response."""
     churn_us = np.round(c.churn * _SECONDS_PER_DAY * 1e6)
     churned = c.churn < window.t1
     churn_time = np.where(churned, churn_us, 0).astype(np.int64).astype("datetime64[us]")
@@ -786,6 +863,7 @@ def _ground_truth_frame(c: _Customers, customer_ids: pa.Array, window: _Window) 
         "churn_hazard_per_day": c.hazard,
         "churn_time": churn_time,
         "engagement_propensity": c.engagement,
+        "offer_response": _by_persona_map(PLANTED_OFFER_RESPONSE)[c.persona],
     })
 
 

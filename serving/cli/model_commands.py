@@ -27,7 +27,7 @@ from serving.cli.common import (
 )
 from training.train import MODEL_KINDS
 
-ConfigOpt = Annotated[Path | None, typer.Option(help="YAML with sections churn/value/lookalike/clusters.")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="YAML with sections churn/value/lookalike/clusters/uplift.")]
 
 
 def _config_and_data(config: Path | None, data: Path, max_bad_share: float):
@@ -43,20 +43,28 @@ def _config_and_data(config: Path | None, data: Path, max_bad_share: float):
     return overrides, validated(data, max_bad_share)
 
 
-def _train(shared, kind: str, overrides: dict, horizon: int, seed: str | None):
-    """One run, or None with the reason printed (too little data, a bad setting)."""
+def _train(shared, kind: str, overrides: dict, horizon: int, seed: str | None, optional: bool):
+    """(the run or None, whether it was skipped), the reason printed when none: too little data or a bad setting
+    (a failure), or, when `optional` (`train all`), data that holds nothing this kind learns from (no campaign with
+    a holdout for uplift: skipped, not a failure)."""
     from features.errors import InsufficientDataError
+    from training.estimators.uplift import NoCampaignsError
     from training.train import train_kind
 
     try:
-        return train_kind(kind, shared, overrides.get(kind, {}), horizon, seed)
+        return train_kind(kind, shared, overrides.get(kind, {}), horizon, seed), False
+    except NoCampaignsError as exc:
+        if not optional:
+            raise typer.BadParameter(str(exc), param_hint="--data") from None
+        console.print(f"[yellow]{kind} skipped:[/] {exc}")
+        return None, True
     except (InsufficientDataError, ValueError) as exc:
         console.print(f"[bold red]{kind}{f' ({seed})' if seed else ''} not trained:[/] {exc}")
-        return None
+        return None, False
 
 
 def train(
-    kind: Annotated[str, typer.Argument(help="churn, value, lookalike, clusters or all.")],
+    kind: Annotated[str, typer.Argument(help="churn, value, lookalike, clusters, uplift or all (all skips uplift when the data has no campaign with a holdout).")],
     data: DataOpt,
     as_of: Annotated[datetime, date_option(
         "--as-of", "Training cut-off: nothing at or after it is read, labels included. Churn and value are "
@@ -79,17 +87,18 @@ def train(
     planned = [(one, seed) for one in (MODEL_KINDS if kind == "all" else [kind])
                for seed in (seed_segment if model_class(one).needs_seed else [None])]
     overrides, validation = _config_and_data(config, data, max_bad_share)
-    runs = []
+    runs, skipped = [], 0
     with status_bar() as say:
         shared = TrainingData(validation, as_of, str(data), progress=say)
         for one, seed in planned:
-            record = _train(shared, one, overrides, horizon, seed)
+            record, was_skipped = _train(shared, one, overrides, horizon, seed, optional=kind == "all")
+            skipped += was_skipped
             if record is not None:
                 say(f"logging {one} to MLflow")
                 runs.append((record, log_training_run(record)))
     _print_runs(runs)
     out.print(f"Tracking: {tracking_uri()}  (browse: mlflow ui --backend-store-uri {tracking_uri()})")
-    if len(runs) < len(planned):
+    if len(runs) + skipped < len(planned):
         raise typer.Exit(1)
 
 
@@ -116,7 +125,7 @@ def _print_runs(runs) -> None:
 
 
 def promote(
-    kind: Annotated[str, typer.Argument(help="churn, value, clusters, or lookalike (with --seed-segment).")],
+    kind: Annotated[str, typer.Argument(help="churn, value, clusters, uplift, or lookalike (with --seed-segment).")],
     seed_segment: Annotated[str | None, typer.Option(help="Seed name, for a look-alike model.")] = None,
 ) -> None:
     """Make the challenger the champion, only if it beats the champion on the same out-of-time evaluation."""

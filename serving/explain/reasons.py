@@ -12,11 +12,12 @@ in opposite directions and would cancel out. Text features (favourite category, 
 column each, not one-hot columns, so they need no summing. The catalog group's title is reported beside the attribute.
 
 Scales. `contribution` is on the model's margin: log-odds for churn, look-alike and the cluster surrogate (its
-own-cluster class score), log of expected spend for value. `effect` is an approximate change on the output scale,
-the output at the customer's margin minus the output with this attribute's contribution removed: churn probability
-(sigmoid of the margin, before calibration), look-alike seed-membership probability, expected spend in currency,
-and the probability of the customer's own cluster (softmax of the surrogate's class scores). Effects of several
-attributes do not add up exactly (the output is not linear in the margin); contributions do.
+own-cluster class score), log of expected spend for value, probability points for uplift (its score is its margin).
+`effect` is an approximate change on the output scale, the output at the customer's margin minus the output with
+this attribute's contribution removed: churn probability (sigmoid of the margin, before calibration), look-alike
+seed-membership probability, expected spend in currency, and the probability of the customer's own cluster (softmax
+of the surrogate's class scores); for uplift it is the contribution. Effects of several attributes do not add up
+exactly (the output is not linear in the margin); contributions do.
 
 Typical values are the population's medians (numbers) or most frequent values (text, yes/no), computed once when the
 service is built (`typical_values`) and shipped with it: never recomputed from the batch being scored.
@@ -223,6 +224,11 @@ def sigmoid_effect(margin: np.ndarray, without: np.ndarray) -> np.ndarray:
 
 def exp_effect(margin: np.ndarray, without: np.ndarray) -> np.ndarray:
     return np.exp(margin) - np.exp(without)
+
+
+def identity_effect(margin: np.ndarray, without: np.ndarray) -> np.ndarray:
+    """A score that is its margin (uplift, in probability points): the effect is the contribution itself."""
+    return margin - without
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

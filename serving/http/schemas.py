@@ -215,7 +215,7 @@ _OUTPUT_TYPES = {"float64": float, "int64": int, "category": str, "string": str}
 
 
 def output_group(group: str, name: str) -> type[BaseModel]:
-    """The response model of one output group (churn, value, lookalike per seed, cluster)."""
+    """The response model of one output group (churn, value, lookalike per seed, cluster, uplift)."""
     fields = {o.response[1]: (_OUTPUT_TYPES[o.dtype], Field(description=o.description))
               for o in OUTPUTS if o.response[0] == group}
     return create_model(name, **fields)
@@ -225,6 +225,7 @@ Churn = output_group("churn", "Churn")
 Value = output_group("value", "Value")
 Lookalike = output_group("lookalike", "Lookalike")
 Cluster = output_group("cluster", "Cluster")
+Uplift = output_group("uplift", "Uplift")
 
 
 class ScoredCustomer(BaseModel):
@@ -233,13 +234,14 @@ class ScoredCustomer(BaseModel):
     value: Value | None = None
     lookalike: dict[str, Lookalike] = Field(default_factory=dict, description="Per seed segment.")
     cluster: Cluster | None = None
+    uplift: Uplift | None = None
     segments: list[str] = Field(
         default_factory=list,
         description="Names of the served segment definitions (GET /v1/info; the same language and names as the "
                     "membership store and POST /events) this customer satisfies on the scored features and scores, "
                     "sorted. By definition: no holdout is applied. Segments listed in "
                     "`segment_evaluation.not_evaluated` are never in it (unknown, not false).")
-    reasons: dict[str, list[Reason]] | None = Field(None, description="Per model (churn, value, cluster, "
+    reasons: dict[str, list[Reason]] | None = Field(None, description="Per model (churn, value, cluster, uplift, "
                                                                       "lookalike_<seed>) when explain is true.")
     error: ItemError | None = Field(None, description="Set when this customer could not be scored.")
 

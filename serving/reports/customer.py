@@ -68,7 +68,8 @@ def whatif(processor, customer_id: str, goal: str, as_of) -> dict:
 
 def reason_tables(scored: dict) -> list[dict]:
     """Per model (churn first), its title and top reasons."""
-    titles = {"churn": "Churn risk", "value": "Expected spend", "cluster": "Behavioural cluster"}
+    titles = {"churn": "Churn risk", "value": "Expected spend", "cluster": "Behavioural cluster",
+              "uplift": "Campaign response (uplift)"}
     reasons = scored.get("reasons") or {}
     keys = sorted(reasons, key=lambda k: (k != "churn", k))
     return [{"key": k, "title": titles.get(k, "Look-alike: " + k.removeprefix("lookalike_").replace("_", " ")),

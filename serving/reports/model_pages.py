@@ -82,6 +82,11 @@ METRICS = {
     "silhouette": MetricSpec("Silhouette", "higher", "decimal"),
     "surrogate_fidelity": MetricSpec("Explainer agreement (surrogate fidelity)", "higher", "percent", 1),
     "k": MetricSpec("Clusters", "higher", "count", 0),
+    "qini": MetricSpec("Qini (share of the perfect ranking's gain)", "higher", "decimal", 3),
+    "uplift_at_10": MetricSpec("Uplift in the top 10% (treated - held out)", "higher", "percent", 1),
+    "uplift_at_20": MetricSpec("Uplift in the top 20% (treated - held out)", "higher", "percent", 1),
+    "uplift_at_30": MetricSpec("Uplift in the top 30% (treated - held out)", "higher", "percent", 1),
+    "average_uplift": MetricSpec("Uplift of the whole audience (the campaigns' effect)", "higher", "percent", 1),
 }
 # ---------------------------------------------------------------------------------------------------------------
 # Evidence from MLflow
