@@ -120,7 +120,8 @@ def test_default_segments_have_sensible_sizes_on_generated_data(tmp_path, genera
     stages = store.current.memberships()
     stages = stages[stages["segment"].str.startswith("lifecycle_")]
     assert not stages["customer_id"].duplicated().any()
-    assert set(report.skipped) == {"likely_to_churn", "at_risk_vip", "best_members_lookalike", "cluster"}
+    assert set(report.skipped) == {"likely_to_churn", "at_risk_vip", "best_members_lookalike", "cluster",
+                                   "persuadable"}
     holdout_share = report.sizes["holdout"].sum() / report.sizes["members"].sum()
     assert 0.07 < holdout_share < 0.13
     store.close()

@@ -146,7 +146,7 @@ def test_02_segments_and_clusters(tmp_path, monkeypatch):
 
     # Without models the model-output segments are skipped with a reason; with the cluster bundle, one segment per
     # cluster appears, named from the fitted profiles.
-    assert result["skipped"] == ["at_risk_vip", "best_members_lookalike", "likely_to_churn"]
+    assert result["skipped"] == ["at_risk_vip", "best_members_lookalike", "likely_to_churn", "persuadable"]
     clusters = sorted(s for s in result["sizes_first"] if s.startswith("cluster_"))
     assert clusters == [f"cluster_{i}" for i in range(result["k"])]
     assert result["profile_names"] == result["cluster_names"]

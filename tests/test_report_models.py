@@ -340,7 +340,7 @@ def expected_cut(x: np.ndarray, effect: np.ndarray) -> tuple[float, float, float
 
 def threshold_in_sentence(sentence: str) -> tuple[float, float]:
     """The number after "above" in a sentence (shares back to fractions), with a rounding tolerance."""
-    match = re.search(r"above ([\d,.]+)(%?)", sentence)
+    match = re.search(r"above (-?[\d,.]+)(%?)", sentence)
     value = float(match.group(1).replace(",", "").rstrip("."))
     if match.group(2):
         return value / 100, 0.005
@@ -425,7 +425,8 @@ def test_lookalike_page_contrasts_the_closest_customers_with_everyone(report):
 
 
 SECTIONS = {"clusters.html": ("quality", "overview", "personas"),
-            "model-lookalike-best_members.html": ("quality", "drivers", "lift", "reach")}
+            "model-lookalike-best_members.html": ("quality", "drivers", "lift", "reach"),
+            "model-uplift.html": ("quality", "drivers", "qini")}
 
 
 def test_pages_open_in_chromium_without_errors(report):

@@ -174,7 +174,7 @@ def test_one_encoding_per_request_is_each_models_own(state, sample):
 
 def test_reasons_are_sorted_signed_and_phrased(state, sample):
     reasons = state.scorer.explanations(sample.head(20), top_k=3)
-    assert set(reasons[0]) == {"churn", "value", "lookalike_best_members", "cluster"}
+    assert set(reasons[0]) == {"churn", "value", "lookalike_best_members", "cluster", "uplift"}
     for customer in reasons:
         churn = customer["churn"]
         assert len(churn) == 3

@@ -174,7 +174,7 @@ def retrain(
                 champion, champion_version = load_model(name, CHAMPION)
             except LookupError:
                 champion, champion_version = None, None
-            record = _train(shared, one, overrides, horizon, None)
+            record, _ = _train(shared, one, overrides, horizon, None, optional=False)
             if record is None:
                 failed = True
                 continue
