@@ -132,7 +132,7 @@ class UpliftModel(Estimator):
         shown_metrics=("qini", "uplift_at_10", "uplift_at_20", "uplift_at_30", "average_uplift"),
         subject="campaign response",
         evaluated="evaluation campaigns (out of time: after every training campaign's window)",
-        target_label="Conversion", target_percent=True, chart_tables=("qini_curve",),
+        target_label="Contacted who bought", target_percent=True, chart_tables=("qini_curve",),
         charts=(Chart("qini", "Qini curve", "Extra buyers the campaign makes, per customer of its audience, when "
                       "only the customers ranked highest are contacted (held-out campaigns). The uplift model "
                       "against targeting the likeliest buyers and random targeting.",
