@@ -70,3 +70,19 @@ def build_served(root: Path, validation, data_folder: Path) -> dict:
         manifest = build(validation, AS_OF, root / "serve")
     return {"env": env, "manifest": manifest, "serve_dir": root / "serve", "records": records,
             "features": shared.current_features}
+
+
+def fresh_environment(root: Path, requirements: Path) -> Path:
+    """A virtual environment holding only `requirements` (from the package index, or uv's cache of it) and none of
+    this project's code: what a model or the bento gets on another machine. Returns its bin folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    uv = [shutil.which("uv")] if shutil.which("uv") else ["python3", "-m", "uv"]
+    venv = root / "venv"
+    subprocess.run([*uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=300)
+    installed = subprocess.run([*uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-r",
+                                str(requirements)], capture_output=True, text=True, timeout=1200, check=False)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return venv / "bin"

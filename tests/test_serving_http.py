@@ -16,7 +16,7 @@ import httpx
 import pandas as pd
 import psutil
 import pytest
-from serving_setup import build_served
+from serving_setup import build_served, fresh_environment
 
 KEY = "test-key-5b1c"
 READ_KEY = "read-key-77a0"
@@ -190,10 +190,16 @@ def test_bento_builds_offline_and_serves(server, generated, tmp_path):
                            capture_output=True, text=True, timeout=600, check=False)
     assert built.returncode == 0, built.stderr[-3000:]
     assert "Bento segments:" in built.stdout
+    # Served from an environment holding only the bento's own requirements: a dependency or a data file the bento
+    # lacks fails here, not on the user's machine.
+    bento = Path(env["BENTOML_HOME"]) / "bentos" / "segments" / built.stdout.split("Bento segments:")[1].split()[0]
+    fresh = fresh_environment(tmp_path / "bento-env", bento / "env" / "python" / "requirements.txt")
+    env = {key: value for key, value in env.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{fresh}{os.pathsep}{env['PATH']}"
     port = _free_port()
     log = tmp_path / "bento.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "segments:latest",
+        process = subprocess.Popen([str(fresh / "bentoml"), "serve", "segments:latest",
                                     "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -206,6 +212,9 @@ def test_bento_builds_offline_and_serves(server, generated, tmp_path):
         assert [c["customer_id"] for c in body["customers"]] == ids
         assert body["versions"]["models"] == {name: entry["version"]
                                               for name, entry in server["state"]["manifest"]["models"].items()}
+        overview = httpx.get(f"http://127.0.0.1:{port}/reports/customers/{ids[0]}", headers={"x-api-key": KEY},
+                             timeout=60)  # the report templates travel with the bento
+        assert overview.status_code == 200 and ids[0] in overview.text, overview.text[:500]
     finally:
         _stop(process)
 
@@ -799,3 +808,55 @@ def test_the_live_service_holds_its_openapi_document_under_fuzzing(server, tmp_p
         assert process.poll() is None
     finally:
         _stop(process)
+
+
+FRESH_PREDICT = """
+import sys
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+sample, out, root = pd.read_parquet(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+for path in sorted(root.iterdir()):
+    model = mlflow.pyfunc.load_model(str(path))
+    model.predict(sample).to_parquet(out / f"{path.name}.parquet")
+import training
+print(training.__file__)
+"""
+
+
+def test_registered_models_load_and_predict_outside_the_project(server, tmp_path):
+    """Issue 14, item 4: every registered model, downloaded from MLflow, loads and predicts in an environment built
+    only from its own requirements.txt (pinned from the lock), with our code from the model's code paths: the same
+    scores as in the project."""
+    import mlflow
+
+    from training.tracking import plain_dtypes
+    from training.tracking import registered_name
+
+    uri = server["state"]["env"]["MLFLOW_TRACKING_URI"]
+    models = tmp_path / "models"
+    for record in server["state"]["records"]:
+        name = registered_name(record.kind, record.seed)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/1", dst_path=str(models / name),
+                                            tracking_uri=uri, registry_uri=uri)
+    requirements = {(models / name / "requirements.txt").read_text() for name in os.listdir(models)}
+    assert len(requirements) == 1 and "lightgbm==" in next(iter(requirements))  # pinned, one for all kinds
+    fresh = fresh_environment(tmp_path / "model-env", models / os.listdir(models)[0] / "requirements.txt")
+    sample = server["state"]["features"].head(40).reset_index(drop=True)
+    sample_path = tmp_path / "sample.parquet"
+    plain_dtypes(sample).to_parquet(sample_path)  # the logged signature's types (yes/no as 1/0), as MLflow enforces
+    script = tmp_path / "predict.py"
+    script.write_text(FRESH_PREDICT)
+    out = tmp_path / "predictions"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+    ran = subprocess.run([str(fresh / "python"), str(script), str(sample_path), str(out), str(models)], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert Path(ran.stdout.strip()).is_relative_to(models)  # our code came with the model, not from the project
+    for record in server["state"]["records"]:
+        name = registered_name(record.kind, record.seed)
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"), record.model.predict(sample),
+                                      check_exact=False, rtol=1e-12)

@@ -106,8 +106,8 @@ def test_train_uplift_with_its_defaults_recovers_the_planted_effect_and_beats_li
     assert result.returncode == 0, result.stdout + result.stderr
     assert "segments-uplift" in result.stdout and "likeliest_buyers" in result.stdout
 
-    mlflow.set_tracking_uri(uri)
-    run = mlflow.search_runs(experiment_names=["segments-uplift"], output_format="list")[0]
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("segments-uplift").experiment_id])[0]
     metrics = run.data.metrics
     assert metrics["qini"] > metrics["baseline.likeliest_buyers.qini"]
     assert metrics["margin_ci_low"] > 0, metrics  # over the best baseline, resampling customers

@@ -24,6 +24,7 @@ import pandas as pd
 from features.catalog import FEATURE_SET_VERSION
 from features.time import naive_utc
 from training.monitoring import MONITORING_EXPERIMENT, REFERENCE_ARTIFACT, monitoring_metrics
+from training.packaging import MODEL_DISTRIBUTIONS, package_dirs, pinned
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -35,7 +36,6 @@ def primary_metric(kind: str) -> str | None:
     from training.estimators import KINDS, model_class
 
     return model_class(kind).primary_metric if kind in KINDS else None
-PIP_REQUIREMENTS = ["lightgbm>=4.5", "scikit-learn>=1.5", "pandas>=2.2", "numpy>=2.0", "mlflow>=3.17"]
 
 
 def configure_runtime() -> None:
@@ -146,7 +146,7 @@ def _flat_params(config: Any, data: dict[str, Any]) -> dict[str, str]:
             for k, v in params.items()}
 
 
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+def plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """Feature rows with plain numpy dtypes (MLflow's schema inference does not take pandas' nullable ones)."""
     out = frame.copy()
     for name in out.columns:
@@ -192,7 +192,7 @@ def log_training_run(record: TrainingRecord) -> LoggedModel:
     mlflow_client = client()
     mlflow.set_experiment(experiment_name(record.kind))
     name = registered_name(record.kind, record.seed)
-    sample = _plain(record.sample_features.head(5).reset_index(drop=True))
+    sample = plain_dtypes(record.sample_features.head(5).reset_index(drop=True))
     with mlflow.start_run(run_name=f"{record.kind}-{record.data.get('as_of', '')}") as run:
         mlflow.set_tags({"kind": record.kind, "git_commit": git_commit(), "feature_set_version": FEATURE_SET_VERSION,
                          "evaluation_key": record.evaluation_key, **record.extra_tags})
@@ -209,7 +209,7 @@ def log_training_run(record: TrainingRecord) -> LoggedModel:
                 name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
                 model_config={"kind": record.kind}, registered_model_name=name,
                 signature=_signature(sample, record.model.predict(record.sample_features.head(5))),
-                input_example=sample, pip_requirements=PIP_REQUIREMENTS)
+                input_example=sample, pip_requirements=pinned(MODEL_DISTRIBUTIONS), code_paths=package_dirs())
     version = str(info.registered_model_version)
     aliases = [CHALLENGER]
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)

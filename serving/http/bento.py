@@ -1,8 +1,9 @@
 """Package the service as a bento: our code, the serve folder and the pinned models, built with no network.
 
 `segments build --bento` calls this after writing the serve folder. The build context is a temporary copy of the
-three packages (Python files only) and the serve folder, so the serve folder can live anywhere. Package locking is
-off (`lock_packages: false`): locking would ask the package index, and the bento must build offline.
+three packages (Python files and their data files) and the serve folder, so the serve folder can live anywhere. Its
+requirements are the project's runtime dependencies pinned to the installed versions (`training.packaging`); package
+locking is off (`lock_packages: false`): locking would ask the package index, and the bento must build offline.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from training.packaging import service_requirements
+
 PACKAGES = ("features", "training", "serving")
 BENTO_SERVE_DIR = "serve"  # the serve folder's path inside the bento, read through SEGMENTS_SERVE_DIR
-PYTHON_PACKAGES = ["lightgbm>=4.5", "scikit-learn>=1.5", "pandas>=2.2", "numpy>=2.0", "pyarrow>=17", "duckdb>=1.1",
-                   "ibis-framework[duckdb]>=10.0", "mlflow>=3.17", "bentoml>=1.4", "pyyaml>=6.0", "sqlalchemy>=2.0",
-                   "psycopg[binary]>=3.2"]
+DATA_FILES = ("features/*.yaml", "serving/reports/templates/*.j2")  # the shipped segments, the report templates
 
 
 def build_bento(serve_dir: Path, manifest: dict) -> str:
@@ -34,10 +35,10 @@ def build_bento(serve_dir: Path, manifest: dict) -> str:
         bentofile = {
             "service": "serving.http.service:SegmentsService",
             "labels": {"feature_set_version": manifest["feature_set_version"], "as_of": manifest["as_of"][:10]},
-            "include": [f"{p}/**/*.py" for p in PACKAGES] + ["features/*.yaml", f"{BENTO_SERVE_DIR}/**"],
+            "include": [f"{p}/**/*.py" for p in PACKAGES] + [*DATA_FILES, f"{BENTO_SERVE_DIR}/**"],
             "envs": [{"name": "SEGMENTS_SERVE_DIR", "value": BENTO_SERVE_DIR},
                      {"name": "OMP_NUM_THREADS", "value": "1"}],  # as `segments serve` (serve_commands.serve)
-            "python": {"packages": PYTHON_PACKAGES, "lock_packages": False},
+            "python": {"packages": service_requirements(), "lock_packages": False},
             "models": [entry["bento_tag"] for entry in manifest["models"].values()],
         }
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
