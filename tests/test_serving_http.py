@@ -832,8 +832,7 @@ def test_registered_models_load_and_predict_outside_the_project(server, tmp_path
     scores as in the project."""
     import mlflow
 
-    from training.tracking import plain_dtypes
-    from training.tracking import registered_name
+    from training.tracking import plain_dtypes, registered_name
 
     uri = server["state"]["env"]["MLFLOW_TRACKING_URI"]
     models = tmp_path / "models"

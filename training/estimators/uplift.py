@@ -352,8 +352,9 @@ def evaluate_uplift(model: UpliftModel, train: CampaignRows, evaluation: Campaig
         full = np.concatenate([[0.0], qini_curve(y, t, values)])
         curve[name] = full[np.round(fractions * len(y)).astype(int)]
     campaigns = pd.concat([train.campaigns.assign(role="train"), evaluation.campaigns.assign(role="evaluation")])
-    notes = [f"Held-out campaigns: {', '.join(evaluation.campaigns['campaign_id'])} ({len(y):,} audience members; "
-             f"treated {int(t.sum()):,}, held out {int((~t).sum()):,})."]
+    held_out_campaigns = ", ".join(evaluation.campaigns["campaign_id"])
+    notes = [(f"Held-out campaigns: {held_out_campaigns} ({len(y):,} audience members; treated {int(t.sum()):,}, "
+              f"held out {int((~t).sum()):,}).")]
     return Evaluation(metrics, baselines, {}, {"qini_curve": pd.DataFrame(curve), "baseline_margins": margin_table,
                                                "campaigns": campaigns, "data_window": data_window(campaigns)},
                       len(y), pd.Timestamp(evaluation.campaigns["start"].min()).to_pydatetime(), notes)
