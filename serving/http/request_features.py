@@ -103,7 +103,7 @@ def _in_request_order(pieces: list[tuple[pd.DataFrame, list[int]]]) -> pd.DataFr
 
 def _item_error(customer_id: str, code: str, message: str) -> dict:
     return {"customer_id": customer_id, "churn": None, "value": None, "lookalike": {}, "cluster": None,
-            "segments": [], "reasons": None, "error": {"code": code, "message": message}}
+            "uplift": None, "segments": [], "reasons": None, "error": {"code": code, "message": message}}
 
 
 def _check_feature_rows(customers: list[CustomerInput], items: list[int], names: list[str]) -> None:
