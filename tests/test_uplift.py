@@ -151,3 +151,16 @@ def test_without_campaigns_train_uplift_says_why_and_train_all_skips_it(tmp_path
     with pytest.raises(NoCampaignsError, match=r"no campaign with a holdout .*\(campaign_holdout events\)"):
         train_uplift(data, {})
     assert _train(data, "uplift", {}, 90, None, optional=True) == (None, True)
+
+
+def test_a_row_budget_keeps_every_campaign_and_arm_share():
+    from training.estimators.uplift import sample_audience
+
+    rng = np.random.default_rng(0)
+    audience = pd.DataFrame({"campaign_id": rng.choice(["A", "B", "C"], 30_000, p=[0.5, 0.3, 0.2]),
+                             "treated": rng.random(30_000) < 0.7})
+    sampled = sample_audience(audience, 6_000, seed=1)
+    assert abs(len(sampled) - 6_000) < 300  # ~6,000 (binomial), never all
+    pd.testing.assert_series_equal(sampled.value_counts(normalize=True).sort_index(),
+                                   audience.value_counts(normalize=True).sort_index(), atol=0.02)
+    assert sample_audience(audience, 50_000, seed=1) is audience  # under the budget: every row

@@ -230,6 +230,7 @@ def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
         campaign_rows,
         check_arms,
         evaluate_uplift,
+        sample_audience,
     )
 
     config = make_config(UpliftConfig, overrides)
@@ -247,7 +248,8 @@ def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
         raise InsufficientDataError(
             f"{len(starts)} campaigns with a holdout, and evaluation_campaigns={config.evaluation_campaigns} are held "
             "out for the out-of-time evaluation: at least one more is needed to train on")
-    rows = campaign_rows(audience, lambda start: data.snapshot(start, config.window_days))
+    sampled = sample_audience(audience, config.max_rows, config.seed)
+    rows = campaign_rows(sampled, lambda start: data.snapshot(start, config.window_days))
     evaluation_ids = list(starts.index[-config.evaluation_campaigns:])
     first_evaluated = starts[evaluation_ids].min()
     train_ids = [c for c, start in starts.items() if start + timedelta(days=config.window_days) <= first_evaluated]
@@ -262,11 +264,15 @@ def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
     if conflicting:
         result.notes.append(f"{conflicting} audience members both contacted and held out by one campaign were left "
                             "out")
+    if len(sampled) < len(audience):
+        result.notes.append(f"{len(sampled):,} of {len(audience):,} audience rows used (max_rows={config.max_rows:,}: "
+                            "each row kept with the same probability)")
     data.progress(f"refitting uplift on all {len(starts)} campaigns")
     model = UpliftModel(config).fit(rows)
     return TrainingRecord("uplift", model, config, result, data.base_data(
         evaluation_as_of=result.as_of, horizon_days=config.window_days, training_campaigns=train_ids,
-        evaluation_campaigns=evaluation_ids, served_campaigns=list(starts.index)), evaluation_rows.features,
+        evaluation_campaigns=evaluation_ids, served_campaigns=list(starts.index), audience_rows=len(audience),
+        rows_used=len(sampled)), evaluation_rows.features,
         backtest=backtest)
 
 

@@ -58,7 +58,8 @@ class UpliftConfig:
     Data: window_days (a conversion counts in this many days after a campaign's start), lookback_days (campaigns that
     started this long before as_of are used), evaluation_campaigns (the latest campaigns held out for the
     out-of-time evaluation), min_rows_per_arm (fewer treated or held-out rows to fit on: InsufficientDataError),
-    top_k_percents (uplift at these reach levels). LightGBM: learning_rate, n_estimators (most rounds; early-stopped
+    max_rows (more audience rows than this over all campaigns: each row is kept with the same probability, so every
+    campaign and arm keeps its share; recorded in the run), top_k_percents (uplift at these reach levels). LightGBM: learning_rate, n_estimators (most rounds; early-stopped
     over cv_folds customer folds with early_stopping_rounds), num_leaves, min_data_in_leaf, feature_fraction,
     bagging_fraction, lambda_l2; the served score's regression: score_rounds, score_num_leaves. exclude_features are
     never inputs; seed fixes every random choice; num_threads is LightGBM's.
@@ -68,6 +69,7 @@ class UpliftConfig:
     lookback_days: int = 365
     evaluation_campaigns: int = 2
     min_rows_per_arm: int = 200
+    max_rows: int = 500_000
     top_k_percents: tuple[int, ...] = (10, 20, 30)
     learning_rate: float = 0.1
     n_estimators: int = 300
@@ -257,6 +259,15 @@ def campaign_audiences(con, as_of: datetime, window_days: int, lookback_days: in
     frame = con.execute(query, [as_of - timedelta(days=lookback_days), window_days, as_of]).df()
     both = int(frame["both"].sum())
     return frame.loc[~frame["both"], ["campaign_id", "start", "customer_id", "treated"]], both
+
+
+def sample_audience(audience: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """At most ~`max_rows` audience rows: each kept with probability max_rows / rows (seeded), so campaigns and arms
+    keep their shares in expectation; all of them when there are fewer."""
+    if len(audience) <= max_rows:
+        return audience
+    keep = np.random.default_rng(seed).random(len(audience)) < max_rows / len(audience)
+    return audience.loc[keep]
 
 
 def campaign_rows(audience: pd.DataFrame, snapshot) -> CampaignRows:
