@@ -38,7 +38,7 @@ normalised to midnight. For every customer i:
   reaches a random ``_OFFER_REACH`` of the opted-in customers started before the send; ``_OFFER_HOLDOUT`` of those
   are held out (a ``campaign_holdout`` event), the rest get an ``email_sent`` of that campaign. A treated customer
   alive at the send makes one extra purchase, uniform over the ``OFFER_WINDOW_DAYS`` after it (dropped if that
-  falls after churn or end), with probability ``offer_response_p`` of the persona (`PLANTED_OFFER_RESPONSE`):
+  falls after churn or end), with the persona's probability ``offer_response`` (`PLANTED_OFFER_RESPONSE`):
   the planted treatment effect. Held-out customers only do what they would have done anyway. Offer purchases are
   never returned and carry no review or redemption event.
 
@@ -69,13 +69,6 @@ PLANTED_CHURN_DRIVERS: tuple[str, ...] = (
     "days_since_last_order", "orders_count_90d", "app_open_count_90d", "email_click_count_90d", "loyalty_member",
 )
 
-# Chance that a treated customer alive at an offer's send makes one extra purchase in its window, per persona
-# (module docstring): offers move occasional, new and lapsing-but-alive customers, not VIPs or serial returners
-# (who buy anyway or not at all), and barely the engaged non-buyers who open everything.
-PLANTED_OFFER_RESPONSE: dict[str, float] = {
-    "vip": 0.0, "bargain_hunter": 0.1, "occasional": 0.3, "new": 0.25, "lapsing": 0.3, "serial_returner": 0.0,
-    "engaged_non_buyer": 0.03,
-}
 OFFER_WINDOW_DAYS = 14
 
 CATEGORIES = ("grocery", "apparel", "electronics", "beauty", "home", "sports", "toys", "books")
@@ -103,6 +96,7 @@ _EMAIL_REACH = 0.6  # share of opted-in customers a campaign targets
 _OFFER_REACH = 0.6  # share of opted-in customers an offer campaign's audience takes
 _OFFER_HOLDOUT = 0.3  # share of an offer's audience held out
 _OFFER_SPACING_DAYS = 42
+_LAST_OFFER_DAYS_BEFORE_END = 28  # the last offer's window is observed whole
 _REVIEW_PROB = 0.04
 
 # Relative unit price and return propensity of each category (aligned with CATEGORIES).
@@ -168,6 +162,10 @@ class PersonaProfile:
     app_open_base_per_day: float
     web_visit_base_per_day: float
     age_mean: float
+    # Chance that a treated customer alive at an offer's send makes one extra purchase in its window (module
+    # docstring): offers move occasional, new and lapsing-but-alive customers, not VIPs or serial returners (who buy
+    # anyway or not at all), and barely the engaged non-buyers who open everything.
+    offer_response: float
 
 
 # Aligned with PERSONAS. Rates are per day; mixes are probabilities that customers vary around (Dirichlet/Beta).
@@ -178,7 +176,7 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.4, 0.3, 0.3), category_mix=(0.15, 0.2, 0.15, 0.15, 0.15, 0.08, 0.06, 0.06),
         loyalty_share=0.97, tier_mix=(0.0, 0.1, 0.5, 0.4), redeem_prob=0.15, email_opt_in=0.8,
         email_open_logit=0.0, email_click_logit=-1.0, app_user_share=0.7, app_open_base_per_day=0.035,
-        web_visit_base_per_day=0.02, age_mean=48.0,
+        web_visit_base_per_day=0.02, age_mean=48.0, offer_response=0.0,
     ),
     PersonaProfile(  # bargain_hunter: very frequent small discounted baskets, app first
         share=0.14, tenure_days=(200, 1800), purchase_rate_per_day=0.18, churn_hazard_per_day=1 / 4000,
@@ -186,7 +184,7 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.1, 0.2, 0.7), category_mix=(0.45, 0.1, 0.03, 0.12, 0.1, 0.05, 0.1, 0.05),
         loyalty_share=0.75, tier_mix=(0.45, 0.4, 0.15, 0.0), redeem_prob=0.08, email_opt_in=0.8,
         email_open_logit=-0.4, email_click_logit=-0.7, app_user_share=0.9, app_open_base_per_day=0.055,
-        web_visit_base_per_day=0.02, age_mean=35.0,
+        web_visit_base_per_day=0.02, age_mean=35.0, offer_response=0.1,
     ),
     PersonaProfile(  # occasional: a few store orders a year, little engagement
         share=0.28, tenure_days=(200, 2500), purchase_rate_per_day=0.016, churn_hazard_per_day=1 / 6000,
@@ -194,7 +192,7 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.75, 0.2, 0.05), category_mix=(0.15, 0.15, 0.15, 0.1, 0.2, 0.1, 0.1, 0.05),
         loyalty_share=0.3, tier_mix=(0.8, 0.2, 0.0, 0.0), redeem_prob=0.03, email_opt_in=0.35,
         email_open_logit=-1.8, email_click_logit=-2.0, app_user_share=0.15, app_open_base_per_day=0.004,
-        web_visit_base_per_day=0.004, age_mean=45.0,
+        web_visit_base_per_day=0.004, age_mean=45.0, offer_response=0.3,
     ),
     PersonaProfile(  # new: signed up in the last 90 days, few orders so far
         share=0.10, tenure_days=(1, 90), purchase_rate_per_day=0.035, churn_hazard_per_day=1 / 1500,
@@ -202,7 +200,7 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.4, 0.35, 0.25), category_mix=(0.2, 0.2, 0.1, 0.1, 0.15, 0.1, 0.08, 0.07),
         loyalty_share=0.35, tier_mix=(1.0, 0.0, 0.0, 0.0), redeem_prob=0.01, email_opt_in=0.6,
         email_open_logit=-0.6, email_click_logit=-1.2, app_user_share=0.5, app_open_base_per_day=0.03,
-        web_visit_base_per_day=0.02, age_mean=33.0,
+        web_visit_base_per_day=0.02, age_mean=33.0, offer_response=0.25,
     ),
     PersonaProfile(  # lapsing: was a regular, high churn hazard, so most stop within the period
         share=0.16, tenure_days=(500, 1800), purchase_rate_per_day=0.10, churn_hazard_per_day=1 / 100,
@@ -210,7 +208,7 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.5, 0.3, 0.2), category_mix=(0.25, 0.15, 0.1, 0.1, 0.15, 0.1, 0.1, 0.05),
         loyalty_share=0.5, tier_mix=(0.4, 0.4, 0.2, 0.0), redeem_prob=0.05, email_opt_in=0.5,
         email_open_logit=-1.0, email_click_logit=-1.5, app_user_share=0.4, app_open_base_per_day=0.015,
-        web_visit_base_per_day=0.008, age_mean=42.0,
+        web_visit_base_per_day=0.008, age_mean=42.0, offer_response=0.3,
     ),
     PersonaProfile(  # serial_returner: frequent online apparel buyer returning 30-50% of orders
         share=0.08, tenure_days=(150, 1200), purchase_rate_per_day=0.07, churn_hazard_per_day=1 / 4000,
@@ -218,7 +216,7 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.15, 0.6, 0.25), category_mix=(0.03, 0.7, 0.05, 0.1, 0.05, 0.05, 0.01, 0.01),
         loyalty_share=0.55, tier_mix=(0.3, 0.5, 0.2, 0.0), redeem_prob=0.05, email_opt_in=0.6,
         email_open_logit=-0.6, email_click_logit=-1.2, app_user_share=0.6, app_open_base_per_day=0.03,
-        web_visit_base_per_day=0.04, age_mean=31.0,
+        web_visit_base_per_day=0.04, age_mean=31.0, offer_response=0.0,
     ),
     PersonaProfile(  # engaged_non_buyer: opens emails and the app a lot, (almost) never buys
         share=0.16, tenure_days=(120, 1500), purchase_rate_per_day=0.0005, churn_hazard_per_day=1 / 5000,
@@ -226,9 +224,14 @@ _PROFILES: tuple[PersonaProfile, ...] = (
         channel_mix=(0.3, 0.4, 0.3), category_mix=(0.2, 0.2, 0.1, 0.15, 0.1, 0.1, 0.05, 0.1),
         loyalty_share=0.5, tier_mix=(0.85, 0.15, 0.0, 0.0), redeem_prob=0.1, email_opt_in=0.9,
         email_open_logit=0.8, email_click_logit=-0.2, app_user_share=0.85, app_open_base_per_day=0.14,
-        web_visit_base_per_day=0.08, age_mean=34.0,
+        web_visit_base_per_day=0.08, age_mean=34.0, offer_response=0.03,
     ),
 )
+
+
+# The planted treatment effect per persona (tests read it from here).
+PLANTED_OFFER_RESPONSE: dict[str, float] = {
+    name: profile.offer_response for name, profile in zip(PERSONAS, _PROFILES, strict=True)}
 
 
 @dataclass(frozen=True, eq=False)  # frames do not compare with ==; compare tables() instead
@@ -540,7 +543,7 @@ def _draw_campaigns(rng: np.random.Generator, window: _Window) -> tuple[np.ndarr
 def _draw_offers(rng: np.random.Generator, window: _Window, count: int) -> np.ndarray:
     """Send times of the offer campaigns (days since epoch, around 10:00), oldest first: every 6 weeks back from
     4 weeks before end (so the last one's window is observed), those inside the period."""
-    last = np.floor(window.t1) - 28.0
+    last = np.floor(window.t1) - _LAST_OFFER_DAYS_BEFORE_END
     days = last - _OFFER_SPACING_DAYS * np.arange(count)[::-1]
     send = days + (10.0 + 2.0 * rng.random(count)) / 24.0
     return send[send >= window.t0]
@@ -555,7 +558,7 @@ def _simulate_offers(rng: np.random.Generator, c: _Customers, offers: np.ndarray
     owner, offer = np.nonzero(reached)
     sent = offers[offer] + rng.random(owner.size) * 600.0 / _SECONDS_PER_DAY
     treated = rng.random(owner.size) >= _OFFER_HOLDOUT
-    response = _by_persona_map(PLANTED_OFFER_RESPONSE)[c.persona[owner]]
+    response = _by_persona("offer_response")[c.persona[owner]]
     responds = treated & (sent < c.churn[owner]) & (rng.random(owner.size) < response)
     buy_t = sent + rng.random(owner.size) * OFFER_WINDOW_DAYS
     buyer_hi = np.minimum(c.churn[owner], window.t1)
@@ -571,10 +574,6 @@ def _simulate_offers(rng: np.random.Generator, c: _Customers, offers: np.ndarray
         _event_arrays(owner[~treated], _to_sec(sent[~treated]), "campaign_holdout", "email", code[~treated]),
     ])
     return purchases, events
-
-
-def _by_persona_map(values: dict[str, float]) -> np.ndarray:
-    return np.array([values[p] for p in PERSONAS], dtype=float)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -863,7 +862,7 @@ def _ground_truth_frame(c: _Customers, customer_ids: pa.Array, window: _Window) 
         "churn_hazard_per_day": c.hazard,
         "churn_time": churn_time,
         "engagement_propensity": c.engagement,
-        "offer_response": _by_persona_map(PLANTED_OFFER_RESPONSE)[c.persona],
+        "offer_response": _by_persona("offer_response")[c.persona],
     })
 
 
