@@ -13,3 +13,8 @@ class InsufficientDataError(ValueError):
 
     The message states the minimum, what was found, and what to change (an earlier --as-of, more history, ...).
     """
+
+
+class NothingToLearnError(InsufficientDataError):
+    """The data holds none of what a model kind learns from (uplift: no campaign with a holdout), rather than too
+    little of it: `segments train all` skips that kind with the message; asked for alone, it is an error."""

@@ -140,15 +140,15 @@ def test_train_uplift_with_its_defaults_recovers_the_planted_effect_and_beats_li
 
 
 def test_without_campaigns_train_uplift_says_why_and_train_all_skips_it(tmp_path):
+    from features.errors import NothingToLearnError
     from features.pipeline import load_validated
     from features.synthetic.generator import write_tables
     from serving.cli.model_commands import _train
-    from training.estimators.uplift import NoCampaignsError
     from training.train import TrainingData, train_uplift
 
     write_tables(generate_tables(300, 12, seed=1, end=AS_OF, offer_campaigns=0), tmp_path)
     data = TrainingData(load_validated(tmp_path), AS_OF, str(tmp_path))
-    with pytest.raises(NoCampaignsError, match=r"no campaign with a holdout .*\(campaign_holdout events\)"):
+    with pytest.raises(NothingToLearnError, match=r"no campaign with a holdout .*\(campaign_holdout events\)"):
         train_uplift(data, {})
     assert _train(data, "uplift", {}, 90, None, optional=True) == (None, True)
 

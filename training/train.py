@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from features.build import FeatureQuery
-from features.errors import InsufficientDataError
+from features.errors import InsufficientDataError, NothingToLearnError
 from features.validate import ValidationResult
 from training.estimators import KINDS as MODEL_KINDS
 from training.labels import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
@@ -219,11 +219,12 @@ def train_clusters(data: TrainingData, overrides: dict) -> TrainingRecord:
     return TrainingRecord("clusters", model, config, result, data.base_data(
         evaluation_as_of=data.as_of, features_not_in_data=absent), features)
 
+
 def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
     """An uplift model from past campaigns: backtested on the latest `evaluation_campaigns` (fitted on the campaigns
     whose windows end before they start), then refitted on every labelled campaign (the served model)."""
     from training.estimators.uplift import (
-        NoCampaignsError,
+        MIN_EVALUATION_ROWS_PER_ARM,
         UpliftConfig,
         UpliftModel,
         campaign_audiences,
@@ -239,7 +240,7 @@ def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
                                                config.lookback_days)
     starts = audience.drop_duplicates("campaign_id").set_index("campaign_id")["start"]
     if starts.empty:
-        raise NoCampaignsError(
+        raise NothingToLearnError(
             f"no campaign with a holdout whose {config.window_days}-day window ends by {data.as_of:%Y-%m-%d} (and "
             f"that started in the {config.lookback_days} days before): uplift is learnt from campaigns whose "
             "audience has contacted customers (events with its campaign_id, e.g. email_sent) and held-out ones "
@@ -257,7 +258,7 @@ def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
         raise InsufficientDataError(f"no campaign's window ends before the first evaluation campaign starts "
                                     f"({first_evaluated:%Y-%m-%d}): lower evaluation_campaigns or add campaigns")
     train_rows, evaluation_rows = rows.subset(train_ids), rows.subset(evaluation_ids)
-    check_arms(evaluation_rows, 30, "evaluation campaigns")
+    check_arms(evaluation_rows, MIN_EVALUATION_ROWS_PER_ARM, "evaluation campaigns")
     data.progress(f"backtest: fitting uplift on {len(train_ids)} campaigns, evaluating on {len(evaluation_ids)}")
     backtest = UpliftModel(config).fit(train_rows)
     result = evaluate_uplift(backtest, train_rows, evaluation_rows)
@@ -272,8 +273,7 @@ def train_uplift(data: TrainingData, overrides: dict) -> TrainingRecord:
     return TrainingRecord("uplift", model, config, result, data.base_data(
         evaluation_as_of=result.as_of, horizon_days=config.window_days, training_campaigns=train_ids,
         evaluation_campaigns=evaluation_ids, served_campaigns=list(starts.index), audience_rows=len(audience),
-        rows_used=len(sampled)), evaluation_rows.features,
-        backtest=backtest)
+        rows_used=len(sampled)), evaluation_rows.features, backtest=backtest)
 
 
 def train_kind(kind: str, data: TrainingData, overrides: dict, horizon_days: int,

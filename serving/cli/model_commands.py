@@ -45,15 +45,14 @@ def _config_and_data(config: Path | None, data: Path, max_bad_share: float):
 
 def _train(shared, kind: str, overrides: dict, horizon: int, seed: str | None, optional: bool):
     """(the run or None, whether it was skipped), the reason printed when none: too little data or a bad setting
-    (a failure), or, when `optional` (`train all`), data that holds nothing this kind learns from (no campaign with
-    a holdout for uplift: skipped, not a failure)."""
-    from features.errors import InsufficientDataError
-    from training.estimators.uplift import NoCampaignsError
+    (a failure), or, when `optional` (`train all`), data that holds nothing this kind learns from
+    (NothingToLearnError: skipped, not a failure)."""
+    from features.errors import InsufficientDataError, NothingToLearnError
     from training.train import train_kind
 
     try:
         return train_kind(kind, shared, overrides.get(kind, {}), horizon, seed), False
-    except NoCampaignsError as exc:
+    except NothingToLearnError as exc:
         if not optional:
             raise typer.BadParameter(str(exc), param_hint="--data") from None
         console.print(f"[yellow]{kind} skipped:[/] {exc}")
@@ -64,7 +63,8 @@ def _train(shared, kind: str, overrides: dict, horizon: int, seed: str | None, o
 
 
 def train(
-    kind: Annotated[str, typer.Argument(help="churn, value, lookalike, clusters, uplift or all (all skips uplift when the data has no campaign with a holdout).")],
+    kind: Annotated[str, typer.Argument(help="churn, value, lookalike, clusters, uplift or all (all skips uplift "
+                                                  "when the data has no campaign with a holdout).")],
     data: DataOpt,
     as_of: Annotated[datetime, date_option(
         "--as-of", "Training cut-off: nothing at or after it is read, labels included. Churn and value are "

@@ -45,10 +45,7 @@ from training.evaluation import Evaluation, margin_over_baselines
 
 HOLDOUT_EVENT = "campaign_holdout"
 _MODEL_FILE, _STATE_FILE = "uplift_model.txt", "uplift.json"
-
-
-class NoCampaignsError(InsufficientDataError):
-    """The data holds no campaign with a holdout: there is nothing to learn uplift from (not a failure of the run)."""
+MIN_EVALUATION_ROWS_PER_ARM = 30  # fewer treated or held-out rows in the evaluation campaigns: no figure to judge on
 
 
 @dataclass(frozen=True)
@@ -145,10 +142,10 @@ class UpliftModel(Estimator):
         differences."""
         check_arms(rows, self.config.min_rows_per_arm, "training campaigns")
         x = rows.features.reset_index(drop=True)
-        inputs = model_inputs(x, list(self.config.exclude_features))
-        self.encoder_ = FeatureEncoder().fit(x[inputs])
-        matrix = self.encoder_.transform(x[inputs])
-        differences, self.rounds_ = out_of_fold_uplift(self.config, self.encoder_, x, rows.treated, rows.converted)
+        self.encoder_ = fit_encoder(self.config, x)
+        matrix = self.encoder_.transform(x)
+        differences, self.rounds_ = out_of_fold_uplift(self.config, self.encoder_, x, matrix, rows.treated,
+                                                       rows.converted)
         dataset = lgb.Dataset(matrix, differences, categorical_feature=self.encoder_.categorical_features or "auto")
         params = lightgbm_params(self.config, "regression", {}, num_leaves=self.config.score_num_leaves)
         params.pop("monotone_rules")
@@ -194,17 +191,23 @@ class UpliftModel(Estimator):
 # Fitting helpers
 
 
-def out_of_fold_uplift(config: UpliftConfig, encoder: FeatureEncoder, x: pd.DataFrame, treated: np.ndarray,
-                       converted: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    """Per row: P(convert | treated) - P(convert | held out), each from a model that did not see the row's customer
-    (its own arm: the fold model's out-of-fold margin; the other arm: that arm's model, fitted without this row).
-    Returns (differences, rounds per arm)."""
+def fit_encoder(config: UpliftConfig, x: pd.DataFrame) -> FeatureEncoder:
+    """The encoder of the model inputs: the catalog features of `x` but `exclude_features`."""
+    return FeatureEncoder().fit(x[model_inputs(x, list(config.exclude_features))])
+
+
+def out_of_fold_uplift(config: UpliftConfig, encoder: FeatureEncoder, x: pd.DataFrame, matrix: pd.DataFrame,
+                       treated: np.ndarray, converted: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Per row: P(convert | treated) - P(convert | held out), each from a model that did not see this row (its own
+    arm: the fold model that did not see the row's customer, from the out-of-fold margin; the other arm: that arm's
+    model, fitted on the other arm's rows only). `matrix` is `x` through `encoder`. Returns (differences, rounds per
+    arm)."""
     params = lightgbm_params(config, "binary", {})
     probability, rounds = {}, {}
     for arm, rows in (("treated", treated), ("held_out", ~treated)):
         booster, rounds[arm], out_of_fold = fit_boosted(params, encoder, x.loc[rows].reset_index(drop=True),
                                                         pd.Series(converted[rows].astype(float)), config)
-        p = booster.predict(encoder.transform(x), raw_score=True)
+        p = booster.predict(matrix, raw_score=True)
         p[rows] = out_of_fold
         probability[arm] = 1.0 / (1.0 + np.exp(-p))
     return probability["treated"] - probability["held_out"], rounds
@@ -213,7 +216,7 @@ def out_of_fold_uplift(config: UpliftConfig, encoder: FeatureEncoder, x: pd.Data
 def response_model(config: UpliftConfig, rows: CampaignRows) -> tuple[FeatureEncoder, lgb.Booster]:
     """The "target the likeliest buyers" heuristic: a classifier of conversion on every row, treatment ignored."""
     x = rows.features.reset_index(drop=True)
-    encoder = FeatureEncoder().fit(x[model_inputs(x, list(config.exclude_features))])
+    encoder = fit_encoder(config, x)
     booster, _, _ = fit_boosted(lightgbm_params(config, "binary", {}), encoder, x,
                                 pd.Series(rows.converted.astype(float)), config)
     return encoder, booster
@@ -350,7 +353,7 @@ def evaluate_uplift(model: UpliftModel, train: CampaignRows, evaluation: Campaig
     y, t = evaluation.converted, evaluation.treated
     score = model.predict(evaluation.features)["uplift_score"].to_numpy()
     encoder, response = response_model(config, train)
-    scorers = {"likeliest_buyers": response.predict(encoder.transform(evaluation.features[encoder.feature_names_])),
+    scorers = {"likeliest_buyers": response.predict(encoder.transform(evaluation.features)),
                "random": np.random.default_rng(config.seed).random(len(y))}
     metrics = uplift_metrics(y, t, score, config.top_k_percents)
     baselines = {name: uplift_metrics(y, t, s, config.top_k_percents) for name, s in scorers.items()}
