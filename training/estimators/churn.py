@@ -586,7 +586,10 @@ def customer_folds(customer_ids: pd.Series, n_folds: int, seed: int) -> list[tup
     if n_customers < n_folds:
         raise InsufficientDataError(f"only {n_customers} customers for {n_folds} cross-validation folds")
     splitter = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(customer_ids)), groups=customer_ids.to_numpy()))
+    # Integer codes in the ids' sorted order: the same folds as the ids themselves (GroupKFold numbers groups in
+    # sorted order), without its per-fold np.isin on strings (minutes at 100k customers x 4 snapshots).
+    codes = pd.factorize(customer_ids, sort=True)[0]
+    return list(splitter.split(np.zeros(len(customer_ids)), groups=codes))
 
 
 def fit_boosted(params: dict, encoder: FeatureEncoder, x: pd.DataFrame, y: pd.Series,

@@ -1,0 +1,130 @@
+"""The product's commands at scale, run as a user would (issue 14): wall time and peak memory of each step.
+
+Usage:
+    python bench/scale.py [--customers 1000000] [--transactions-per-customer 10] [--steps features,train,...]
+                          [--work bench/work] [--out bench/results/scale_1000000.json]
+    python bench/scale.py --growth 250000,500000,1000000,2000000   # the growth table, one run per size
+
+Data: `bench/make_data.py` (customers and transactions only, all contract columns; three years, 2023-2025), made on
+first use under the work folder. Each step is the CLI command a user types (`segments features`, `train all`,
+`score`, `build`, `refresh` twice two weeks apart, `report`), run from the step's own work folder (its MLflow
+SQLite store, BentoML store and SQLite membership store) under `/usr/bin/time`, so peak memory is the command's own
+maximum resident set size. A step that fails is recorded with the end of its error output, and the steps that need
+it are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from make_data import make
+
+BIN = Path(sys.executable).parent
+AS_OF, LATER = "2025-10-01", "2025-10-15"  # the data ends 2025-12-31: 90-day outcome windows fit before it
+BUDGETS = {"features": (15, 4), "train": (300, 4), "score": (60, 4), "refresh_first": (90, 4),
+           "refresh_later": (60, 4), "report": (60, 4)}  # seconds, peak GB at 1M customers (issue 14)
+STEPS = {
+    "features": ["features", "--data", "{data}", "--as-of", AS_OF, "--out", "features.parquet"],
+    "train": ["train", "all", "--data", "{data}", "--as-of", AS_OF],
+    "score": ["score", "--data", "{data}", "--as-of", AS_OF, "--out", "scores.parquet"],
+    "build": ["build", "--data", "{data}", "--as-of", AS_OF],
+    "refresh_first": ["refresh", "--data", "{data}", "--as-of", AS_OF],
+    "refresh_later": ["refresh", "--data", "{data}", "--as-of", LATER],
+    "report": ["report", "--out", "reports"],
+}
+NEEDS = {"score": "train", "build": "train", "refresh_first": "build", "refresh_later": "refresh_first",
+         "report": "refresh_later"}
+
+
+def dataset(work: Path, customers: int, per_customer: int) -> Path:
+    data = work / f"data_{customers}x{per_customer}"
+    if not (data / "customers.parquet").exists():
+        print(f"making {customers:,} customers, {customers * per_customer:,} transactions in {data}", flush=True)
+        make(data, customers * per_customer, customers)
+    return data
+
+
+def run_step(name: str, data: Path, folder: Path, timeout_s: float) -> dict:
+    command = [str(BIN / "segments"), *(part.format(data=data) for part in STEPS[name])]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *command], cwd=folder, capture_output=True,
+                              text=True, timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return {"step": name, "ok": False, "seconds": round(time.perf_counter() - started, 1),
+                "error": f"stopped after {timeout_s:.0f} s"}
+    timing = [line for line in proc.stderr.splitlines() if line.startswith("TIME ")]
+    wall, peak_kb = timing[-1].split()[1:] if timing else ("nan", "0")
+    result = {"step": name, "ok": proc.returncode == 0, "seconds": float(wall),
+              "peak_gb": round(int(peak_kb) / 1024 ** 2, 2), "command": "segments " + " ".join(command[1:])}
+    if proc.returncode != 0:
+        result["error"] = "\n".join(proc.stderr.splitlines()[-12:])
+    return result
+
+
+def run_size(customers: int, per_customer: int, steps: list[str], work: Path, timeout_s: float) -> dict:
+    data = dataset(work, customers, per_customer)
+    folder = work / f"run_{customers}"
+    folder.mkdir(parents=True, exist_ok=True)
+    results, failed = [], set()
+    for name in steps:
+        if NEEDS.get(name) in failed:
+            results.append({"step": name, "ok": False, "error": f"skipped: {NEEDS[name]} failed"})
+            failed.add(name)
+            continue
+        print(f"[{customers:,}] {name} ...", flush=True)
+        result = run_step(name, data, folder, timeout_s)
+        results.append(result)
+        if not result["ok"]:
+            failed.add(name)
+        print(f"[{customers:,}] {name}: {'ok' if result['ok'] else 'FAILED'} {result.get('seconds')} s, "
+              f"{result.get('peak_gb')} GB" + (f"\n{result['error']}" if not result["ok"] else ""), flush=True)
+    return {"customers": customers, "transactions": customers * per_customer, "steps": results}
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| customers | " + " | ".join(STEPS) + " |", "|---:|" + "---:|" * len(STEPS)]
+    for run in runs:
+        by_step = {r["step"]: r for r in run["steps"]}
+        cells = [f"{r['seconds']:.0f} s / {r['peak_gb']:.1f} GB" if (r := by_step.get(s)) and r["ok"]
+                 else ("failed" if r else "") for s in STEPS]
+        lines.append(f"| {run['customers']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--growth", default="", help="comma-separated sizes: one run per size (the growth table)")
+    parser.add_argument("--transactions-per-customer", type=int, default=10)
+    parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per step")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.growth.split(",") if s] or [args.customers]
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(STEPS)}")
+    runs = [run_size(n, args.transactions_per_customer, steps, args.work.resolve(), args.timeout) for n in sizes]
+    out = args.out or HERE / "results" / f"scale_{'growth' if len(sizes) > 1 else sizes[0]}.json"
+    out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
+                               "cpus": os.cpu_count(), "python": platform.python_version(),
+                               "budgets_at_1m": BUDGETS, "runs": runs}, indent=1))
+    print(table(runs))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
