@@ -321,6 +321,21 @@ def test_the_bootstraps_auc_is_sklearns_with_ties():
     assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
 
 
+def test_the_counted_auc_of_a_resample_is_the_auc_of_its_rows():
+    from training.evaluation import ResampledAUC, bootstrap_interval, roc_auc
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 3000).astype(float)
+    score = np.round(rng.normal(size=3000) + 0.5 * y, 1)  # ties within and across classes
+    counted = ResampledAUC(y, score)
+    for _ in range(30):
+        rows = rng.integers(0, len(y), len(y))
+        assert counted(rows) == pytest.approx(roc_auc(y[rows], score[rows]), abs=1e-15)
+    # The interval is the one ranking every resample gives (same draws; a metric without a counted form ranks)
+    ranked = bootstrap_interval(lambda a, b: roc_auc(a, b), y, score, rounds=60)
+    assert bootstrap_interval(roc_auc, y, score, rounds=60) == pytest.approx(ranked, abs=1e-15)
+
+
 @pytest.fixture(scope="module")
 def blended(snapshots):
     """A churn model with the textbook term at a fixed weight (the training protocol chooses it out of time)."""
@@ -446,3 +461,29 @@ def test_bgnbd_with_too_few_labels_serves_its_own_probability(snapshots, eligibl
     expected = bgnbd_churn_probability(fitter, rfm["frequency"].to_numpy(float), rfm["recency"].to_numpy(float),
                                        rfm["T"].to_numpy(float), HORIZON)
     np.testing.assert_allclose(model.predict_proba(bought), np.clip(expected, 1e-4, 1 - 1e-4), rtol=0, atol=1e-6)
+
+
+def test_bgnbd_expected_purchases_stay_finite_when_the_dropout_shapes_vanish():
+    """A fit with a, b -> 0 (data without dropout) made the closed form inf for one-repeat customers (the value
+    evaluation then failed drawing its chart); there the expectation is its limit P(alive) t (r + x) / (alpha + T)."""
+    from lifetimes import BetaGeoFitter
+
+    from training.estimators.baselines import BGNBDBaseline
+
+    rfm = pd.DataFrame({"frequency": [0.0, 1.0, 1.0, 3.0], "recency": [0.0, 462.0, 149.0, 300.0],
+                        "T": [620.0, 620.5, 564.5, 400.0]})
+    baseline = BGNBDBaseline()
+    for a, b in ((5.3e-24, 1.7e-15), (0.5, 2.0)):
+        baseline.bgnbd_ = BetaGeoFitter()
+        baseline.bgnbd_.params_ = pd.Series({"r": 7.0, "alpha": 810.0, "a": a, "b": b})
+        with np.errstate(all="ignore"):
+            closed = np.asarray(baseline.bgnbd_.conditional_expected_number_of_purchases_up_to_time(
+                90, *(rfm[c].to_numpy() for c in ("frequency", "recency", "T"))))
+        expected = baseline.expected_purchases(rfm, 90)
+        assert np.isfinite(expected).all()
+        finite = np.isfinite(closed)
+        np.testing.assert_allclose(expected[finite], closed[finite], rtol=1e-12)  # unchanged where it computes
+        if a < 1e-10:
+            assert not finite[1:3].any()
+            alive = baseline.bgnbd_.conditional_probability_alive(1.0, rfm["recency"][1:3], rfm["T"][1:3])
+            np.testing.assert_allclose(expected[1:3], alive * 90 * 8.0 / (810.0 + rfm["T"][1:3]), rtol=1e-12)

@@ -140,18 +140,44 @@ def roc_auc(y_true, score) -> float:
     return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+class ResampledAUC:
+    """`roc_auc` of bootstrap resamples of one (labels, scores) from the rows drawn: each row's group of equal
+    scores and label are coded once, then a resample is one count per (group, label) and a cumulative sum. The same
+    value as `roc_auc` on the resampled rows (the Mann-Whitney count, in exact arithmetic), without ranking every
+    resample, which was most of a 100k-customer churn evaluation."""
+
+    def __init__(self, y: np.ndarray, score: np.ndarray):
+        values, group = np.unique(score, return_inverse=True)  # group: the rank of the row's score among distinct ones
+        self.groups = len(values)
+        self.code = group * 2 + y.astype(bool)
+
+    def __call__(self, rows: np.ndarray) -> float:
+        counts = np.bincount(self.code[rows], minlength=2 * self.groups).reshape(self.groups, 2)
+        negatives, positives = counts[:, 0], counts[:, 1]
+        below = np.cumsum(negatives) - negatives
+        return float((positives * (below + 0.5 * negatives)).sum() / (positives.sum() * negatives.sum()))
+
+
+def _resampled(metric: Callable, y: np.ndarray, score: np.ndarray) -> Callable[[np.ndarray], float]:
+    """metric(resample) from the rows drawn: the counting form where the metric has one, else the metric itself."""
+    if metric is roc_auc and not np.isnan(score).any():
+        return ResampledAUC(y, score)
+    return lambda rows: metric(y[rows], score[rows])
+
+
 def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y_true, model_score, baseline_score,
                      rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float]:
     """95% interval of metric(model) - metric(baseline) over bootstrap resamples of customers (paired: both scorers
     see the same resample). Resamples with one class only are skipped."""
     y, a, b = _as_arrays(y_true, model_score, baseline_score)
+    of_model, of_baseline = _resampled(metric, y, a), _resampled(metric, y, b)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(rounds):
         rows = rng.integers(0, len(y), len(y))
         if y[rows].min() == y[rows].max():
             continue
-        diffs.append(metric(y[rows], a[rows]) - metric(y[rows], b[rows]))
+        diffs.append(of_model(rows) - of_baseline(rows))
     if not diffs:
         return float("nan"), float("nan")
     return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
@@ -162,8 +188,9 @@ def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], y_true
     """95% interval of metric(score) over bootstrap resamples of customers (resamples with one class skipped):
     what a figure on a small evaluation is worth."""
     y, s = _as_arrays(y_true, score)
+    of_score = _resampled(metric, y, s)
     rng = np.random.default_rng(seed)
-    values = [metric(y[rows], s[rows]) for rows in (rng.integers(0, len(y), len(y)) for _ in range(rounds))
+    values = [of_score(rows) for rows in (rng.integers(0, len(y), len(y)) for _ in range(rounds))
               if y[rows].min() != y[rows].max()]
     if not values:
         return float("nan"), float("nan")

@@ -273,7 +273,8 @@ def amount_calibration(table: pd.DataFrame, what: str) -> Figure:
                      f"Mean actual {what} (currency, log scale)", width=6.4, height=4.4,
                      subtitle="Each point is a tenth of customers by prediction (those spending next to nothing "
                               "are off the chart)")
-    high = float(table[["mean_predicted", "mean_actual"]].max().max()) * 1.5
+    values = table[["mean_predicted", "mean_actual"]].to_numpy(dtype=float)
+    high = float(values[np.isfinite(values)].max(initial=1.0)) * 1.5  # a scorer's inf is left off, not the chart
     low = high / 1e3  # three decades: deciles that buy next to nothing would squash the rest into a corner
     positive = table[(table["mean_predicted"] >= low) & (table["mean_actual"] >= low)]
     ax.plot([low, high], [low, high], color=NEUTRAL, linestyle=":", linewidth=1.2, label="predicted = actual")

@@ -29,6 +29,7 @@ from features.errors import InsufficientDataError, NothingToLearnError
 from features.validate import ValidationResult
 from training.estimators import KINDS as MODEL_KINDS
 from training.labels import DEFAULT_HORIZON_DAYS, Snapshot, data_fingerprint, make_snapshot
+from training.sampling import DEFAULT_MAX_CUSTOMERS, draw_sample
 from training.tracking import TrainingRecord
 
 CONFIG_SECTIONS = ("churn", "value", "lookalike", "clusters", "uplift")
@@ -64,8 +65,14 @@ class TrainingData:
     """Validated tables plus the snapshots the runs share, built once (churn and value use the same ones)."""
 
     def __init__(self, validation: ValidationResult, as_of: datetime, source: str,
-                 progress: Callable[[str], None] = lambda message: None):
-        self.validation, self.as_of, self.source, self.progress = validation, as_of, source, progress
+                 progress: Callable[[str], None] = lambda message: None,
+                 max_customers: int = DEFAULT_MAX_CUSTOMERS):
+        self.as_of, self.source, self.progress = as_of, source, progress
+        progress("counting customers")
+        self.sample = draw_sample(validation, as_of, max_customers)
+        if self.sample is not None:
+            progress(f"training on a stratified sample of {self.sample.kept:,} of {self.sample.customers:,} customers")
+        self.validation = validation if self.sample is None else self.sample.validation
         self.query = FeatureQuery(validation.columns)
         self._snapshots: dict[tuple[datetime, int], Snapshot] = {}
 
@@ -86,7 +93,8 @@ class TrainingData:
         return self.snapshot(self.as_of, 0, with_outcomes=False).features
 
     def base_data(self, **extra) -> dict:
-        return {"source": self.source, "fingerprint": self.fingerprint, "as_of": self.as_of, **extra}
+        sample = {} if self.sample is None else {"customer_sample": self.sample.summary()}
+        return {"source": self.source, "fingerprint": self.fingerprint, "as_of": self.as_of, **sample, **extra}
 
 
 def _snapshots(data: TrainingData, end_as_of: datetime, horizon_days: int, config) -> list[Snapshot]:
@@ -281,7 +289,11 @@ def train_kind(kind: str, data: TrainingData, overrides: dict, horizon_days: int
     """One training run of `kind` (a look-alike needs its seed segment)."""
     if kind not in TRAINERS:
         raise ValueError(f"unknown model kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
-    return TRAINERS[kind](data, overrides, horizon_days, seed_segment)
+    record = TRAINERS[kind](data, overrides, horizon_days, seed_segment)
+    if data.sample is not None:
+        record.evaluation.notes.insert(0, data.sample.note)
+        record.evaluation.tables["customer_sample"] = data.sample.strata
+    return record
 
 
 # The training protocol of each kind (estimators say how to fit; these say on which data and how it is judged).

@@ -25,9 +25,13 @@ from serving.cli.common import (
     status_bar,
     validated,
 )
+from training.sampling import DEFAULT_MAX_CUSTOMERS
 from training.train import MODEL_KINDS
 
 ConfigOpt = Annotated[Path | None, typer.Option(help="YAML with sections churn/value/lookalike/clusters/uplift.")]
+MaxCustomersOpt = Annotated[int, typer.Option(
+    min=0, help="Train on a stratified sample of at most this many customers (groups by recency x orders keep equal "
+                "shares; recorded in the run); 0: every customer. The models score everyone.")]
 
 
 def _config_and_data(config: Path | None, data: Path, max_bad_share: float):
@@ -75,6 +79,7 @@ def train(
              "or 'ids:<file>'. Repeat for several.")] = ["best_members"],  # noqa: B006
     config: ConfigOpt = None,
     max_bad_share: MaxBadOpt = 0.05,
+    max_customers: MaxCustomersOpt = DEFAULT_MAX_CUSTOMERS,
 ) -> None:
     """Train, evaluate against baselines, log to MLflow and register models (new versions become challengers)."""
     from training.tracking import log_training_run, tracking_uri
@@ -89,7 +94,7 @@ def train(
     overrides, validation = _config_and_data(config, data, max_bad_share)
     runs, skipped = [], 0
     with status_bar() as say:
-        shared = TrainingData(validation, as_of, str(data), progress=say)
+        shared = TrainingData(validation, as_of, str(data), progress=say, max_customers=max_customers)
         for one, seed in planned:
             record, was_skipped = _train(shared, one, overrides, horizon, seed, optional=kind == "all")
             skipped += was_skipped
@@ -152,6 +157,7 @@ def retrain(
     horizon: HorizonOpt = 90,
     config: ConfigOpt = None,
     max_bad_share: MaxBadOpt = 0.05,
+    max_customers: MaxCustomersOpt = DEFAULT_MAX_CUSTOMERS,
 ) -> None:
     """Train challengers, re-judge the served champions beside them on the newest window, promote only on a
     significant win, and say what happened in one table."""
@@ -167,7 +173,7 @@ def retrain(
     overrides, validation = _config_and_data(config, data, max_bad_share)
     results, failed = [], False
     with status_bar() as say:
-        shared = TrainingData(validation, as_of, str(data), progress=say)
+        shared = TrainingData(validation, as_of, str(data), progress=say, max_customers=max_customers)
         for one in kind:
             name = name_of(one)
             try:

@@ -215,10 +215,23 @@ class BGNBDBaseline:
                                        horizon_days)
 
     def expected_purchases(self, rfm: pd.DataFrame, horizon_days: float) -> np.ndarray:
-        """Expected purchase days in the next `horizon_days` (BG/NBD conditional expectation)."""
-        return np.asarray(self.bgnbd_.conditional_expected_number_of_purchases_up_to_time(
-            horizon_days, rfm["frequency"].to_numpy(dtype=float), rfm["recency"].to_numpy(dtype=float),
-            rfm["T"].to_numpy(dtype=float)), dtype=float)
+        """Expected purchase days in the next `horizon_days` (BG/NBD conditional expectation).
+
+        When the fit puts the dropout shape parameters a and b near zero (seen on data without dropout), the
+        closed form overflows for customers with one repeat purchase: its hypergeometric term 2F1(r+x, b+x; a+b+x-1;
+        z) has a+b+x-1 -> 0 there (0 x inf). Its limit, used where the closed form is not finite, is P(alive) x
+        horizon x the posterior mean rate (r + x) / (alpha + T).
+        """
+        frequency, recency, age = (rfm[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+        with np.errstate(all="ignore"):
+            expected = np.asarray(self.bgnbd_.conditional_expected_number_of_purchases_up_to_time(
+                horizon_days, frequency, recency, age), dtype=float)
+        broken = ~np.isfinite(expected)
+        if broken.any():
+            r, alpha = self.bgnbd_.params_["r"], self.bgnbd_.params_["alpha"]
+            alive = self.bgnbd_.conditional_probability_alive(frequency[broken], recency[broken], age[broken])
+            expected[broken] = alive * horizon_days * (r + frequency[broken]) / (alpha + age[broken])
+        return expected
 
     def expected_order_value(self, rfm: pd.DataFrame) -> np.ndarray:
         """Expected value of a purchase: Gamma-Gamma's conditional mean, or the fallback described in `fit`."""
