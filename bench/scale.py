@@ -56,8 +56,9 @@ def run_step(name: str, data: Path, folder: Path, timeout_s: float) -> dict:
     command = [str(BIN / "segments"), *(part.format(data=data) for part in STEPS[name])]
     started = time.perf_counter()
     try:
-        proc = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *command], cwd=folder, capture_output=True,
-                              text=True, timeout=timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *command], check=False, cwd=folder,
+                              capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired:
         return {"step": name, "ok": False, "seconds": round(time.perf_counter() - started, 1),
                 "error": f"stopped after {timeout_s:.0f} s"}

@@ -6,7 +6,6 @@ import math
 from datetime import datetime
 
 import pandas as pd
-import pytest
 
 from training.sampling import customer_count, draw_sample
 
