@@ -17,8 +17,12 @@ in full, i.e. in ``validate``, as the same ``DataContractError``.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gzip
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from features.errors import DataContractError
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet",)
 DATABASE_SUFFIXES = (".duckdb", ".db")
+DEFAULT_DUCKDB_MEMORY = "2GB"  # DuckDB's share of a command's memory (the rest: pandas frames, models)
 RAW_PREFIX = "raw_"
 ROW_NUMBER_COLUMN = "__row_number"
 SOURCE_DATABASE = "__source"
@@ -160,8 +165,17 @@ def load_raw(source: Path) -> RawTables:
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
-    """A fresh in-memory connection; UTC so that naive timestamps and offset conversion mean UTC."""
-    con = duckdb.connect()
+    """A fresh working database, on disk in a temporary folder removed when the process ends; UTC so that naive
+    timestamps and offset conversion mean UTC.
+
+    On disk, DuckDB keeps the loaded and validated tables within its memory limit (SEGMENTS_DUCKDB_MEMORY, default
+    DEFAULT_DUCKDB_MEMORY) and spills large queries beside them, so a command's memory does not grow with the data
+    (in memory, 10M transactions held 1.3 GB before any query ran).
+    """
+    folder = tempfile.mkdtemp(prefix="segments-duckdb-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    con = duckdb.connect(str(Path(folder) / "work.duckdb"), config={
+        "memory_limit": os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY, "temp_directory": folder})
     con.execute("SET TimeZone = 'UTC'")
     # Row numbers of CSV rows come from row_number() OVER () over the scan, which is file order only with this.
     con.execute("SET preserve_insertion_order = true")

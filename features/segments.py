@@ -723,19 +723,25 @@ def causes(segment: Segment, old: pd.DataFrame, new: pd.DataFrame, old_threshold
     for leaf in segment.leaves():
         before = leaf_mask(leaf, old, old_thresholds, old_members)
         after = leaf_mask(leaf, new, new_thresholds, new_members)
-        for i in np.flatnonzero(before != after):
-            flipped[i].append(_cause(leaf, old, new, i, bool(before[i]), bool(after[i]), old_thresholds,
-                                     new_thresholds))
+        rows = np.flatnonzero(before != after)
+        if not len(rows):
+            continue
+        # The flipped rows' values, read once per leaf (a pandas lookup per cause was most of a refresh's time)
+        values = None if isinstance(leaf, SegmentRef) else (old[leaf.field].iloc[rows].tolist(),
+                                                            new[leaf.field].iloc[rows].tolist())
+        for k, i in enumerate(rows):
+            pair = None if values is None else (values[0][k], values[1][k])
+            flipped[i].append(_cause(leaf, pair, bool(before[i]), bool(after[i]), old_thresholds, new_thresholds))
     return flipped
 
 
-def _cause(leaf, old: pd.DataFrame, new: pd.DataFrame, i: int, was: bool, now: bool, old_thresholds: dict,
-           new_thresholds: dict) -> dict:
+def _cause(leaf, values: tuple | None, was: bool, now: bool, old_thresholds: dict, new_thresholds: dict) -> dict:
+    """One flipped condition; `values`: the field's (old, new) value for a condition on a field."""
     if isinstance(leaf, SegmentRef):
         verb = "joined" if now else "left"
         return {"condition": leaf.text, "field": f"segment {leaf.segment}", "old": was, "new": now,
                 "text": f"{verb} segment {leaf.segment}"}
-    before, after = plain(old[leaf.field].iloc[i]), plain(new[leaf.field].iloc[i])
+    before, after = plain(values[0]), plain(values[1])
     cause = {"condition": leaf.text, "field": leaf.field, "old": before, "new": after,
              "text": f"{label_of(leaf.field)} {_show(before)} -> {_show(after)} ({leaf.text}: "
                      f"{'now true' if now else 'no longer true'})"}

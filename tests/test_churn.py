@@ -487,3 +487,18 @@ def test_bgnbd_expected_purchases_stay_finite_when_the_dropout_shapes_vanish():
             assert not finite[1:3].any()
             alive = baseline.bgnbd_.conditional_probability_alive(1.0, rfm["recency"][1:3], rfm["T"][1:3])
             np.testing.assert_allclose(expected[1:3], alive * 90 * 8.0 / (810.0 + rfm["T"][1:3]), rtol=1e-12)
+
+
+def test_the_counted_spearman_of_a_resample_is_spearmans():
+    from training.estimators.value import ValueModel
+    from training.evaluation import ResampledSpearman, spearman
+
+    rng = np.random.default_rng(5)
+    spend = np.where(rng.random(2000) < 0.6, 0.0, np.round(rng.gamma(2, 50, 2000)))  # many zeros: ties
+    predicted = np.round(rng.random(2000) + spend / 300, 2)
+    counted = ResampledSpearman(spend, predicted)
+    for _ in range(30):
+        rows = rng.integers(0, len(spend), len(spend))
+        assert counted(rows) == pytest.approx(spearman(spend[rows], predicted[rows]), abs=1e-12)
+    assert np.isnan(counted(np.zeros(50, dtype=int)))  # one customer drawn 50 times: constant, undefined
+    assert ValueModel.metric is spearman  # what the value bootstraps are given, so they count

@@ -26,7 +26,7 @@ from serving.cli.common import (
     validated,
 )
 from training.sampling import DEFAULT_MAX_CUSTOMERS
-from training.train import MODEL_KINDS
+from training.estimators import KINDS as MODEL_KINDS
 
 ConfigOpt = Annotated[Path | None, typer.Option(help="YAML with sections churn/value/lookalike/clusters/uplift.")]
 MaxCustomersOpt = Annotated[int, typer.Option(

@@ -278,9 +278,7 @@ class ChurnModel(Estimator):
         x, y = snapshot.churn_frame()
         return y.to_numpy(), self.predict_proba(x)
 
-    @staticmethod
-    def metric(y: np.ndarray, score: np.ndarray) -> float:
-        return roc_auc(y, score)
+    metric = staticmethod(roc_auc)  # the function itself: bootstraps count its resamples (training.evaluation)
 
     def _check_minimums(self, y: pd.Series, as_of: list[datetime], where: str) -> None:
         """Raise InsufficientDataError when churners or non-churners are below the configured minimums."""

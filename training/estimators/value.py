@@ -208,9 +208,7 @@ class ValueModel(Estimator):
         x, actual = value_rows([snapshot])
         return actual["spend_next"].to_numpy(), self.predict(x)["expected_spend"].to_numpy()
 
-    @staticmethod
-    def metric(actual: np.ndarray, predicted: np.ndarray) -> float:
-        return spearman(actual, predicted)
+    metric = staticmethod(spearman)  # the function itself: bootstraps count its resamples (training.evaluation)
 
     def _check_minimums(self, y: pd.DataFrame, as_of: list[datetime], where: str) -> None:
         buyers = int((y["purchases_next"] > 0).sum())
