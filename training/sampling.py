@@ -14,13 +14,14 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 
 from features.build import PURCHASE_SQL
 from features.validate import ValidationResult
 
-DEFAULT_MAX_CUSTOMERS = 250_000
+DEFAULT_MAX_CUSTOMERS = 100_000
 
 STRATA_SQL = f"""
 WITH ids AS ({{ids}}),
@@ -75,9 +76,9 @@ def customer_count(validation: ValidationResult) -> int:
 def draw_sample(validation: ValidationResult, as_of: datetime, max_customers: int) -> CustomerSample | None:
     """The sample when the data holds more than `max_customers` customers (0: no limit), else None.
 
-    The sampled tables live in an in-memory database attached to the validation's connection (DuckDB copies them
-    without a round trip through Python), one per draw; the returned validation's connection is a cursor that reads
-    them.
+    The sampled tables live in a database attached to the validation's connection (DuckDB copies them without a
+    round trip through Python), one per draw, on disk beside the working database (so within its memory limit); the
+    returned validation's connection is a cursor that reads them.
     """
     customers = customer_count(validation)
     if not max_customers or customers <= max_customers:
@@ -85,7 +86,7 @@ def draw_sample(validation: ValidationResult, as_of: datetime, max_customers: in
     con, database = validation.con, f"training_sample_{next(_DRAWS)}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE sample_strata AS {STRATA_SQL.format(ids=_ids_sql(validation))}",
                 {"as_of": as_of, "share": max_customers / customers})
-    con.execute(f"ATTACH ':memory:' AS {database}")
+    con.execute(f"ATTACH '{_beside_working_database(con, database)}' AS {database}")
     for table in validation.tables:
         con.execute(f"CREATE TABLE {database}.{table} AS SELECT * FROM main.{table} "
                     "WHERE customer_id IN (SELECT customer_id FROM sample_strata WHERE kept)")
@@ -96,6 +97,13 @@ def draw_sample(validation: ValidationResult, as_of: datetime, max_customers: in
     rows_clean = {t: cursor.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in validation.tables}
     sampled = dataclasses.replace(validation, con=cursor, rows_clean=rows_clean)
     return CustomerSample(sampled, customers, int(strata["kept"].sum()), max_customers, strata)
+
+
+def _beside_working_database(con, name: str) -> str:
+    """A database file next to the connection's own (features.io keeps it in a temporary folder), or in memory
+    for an in-memory connection."""
+    path = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+    return str(Path(path).with_name(f"{name}.duckdb")) if path else ":memory:"
 
 
 def _ids_sql(validation: ValidationResult) -> str:

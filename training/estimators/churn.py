@@ -61,6 +61,7 @@ from training.evaluation import (
     bootstrap_interval,
     calibration_table,
     expected_calibration_error,
+    importance_rows,
     lift_table,
     margin_over_baselines,
     probability_metrics,
@@ -457,7 +458,7 @@ def evaluate_churn(model: ChurnModel, evaluation: Snapshot, train: list[Snapshot
                    **{name: calibration_table(y, p) for name, p in probabilities.items()}}
     scorers = {"model": probability, **scores}
     lifts = {name: lift_table(y, score) for name, score in scorers.items()}
-    importance = shap_importance(model.contributions(x))
+    importance = shap_importance(model.contributions(importance_rows(x)))
     tables = {
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
         "lift": pd.concat([t.assign(scorer=n) for n, t in lifts.items()], ignore_index=True),

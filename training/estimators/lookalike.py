@@ -41,7 +41,7 @@ from features.errors import InsufficientDataError
 from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.estimators.base import Chart, Estimator, Explanation, ReportPage
-from training.evaluation import Evaluation, lift_at, margin_over_baselines
+from training.evaluation import Evaluation, importance_rows, lift_at, margin_over_baselines
 
 _MODEL_FILE, _ENCODER_FILE, _STATE_FILE = "lookalike_model.txt", "encoder.json", "lookalike.json"
 LEAK_AUC = 0.98  # a single input separating the seed this well is reported as a possible proxy of its definition
@@ -445,7 +445,7 @@ def seed_shap_summary(model: LookalikeModel, features: pd.DataFrame, is_seed: np
     Features table (the `top` largest): feature, label, group, mean_abs_shap, mean_shap (+: pulls towards the
     seed on average), seed_median and population_median (most common value for text features).
     """
-    seed_rows = features.loc[is_seed]
+    seed_rows = importance_rows(features.loc[is_seed])
     contrib = model.contributions(seed_rows).drop(columns="bias")
     group_of = {c: FEATURES_BY_NAME[c].group for c in contrib.columns}
     per_feature = pd.DataFrame({

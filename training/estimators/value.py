@@ -56,6 +56,7 @@ from training.evaluation import (
     Evaluation,
     amount_calibration_table,
     amount_metrics,
+    importance_rows,
     lift_table,
     margin_over_baselines,
     segment_slices,
@@ -327,7 +328,7 @@ def evaluate_value(model: ValueModel, evaluation: Snapshot, train: list[Snapshot
     metrics_of["model"].update(margin)
     deciles = {name: lift_table(actual["spend_next"], s) for name, s in spend.items()}
     calibration = {name: amount_calibration_table(actual["spend_next"], s) for name, s in spend.items()}
-    importance = shap_importance(model.contributions(x, target="spend"))
+    importance = shap_importance(model.contributions(importance_rows(x), target="spend"))
     tables = {
         "deciles": pd.concat([t.assign(scorer=n) for n, t in deciles.items()], ignore_index=True),
         "calibration": pd.concat([t.assign(scorer=n) for n, t in calibration.items()], ignore_index=True),
