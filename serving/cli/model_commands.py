@@ -25,8 +25,8 @@ from serving.cli.common import (
     status_bar,
     validated,
 )
-from training.sampling import DEFAULT_MAX_CUSTOMERS
 from training.estimators import KINDS as MODEL_KINDS
+from training.sampling import DEFAULT_MAX_CUSTOMERS
 
 ConfigOpt = Annotated[Path | None, typer.Option(help="YAML with sections churn/value/lookalike/clusters/uplift.")]
 MaxCustomersOpt = Annotated[int, typer.Option(

@@ -9,6 +9,7 @@ exit its cause: the conditions whose truth flipped, with the old and new values.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -181,7 +182,23 @@ class Changes:
                 .reindex(columns=["entered", "exited"], fill_value=0).reset_index())
 
 
-def stored_state_values(values_columns: list[str], customer_ids: list[str], states: dict[str, dict]) -> pd.DataFrame:
+class StoredStates(Mapping):
+    """Customers' stored states (customer_id -> values) kept as their JSON text and parsed when read."""
+
+    def __init__(self, texts: dict[str, str]):
+        self._texts = texts
+
+    def __getitem__(self, customer_id: str) -> dict:
+        return json.loads(self._texts[customer_id])
+
+    def __iter__(self):
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+def stored_state_values(values_columns: list[str], customer_ids: list[str], states: Mapping[str, dict]) -> pd.DataFrame:
     """Old values of the given customers as a frame (missing for a customer never evaluated)."""
     frame = pd.DataFrame.from_records([states.get(cid) or {} for cid in customer_ids], columns=values_columns)
     frame["customer_id"] = customer_ids
@@ -205,7 +222,7 @@ def membership_matrix(stored: pd.DataFrame, customer_ids: pd.Index, segments: li
 
 
 def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, stored_members: pd.DataFrame,
-                stored_states: dict[str, dict], old_thresholds: dict, at: datetime, source: str) -> Changes:
+                stored_states: Mapping[str, dict], old_thresholds: dict, at: datetime, source: str) -> Changes:
     """Entries and exits (with causes) of the customers in `values` against what the store holds for them.
 
     `stored_members` (segment, customer_id) and `stored_states` must cover these customers; members of segments no
@@ -244,7 +261,7 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
     return result
 
 
-def changed_states(values: pd.DataFrame, columns: list[str], stored: dict[str, dict]) -> dict[str, dict]:
+def changed_states(values: pd.DataFrame, columns: list[str], stored: Mapping[str, dict]) -> dict[str, dict]:
     """The values conditions read, per customer, where they differ from the stored ones (so re-running writes
     nothing)."""
     frame = values[["customer_id", *columns]]
@@ -335,7 +352,8 @@ def plan_refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Sc
     _check_order(last, as_of)
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
-    result = changes_for(usable, values, thresholds, store.current.memberships(), store.current.states(),
+    result = changes_for(usable, values, thresholds, store.current.memberships(),
+                         StoredStates(store.current.states_text()),
                          RefreshPlan.old_thresholds(last), as_of, "refresh")
     return RefreshPlan(as_of, segments.definitions_hash, values, usable, skipped, thresholds, last, watermark, result)
 

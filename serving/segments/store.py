@@ -361,16 +361,21 @@ class Database:
         """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL spell it the same way)."""
         return (sqlite if self.is_sqlite else postgresql).insert(table)
 
-    def _rows_for(self, conn: Connection, query, column, customer_ids: list[str] | None) -> list[dict]:
-        """Run `query`, limited to `customer_ids` when given (in chunks, under the bind-parameter limits)."""
+    def _rows_for(self, conn: Connection, query, column, customer_ids: list[str] | None,
+                  tuples: bool = False) -> list:
+        """Run `query`, limited to `customer_ids` when given (in chunks, under the bind-parameter limits): rows as
+        dicts, or as tuples in the query's column order (a third of the memory: a million stored states or five
+        million memberships are read at once by a refresh)."""
+        shape = tuple if tuples else dict
         if customer_ids is None:
-            return [dict(row) for row in conn.execute(query).mappings()]
+            result = conn.execute(query)
+            return [shape(row) for row in (result if tuples else result.mappings())]
         ids = sorted({str(customer_id) for customer_id in customer_ids})
-        return [
-            dict(row)
-            for chunk in _chunks(ids)
-            for row in conn.execute(query.where(column.in_(chunk))).mappings()
-        ]
+        rows = []
+        for chunk in _chunks(ids):
+            result = conn.execute(query.where(column.in_(chunk)))
+            rows += [shape(row) for row in (result if tuples else result.mappings())]
+        return rows
 
 
 class SegmentStore:
@@ -617,10 +622,14 @@ class CurrentState:
         self, customer_ids: list[str] | None = None, conn: Connection | None = None
     ) -> dict[str, dict]:
         """The values each customer was last evaluated on: customer_id -> values (all customers when ids is None)."""
+        return {cid: json.loads(text) for cid, text in self.states_text(customer_ids, conn).items()}
+
+    def states_text(self, customer_ids: list[str] | None = None, conn: Connection | None = None) -> dict[str, str]:
+        """`states` as stored, JSON text per customer: a refresh of a million customers holds these (~0.4 GB)
+        and parses one at a time, where the parsed dicts took ~2 GB."""
         query = select(customer_state.c.customer_id, customer_state.c["values"])
         with self._reading(conn) as reader:
-            rows = self._rows_for(reader, query, customer_state.c.customer_id, customer_ids)
-        return {row["customer_id"]: json.loads(row["values"]) for row in rows}
+            return dict(self._rows_for(reader, query, customer_state.c.customer_id, customer_ids, tuples=True))
 
     def customer_mark(self, customer_id: str, conn: Connection | None = None) -> tuple:
         """What changes whenever anything writes this customer or thresholds: their posted records, latest logged
@@ -656,7 +665,7 @@ class CurrentState:
         """Current members: columns segment, customer_id, entered_at, ordered by segment and customer."""
         query = select(membership.c.segment, membership.c.customer_id, membership.c.entered_at)
         with self._reading(conn) as reader:
-            rows = self._rows_for(reader, query, membership.c.customer_id, customer_ids)
+            rows = self._rows_for(reader, query, membership.c.customer_id, customer_ids, tuples=True)
         frame = _frame(rows, ["segment", "customer_id", "entered_at"], datetimes=["entered_at"])
         return frame.sort_values(["segment", "customer_id"], ignore_index=True)
 
