@@ -499,8 +499,8 @@ def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
                    evaluated_names: list[str], segment: Segment | None = None,
                    features_as_of: datetime | None = None) -> SegmentDetail:
     """Everything on a segment's page. `table` is the serve folder's feature table (one row per customer)."""
-    log = store.changes.log(segment=summary.name)
-    period = _period(data, log)
+    last_change = as_datetime(store.changes.last_at(summary.name))  # the log itself is never read whole
+    period = _period(data, last_change)
     daily = store.changes.daily_changes(summary.name, *period) if period else pd.DataFrame(
         columns=["day", "entered", "exited", "size"])
     detail = SegmentDetail(summary, period, daily)
@@ -514,26 +514,22 @@ def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
         if detail.profile is not None and len(detail.profile):
             detail.profile_chart = profile_chart(summary.name, detail.profile, features_as_of)
     if data.lift_window is not None and summary.evaluated:
-        start, end = data.lift_window[0], max(data.lift_window[1], _last_change(log) or data.lift_window[1])
+        start, end = data.lift_window[0], max(data.lift_window[1], last_change or data.lift_window[1])
         detail.flow_window = (start, end)
         detail.entered, detail.exited, detail.came_from, detail.went_to = flows(
             data.segments_by_customer(store, start), data.segments_by_customer(store, end), summary.name,
             set(evaluated_names))
-    detail.recent = recent_changes(log)
+    detail.recent = recent_changes(store.changes.log(segment=summary.name, newest=RECENT_LOG_ROWS))
     return detail
 
 
-def _period(data: Overview, log: pd.DataFrame) -> tuple[datetime, datetime] | None:
+def _period(data: Overview, last_change: datetime | None) -> tuple[datetime, datetime] | None:
     """From the first refresh's day to the day after the latest change (or refresh)."""
     if not data.refreshed:
         return None
     first = as_datetime(data.refreshes["as_of"].iloc[0])
-    last = max(data.last_as_of, _last_change(log) or data.last_as_of)
+    last = max(data.last_as_of, last_change or data.last_as_of)
     return first, last + timedelta(days=1)
-
-
-def _last_change(log: pd.DataFrame) -> datetime | None:
-    return as_datetime(log["at"].max()) if len(log) else None
 
 
 def flows(before: dict[str, set[str]], after: dict[str, set[str]], name: str, segments: set[str]):

@@ -815,10 +815,13 @@ class ChangeLog:
         start: datetime | None = None,
         end: datetime | None = None,
         customer_id: str | None = None,
+        newest: int | None = None,
     ) -> pd.DataFrame:
         """Membership changes in recording order: columns seq, customer_id, segment, change, at, cause (parsed JSON),
-        source, recorded_at. `start` <= at < `end` when given."""
-        query = select(membership_log).order_by(membership_log.c.seq)
+        source, recorded_at. `start` <= at < `end` when given; `newest`: only the latest that many, newest first."""
+        query = select(membership_log).order_by(membership_log.c.seq.desc() if newest else membership_log.c.seq)
+        if newest:
+            query = query.limit(newest)
         if segment is not None:
             query = query.where(membership_log.c.segment == segment)
         if customer_id is not None:
@@ -830,6 +833,12 @@ class ChangeLog:
         with self._read() as conn:
             rows = [_log_row(row) for row in conn.execute(query).mappings()]
         return _frame(rows, LOG_COLUMNS, datetimes=["at", "recorded_at"])
+
+    def last_at(self, segment: str) -> datetime | None:
+        """When the latest change of `segment` happened (its `at`), None without any."""
+        with self._read() as conn:
+            return conn.execute(select(func.max(membership_log.c.at)).where(membership_log.c.segment == segment)
+                                ).scalar()
 
     def membership_at(self, moment: datetime, segments: list[str] | None = None) -> pd.DataFrame:
         """Who was in which segment at `moment`, from the log: per (customer, segment) the latest change with
