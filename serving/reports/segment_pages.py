@@ -58,7 +58,7 @@ def sizes_at(store: SegmentStore, moments: list[datetime]) -> pd.DataFrame:
     """Members per segment at each moment (from the log): index segment, one column per moment."""
     columns = {}
     for moment in moments:
-        columns[moment] = store.changes.membership_at(moment).groupby("segment").size()
+        columns[moment] = store.changes.sizes_at(moment)
     return pd.DataFrame(columns).fillna(0).astype("int64")
 
 

@@ -845,8 +845,16 @@ class ChangeLog:
         at <= moment (ties by recording order) is "entered". Columns segment, customer_id."""
         query = _latest_changes(naive_utc(moment), segments)
         with self._read() as conn:
-            rows = [dict(row) for row in conn.execute(query).mappings()]
+            rows = [tuple(row) for row in conn.execute(query)]
         return _frame(rows, ["segment", "customer_id"])
+
+    def sizes_at(self, moment: datetime) -> pd.Series:
+        """Members per segment at `moment` (`membership_at` counted in the database): segment -> size."""
+        members = _latest_changes(naive_utc(moment), None).order_by(None).subquery()
+        query = select(members.c.segment, func.count()).group_by(members.c.segment).order_by(members.c.segment)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return pd.Series({segment: size for segment, size in rows}, dtype="int64")
 
     def daily_changes(self, segment: str, start: datetime, end: datetime) -> pd.DataFrame:
         """Per calendar day from `start`'s day up to `end` (exclusive; an end at midnight adds no day): customers
