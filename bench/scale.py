@@ -8,7 +8,7 @@ Usage:
 Data: `bench/make_data.py` (customers and transactions only, all contract columns; three years, 2023-2025), made on
 first use under the work folder. Each step is the CLI command a user types (`segments features`, `train all`,
 `score`, `build`, `refresh` twice two weeks apart, `report`), run from the step's own work folder (its MLflow
-SQLite store, BentoML store and SQLite membership store) under `/usr/bin/time`, so peak memory is the command's own
+SQLite store, BentoML store and SQLite membership store; emptied first when every step runs) under `/usr/bin/time`, so peak memory is the command's own
 maximum resident set size. A step that fails is recorded with the end of its error output; the next steps still run
 (e.g. `train all` fails when one kind fails, and the others are registered).
 """
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +75,8 @@ def run_step(name: str, data: Path, folder: Path, timeout_s: float) -> dict:
 def run_size(customers: int, per_customer: int, steps: list[str], work: Path, timeout_s: float) -> dict:
     data = dataset(work, customers, per_customer)
     folder = work / f"run_{customers}"
+    if set(steps) == set(STEPS):  # a whole run starts from nothing: no models, no membership store
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     results = []
     for name in steps:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 
@@ -262,6 +262,17 @@ def first_posts(rows: list[dict], new_keys: set[tuple[str, str]]) -> list[bool]:
     return out
 
 
+def _memoized(process: Callable) -> Callable:
+    """`process` computed once per distinct value (a refresh's changes share their `at` and `recorded_at`)."""
+    done: dict = {}
+
+    def once(value):
+        if value not in done:
+            done[value] = process(value)
+        return done[value]
+    return once
+
+
 def _processed(row: tuple, processors: list) -> tuple:
     """`row` with SQLAlchemy's bind processing applied to the columns that have one (e.g. SQLite datetimes)."""
     values = list(row)
@@ -383,7 +394,7 @@ class Database:
                      f"VALUES ({', '.join([self.mark] * len(columns))}) {conflict}")
         processors = [(i, table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect))
                       for i, c in enumerate(columns)]
-        processors = [(i, process) for i, process in processors if process is not None]
+        processors = [(i, _memoized(process)) for i, process in processors if process is not None]
         if processors:
             rows = [_processed(row, processors) for row in rows]
         conn.exec_driver_sql(statement, rows)
