@@ -186,13 +186,11 @@ class ResampledSpearman:
 
 
 def _resampled(metric: Callable, y: np.ndarray, score: np.ndarray) -> Callable[[np.ndarray], float]:
-    """metric(resample) from the rows drawn: the counting form where the metric has one, else the metric itself."""
-    if np.isnan(score).any() or np.isnan(y).any():
-        return lambda rows: metric(y[rows], score[rows])
-    if metric is roc_auc:
-        return ResampledAUC(y, score)
-    if metric is spearman:
-        return ResampledSpearman(y, score)
+    """metric(resample) from the rows drawn: the counting form where the metric has one (and nothing is missing),
+    else the metric itself."""
+    counted = {roc_auc: ResampledAUC, spearman: ResampledSpearman}.get(metric)
+    if counted is not None and not (np.isnan(score).any() or np.isnan(y).any()):
+        return counted(y, score)
     return lambda rows: metric(y[rows], score[rows])
 
 

@@ -274,7 +274,8 @@ def amount_calibration(table: pd.DataFrame, what: str) -> Figure:
                      subtitle="Each point is a tenth of customers by prediction (those spending next to nothing "
                               "are off the chart)")
     values = table[["mean_predicted", "mean_actual"]].to_numpy(dtype=float)
-    high = float(values[np.isfinite(values)].max(initial=1.0)) * 1.5  # a scorer's inf is left off, not the chart
+    finite = values[np.isfinite(values)]  # a scorer's inf is left off, not the chart
+    high = (float(finite.max()) if finite.size else 1.0) * 1.5
     low = high / 1e3  # three decades: deciles that buy next to nothing would squash the rest into a corner
     positive = table[(table["mean_predicted"] >= low) & (table["mean_actual"] >= low)]
     ax.plot([low, high], [low, high], color=NEUTRAL, linestyle=":", linewidth=1.2, label="predicted = actual")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.build import PURCHASE_SQL
+from features.io import quote_literal
 from features.validate import ValidationResult
 
 DEFAULT_MAX_CUSTOMERS = 100_000
@@ -86,7 +87,7 @@ def draw_sample(validation: ValidationResult, as_of: datetime, max_customers: in
     con, database = validation.con, f"training_sample_{next(_DRAWS)}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE sample_strata AS {STRATA_SQL.format(ids=_ids_sql(validation))}",
                 {"as_of": as_of, "share": max_customers / customers})
-    con.execute(f"ATTACH '{_beside_working_database(con, database)}' AS {database}")
+    con.execute(f"ATTACH {quote_literal(_beside_working_database(con, database))} AS {database}")
     for table in validation.tables:
         con.execute(f"CREATE TABLE {database}.{table} AS SELECT * FROM main.{table} "
                     "WHERE customer_id IN (SELECT customer_id FROM sample_strata WHERE kept)")

@@ -182,22 +182,6 @@ class Changes:
                 .reindex(columns=["entered", "exited"], fill_value=0).reset_index())
 
 
-class StoredStates(Mapping):
-    """Customers' stored states (customer_id -> values) kept as their JSON text and parsed when read."""
-
-    def __init__(self, texts: dict[str, str]):
-        self._texts = texts
-
-    def __getitem__(self, customer_id: str) -> dict:
-        return json.loads(self._texts[customer_id])
-
-    def __iter__(self):
-        return iter(self._texts)
-
-    def __len__(self) -> int:
-        return len(self._texts)
-
-
 def stored_state_values(values_columns: list[str], customer_ids: list[str], states: Mapping[str, dict]) -> pd.DataFrame:
     """Old values of the given customers as a frame (missing for a customer never evaluated)."""
     frame = pd.DataFrame.from_records([states.get(cid) or {} for cid in customer_ids], columns=values_columns)
@@ -352,8 +336,7 @@ def plan_refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Sc
     _check_order(last, as_of)
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
-    result = changes_for(usable, values, thresholds, store.current.memberships(),
-                         StoredStates(store.current.states_text()),
+    result = changes_for(usable, values, thresholds, store.current.memberships(), store.current.states(),
                          RefreshPlan.old_thresholds(last), as_of, "refresh")
     return RefreshPlan(as_of, segments.definitions_hash, values, usable, skipped, thresholds, last, watermark, result)
 
