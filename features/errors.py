@@ -8,6 +8,10 @@ class DataContractError(Exception):
     absent, or too many rows break the contract. The message names the file and the column and says how to fix it."""
 
 
+class SettingError(ValueError):
+    """A setting (an environment variable) that cannot be used: the message names it, its value and what it takes."""
+
+
 class InsufficientDataError(ValueError):
     """The data is below a model's stated minimum (e.g. too few churners): training would be meaningless.
 

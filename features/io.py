@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from features.contract import CONTRACTS
-from features.errors import DataContractError
+from features.errors import DataContractError, SettingError
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -174,8 +174,13 @@ def _connect() -> duckdb.DuckDBPyConnection:
     """
     folder = tempfile.mkdtemp(prefix="segments-duckdb-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    con = duckdb.connect(str(Path(folder) / "work.duckdb"), config={
-        "memory_limit": os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY, "temp_directory": folder})
+    memory = os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY
+    try:
+        con = duckdb.connect(str(Path(folder) / "work.duckdb"), config={"memory_limit": memory,
+                                                                         "temp_directory": folder})
+    except (duckdb.ParserException, duckdb.InvalidInputException) as exc:  # what a bad memory_limit raises
+        raise SettingError(f"SEGMENTS_DUCKDB_MEMORY={memory!r} is not a memory size DuckDB takes (e.g. 2GB, 512MB): "
+                           f"{exc}") from None
     con.execute("SET TimeZone = 'UTC'")
     # Row numbers of CSV rows come from row_number() OVER () over the scan, which is file order only with this.
     con.execute("SET preserve_insertion_order = true")

@@ -95,6 +95,14 @@ def test_missing_input_and_bad_dates_are_clear_errors(tmp_path):
     assert bad_date.returncode == 2 and "is not a date" in bad_date.stderr
 
 
+def test_a_bad_duckdb_memory_setting_is_a_clear_error(generated):
+    env = {**os.environ, "COLUMNS": "200", "SEGMENTS_DUCKDB_MEMORY": "lots"}
+    bad = subprocess.run([SEGMENTS, "validate", "--data", str(generated[1])], capture_output=True, text=True,
+                         env=env, timeout=300, check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "SEGMENTS_DUCKDB_MEMORY='lots' is not a memory size" in " ".join(bad.stderr.split())
+
+
 def test_cdnow_import_and_features(tmp_path):
     imported = run("import-cdnow", "--out", str(tmp_path / "cdnow"))
     assert imported.returncode == 0, imported.stderr

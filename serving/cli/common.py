@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from features.errors import DataContractError
+from features.errors import DataContractError, SettingError
 from features.time import naive_utc
 from features.validate import BadShareError
 
@@ -88,6 +88,8 @@ def fail_cleanly(quarantine: Path | None = None) -> Iterator[None]:
     except DataContractError as exc:
         if quarantine is not None and isinstance(exc, BadShareError):
             console.print(f"Quarantined rows: {exc.result.write_quarantine(quarantine)}")
+        fail(str(exc))
+    except SettingError as exc:
         fail(str(exc))
 
 
