@@ -541,15 +541,20 @@ def _evaluation_order(segments: dict[str, Segment]) -> list[str]:
 # Evaluation
 
 
+def threshold_quantiles(segments: SegmentSet) -> dict[str, tuple[str, float]]:
+    """Every `in top N%` / `in bottom N%` condition: its text -> (field, the quantile of the field that cuts it)."""
+    return {leaf.text: (leaf.field, 1 - leaf.value / 100 if leaf.op == "in top" else leaf.value / 100)
+            for segment in segments for leaf in segment.leaves()
+            if isinstance(leaf, Condition) and leaf.op in ("in top", "in bottom")}
+
+
 def fit_thresholds(segments: SegmentSet, values: pd.DataFrame) -> dict[str, float]:
-    """The population cut-off of every `in top N%` / `in bottom N%` condition, keyed by condition text."""
+    """The population cut-off of every `in top N%` / `in bottom N%` condition, keyed by condition text: the
+    linearly interpolated quantile of the field's numeric values (missing ones left out; NaN when none)."""
     out = {}
-    for segment in segments:
-        for leaf in segment.leaves():
-            if isinstance(leaf, Condition) and leaf.op in ("in top", "in bottom"):
-                column = pd.to_numeric(values[leaf.field], errors="coerce").dropna()
-                q = 1 - leaf.value / 100 if leaf.op == "in top" else leaf.value / 100
-                out[leaf.text] = float(column.quantile(q)) if len(column) else float("nan")
+    for text, (field, q) in threshold_quantiles(segments).items():
+        column = pd.to_numeric(values[field], errors="coerce").dropna()
+        out[text] = float(column.quantile(q)) if len(column) else float("nan")
     return out
 
 

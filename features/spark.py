@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pathlib import Path
+
 from features.build import AS_OF_TABLE, FeatureQuery
+from features.catalog import Feature
 from features.contract import CONTRACTS
+from features.io import quote_ident, quote_literal
+from features.validate import ValidationResult
+
+# The catalog's dtypes as Spark SQL types: what `to_feature_frame` casts to on DuckDB's side.
+SPARK_TYPES = {"int64": "bigint", "float64": "double", "string": "string", "boolean": "boolean"}
 
 
 def spark_feature_table(spark, tables: dict, as_of: datetime):
@@ -32,3 +40,24 @@ def spark_feature_table(spark, tables: dict, as_of: datetime):
         frame.createOrReplaceTempView(name)
     spark.createDataFrame(pd.DataFrame({"as_of": [pd.Timestamp(as_of)]})).createOrReplaceTempView(AS_OF_TABLE)
     return spark.sql(FeatureQuery(columns, dialect="pyspark").sql)
+
+
+def stage_clean_tables(spark, validation: ValidationResult, folder: Path) -> dict:
+    """The validated tables as Spark DataFrames: written by DuckDB to Parquet under `folder` (streamed, in the
+    contract's types), then read by Spark. On a cluster `folder` must be a path every executor reads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for name in validation.tables:
+        path = folder / f"{name}.parquet"
+        validation.con.execute(f"COPY {quote_ident(name)} TO {quote_literal(str(path))} (FORMAT parquet)")
+        tables[name] = spark.read.parquet(str(path))
+    return tables
+
+
+def spark_feature_frame(frame, features: list[Feature]):
+    """`features.build.to_feature_frame` on Spark: customer_id and every feature cast to the catalog's type."""
+    from pyspark.sql import functions as F
+
+    return frame.select(F.col("customer_id").cast("string").alias("customer_id"),
+                        *(F.col(f.name).cast(SPARK_TYPES[f.dtype]).alias(f.name) for f in features))

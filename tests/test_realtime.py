@@ -216,12 +216,13 @@ def _big_purchases(customer: str, start: datetime, n: int = 4) -> list[dict]:
 
 def test_a_refresh_reconciles_with_events_written_while_it_ran(served, processor):
     from features.segments import load_segments
-    from serving.segments.refresh import apply_refresh, plan_refresh
+    from serving.segments.refresh import apply_refresh, evaluate_population, plan_refresh
 
     store, table = processor.store, served["run"].table
     as_of = AS_OF + timedelta(days=1)
     earlier, later = _customers(served, 2)[:2]
-    plan = plan_refresh(store, load_segments(), table, None, as_of)  # evaluated on the empty store's snapshot
+    segments = load_segments()  # evaluated and compared with the empty store's snapshot:
+    plan = plan_refresh(store, segments, evaluate_population(segments, table, None), as_of)
     moved = processor.ingest(_big_purchases(earlier, AS_OF + timedelta(hours=2)))[0]  # before as_of
     kept = processor.ingest(_big_purchases(later, as_of + timedelta(hours=2)))[0]  # after as_of
     assert moved["changes"] and kept["changes"]  # both entered segments while the refresh was being evaluated
@@ -325,12 +326,13 @@ def test_refreshes_and_events_queue_every_subscribed_change_for_webhooks(served,
 
     from features.segments import load_segments
     from serving.segments.delivery import Subscription, sync_subscriptions
-    from serving.segments.refresh import apply_refresh, plan_refresh
+    from serving.segments.refresh import apply_refresh, evaluate_population, plan_refresh
     from serving.segments.store import outbox
 
     store, wanted = processor.store, ("lifecycle_active", "loyal", "vip")
     sync_subscriptions(store, [Subscription("crm", "http://127.0.0.1:9/hooks", wanted)])
-    apply_refresh(store, plan_refresh(store, load_segments(), served["run"].table, None, AS_OF))
+    apply_refresh(store, plan_refresh(store, load_segments(),
+                                      evaluate_population(load_segments(), served["run"].table, None), AS_OF))
     customer = _customers(served, 2)[1]
     event = processor.ingest(_big_purchases(customer, AS_OF + timedelta(hours=3)))[0]
 

@@ -48,10 +48,19 @@ class ScoringBundle:
         # Columns gathered as arrays (positional, whatever the index) and one frame built at the end: a concat per
         # model cost more than the models for one customer.
         columns = {"customer_id": features["customer_id"].array}
-        for name in sorted(self.models, key=lambda n: (kind_of(n)[1] is not None, n)):  # per-seed models last
-            _, seed = kind_of(name)
+        for name in scoring_order(self.models):
             scores = self.models[name].predict(features, (encoded or {}).get(name))
             for column in scores.columns:
-                key = column.replace("lookalike_", f"lookalike_{seed}_", 1) if seed is not None else column
-                columns[key] = scores[column].array
+                columns[score_column(name, column)] = scores[column].array
         return pd.DataFrame(columns)
+
+
+def scoring_order(names) -> list[str]:
+    """The order models add their columns to a score table: per-seed (look-alike) models last, each by name."""
+    return sorted(names, key=lambda n: (kind_of(n)[1] is not None, n))
+
+
+def score_column(name: str, column: str) -> str:
+    """The score table's name of a column `predict` of model `name` returns (a look-alike's gets its seed)."""
+    seed = kind_of(name)[1]
+    return column.replace("lookalike_", f"lookalike_{seed}_", 1) if seed is not None else column

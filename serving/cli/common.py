@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -51,6 +52,50 @@ PredictionsOpt = Annotated[Path | None, typer.Option(
                           "monitor (default: SEGMENTS_PREDICTION_LOG, else ./predictions).")]
 ServeDirOpt = Annotated[Path, typer.Option("--serve-dir", help="The serve folder (manifest, feature table, typical "
                                                                "values); SEGMENTS_SERVE_DIR for the service.")]
+
+
+class Engine(str, Enum):
+    """Where a batch command runs its features, scores and segments."""
+
+    duckdb = "duckdb"
+    spark = "spark"
+
+
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine",
+    help="duckdb: this machine (default); spark: features, scores and segments as a Spark job (pip extra `spark`, "
+         "Java), on --spark-master.")]
+SparkMasterOpt = Annotated[str | None, typer.Option(
+    "--spark-master", help="With --engine spark: a master URL (local[*], spark://host:7077, yarn, k8s://...) or a "
+                           "Spark Connect URL (sc://host:15002); default SEGMENTS_SPARK_MASTER, else local[*].")]
+SparkStagingOpt = Annotated[Path | None, typer.Option(
+    "--spark-staging", help="With --engine spark: folder the validated tables are staged in as Parquet (on a cluster, "
+                            "a path every executor reads); default a temporary folder, removed afterwards.")]
+
+
+@contextmanager
+def spark_job(master: str | None, staging: Path | None) -> Iterator[tuple]:
+    """(a Spark session, the staging folder) for one command; the session stops and a temporary folder goes
+    afterwards. A missing pyspark or Java is a clear error."""
+    import shutil
+    import tempfile
+
+    try:
+        from serving.spark_batch import spark_session
+    except ImportError as exc:
+        fail(f"--engine spark needs the spark extra ({exc.name} is missing): pip install 'loyalty-segments[spark]'")
+    if shutil.which("java") is None and not (master or "").startswith("sc://"):
+        fail("--engine spark runs Spark here and needs Java (17 or 21) on PATH, or a Spark Connect URL "
+             "(--spark-master sc://host:15002)")
+    folder = Path(staging) if staging else Path(tempfile.mkdtemp(prefix="segments-spark-"))
+    with step("Starting Spark"):
+        spark = spark_session(master)
+    try:
+        yield spark, folder
+    finally:
+        spark.stop()
+        if staging is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def fail(message: str) -> NoReturn:

@@ -16,9 +16,13 @@ from serving.cli.common import (
     AsOfOpt,
     DataOpt,
     DbOpt,
+    Engine,
+    EngineOpt,
     MaxBadOpt,
     PredictionsOpt,
     SegmentsFileOpt,
+    SparkMasterOpt,
+    SparkStagingOpt,
     console,
     date_option,
     fail,
@@ -28,6 +32,7 @@ from serving.cli.common import (
     out,
     parse_as_of,
     segment_definitions,
+    spark_job,
     step,
     validated,
 )
@@ -88,20 +93,34 @@ def refresh(
     models: ModelsOpt = True,
     max_bad_share: MaxBadOpt = 0.05,
     predictions: PredictionsOpt = None,
+    engine: EngineOpt = Engine.duckdb,
+    spark_master: SparkMasterOpt = None,
+    spark_staging: SparkStagingOpt = None,
 ) -> None:
     """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes. The
     models' scores go to the prediction log."""
     from serving.predictions import prediction_folder
-    from serving.segments.refresh import RefreshOrderError
-    from serving.segments.refresh import refresh as refresh_segments
+    from serving.segments.refresh import RefreshOrderError, check_order, evaluate_population, refresh_population
 
     definitions = segment_definitions(segments_file)
     store = open_store(db)
-    features = features_as_of(data, as_of, max_bad_share)[0].table
-    bundle = _bundle(alias, models)
     try:
-        with step(f"Evaluating {len(definitions.names())} segment definitions for {len(features):,} customers"):
-            report = refresh_segments(store, definitions, features, bundle, as_of)
+        check_order(store.current.last_refresh(), as_of)  # before the long evaluation
+        if engine is Engine.spark:
+            validation = validated(data, max_bad_share)
+            bundle = _bundle(alias, models)
+            from serving.spark_batch import population
+
+            with spark_job(spark_master, spark_staging) as (spark, staging), step(
+                    f"Evaluating {len(definitions.names())} segment definitions on Spark"):
+                evaluated, features = population(spark, definitions, validation, as_of, bundle, staging)
+        else:
+            features = features_as_of(data, as_of, max_bad_share)[0].table
+            bundle = _bundle(alias, models)
+            with step(f"Evaluating {len(definitions.names())} segment definitions for {len(features):,} customers"):
+                evaluated = evaluate_population(definitions, features, bundle)
+        with step(f"Recording the changes of {len(evaluated.values):,} customers"):
+            report = refresh_population(store, definitions, evaluated, as_of)
     except RefreshOrderError as exc:
         fail(str(exc))
     out.print(frame_table(report.sizes, f"Segments as of {as_of:%Y-%m-%d} ({store.display_url})"))

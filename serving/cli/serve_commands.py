@@ -18,15 +18,20 @@ from serving.cli.common import (
     AsOfOpt,
     DataOpt,
     DbOpt,
+    Engine,
+    EngineOpt,
     MaxBadOpt,
     PredictionsOpt,
     ServeDirOpt,
+    SparkMasterOpt,
+    SparkStagingOpt,
     date_option,
     fail,
     features_as_of,
     keep_predictions,
     open_store,
     out,
+    spark_job,
     step,
     use_bentoml_home,
     validated,
@@ -50,28 +55,41 @@ def score(
              "SEGMENTS_DB_URL; without a store or a refresh in it they are fitted on the scored customers).")]
     = None,
     predictions: PredictionsOpt = None,
+    engine: EngineOpt = Engine.duckdb,
+    spark_master: SparkMasterOpt = None,
+    spark_staging: SparkStagingOpt = None,
 ) -> None:
     """Score every customer known at --as-of with the registered champion models (or a serve folder's, with the
     customers' segments as the service evaluates them)."""
     from serving.predictions import prediction_folder
     from training.bundle import ScoringBundle
 
+    if engine is Engine.spark and (explain or serve_dir is not None):
+        fail("--engine spark scores with the registered models; --serve-dir and --explain run on the duckdb engine")
     if explain or serve_dir is not None:
         definitions = segments_file or os.environ.get("SEGMENTS_DEFINITIONS")
         return score_served(data, as_of, out_file, serve_dir, explain, max_bad_share,
                             Path(definitions) if definitions else None, db or os.environ.get("SEGMENTS_DB_URL"),
                             prediction_folder(predictions))
-    run, _ = features_as_of(data, as_of, max_bad_share)
-    features = run.table
+    if engine is Engine.spark:
+        validation = validated(data, max_bad_share)
+    else:
+        features = features_as_of(data, as_of, max_bad_share)[0].table
     try:
         with step("Loading champion models"):
             bundle = ScoringBundle.from_registry(alias)
     except (LookupError, ValueError) as exc:
         fail(str(exc))
-    with step(f"Scoring {len(features):,} customers"):
-        scores = bundle.score(features)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(out_file, index=False)
+    if engine is Engine.spark:
+        from serving.spark_batch import scores_frame
+
+        with spark_job(spark_master, spark_staging) as (spark, staging), step("Building features and scoring on Spark"):
+            scores, features = scores_frame(spark, validation, as_of, bundle, staging)
+    else:
+        with step(f"Scoring {len(features):,} customers"):
+            scores = bundle.score(features)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_parquet(out_file, index=False)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))
     out.print(f"[green]{len(scores):,} customers x {scores.shape[1] - 1} scores[/] -> {out_file}")
     keep_predictions(prediction_folder(predictions), scores, bundle, features, as_of)

@@ -318,10 +318,11 @@ def _check_windows(validation: ValidationResult, dates: list[datetime], horizon_
 def _backtest_row(needed: SegmentSet, name: str, validation: ValidationResult, as_of: datetime, horizon_days: int,
                   bundle) -> dict:
     features = build_feature_table(validation, as_of).table
-    values, usable, skipped, thresholds = evaluate_population(needed, features, bundle)
-    if name in skipped:
-        raise ValueError(f"segment {name!r} cannot be evaluated as of {as_of:%Y-%m-%d}: {skipped[name]}")
-    member = evaluate(usable.closure([name]), values, thresholds)[name].to_numpy()
+    evaluated = evaluate_population(needed, features, bundle)
+    if name in evaluated.skipped:
+        raise ValueError(f"segment {name!r} cannot be evaluated as of {as_of:%Y-%m-%d}: {evaluated.skipped[name]}")
+    values = evaluated.values
+    member = evaluate(evaluated.usable.closure([name]), values, evaluated.thresholds)[name].to_numpy()
     outcomes = window_outcomes(validation, values["customer_id"], as_of, as_of + timedelta(days=horizon_days))
     population = churn_eligible(values)
     row = {"as_of": as_of, "members": int(member.sum()), "population": int(population.sum()),

@@ -206,13 +206,15 @@ def membership_matrix(stored: pd.DataFrame, customer_ids: pd.Index, segments: li
 
 
 def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, stored_members: pd.DataFrame,
-                stored_states: Mapping[str, dict], old_thresholds: dict, at: datetime, source: str) -> Changes:
+                stored_states: Mapping[str, dict], old_thresholds: dict, at: datetime, source: str,
+                new: pd.DataFrame | None = None) -> Changes:
     """Entries and exits (with causes) of the customers in `values` against what the store holds for them.
 
     `stored_members` (segment, customer_id) and `stored_states` must cover these customers; members of segments no
-    longer defined exit with REMOVED_CAUSE (only in a batch refresh, which sees every customer).
+    longer defined exit with REMOVED_CAUSE (only in a batch refresh, which sees every customer). `new`: the rows'
+    membership when evaluated already (`evaluate(segments, values, thresholds)`, e.g. on Spark).
     """
-    new = evaluate(segments, values, thresholds)
+    new = evaluate(segments, values, thresholds) if new is None else new
     old = membership_matrix(stored_members, new.index, segments.names())
     state_columns = sorted({f for s in segments for f in s.fields()})
     result = Changes(membership=new)
@@ -280,15 +282,27 @@ class RefreshReport:
 
 
 @dataclass
+class Population:
+    """Every customer evaluated as of one date, before any comparison with the store.
+
+    values: customer_id, the fields the segments read and the model scores, one row per customer (the DuckDB path
+    keeps every feature); membership: `evaluate`'s frame for those rows, or None to evaluate it from `values`.
+    """
+
+    values: pd.DataFrame
+    usable: SegmentSet
+    skipped: dict[str, str]
+    thresholds: dict
+    membership: pd.DataFrame | None = None
+
+
+@dataclass
 class RefreshPlan:
     """A refresh evaluated against a snapshot of the store, not yet written (`apply_refresh` writes it)."""
 
     as_of: datetime
     definitions_hash: str
-    values: pd.DataFrame
-    usable: SegmentSet
-    skipped: dict[str, str]
-    thresholds: dict
+    population: Population
     last: dict | None  # the last refresh when planned
     watermark: int  # the log's last seq before the snapshot was read
     result: Changes
@@ -299,46 +313,54 @@ class RefreshPlan:
         return last["thresholds"] if last else {}
 
 
-def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None):
-    """(values, usable segments, skipped {name: reason}, thresholds) for a whole population as of one date."""
+def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None) -> Population:
+    """The values (features and scores), usable segments, skipped {name: reason} and fitted thresholds of a whole
+    population as of one date (membership left to `changes_for`)."""
     values = segment_values(features, bundle)
     usable, skipped = segments.resolve(run_fields(values, bundle))
-    return values, usable, skipped, fit_thresholds(usable, values)
+    return Population(values, usable, skipped, fit_thresholds(usable, values))
 
 
 def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None,
             as_of: datetime, attempts: int = 3) -> RefreshReport:
     """Evaluate every segment for every customer in `features` (as of `as_of`) and record the changes, the
-    customers' new states and the refresh in one transaction. The same as_of again writes nothing new.
+    customers' new states and the refresh in one transaction. The same as_of again writes nothing new."""
+    check_order(store.current.last_refresh(), as_of)  # before the long evaluation
+    return refresh_population(store, segments, evaluate_population(segments, features, bundle), as_of, attempts)
 
-    Evaluating a population takes long, so it runs outside the store's write lock, on a snapshot; events may move
-    customers meanwhile. The write then reconciles under the lock (`apply_refresh`): nothing an event wrote is lost
-    and the log stays in time order. Killed at any point, a refresh leaves nothing or all of it.
+
+def refresh_population(store, segments: SegmentSet, population: Population, as_of: datetime,
+                       attempts: int = 3) -> RefreshReport:
+    """Record a population evaluated as of `as_of` (by DuckDB or Spark) as a refresh of `segments`.
+
+    Evaluating a population takes long, so it runs outside the store's write lock and is compared with a snapshot;
+    events may move customers meanwhile. The write then reconciles under the lock (`apply_refresh`): nothing an
+    event wrote is lost and the log stays in time order. Killed at any point, a refresh leaves nothing or all of it.
     """
     for _ in range(attempts):
         try:
-            return apply_refresh(store, plan_refresh(store, segments, features, bundle, as_of))
+            return apply_refresh(store, plan_refresh(store, segments, population, as_of))
         except _Superseded:
             continue
     raise RuntimeError(f"other refreshes were written while this one ran, {attempts} times: run it again")
 
 
-def _check_order(last: dict | None, as_of: datetime) -> None:
+def check_order(last: dict | None, as_of: datetime) -> None:
+    """A RefreshOrderError when `as_of` is before the `last` refresh's."""
     if last is not None and as_of < last["as_of"]:
         raise RefreshOrderError(f"the last refresh was as of {last['as_of']:%Y-%m-%d %H:%M}; a refresh as of "
                                 f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
 
 
-def plan_refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None,
-                 as_of: datetime) -> RefreshPlan:
-    """Evaluate the population and diff it against a snapshot of the store (read without the write lock)."""
+def plan_refresh(store, segments: SegmentSet, population: Population, as_of: datetime) -> RefreshPlan:
+    """Diff an evaluated population against a snapshot of the store (read without the write lock)."""
     last = store.current.last_refresh()
-    _check_order(last, as_of)
+    check_order(last, as_of)
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
-    values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
-    result = changes_for(usable, values, thresholds, store.current.memberships(), store.current.states(),
-                         RefreshPlan.old_thresholds(last), as_of, "refresh")
-    return RefreshPlan(as_of, segments.definitions_hash, values, usable, skipped, thresholds, last, watermark, result)
+    p = population
+    result = changes_for(p.usable, p.values, p.thresholds, store.current.memberships(), store.current.states(),
+                         RefreshPlan.old_thresholds(last), as_of, "refresh", p.membership)
+    return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, result)
 
 
 def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
@@ -362,11 +384,12 @@ def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
         if written:
             store.write.record(conn, result.changes, result.states, plan.as_of,
                                refresh={"as_of": plan.as_of, "definitions_hash": plan.definitions_hash,
-                                        "thresholds": plan.thresholds, "customers": len(plan.values),
-                                        "changes": len(result.changes)})
-    evaluated = set(plan.values["customer_id"].astype(str))
-    return RefreshReport(plan.as_of, size_table(plan.usable, result), plan.skipped, len(result.changes), written,
-                         plan.values, len(newer & evaluated), len(moved))
+                                        "thresholds": plan.population.thresholds,
+                                        "customers": len(plan.population.values), "changes": len(result.changes)})
+    p = plan.population
+    evaluated = set(p.values["customer_id"].astype(str))
+    return RefreshReport(plan.as_of, size_table(p.usable, result), p.skipped, len(result.changes), written,
+                         p.values, len(newer & evaluated), len(moved))
 
 
 def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]) -> Changes:
@@ -375,9 +398,9 @@ def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]
     result = Changes([c for c in plan.result.changes if c["customer_id"] not in left_out],
                      {cid: s for cid, s in plan.result.states.items() if cid not in left_out}, plan.result.membership)
     if moved:
-        ids = sorted(moved)
-        rows = plan.values[plan.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True)
-        again = changes_for(plan.usable, rows, plan.thresholds, store.current.memberships(ids, conn),
+        ids, p = sorted(moved), plan.population
+        rows = p.values[p.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True)
+        again = changes_for(p.usable, rows, p.thresholds, store.current.memberships(ids, conn),
                             store.current.states(ids, conn), RefreshPlan.old_thresholds(plan.last), plan.as_of,
                             "refresh")
         result.changes += again.changes
@@ -404,11 +427,11 @@ def preview(segments: SegmentSet, name: str, features: pd.DataFrame, bundle: Sco
     if name not in segments.names() and not any(name.startswith(f"{s.name}_") and s.kind == "cluster"
                                                 for s in segments):
         raise KeyError(f"no segment named {name!r}; defined: {', '.join(segments.names())}")
-    values, usable, skipped, thresholds = evaluate_population(segments, features, bundle)
-    if name in skipped:
-        raise LookupError(f"segment {name!r} cannot be evaluated here: {skipped[name]}")
-    needed = usable.closure([name])
-    membership = evaluate(needed, values, thresholds)[name]
+    p = evaluate_population(segments, features, bundle)
+    if name in p.skipped:
+        raise LookupError(f"segment {name!r} cannot be evaluated here: {p.skipped[name]}")
+    needed = p.usable.closure([name])
+    membership = evaluate(needed, p.values, p.thresholds)[name]
     columns = ["customer_id", *sorted(needed[name].fields())]
-    members = values.loc[membership.to_numpy(), columns]
-    return int(membership.sum()), members.sample(min(sample, len(members)), random_state=seed), skipped
+    members = p.values.loc[membership.to_numpy(), columns]
+    return int(membership.sum()), members.sample(min(sample, len(members)), random_state=seed), p.skipped
