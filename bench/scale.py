@@ -4,6 +4,7 @@ Usage:
     python bench/scale.py [--customers 1000000] [--transactions-per-customer 10] [--steps features,train,...]
                           [--work bench/work] [--out bench/results/scale_1000000.json]
     python bench/scale.py --growth 250000,500000,1000000,2000000   # the growth table, one run per size
+    python bench/scale.py --customers 250000 --steps features,train,score,refresh_first,score_spark,refresh_spark
 
 Data: `bench/make_data.py` (customers and transactions only, all contract columns; three years, 2023-2025), made on
 first use under the work folder. Each step is the CLI command a user types (`segments features`, `train all`,
@@ -44,6 +45,14 @@ STEPS = {
     "report": ["report", "--out", "reports"],
 }
 
+# The batch path on Spark in local mode on this machine (opt-in: --steps ...,score_spark,refresh_spark): after `train`,
+# the same scoring and a first refresh into a store of its own, for comparison with `score` and `refresh_first`.
+SPARK = ["--engine", "spark", "--spark-master", "local[2]"]
+SPARK_STEPS = {
+    "score_spark": ["score", "--data", "{data}", "--as-of", AS_OF, "--out", "scores_spark.parquet", *SPARK],
+    "refresh_spark": ["refresh", "--data", "{data}", "--as-of", AS_OF, "--db", "sqlite:///segments_spark.db", *SPARK],
+}
+
 
 def dataset(work: Path, customers: int, per_customer: int) -> Path:
     data = work / f"data_{customers}x{per_customer}"
@@ -54,7 +63,7 @@ def dataset(work: Path, customers: int, per_customer: int) -> Path:
 
 
 def run_step(name: str, data: Path, folder: Path, timeout_s: float) -> dict:
-    command = [str(BIN / "segments"), *(part.format(data=data) for part in STEPS[name])]
+    command = [str(BIN / "segments"), *(part.format(data=data) for part in {**STEPS, **SPARK_STEPS}[name])]
     started = time.perf_counter()
     try:
         proc = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *command], check=False, cwd=folder,
@@ -89,11 +98,12 @@ def run_size(customers: int, per_customer: int, steps: list[str], work: Path, ti
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| customers | " + " | ".join(STEPS) + " |", "|---:|" + "---:|" * len(STEPS)]
+    names = [*STEPS, *(s for s in SPARK_STEPS if any(r["step"] == s for run in runs for r in run["steps"]))]
+    lines = ["| customers | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for run in runs:
         by_step = {r["step"]: r for r in run["steps"]}
         cells = [f"{r['seconds']:.0f} s / {r['peak_gb']:.1f} GB" if (r := by_step.get(s)) and r["ok"]
-                 else (f"failed ({r['seconds']:.0f} s)" if r else "") for s in STEPS]
+                 else (f"failed ({r['seconds']:.0f} s)" if r else "") for s in names]
         lines.append(f"| {run['customers']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -110,9 +120,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.growth.split(",") if s] or [args.customers]
     steps = [s for s in args.steps.split(",") if s]
-    unknown = set(steps) - set(STEPS)
+    unknown = set(steps) - set(STEPS) - set(SPARK_STEPS)
     if unknown:
-        parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join(STEPS)}")
+        parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join([*STEPS, *SPARK_STEPS])}")
     runs = [run_size(n, args.transactions_per_customer, steps, args.work.resolve(), args.timeout) for n in sizes]
     out = args.out or HERE / "results" / f"scale_{'growth' if len(sizes) > 1 else sizes[0]}.json"
     out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),

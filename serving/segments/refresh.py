@@ -8,7 +8,6 @@ exit its cause: the conditions whose truth flipped, with the old and new values.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from features.segments import (
     load_segments,
     plain,
 )
+from serving.segments.store import JSONText, StoredStates, json_text
 from training.bundle import ScoringBundle
 from training.tracking import kind_of
 
@@ -170,7 +170,7 @@ class Changes:
     """What one evaluation changes: log rows, customer states to store, and the new membership."""
 
     changes: list[dict] = field(default_factory=list)
-    states: dict[str, dict] = field(default_factory=dict)
+    states: dict[str, JSONText] = field(default_factory=dict)
     membership: pd.DataFrame | None = None
 
     def counts(self) -> pd.DataFrame:
@@ -233,6 +233,10 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
             why = causes(segment, old_values.iloc[moved].reset_index(drop=True),
                          new_values.iloc[moved].reset_index(drop=True), old_thresholds, thresholds,
                          {s: m[moved] for s, m in old_members.items()}, {s: m[moved] for s, m in new_members.items()})
+            # A refresh logs millions of changes: their causes are kept as the JSON text the store writes (an
+            # event's are answered to the caller as they are).
+            if source == "refresh":
+                why = [json_text(cause) for cause in why]
             for k, i in enumerate(moved):
                 entered = bool(new_members[segment.name][i])
                 result.changes.append({"customer_id": ids[i], "segment": segment.name,
@@ -247,16 +251,17 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
     return result
 
 
-def changed_states(values: pd.DataFrame, columns: list[str], stored: Mapping[str, dict]) -> dict[str, dict]:
-    """The values conditions read, per customer, where they differ from the stored ones (so re-running writes
-    nothing)."""
-    frame = values[["customer_id", *columns]]
+def changed_states(values: pd.DataFrame, columns: list[str], stored: Mapping[str, dict]) -> dict[str, JSONText]:
+    """The values conditions read, per customer, in the store's JSON text, where it differs from the stored text
+    (so re-running writes nothing). Compared as text: stored states are not parsed, new ones not kept as dicts."""
+    stored_text = stored.text if isinstance(stored, StoredStates) else (
+        lambda cid: json_text(stored[cid]) if cid in stored else None)
     out = {}
-    for row in frame.itertuples(index=False, name=None):
-        state = {c: plain(v) for c, v in zip(columns, row[1:], strict=True)}
-        if json.dumps(state, sort_keys=True, default=str) != json.dumps(stored.get(row[0]), sort_keys=True,
-                                                                          default=str):
-            out[str(row[0])] = state
+    for row in values[["customer_id", *columns]].itertuples(index=False, name=None):
+        customer_id = str(row[0])
+        text = json_text({c: plain(v) for c, v in zip(columns, row[1:], strict=True)})
+        if text != stored_text(customer_id):
+            out[customer_id] = text
     return out
 
 
