@@ -150,6 +150,11 @@ def test_score_columns_are_the_declared_outputs(state, sample):
             assert str(frame[column].dtype) == dtype, column
 
 
+def test_scores_in_chunks_equal_one_batch(state, sample):
+    bundle = state.scorer.bundle
+    pd.testing.assert_frame_equal(bundle.score_in_chunks(sample, rows=70), bundle.score(sample))
+
+
 def test_one_encoding_per_request_is_each_models_own(state, sample):
     rows = sample.head(40).copy()
     rows.loc[3, "region"] = "a region never seen"  # unknown text -> NaN, like a missing one

@@ -87,7 +87,7 @@ def score(
             scores, features = scores_frame(spark, validation, as_of, bundle, staging)
     else:
         with step(f"Scoring {len(features):,} customers"):
-            scores = bundle.score(features)
+            scores = bundle.score_in_chunks(features)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(out_file, index=False)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))

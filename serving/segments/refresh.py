@@ -8,6 +8,7 @@ exit its cause: the conditions whose truth flipped, with the old and new values.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +54,7 @@ def segment_values(features: pd.DataFrame, bundle: ScoringBundle | None,
     features = features.reset_index(drop=True)
     if bundle is None or not bundle.models or features.empty:
         return features
-    scores = (bundle.score(features) if scores is None else scores).drop(columns="customer_id")
+    scores = (bundle.score_in_chunks(features) if scores is None else scores).drop(columns="customer_id")
     return pd.concat([features, scores.reset_index(drop=True)], axis=1)
 
 
@@ -174,12 +175,11 @@ class Changes:
     membership: pd.DataFrame | None = None
 
     def counts(self) -> pd.DataFrame:
-        """Entries and exits per segment."""
-        if not self.changes:
-            return pd.DataFrame(columns=["segment", "entered", "exited"])
-        frame = pd.DataFrame(self.changes)
-        return (frame.groupby(["segment", "change"]).size().unstack(fill_value=0)
-                .reindex(columns=["entered", "exited"], fill_value=0).reset_index())
+        """Entries and exits per segment (tallied, not framed: a first refresh has millions of changes)."""
+        tally = Counter((c["segment"], c["change"]) for c in self.changes)
+        segments = sorted({segment for segment, _ in tally})
+        return pd.DataFrame({"segment": segments, "entered": [tally[(s, "entered")] for s in segments],
+                             "exited": [tally[(s, "exited")] for s in segments]})
 
 
 def stored_state_values(values_columns: list[str], customer_ids: list[str], states: Mapping[str, dict]) -> pd.DataFrame:
@@ -223,7 +223,7 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
     if len(rows):
         ids = new.index[rows].tolist()
         old_values = stored_state_values(state_columns, ids, stored_states)
-        new_values = values.iloc[rows].reset_index(drop=True)
+        new_values = values[["customer_id", *state_columns]].iloc[rows].reset_index(drop=True)  # what causes read
         old_members = {s: old[s].to_numpy()[rows] for s in old.columns}
         new_members = {s: new[s].to_numpy()[rows] for s in new.columns}
         for j, segment in enumerate(segments):
