@@ -552,8 +552,8 @@ def fit_thresholds(segments: SegmentSet, values: pd.DataFrame) -> dict[str, floa
     """The population cut-off of every `in top N%` / `in bottom N%` condition, keyed by condition text: the
     linearly interpolated quantile of the field's numeric values (missing ones left out; NaN when none)."""
     out = {}
-    for text, (field, q) in threshold_quantiles(segments).items():
-        column = pd.to_numeric(values[field], errors="coerce").dropna()
+    for text, (name, q) in threshold_quantiles(segments).items():
+        column = pd.to_numeric(values[name], errors="coerce").dropna()
         out[text] = float(column.quantile(q)) if len(column) else float("nan")
     return out
 

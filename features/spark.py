@@ -7,7 +7,6 @@ Input tables must already be clean (validated) and typed as in the contract, e.g
 from __future__ import annotations
 
 from datetime import datetime
-
 from pathlib import Path
 
 from features.build import AS_OF_TABLE, FeatureQuery

@@ -100,7 +100,12 @@ def refresh(
     """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes. The
     models' scores go to the prediction log."""
     from serving.predictions import prediction_folder
-    from serving.segments.refresh import RefreshOrderError, check_order, evaluate_population, refresh_population
+    from serving.segments.refresh import (
+        RefreshOrderError,
+        check_order,
+        evaluate_population,
+        refresh_population,
+    )
 
     definitions = segment_definitions(segments_file)
     store = open_store(db)
