@@ -49,7 +49,8 @@ def spark_session(master: str | None = None):
                        .config("spark.driver.host", "127.0.0.1").config("spark.ui.enabled", "false")
                        .config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1))))
         builder = builder.config("spark.ui.showConsoleProgress", "false")  # our own progress line shows the step
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per model and worker, else
+    # MLflow would draw an artifact download bar per model and per Python worker
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     session = builder.getOrCreate()
     if not master.startswith("sc://"):
         session.sparkContext.setLogLevel("ERROR")

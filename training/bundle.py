@@ -54,7 +54,6 @@ class ScoringBundle:
                 columns[score_column(name, column)] = scores[column].array
         return pd.DataFrame(columns)
 
-
     def score_in_chunks(self, features: pd.DataFrame, rows: int = 200_000) -> pd.DataFrame:
         """`score` on `rows` customers at a time, the same values (every model scores each row alone): a batch of a
         million customers never holds every model's encoded matrix at once (~0.6 GB per model)."""
