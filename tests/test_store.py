@@ -261,6 +261,31 @@ def test_exit_then_reentry_in_one_call_and_repeated_entry(store):
     assert store.current.segment_size("vip") == 1
 
 
+def test_changes_split_across_write_batches_end_as_one_call_would(store, monkeypatch):
+    """`record` applies membership batch after batch (a first refresh logs millions of changes): an entry, exit and
+    re-entry of the same customer falling in different batches end as if written at once."""
+    import serving.segments.store as store_module
+
+    monkeypatch.setattr(store_module, "WRITE_BATCH", 2)
+    record(store, [change("c1", "vip", "entered", T0), change("c2", "vip", "entered", T0),
+                   change("c1", "vip", "entered", T0 + DAY),  # a member already: the first entry time stays
+                   change("c2", "vip", "exited", T0 + DAY), change("c3", "vip", "entered", T0 + DAY),
+                   change("c3", "vip", "exited", T0 + 2 * DAY), change("c3", "vip", "entered", T0 + 3 * DAY)])
+    assert store.current.members("vip") == [{"customer_id": "c1", "entered_at": T0},
+                                            {"customer_id": "c3", "entered_at": T0 + 3 * DAY}]
+    assert len(store.changes.log()) == 7
+
+
+def test_missing_state_values_are_stored_as_null(store):
+    import numpy as np
+
+    states = {"c1": {"spend": np.float64("nan"), "last": pd.NaT, "tier": pd.NA, "orders": np.int64(3),
+                     "at": pd.Timestamp("2026-07-01 09:30")}}
+    record(store, [change("c1", "vip", "entered", T0)], states)
+    assert store.current.states(["c1"])["c1"] == {"spend": None, "last": None, "tier": None, "orders": 3,
+                                                  "at": "2026-07-01T09:30:00"}
+
+
 def test_record_rejects_an_unknown_change(store):
     with pytest.raises(ValueError, match="change must be 'entered' or 'exited', got 'joined'.*customer 'c1'"):
         record(store, [change("c1", "vip", "joined", T0)])

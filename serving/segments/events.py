@@ -24,7 +24,7 @@ from features.build import SQLiteFeatureRunner
 from features.contract import typed_rows
 from features.segments import SegmentSet
 from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
-from serving.segments.store import first_posts, posted_key
+from serving.segments.store import Change, first_posts, posted_key
 
 HISTORY_FILE = "history.duckdb"
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
@@ -115,7 +115,7 @@ class EventProcessor:
             # The state is written even when its values did not change: its as_of says when the customer was
             # last evaluated, which a batch refresh planned before then must not overwrite.
             writes = (changes.changes, {customer_id: stored_states.get(customer_id, {}), **changes.states}, as_of)
-            result["as_of"], result["changes"] = as_of, changes.changes
+            result["as_of"], result["changes"] = as_of, [change._asdict() for change in changes.changes]
             segments = _segments_after(segments, changes.changes)
         result["segments"] = segments
         return result, writes
@@ -201,12 +201,12 @@ class EventProcessor:
         return out
 
 
-def _segments_after(segments: list[str], changes: list[dict]) -> list[str]:
+def _segments_after(segments: list[str], changes: list[Change]) -> list[str]:
     """The segments after `changes`, applied in order as `store.record` applies them (no second read)."""
     now = set(segments)
     for change in changes:
-        if change["change"] == "entered":
-            now.add(change["segment"])
+        if change.change == "entered":
+            now.add(change.segment)
         else:
-            now.discard(change["segment"])
+            now.discard(change.segment)
     return sorted(now)

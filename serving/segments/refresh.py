@@ -27,9 +27,8 @@ from features.segments import (
     fit_thresholds,
     in_holdout,
     load_segments,
-    plain,
 )
-from serving.segments.store import JSONText, StoredStates, json_text
+from serving.segments.store import Change, JSONText, StoredStates, json_text
 from training.bundle import ScoringBundle
 from training.tracking import kind_of
 
@@ -170,13 +169,13 @@ class SegmentRules:
 class Changes:
     """What one evaluation changes: log rows, customer states to store, and the new membership."""
 
-    changes: list[dict] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     states: dict[str, JSONText] = field(default_factory=dict)
     membership: pd.DataFrame | None = None
 
     def counts(self) -> pd.DataFrame:
         """Entries and exits per segment (tallied, not framed: a first refresh has millions of changes)."""
-        tally = Counter((c["segment"], c["change"]) for c in self.changes)
+        tally = Counter((c.segment, c.change) for c in self.changes)
         segments = sorted({segment for segment, _ in tally})
         return pd.DataFrame({"segment": segments, "entered": [tally[(s, "entered")] for s in segments],
                              "exited": [tally[(s, "exited")] for s in segments]})
@@ -237,15 +236,12 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
             # event's are answered to the caller as they are).
             if source == "refresh":
                 why = [json_text(cause) for cause in why]
-            for k, i in enumerate(moved):
-                entered = bool(new_members[segment.name][i])
-                result.changes.append({"customer_id": ids[i], "segment": segment.name,
-                                       "change": "entered" if entered else "exited", "at": at,
-                                       "cause": why[k], "source": source})
+            kinds = np.where(new_members[segment.name][moved], "entered", "exited").tolist()
+            result.changes += [Change(ids[i], segment.name, kind, at, cause, source)
+                               for i, kind, cause in zip(moved.tolist(), kinds, why, strict=True)]
     if source == "refresh":
         gone = stored_members[~stored_members["segment"].isin(segments.names())]
-        result.changes += [{"customer_id": cid, "segment": seg, "change": "exited", "at": at,
-                            "cause": [REMOVED_CAUSE], "source": source}
+        result.changes += [Change(cid, seg, "exited", at, [REMOVED_CAUSE], source)
                            for seg, cid in zip(gone["segment"], gone["customer_id"], strict=True)]
     result.states = changed_states(values, state_columns, stored_states)
     return result
@@ -257,9 +253,10 @@ def changed_states(values: pd.DataFrame, columns: list[str], stored: Mapping[str
     stored_text = stored.text if isinstance(stored, StoredStates) else (
         lambda cid: json_text(stored[cid]) if cid in stored else None)
     out = {}
-    for row in values[["customer_id", *columns]].itertuples(index=False, name=None):
-        customer_id = str(row[0])
-        text = json_text({c: plain(v) for c, v in zip(columns, row[1:], strict=True)})
+    # Records from pandas come as Python scalars (NaN stays NaN: the store writes it as null, as `plain` would).
+    records = values[columns].to_dict("records")
+    for customer_id, record in zip(values["customer_id"].astype(str).tolist(), records, strict=True):
+        text = json_text(record)
         if text != stored_text(customer_id):
             out[customer_id] = text
     return out
@@ -400,7 +397,7 @@ def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
 def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]) -> Changes:
     """The plan's changes and states without the customers in `newer`, and those of `moved` computed again."""
     left_out = newer | moved
-    result = Changes([c for c in plan.result.changes if c["customer_id"] not in left_out],
+    result = Changes([c for c in plan.result.changes if c.customer_id not in left_out],
                      {cid: s for cid, s in plan.result.states.items() if cid not in left_out}, plan.result.membership)
     if moved:
         ids, p = sorted(moved), plan.population
