@@ -511,3 +511,16 @@ def test_record_in_bulk(store):
     assert len(store.current.memberships()) == 5000 and len(store.changes.log()) == 15_000
     assert store.current.states([customers[0]]) == {customers[0]: {"score": 0.1}}
     assert len(store.changes.membership_at(T0)) == 10_000 and len(store.changes.membership_at(T0 + DAY)) == 5000
+
+
+def test_whole_population_reads_match_the_per_customer_reads(store):
+    """A refresh reads every member and state through the driver's cursor (`member_pairs`, `states()`): the same
+    rows as the per-customer reads."""
+    record(store, [change("c2", "vip", "entered", T0), change("c1", "vip", "entered", T0),
+                   change("c1", "at_risk", "entered", T0)],
+           {"c1": {"score": 0.5, "tier": None}, "c2": {"score": 0.25}})
+    pairs = store.current.member_pairs()
+    assert pairs.values.tolist() == [["at_risk", "c1"], ["vip", "c1"], ["vip", "c2"]]
+    assert pairs.values.tolist() == store.current.memberships()[["segment", "customer_id"]].values.tolist()
+    assert dict(store.current.states()) == dict(store.current.states(["c1", "c2"])) == {
+        "c1": {"score": 0.5, "tier": None}, "c2": {"score": 0.25}}

@@ -380,7 +380,7 @@ def plan_refresh(store, segments: SegmentSet, population: Population, as_of: dat
     check_order(last, as_of)
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     p = population
-    result = changes_for(p.usable, p.values, p.thresholds, store.current.memberships(), store.current.states(),
+    result = changes_for(p.usable, p.values, p.thresholds, store.current.member_pairs(), store.current.states(),
                          RefreshPlan.old_thresholds(last), as_of, "refresh", p.membership)
     return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, result)
 
@@ -409,9 +409,9 @@ def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
                                         "thresholds": plan.population.thresholds,
                                         "customers": len(plan.population.values), "changes": len(result.changes)})
     p = plan.population
-    evaluated = set(p.values["customer_id"].astype(str))
+    kept_newer = int(p.values["customer_id"].astype(str).isin(newer).sum()) if newer else 0
     return RefreshReport(plan.as_of, size_table(p.usable, result), p.skipped, len(result.changes), written,
-                         p.values, len(newer & evaluated), len(moved))
+                         p.values, kept_newer, len(moved))
 
 
 def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]) -> Changes:

@@ -454,6 +454,17 @@ class Database:
             rows = [_processed(row, processors) for row in rows]
         conn.exec_driver_sql(statement, rows)
 
+    @staticmethod
+    def driver_rows(conn: Connection, sql: str) -> list[tuple]:
+        """The rows of `sql` (no parameters) as the driver's plain tuples: no SQLAlchemy processing per row, for
+        reads of millions of rows of text columns."""
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(sql)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
     def _insert(self, table: Table):
         """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL spell it the same way)."""
         return (sqlite if self.is_sqlite else postgresql).insert(table)
@@ -714,6 +725,9 @@ class CurrentState:
         kept as stored and parsed when read."""
         query = select(customer_state.c.customer_id, customer_state.c["values"])
         with self._reading(conn) as reader:
+            if customer_ids is None:  # a refresh reads them all: through the driver's cursor, as `member_pairs`
+                return StoredStates(dict(self.db.driver_rows(reader,
+                                                             'SELECT customer_id, "values" FROM customer_state')))
             return StoredStates(dict(self._rows_for(reader, query, customer_state.c.customer_id, customer_ids,
                                                     tuples=True)))
 
@@ -754,6 +768,14 @@ class CurrentState:
             rows = self._rows_for(reader, query, membership.c.customer_id, customer_ids, tuples=True)
         frame = _frame(rows, ["segment", "customer_id", "entered_at"], datetimes=["entered_at"])
         return frame.sort_values(["segment", "customer_id"], ignore_index=True)
+
+    def member_pairs(self, conn: Connection | None = None) -> pd.DataFrame:
+        """Every current member as (segment, customer_id), ordered so: what a refresh compares with. Read through
+        the driver's cursor, without SQLAlchemy's per-row processing (~5 s for 2.6M members)."""
+        with self._reading(conn) as reader:
+            rows = self.db.driver_rows(reader, "SELECT segment, customer_id FROM membership "
+                                                "ORDER BY segment, customer_id")
+        return _frame(rows, ["segment", "customer_id"])
 
     def segments_of(self, customer_id: str, conn: Connection | None = None) -> list[str]:
         """The segments `customer_id` is a member of now, sorted (one customer's `memberships` without a frame)."""
