@@ -524,3 +524,20 @@ def test_whole_population_reads_match_the_per_customer_reads(store):
     assert pairs.values.tolist() == store.current.memberships()[["segment", "customer_id"]].values.tolist()
     assert dict(store.current.states()) == dict(store.current.states(["c1", "c2"])) == {
         "c1": {"score": 0.5, "tier": None}, "c2": {"score": 0.25}}
+
+
+def test_sizes_at_many_moments_count_what_membership_at_lists(store):
+    """Sizes at every refresh come from one pass over the log: at each moment equal to `membership_at`'s count,
+    with repeated entries, exits of non-members and a change recorded after a later one."""
+    record(store, [change("c1", "vip", "entered", T0), change("c2", "vip", "entered", T0),
+                   change("c3", "vip", "exited", T0), change("c1", "at_risk", "entered", T0)])
+    record(store, [change("c1", "vip", "entered", T0 + DAY), change("c2", "vip", "exited", T0 + DAY),
+                   change("c4", "vip", "entered", T0 + 2 * DAY)], at=T0 + DAY)
+    record(store, [change("c4", "vip", "exited", T0 + 3 * DAY)])
+    record(store, [change("c4", "at_risk", "entered", T0 + DAY)])  # recorded late, happened earlier
+    moments = [T0 - DAY, T0, T0 + DAY, T0 + 2 * DAY, T0 + 3 * DAY]
+    sizes = store.changes.sizes_at(moments)
+    for moment in moments:
+        expected = store.changes.membership_at(moment).groupby("segment").size()
+        assert sizes[moment][sizes[moment] > 0].to_dict() == expected.to_dict(), moment
+    assert sizes[T0 + 2 * DAY].to_dict() == {"at_risk": 2, "vip": 2}

@@ -13,6 +13,7 @@ Where the figures come from:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -56,15 +57,12 @@ def refresh_history(store: SegmentStore) -> pd.DataFrame:
 
 def sizes_at(store: SegmentStore, moments: list[datetime]) -> pd.DataFrame:
     """Members per segment at each moment (from the log): index segment, one column per moment."""
-    columns = {}
-    for moment in moments:
-        columns[moment] = store.changes.sizes_at(moment)
-    return pd.DataFrame(columns).fillna(0).astype("int64")
+    return store.changes.sizes_at(moments)
 
 
 def current_sizes(store: SegmentStore) -> dict[str, int]:
     """Current members per segment (the membership table: refreshes and events alike)."""
-    return store.current.memberships().groupby("segment").size().astype("int64").to_dict()
+    return store.current.sizes()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,21 +357,31 @@ class Overview:
     customers: int | None  # evaluated at the last refresh
     lift_window: tuple[datetime, datetime] | None
     sizes_chart: str = ""
-    _memberships: dict = field(default_factory=dict, repr=False)  # moment -> {customer: segments}, read once
+    _memberships: dict = field(default_factory=dict, repr=False)  # moment -> {segment: members}, read once
+    _members_now: dict | None = field(default=None, repr=False)  # segment -> current members, read once
+    _last_change: datetime | None = field(default=None, repr=False)  # the log's latest `at`, read once
 
-    def segments_by_customer(self, store: SegmentStore, moment: datetime | None) -> dict[str, set[str]]:
-        """Each customer's segments at `moment` (None: now), from the store, read once per moment for all pages."""
+    def members_at(self, store: SegmentStore, moment: datetime) -> dict[str, pd.Index]:
+        """Each segment's members at `moment`, from the store, read once per moment for all pages. At or after
+        the log's latest change that is the membership now, read from the membership table (written with the log
+        in one transaction) instead of ranking the whole log."""
+        if self._last_change is None:
+            self._last_change = store.changes.last_at() or datetime.min
+        if moment >= self._last_change:
+            moment = None
         if moment not in self._memberships:
-            frame = store.current.memberships() if moment is None else store.changes.membership_at(moment)
-            by_customer: dict[str, set[str]] = {}
-            for segment, customer in zip(frame["segment"], frame["customer_id"], strict=True):
-                by_customer.setdefault(customer, set()).add(segment)
-            self._memberships[moment] = by_customer
+            frame = store.current.member_pairs() if moment is None else store.changes.membership_at(moment)
+            self._memberships[moment] = {segment: pd.Index(group.to_numpy(dtype=object), dtype=object) for segment, group
+                                         in frame.groupby("segment", sort=False)["customer_id"]}
         return self._memberships[moment]
 
     def members(self, store: SegmentStore, name: str) -> list[str]:
-        """The current members of segment `name`."""
-        return [c for c, segments in self.segments_by_customer(store, None).items() if name in segments]
+        """The current members of segment `name` (every segment's read once, for all pages)."""
+        if self._members_now is None:
+            frame = store.current.member_pairs()
+            self._members_now = {segment: group.tolist() for segment, group
+                                 in frame.groupby("segment", sort=False)["customer_id"]}
+        return self._members_now.get(name, [])
 
     @property
     def refreshed(self) -> bool:
@@ -517,7 +525,7 @@ def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
         start, end = data.lift_window[0], max(data.lift_window[1], last_change or data.lift_window[1])
         detail.flow_window = (start, end)
         detail.entered, detail.exited, detail.came_from, detail.went_to = flows(
-            data.segments_by_customer(store, start), data.segments_by_customer(store, end), summary.name,
+            data.members_at(store, start), data.members_at(store, end), summary.name,
             set(evaluated_names))
     detail.recent = recent_changes(store.changes.log(segment=summary.name, newest=RECENT_LOG_ROWS))
     return detail
@@ -532,25 +540,30 @@ def _period(data: Overview, last_change: datetime | None) -> tuple[datetime, dat
     return first, last + timedelta(days=1)
 
 
-def flows(before: dict[str, set[str]], after: dict[str, set[str]], name: str, segments: set[str]):
-    """(entered, exited, came_from, went_to) of segment `name` between two memberships (customer -> segments).
+def flows(before: dict[str, pd.Index], after: dict[str, pd.Index], name: str, segments: set[str]):
+    """(entered, exited, came_from, went_to) of segment `name` between two memberships (segment -> members).
 
     entered: customers in it after and not before; came_from: for them, the other `segments` they were in before
     (a customer in two counts for both; Flow(None, n): in none); went_to likewise for those who left, with the
     segments they are in after. Largest first.
     """
-    entrants = [c for c, s in after.items() if name in s and name not in before.get(c, ())]
-    leavers = [c for c, s in before.items() if name in s and name not in after.get(c, ())]
+    empty = pd.Index([], dtype=object)
+    entrants = after.get(name, empty).difference(before.get(name, empty), sort=False)
+    leavers = before.get(name, empty).difference(after.get(name, empty), sort=False)
     return (len(entrants), len(leavers), _tally(entrants, before, name, segments),
             _tally(leavers, after, name, segments))
 
 
-def _tally(customers: list[str], membership: dict[str, set[str]], name: str, segments: set[str]) -> list[Flow]:
+def _tally(customers: pd.Index, membership: dict[str, pd.Index], name: str, segments: set[str]) -> list[Flow]:
     counts: dict[str | None, int] = {}
-    for customer in customers:
-        others = (membership.get(customer, set()) & segments) - {name}
-        for other in others or {None}:
-            counts[other] = counts.get(other, 0) + 1
+    in_another = np.zeros(len(customers), dtype=bool)
+    for other in sorted(segments - {name}):
+        found = customers.isin(membership.get(other, ()))
+        if found.any():
+            counts[other] = int(found.sum())
+        in_another |= found
+    if (~in_another).any():
+        counts[None] = int((~in_another).sum())
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0] is None, item[0] or ""))
     return [Flow(segment, count) for segment, count in ordered]
 
@@ -591,19 +604,19 @@ def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
     None, a note saying why there is no profile).
     """
     ids = pd.Index(pd.unique(pd.Series(member_ids, dtype=str)))
-    in_segment = table["customer_id"].astype(str).isin(ids).to_numpy()
+    # Object strings: pandas' hash table (Arrow-backed strings took ~1 s per page at 1M customers).
+    everyone = _everyone(table)
+    in_segment = everyone.ids.isin(ids)
     if ids.empty:
         return None, "the segment has no members"
     if in_segment.sum() < MIN_PROFILE_MEMBERS:
         return None, (f"{int(in_segment.sum())} of its {len(ids):,} members are in the served feature table: too few "
                       f"to profile (at least {MIN_PROFILE_MEMBERS} are needed)")
     found = []
-    for name in table.columns:
-        spec = FEATURES_BY_NAME.get(name)
-        if spec is None:
-            continue
-        row = _profile_row(name, spec.dtype, table[name], in_segment)
+    for name, column in everyone.columns.items():
+        row = column.row(in_segment)
         if row is not None:
+            spec = FEATURES_BY_NAME[name]
             found.append({**row, "feature": name, "group": spec.group, "in_definition": name in defining})
     if not found:
         return None, "no feature varies across customers"
@@ -615,46 +628,94 @@ def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
     return frame[PROFILE_COLUMNS], ""
 
 
-def _profile_row(name: str, dtype: str, column: pd.Series, in_segment: np.ndarray) -> dict | None:
+@dataclass
+class _Column:
+    """One catalog feature of the population, prepared once for every segment's profile: the values as floats
+    with their mean and spread, or for a text feature its ten commonest categories (each a yes/no column)."""
+
+    label: str
+    kind: str  # number | yes/no | category
+    values: np.ndarray | None = None  # floats (NaN: missing); for a category: present rows
+    mean: float = float("nan")
+    spread: float = float("nan")
+    categories: list[tuple[str, np.ndarray, float]] = field(default_factory=list)  # (category, hit, share)
+    name: str = ""
+
+    def row(self, in_segment: np.ndarray) -> dict | None:
+        """This feature's profile row for the members `in_segment` (None when it tells nothing)."""
+        if self.kind == "category":
+            return self._category_row(in_segment)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all missing among members: NaN, as pandas gives
+            members = float(np.nanmean(self.values[in_segment]))
+        if not self.spread or math.isnan(self.spread) or math.isnan(members):
+            return None
+        texts = ((f"{members:.0%} yes", f"{self.mean:.0%} yes") if self.kind == "yes/no" else
+                 (format_value(self.name, members, digits=1), format_value(self.name, self.mean, digits=1)))
+        return {"label": self.label, "members": members, "everyone": float(self.mean), "members_text": texts[0],
+                "everyone_text": texts[1], "difference": float((members - self.mean) / self.spread)}
+
+    def _category_row(self, in_segment: np.ndarray) -> dict | None:
+        """The category whose share among members differs most from its share among everyone."""
+        among = self.values & in_segment
+        if not among.any():
+            return None
+        best = None
+        for category, hit, everyone in self.categories:
+            spread = math.sqrt(everyone * (1 - everyone))
+            if spread == 0:
+                continue
+            members = hit[among].mean()
+            difference = (members - everyone) / spread
+            if best is None or abs(difference) > abs(best["difference"]):
+                best = {"label": f"{self.label}: {category}", "members": float(members), "everyone": float(everyone),
+                        "members_text": f"{members:.0%}", "everyone_text": f"{everyone:.0%}",
+                        "difference": float(difference)}
+        return best
+
+
+def _prepared_column(name: str, dtype: str, column: pd.Series) -> _Column | None:
+    label = label_of(name)
     if dtype == "string":
-        return _category_row(name, column, in_segment)
+        present = column.notna().to_numpy()
+        if not present.any():
+            return None
+        text = column.astype("string")
+        categories = []
+        for category in text[present].value_counts().head(10).index:
+            hit = text.eq(category).fillna(False).to_numpy(dtype=bool)
+            categories.append((category, hit, float(hit[present].mean())))
+        return _Column(label, "category", present, categories=categories, name=name)
     if dtype == "boolean":
-        values = column.astype("float64")
-        everyone, members = values.mean(), values[in_segment].mean()
-        spread = math.sqrt(everyone * (1 - everyone)) if not math.isnan(everyone) else float("nan")
-        label = label_of(name)
-        texts = (f"{members:.0%} yes", f"{everyone:.0%} yes")
-    else:
-        values = pd.to_numeric(column, errors="coerce").astype("float64")
-        everyone, members, spread = values.mean(), values[in_segment].mean(), values.std(ddof=0)
-        label = label_of(name)
-        texts = (format_value(name, members, digits=1), format_value(name, everyone, digits=1))
-    if not spread or math.isnan(spread) or math.isnan(members):
-        return None
-    return {"label": label, "members": float(members), "everyone": float(everyone), "members_text": texts[0],
-            "everyone_text": texts[1], "difference": float((members - everyone) / spread)}
+        values = column.astype("float64").to_numpy()
+        mean = float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")
+        spread = math.sqrt(mean * (1 - mean)) if not math.isnan(mean) else float("nan")
+        return _Column(label, "yes/no", values, mean, spread, name=name)
+    values = pd.to_numeric(column, errors="coerce").astype("float64")
+    return _Column(label, "number", values.to_numpy(), float(values.mean()), float(values.std(ddof=0)), name=name)
 
 
-def _category_row(name: str, column: pd.Series, in_segment: np.ndarray) -> dict | None:
-    """The category of a text feature whose share among members differs most from its share among everyone."""
-    present = column.notna().to_numpy()
-    if present.sum() == 0 or (present & in_segment).sum() == 0:
-        return None
-    text = column.astype("string")
-    best = None
-    for category in text[present].value_counts().head(10).index:
-        hit = text.eq(category).fillna(False).to_numpy(dtype=bool)
-        everyone = hit[present].mean()
-        members = hit[present & in_segment].mean()
-        spread = math.sqrt(everyone * (1 - everyone))
-        if spread == 0:
-            continue
-        difference = (members - everyone) / spread
-        if best is None or abs(difference) > abs(best["difference"]):
-            best = {"label": f"{label_of(name)}: {category}", "members": float(members), "everyone": float(everyone),
-                    "members_text": f"{members:.0%}", "everyone_text": f"{everyone:.0%}",
-                    "difference": float(difference)}
-    return best
+@dataclass
+class _Everyone:
+    table: pd.DataFrame
+    ids: pd.Index
+    columns: dict[str, _Column]
+
+
+_EVERYONE: list[_Everyone] = []  # the last table prepared: the report writes every segment's page from one table
+
+
+def _everyone(table: pd.DataFrame) -> _Everyone:
+    """The served feature table prepared for profiles, once per table (at 1M customers, converting and averaging
+    every feature again for each segment's page took ~15 s)."""
+    if not _EVERYONE or _EVERYONE[0].table is not table:
+        columns = {name: _prepared_column(name, FEATURES_BY_NAME[name].dtype, table[name])
+                   for name in table.columns if name in FEATURES_BY_NAME}
+        # Object strings, for pandas' hash table: `isin` on Arrow-backed strings (pandas 3's default) loops in
+        # Python (~1 s per page at 1M customers).
+        _EVERYONE[:] = [_Everyone(table, pd.Index(table["customer_id"].astype(str).to_numpy(dtype=object), dtype=object),
+                                  {name: column for name, column in columns.items() if column is not None})]
+    return _EVERYONE[0]
 
 
 def profile_chart(name: str, frame: pd.DataFrame, features_as_of: datetime | None) -> str:

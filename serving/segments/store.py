@@ -852,6 +852,12 @@ class CurrentState:
             history = [_log_row(row) for row in conn.execute(history_query).mappings()]
         return {"customer_id": customer_id, "segments": segments, "history": history}
 
+    def sizes(self) -> dict[str, int]:
+        """Current members per segment (segments without members are absent)."""
+        query = select(membership.c.segment, func.count()).group_by(membership.c.segment)
+        with self._read() as conn:
+            return {segment: int(size) for segment, size in conn.execute(query)}
+
     def segment_size(self, segment: str) -> int:
         """The number of current members of `segment`."""
         query = select(func.count()).select_from(membership).where(membership.c.segment == segment)
@@ -942,11 +948,13 @@ class ChangeLog:
             rows = [_log_row(row) for row in conn.execute(query).mappings()]
         return _frame(rows, LOG_COLUMNS, datetimes=["at", "recorded_at"])
 
-    def last_at(self, segment: str) -> datetime | None:
-        """When the latest change of `segment` happened (its `at`), None without any."""
+    def last_at(self, segment: str | None = None) -> datetime | None:
+        """When the latest change of `segment` (of any segment when None) happened (its `at`), None without any."""
+        query = select(func.max(membership_log.c.at))
+        if segment is not None:
+            query = query.where(membership_log.c.segment == segment)
         with self._read() as conn:
-            return conn.execute(select(func.max(membership_log.c.at)).where(membership_log.c.segment == segment)
-                                ).scalar()
+            return conn.execute(query).scalar()
 
     def membership_at(self, moment: datetime, segments: list[str] | None = None) -> pd.DataFrame:
         """Who was in which segment at `moment`, from the log: per (customer, segment) the latest change with
@@ -956,13 +964,28 @@ class ChangeLog:
             rows = [tuple(row) for row in conn.execute(query)]
         return _frame(rows, ["segment", "customer_id"])
 
-    def sizes_at(self, moment: datetime) -> pd.Series:
-        """Members per segment at `moment` (`membership_at` counted in the database): segment -> size."""
-        members = _latest_changes(naive_utc(moment), None).order_by(None).subquery()
-        query = select(members.c.segment, func.count()).group_by(members.c.segment).order_by(members.c.segment)
+    def sizes_at(self, moments: list[datetime]) -> pd.DataFrame:
+        """Members per segment at each of `moments` (as `membership_at` would count them): index segment, one int
+        column per moment. One pass over the log for all moments: each change counts +1 when it takes a customer
+        in, -1 when it takes one out, 0 when it repeats their state (by at, then recording order); a size is the
+        sum up to its moment."""
+        moments = [naive_utc(m) for m in moments]
+        if not moments:
+            return pd.DataFrame(index=pd.Index([], name="segment"))
+        log = membership_log
+        previous = func.lag(log.c.change).over(partition_by=(log.c.customer_id, log.c.segment),
+                                               order_by=(log.c.at, log.c.seq))
+        steps = (select(log.c.segment, log.c.at, log.c.change, previous.label("previous"))
+                 .where(log.c.at <= max(moments)).subquery())
+        effect = case(((steps.c.change == "entered") & (steps.c.previous.is_(None) | (steps.c.previous == "exited")),
+                       1), ((steps.c.change == "exited") & (steps.c.previous == "entered"), -1), else_=0)
+        sums = [func.sum(case((steps.c.at <= moment, effect), else_=0)) for moment in moments]
+        query = select(steps.c.segment, *sums).group_by(steps.c.segment).order_by(steps.c.segment)
         with self._read() as conn:
             rows = conn.execute(query).all()
-        return pd.Series({segment: size for segment, size in rows}, dtype="int64")
+        frame = pd.DataFrame([row[1:] for row in rows], index=pd.Index([row[0] for row in rows], name="segment"),
+                             columns=moments)
+        return frame.fillna(0).astype("int64")
 
     def daily_changes(self, segment: str, start: datetime, end: datetime) -> pd.DataFrame:
         """Per calendar day from `start`'s day up to `end` (exclusive; an end at midnight adds no day): customers
