@@ -330,3 +330,26 @@ def test_evaluate_matches_a_per_row_reference_on_random_frames_with_nulls(which,
                 assert leaf_mask(leaf, values, thresholds, members).tolist() == want, leaf
         pd.testing.assert_frame_equal(values, before)  # the caller's frame is left as it was
     assert checked > 0  # some rows are members: the comparison is not between two all-false frames
+
+
+def test_holdout_is_the_documented_sha256_bucket():
+    """`in_holdout` hashes in DuckDB; the rule it documents, computed with hashlib, gives the same customers, for
+    any id text (non-ASCII, empty, numbers given as ints) and any percent."""
+    import hashlib
+    import random
+
+    from features.segments import in_holdout
+
+    def documented(ids, segment, percent):
+        return [int.from_bytes(hashlib.sha256(f"{segment}\x1f{cid}".encode()).digest()[:4], "big") % 10_000
+                < round(percent * 100) for cid in ids]
+
+    rng = random.Random(7)
+    ids = [f"C{i:07d}" for i in range(3000)] + ["é漢字", "", "a b", 12345] + [
+        "".join(rng.choice("abcXYZ019-_é ") for _ in range(rng.randint(1, 30))) for _ in range(2000)]
+    for segment, percent in [("vip", 10), ("cluster_0", 2.5), ("two words", 50), ("loyal", 0), ("all", 100)]:
+        expected = documented(ids, segment, percent)
+        assert in_holdout(ids, segment, percent).tolist() == expected
+        assert in_holdout(pd.Index([str(i) for i in ids], dtype="str"), segment, percent).tolist() == expected
+    held = in_holdout(ids, "vip", 10)
+    assert 0.08 < held.mean() < 0.12 and in_holdout([], "vip", 10).tolist() == []
