@@ -55,11 +55,6 @@ def refresh_history(store: SegmentStore) -> pd.DataFrame:
     return frame.drop_duplicates("as_of", keep="last").reset_index(drop=True)
 
 
-def sizes_at(store: SegmentStore, moments: list[datetime]) -> pd.DataFrame:
-    """Members per segment at each moment (from the log): index segment, one column per moment."""
-    return store.changes.sizes_at(moments)
-
-
 def current_sizes(store: SegmentStore) -> dict[str, int]:
     """Current members per segment (the membership table: refreshes and events alike)."""
     return store.current.sizes()
@@ -357,31 +352,27 @@ class Overview:
     customers: int | None  # evaluated at the last refresh
     lift_window: tuple[datetime, datetime] | None
     sizes_chart: str = ""
-    _memberships: dict = field(default_factory=dict, repr=False)  # moment -> {segment: members}, read once
-    _members_now: dict | None = field(default=None, repr=False)  # segment -> current members, read once
+    _memberships: dict = field(default_factory=dict, repr=False)  # moment (None: now) -> {segment: members}
     _last_change: datetime | None = field(default=None, repr=False)  # the log's latest `at`, read once
 
-    def members_at(self, store: SegmentStore, moment: datetime) -> dict[str, pd.Index]:
-        """Each segment's members at `moment`, from the store, read once per moment for all pages. At or after
-        the log's latest change that is the membership now, read from the membership table (written with the log
-        in one transaction) instead of ranking the whole log."""
-        if self._last_change is None:
-            self._last_change = store.changes.last_at() or datetime.min
-        if moment >= self._last_change:
-            moment = None
+    def members_at(self, store: SegmentStore, moment: datetime | None) -> dict[str, pd.Index]:
+        """Each segment's members at `moment` (None: now), from the store, read once per moment for all pages. At
+        or after the log's latest change that is the membership now, read from the membership table (written with
+        the log in one transaction) instead of ranking the whole log."""
+        if moment is not None:
+            if self._last_change is None:
+                self._last_change = store.changes.last_at() or datetime.min
+            if moment >= self._last_change:
+                moment = None
         if moment not in self._memberships:
             frame = store.current.member_pairs() if moment is None else store.changes.membership_at(moment)
-            self._memberships[moment] = {segment: pd.Index(group.to_numpy(dtype=object), dtype=object) for segment, group
+            self._memberships[moment] = {segment: _object_index(group) for segment, group
                                          in frame.groupby("segment", sort=False)["customer_id"]}
         return self._memberships[moment]
 
-    def members(self, store: SegmentStore, name: str) -> list[str]:
-        """The current members of segment `name` (every segment's read once, for all pages)."""
-        if self._members_now is None:
-            frame = store.current.member_pairs()
-            self._members_now = {segment: group.tolist() for segment, group
-                                 in frame.groupby("segment", sort=False)["customer_id"]}
-        return self._members_now.get(name, [])
+    def members(self, store: SegmentStore, name: str) -> pd.Index:
+        """The current members of segment `name`."""
+        return self.members_at(store, None).get(name, _object_index([]))
 
     @property
     def refreshed(self) -> bool:
@@ -417,7 +408,7 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
     """
     refreshed = refresh_history(store)
     moments = [as_datetime(m) for m in refreshed["as_of"]]
-    at_refreshes = sizes_at(store, moments)
+    at_refreshes = store.changes.sizes_at(moments)
     now = current_sizes(store)
     customers = int(refreshed["customers"].iloc[-1]) if len(refreshed) else None
     window = (moments[-2], moments[-1]) if len(moments) >= 2 else None
@@ -547,7 +538,7 @@ def flows(before: dict[str, pd.Index], after: dict[str, pd.Index], name: str, se
     (a customer in two counts for both; Flow(None, n): in none); went_to likewise for those who left, with the
     segments they are in after. Largest first.
     """
-    empty = pd.Index([], dtype=object)
+    empty = _object_index([])
     entrants = after.get(name, empty).difference(before.get(name, empty), sort=False)
     leavers = before.get(name, empty).difference(after.get(name, empty), sort=False)
     return (len(entrants), len(leavers), _tally(entrants, before, name, segments),
@@ -604,7 +595,6 @@ def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
     None, a note saying why there is no profile).
     """
     ids = pd.Index(pd.unique(pd.Series(member_ids, dtype=str)))
-    # Object strings: pandas' hash table (Arrow-backed strings took ~1 s per page at 1M customers).
     everyone = _everyone(table)
     in_segment = everyone.ids.isin(ids)
     if ids.empty:
@@ -695,6 +685,12 @@ def _prepared_column(name: str, dtype: str, column: pd.Series) -> _Column | None
     return _Column(label, "number", values.to_numpy(), float(values.mean()), float(values.std(ddof=0)), name=name)
 
 
+def _object_index(values) -> pd.Index:
+    """`values` as an Index of Python strings, for pandas' hash table: `isin` and `difference` on Arrow-backed
+    strings (pandas 3's default) loop in Python (~1 s per segment page at 1M customers)."""
+    return pd.Index(np.asarray(values, dtype=object), dtype=object)
+
+
 @dataclass
 class _Everyone:
     table: pd.DataFrame
@@ -711,9 +707,7 @@ def _everyone(table: pd.DataFrame) -> _Everyone:
     if not _EVERYONE or _EVERYONE[0].table is not table:
         columns = {name: _prepared_column(name, FEATURES_BY_NAME[name].dtype, table[name])
                    for name in table.columns if name in FEATURES_BY_NAME}
-        # Object strings, for pandas' hash table: `isin` on Arrow-backed strings (pandas 3's default) loops in
-        # Python (~1 s per page at 1M customers).
-        _EVERYONE[:] = [_Everyone(table, pd.Index(table["customer_id"].astype(str).to_numpy(dtype=object), dtype=object),
+        _EVERYONE[:] = [_Everyone(table, _object_index(table["customer_id"].astype(str)),
                                   {name: column for name, column in columns.items() if column is not None})]
     return _EVERYONE[0]
 

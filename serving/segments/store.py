@@ -967,18 +967,13 @@ class ChangeLog:
     def sizes_at(self, moments: list[datetime]) -> pd.DataFrame:
         """Members per segment at each of `moments` (as `membership_at` would count them): index segment, one int
         column per moment. One pass over the log for all moments: each change counts +1 when it takes a customer
-        in, -1 when it takes one out, 0 when it repeats their state (by at, then recording order); a size is the
-        sum up to its moment."""
+        in, -1 when it takes one out, 0 when it repeats their state (`_membership_steps`); a size is the sum up to
+        its moment."""
         moments = [naive_utc(m) for m in moments]
         if not moments:
             return pd.DataFrame(index=pd.Index([], name="segment"))
-        log = membership_log
-        previous = func.lag(log.c.change).over(partition_by=(log.c.customer_id, log.c.segment),
-                                               order_by=(log.c.at, log.c.seq))
-        steps = (select(log.c.segment, log.c.at, log.c.change, previous.label("previous"))
-                 .where(log.c.at <= max(moments)).subquery())
-        effect = case(((steps.c.change == "entered") & (steps.c.previous.is_(None) | (steps.c.previous == "exited")),
-                       1), ((steps.c.change == "exited") & (steps.c.previous == "entered"), -1), else_=0)
+        steps, entered, exited = _membership_steps(membership_log.c.at <= max(moments))
+        effect = case((entered, 1), (exited, -1), else_=0)
         sums = [func.sum(case((steps.c.at <= moment, effect), else_=0)) for moment in moments]
         query = select(steps.c.segment, *sums).group_by(steps.c.segment).order_by(steps.c.segment)
         with self._read() as conn:
@@ -1001,19 +996,8 @@ class ChangeLog:
         if len(days) == 0:
             return pd.DataFrame({"day": days, "entered": [], "exited": [], "size": []}, dtype="int64")
         end_of_last_day = (days[-1] + pd.Timedelta(days=1)).to_pydatetime()
-        # Each log row's effect on membership: +1 out->in, -1 in->out, 0 if it repeats the customer's state.
-        previous = func.lag(membership_log.c.change).over(
-            partition_by=membership_log.c.customer_id, order_by=(membership_log.c.at, membership_log.c.seq)
-        )
-        steps = (
-            select(membership_log.c.at, membership_log.c.change, previous.label("previous"))
-            .where(membership_log.c.segment == segment, membership_log.c.at < end_of_last_day)
-            .subquery()
-        )
-        entered = (steps.c.change == "entered") & (
-            (steps.c.previous.is_(None)) | (steps.c.previous == "exited")
-        )
-        exited = (steps.c.change == "exited") & (steps.c.previous == "entered")
+        steps, entered, exited = _membership_steps(membership_log.c.segment == segment,
+                                                   membership_log.c.at < end_of_last_day)
         day = func.date(steps.c.at)
         query = select(
             day.label("day"),
@@ -1087,6 +1071,20 @@ def _latest_changes(moment: datetime, segments: list[str] | None):
         .where(ranked.c.rank == 1, ranked.c.change == "entered")
         .order_by(ranked.c.segment, ranked.c.customer_id)
     )
+
+
+def _membership_steps(*where):
+    """The log rows matching `where` (segment, at, change) as steps of membership: (subquery, entered, exited),
+    where `entered` is true for a row that takes its customer into the segment (first row, or after an exit),
+    `exited` for one that takes them out (after an entry), neither for a repeat of their state; in each customer's
+    order of at, then recording (seq)."""
+    log = membership_log
+    previous = func.lag(log.c.change).over(partition_by=(log.c.customer_id, log.c.segment),
+                                           order_by=(log.c.at, log.c.seq))
+    steps = select(log.c.segment, log.c.at, log.c.change, previous.label("previous")).where(*where).subquery()
+    entered = (steps.c.change == "entered") & (steps.c.previous.is_(None) | (steps.c.previous == "exited"))
+    exited = (steps.c.change == "exited") & (steps.c.previous == "entered")
+    return steps, entered, exited
 
 
 def _log_row(row) -> dict:
