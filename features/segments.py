@@ -569,8 +569,10 @@ class FieldArrays:
     one-row frame costs a few microseconds per condition instead of a few pandas operations.
     """
 
-    def __init__(self, values: pd.DataFrame):
-        self.values = values
+    def __init__(self, values: pd.DataFrame, *more: pd.DataFrame):
+        # More frames (same rows, in order): a field is read from the first frame that has it, so scores need not be
+        # concatenated to the features they belong to (a concat cost more than evaluating one customer).
+        self.values, self._frames = values, (values, *more)
         self._columns: dict[str, pd.Series] = {}
         self._present: dict[str, np.ndarray] = {}
         self._numbers: dict[str, np.ndarray] = {}
@@ -582,7 +584,8 @@ class FieldArrays:
     def column(self, name: str) -> pd.Series:
         column = self._columns.get(name)
         if column is None:
-            column = self._columns[name] = self.values[name]
+            frame = next((f for f in self._frames if name in f.columns), self.values)  # else the frame's KeyError
+            column = self._columns[name] = frame[name]
         return column
 
     def present(self, name: str) -> np.ndarray:
@@ -698,15 +701,20 @@ def evaluate(segments: SegmentSet, values: pd.DataFrame, thresholds: dict[str, f
 
     Each field is converted to arrays once (`FieldArrays`) and every condition compares arrays, so the cost is a few
     microseconds per condition for one row and scales with the rows for a population."""
-    arrays = FieldArrays(values)
-    members: dict[str, np.ndarray] = {}
-    for segment in segments:
-        members[segment.name] = np.asarray(node_mask(segment.when, arrays, thresholds, members), dtype=bool)
+    members = memberships(segments, FieldArrays(values), thresholds)
     index = pd.Index(values["customer_id"].astype(str), name="customer_id")
     if not members:
         return pd.DataFrame(members, index=index)
     # One 2-D block: a frame from a dict of 20 one-row arrays costs ~3x as much (~90 instead of ~30 us).
     return pd.DataFrame(np.column_stack(list(members.values())), index=index, columns=list(members))
+
+
+def memberships(segments: SegmentSet, arrays: FieldArrays, thresholds: dict[str, float]) -> dict[str, np.ndarray]:
+    """Segment name -> membership mask per row of `arrays`, evaluated in dependency order (what `evaluate` frames)."""
+    members: dict[str, np.ndarray] = {}
+    for segment in segments:
+        members[segment.name] = np.asarray(node_mask(segment.when, arrays, thresholds, members), dtype=bool)
+    return members
 
 
 def in_holdout(customer_ids, segment: str, percent: float) -> np.ndarray:

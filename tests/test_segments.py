@@ -11,6 +11,7 @@ import pytest
 from features.catalog import FEATURES_BY_NAME
 from features.segments import (
     SINGLE_OUTPUTS,
+    FieldArrays,
     Fields,
     Group,
     SegmentDefinitionError,
@@ -21,6 +22,7 @@ from features.segments import (
     in_holdout,
     leaf_mask,
     load_segments,
+    memberships,
     parse_segments,
 )
 
@@ -321,6 +323,10 @@ def test_evaluate_matches_a_per_row_reference_on_random_frames_with_nulls(which,
         for name in segments.names():
             assert result[name].tolist() == expected[name], (name, values.to_dict(orient="list"))
             checked += sum(expected[name])
+        # the fields split over two frames (as /score reads features and scores without concatenating them)
+        split = len(values.columns) // 2
+        two_frames = memberships(segments, FieldArrays(values.iloc[:, :split], values.iloc[:, split:]), thresholds)
+        assert {name: mask.tolist() for name, mask in two_frames.items()} == expected
         # leaf_mask alone (as causes and the counterfactual call it) agrees with the reference too
         members = {name: result[name].to_numpy() for name in result.columns}
         for segment in segments:

@@ -60,8 +60,9 @@ def resolve_features(state, customers: list[CustomerInput], as_of: datetime | No
                                     f"customer {customers[i].customer_id!r} is not in the feature table as of "
                                     f"{state.as_of:%Y-%m-%d}: send their history or feature row")
     found = [i for i in by_id if errors[i] is None]
-    if found:  # one lookup for the whole batch (per-row frames made 1,000 ids take 12 s); typed when loaded
-        pieces.append((state.table.loc[[customers[i].customer_id for i in found]], found))
+    if found:  # one take for the whole batch (per-row frames made 1,000 ids take 12 s); typed when loaded
+        rows = [known.get_loc(customers[i].customer_id) for i in found]
+        pieces.append((state.table.take(rows), found))
     with_history = [i for i, c in enumerate(customers) if c.history is not None]
     if with_history:
         built = _from_history(state, [customers[i] for i in with_history], as_of).set_index("customer_id",

@@ -22,6 +22,7 @@ import pandas as pd
 from features.outputs import columns_of
 from features.segments import (
     Condition,
+    FieldArrays,
     Fields,
     SegmentSet,
     causes,
@@ -29,6 +30,7 @@ from features.segments import (
     fit_thresholds,
     in_holdout,
     load_segments,
+    memberships,
 )
 from serving.segments.store import Change, JSONText, StoredStates, json_text
 from training.bundle import ScoringBundle
@@ -159,13 +161,17 @@ class SegmentRules:
                     ) -> list[list[str]]:
         """Per row of `features` (aligned with its `scores`): the sorted names of the evaluated segments it is in.
 
-        One `evaluate` over all rows and segments (vectorised per condition), on the feature columns the
-        conditions read only: concatenating the whole feature row would cost more than evaluating it.
+        The same evaluation as `evaluate` (vectorised per condition) over the features and scores as they are: the
+        conditions read each field from whichever has it, without concatenating them (`segment_values`), which
+        cost more than evaluating one customer. `bundle`: the bundle `scores` came from (None: features only).
         """
-        read = ["customer_id", *(f for f in self.fields() if f in features.columns)]
-        membership = evaluate(self.evaluated, segment_values(features[read], bundle, scores), self.thresholds)
-        names = np.array(sorted(membership.columns), dtype=object)
-        return [names[row].tolist() for row in membership[names].to_numpy()]
+        frames = (features, scores) if bundle is not None and bundle.models else (features,)
+        members = memberships(self.evaluated, FieldArrays(*frames), self.thresholds)
+        names = sorted(members)
+        if not names:
+            return [[] for _ in range(len(features))]
+        hits = np.column_stack([members[name] for name in names])
+        return [[name for name, hit in zip(names, row, strict=True) if hit] for row in hits.tolist()]
 
 
 @dataclass

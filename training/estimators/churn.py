@@ -75,6 +75,7 @@ from training.labels import Snapshot, training_dates
 
 CALIBRATION_METHODS = ("isotonic", "sigmoid")
 PROBABILITY_FLOOR = 1e-4  # calibrated probabilities stay inside (0, 1): a hard 0 or 1 is never justified
+BAND_DTYPE = pd.CategoricalDtype(BANDS, ordered=True)  # churn_band: low < medium < high
 # Snapshot-valued columns of the customer table describe the state at load time, not at as_of: points_balance moves
 # with every later purchase, so in past snapshots it leaks the future. Excluded from training by default.
 NOT_POINT_IN_TIME = ("points_balance",)
@@ -261,10 +262,9 @@ class ChurnModel(Estimator):
         """The textbook part of the margin as contributions (rows x inputs + base value), exact Shapley values on
         its three inputs: with the trees' TreeSHAP they add up to the margin."""
         out = np.zeros((len(X), len(self.encoder_.feature_names_) + 1))
-        horizon, reference = self.config.horizon_days, np.asarray([self.textbook_["reference"]])
-        out[:, self._textbook_columns] = self.textbook_weight_ * textbook.shapley(
-            self.textbook_, X[:, self._textbook_columns], horizon)
-        out[:, -1] = self.textbook_weight_ * textbook.term(self.textbook_, reference, horizon)[0]
+        values, at_reference = textbook.shapley(self.textbook_, X[:, self._textbook_columns], self.config.horizon_days)
+        out[:, self._textbook_columns] = self.textbook_weight_ * values
+        out[:, -1] = self.textbook_weight_ * at_reference
         return out
 
     @staticmethod
@@ -324,10 +324,10 @@ class ChurnModel(Estimator):
         check_feature_set(features, self.feature_set_version_)
         probability = self.predict_proba(features, encoded)
         low, high = self.config.band_thresholds
-        band = np.where(probability >= high, BANDS[2], np.where(probability >= low, BANDS[1], BANDS[0]))
+        band = np.where(probability >= high, 2, np.where(probability >= low, 1, 0))  # codes of BANDS
         return pd.DataFrame({
             "churn_probability": probability,
-            "churn_band": pd.Categorical(band, categories=BANDS, ordered=True),
+            "churn_band": pd.Categorical.from_codes(band, dtype=BAND_DTYPE),  # from labels: ~0.25 ms a request
         }, index=features.index)
 
     def explanation(self) -> Explanation:

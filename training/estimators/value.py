@@ -188,9 +188,8 @@ class ValueModel(Estimator):
         on its four inputs against the reference customer."""
         horizon, columns = self.config.horizon_days, self._textbook_columns()
         out = np.zeros((len(X), len(self.encoder_.feature_names_) + 1))
-        out[:, columns] = textbook.exact_shapley(lambda v: textbook.log_spend(self.textbook_, v, horizon),
-                                                 X[:, columns], self.textbook_["reference"])
-        out[:, -1] = textbook.log_spend(self.textbook_, np.asarray([self.textbook_["reference"]]), horizon)[0]
+        out[:, columns], out[:, -1] = textbook.exact_shapley(lambda v: textbook.log_spend(self.textbook_, v, horizon),
+                                                             X[:, columns], self.textbook_["reference"])
         return out
 
     @property
