@@ -167,22 +167,30 @@ def purchase_history(serve_dir: Path):
                             utc_now(), 0.0)
 
 
-def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime | None,
-                 end: datetime | None) -> Lift:
-    """Lift of `segment` over [start, end): its members at `start` (the previous refresh), targeted against the
-    holdout, purchases counted in `history`. Says why when it cannot be measured."""
-    from serving.segments.lift import measure
+def lift_problem(history, window: tuple[datetime, datetime] | None) -> str | None:
+    """Why no segment's holdout lift can be measured over `window` (None when it can)."""
     from training.labels import data_end
 
-    if start is None or end is None:
-        return Lift(reason="not measured yet: needs two refreshes")
+    if window is None:
+        return "not measured yet: needs two refreshes"
     if history is None or "transactions" not in history.tables:
-        return Lift(reason="not measured: the serve folder has no purchase history (rebuild it: segments build)")
-    last_purchase = data_end(history)
+        return "not measured: the serve folder has no purchase history (rebuild it: segments build)"
+    last_purchase, (start, end) = data_end(history), window
     if last_purchase is None or end > last_purchase + timedelta(days=1):
-        return Lift(reason=f"not measured: the purchase history ends {last_purchase or 'before it starts'}, before "
-                           f"the window {start:%Y-%m-%d} to {end:%Y-%m-%d} ends (rebuild the serve folder)")
-    members = store.changes.membership_at(start, [segment.name])
+        return (f"not measured: the purchase history ends {last_purchase or 'before it starts'}, before the window "
+                f"{start:%Y-%m-%d} to {end:%Y-%m-%d} ends (rebuild the serve folder)")
+    return None
+
+
+def holdout_lift(segment: Segment, members: pd.Index, history, window: tuple[datetime, datetime],
+                 activity: pd.DataFrame) -> Lift:
+    """Lift of `segment` over `window` (start, end): its `members` at the start (the previous refresh), targeted
+    against the holdout, purchases counted in `history` (`activity`: its purchases in the window, counted once for
+    every segment). Says why when it cannot be measured."""
+    from serving.segments.lift import measure
+
+    start, end = window
+    members = pd.DataFrame({"customer_id": members})
     if members.empty:
         return Lift(reason=f"not measured: no members on {start:%Y-%m-%d}")
     held = int(in_holdout(members["customer_id"], segment.name, segment.holdout_percent).sum())
@@ -191,7 +199,7 @@ def holdout_lift(store: SegmentStore, segment: Segment, history, start: datetime
         return Lift(reason=f"not measured: {group} of its {len(members):,} members on {start:%Y-%m-%d} fell in its "
                            f"{segment.holdout_percent:g}% holdout, so there is no comparison yet")
     try:
-        return Lift(measure(members, segment, history, start, end))
+        return Lift(measure(members, segment, history, start, end, activity))
     except ValueError as exc:
         return Lift(reason=f"not measured: {exc}")
 
@@ -352,10 +360,10 @@ class Overview:
     customers: int | None  # evaluated at the last refresh
     lift_window: tuple[datetime, datetime] | None
     sizes_chart: str = ""
-    _memberships: dict = field(default_factory=dict, repr=False)  # moment (None: now) -> {segment: members}
+    _memberships: dict = field(default_factory=dict, repr=False)  # moment (None: now) -> its Membership
     _last_change: datetime | None = field(default=None, repr=False)  # the log's latest `at`, read once
 
-    def members_at(self, store: SegmentStore, moment: datetime | None) -> dict[str, pd.Index]:
+    def members_at(self, store: SegmentStore, moment: datetime | None) -> Membership:
         """Each segment's members at `moment` (None: now), from the store, read once per moment for all pages. At
         or after the log's latest change that is the membership now, read from the membership table (written with
         the log in one transaction) instead of ranking the whole log."""
@@ -366,8 +374,7 @@ class Overview:
                 moment = None
         if moment not in self._memberships:
             frame = store.current.member_pairs() if moment is None else store.changes.membership_at(moment)
-            self._memberships[moment] = {segment: _object_index(group) for segment, group
-                                         in frame.groupby("segment", sort=False)["customer_id"]}
+            self._memberships[moment] = Membership.of(frame)
         return self._memberships[moment]
 
     def members(self, store: SegmentStore, name: str) -> pd.Index:
@@ -382,6 +389,31 @@ class Overview:
     def last_as_of(self) -> datetime | None:
         return as_datetime(self.refreshes["as_of"].iloc[-1]) if self.refreshed else None
 
+
+class Membership(dict):
+    """Each segment's members at one moment (segment -> Index of customer ids), with a customers x segments matrix
+    to count where a group of customers is (`tally`) in one lookup instead of an `isin` per segment."""
+
+    @classmethod
+    def of(cls, pairs: pd.DataFrame) -> Membership:
+        """From (segment, customer_id) rows."""
+        membership = cls({segment: _object_index(group) for segment, group
+                          in pairs.groupby("segment", sort=False)["customer_id"]})
+        rows, customers = pd.factorize(np.asarray(pairs["customer_id"], dtype=object))
+        columns, segments = pd.factorize(np.asarray(pairs["segment"], dtype=object))
+        membership.customers, membership.segments = _object_index(customers), list(segments)
+        membership.matrix = np.zeros((len(customers), len(segments)), dtype=bool)
+        membership.matrix[rows, columns] = True
+        return membership
+
+    def tally(self, customers: pd.Index, segments: list[str]) -> tuple[dict[str, int], int]:
+        """How many of `customers` are in each of `segments` (those with none left out), and how many in none of
+        them."""
+        rows = self.customers.get_indexer(customers)
+        columns = [self.segments.index(s) for s in segments if s in self.segments]
+        found = self.matrix[np.ix_(rows[rows >= 0], columns)]
+        counts = dict(zip([self.segments[c] for c in columns], found.sum(axis=0).tolist(), strict=True))
+        return {s: n for s, n in counts.items() if n}, int(len(customers) - found.any(axis=1).sum())
 
 def listed_segments(definitions: SegmentSet, usable: SegmentSet, skipped: dict[str, str]) -> list[tuple]:
     """(segment, evaluated, reason, parent) for every definition in file order; a cluster definition is replaced
@@ -412,7 +444,13 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
     now = current_sizes(store)
     customers = int(refreshed["customers"].iloc[-1]) if len(refreshed) else None
     window = (moments[-2], moments[-1]) if len(moments) >= 2 else None
-    summaries = []
+    result = Overview([], refreshed, customers, window)
+    # Lift: every segment's members at the window's start from one read of the log (shared with the flows on the
+    # pages) and the window's purchases counted once, not once per segment.
+    from serving.segments.lift import window_activity
+
+    no_lift = lift_problem(history, window)
+    activity = window_activity(history, *window) if no_lift is None else None
     for segment, evaluated, reason, parent in listed_segments(definitions, usable, skipped):
         summary = SegmentSummary(segment.name, segment.kind, segment.description, definition_clauses(segment),
                                  evaluated, reason, parent=parent)
@@ -421,11 +459,12 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
             summary.share = summary.size / customers if customers else None
             row = at_refreshes.loc[segment.name] if segment.name in at_refreshes.index else None
             summary.history = [(m, int(row[m]) if row is not None else 0) for m in moments]
-            summary.lift = holdout_lift(store, segment, history, *(window or (None, None)))
+            summary.lift = Lift(reason=no_lift) if no_lift is not None else holdout_lift(
+                segment, result.members_at(store, window[0]).get(segment.name, _object_index([])), history, window,
+                activity)
         elif evaluated:
             summary.lift = Lift(reason=NO_REFRESH)
-        summaries.append(summary)
-    result = Overview(summaries, refreshed, customers, window)
+        result.summaries.append(summary)
     result.sizes_chart = sizes_chart(result)
     return result
 
@@ -531,7 +570,7 @@ def _period(data: Overview, last_change: datetime | None) -> tuple[datetime, dat
     return first, last + timedelta(days=1)
 
 
-def flows(before: dict[str, pd.Index], after: dict[str, pd.Index], name: str, segments: set[str]):
+def flows(before: Membership, after: Membership, name: str, segments: set[str]):
     """(entered, exited, came_from, went_to) of segment `name` between two memberships (segment -> members).
 
     entered: customers in it after and not before; came_from: for them, the other `segments` they were in before
@@ -545,16 +584,11 @@ def flows(before: dict[str, pd.Index], after: dict[str, pd.Index], name: str, se
             _tally(leavers, after, name, segments))
 
 
-def _tally(customers: pd.Index, membership: dict[str, pd.Index], name: str, segments: set[str]) -> list[Flow]:
-    counts: dict[str | None, int] = {}
-    in_another = np.zeros(len(customers), dtype=bool)
-    for other in sorted(segments - {name}):
-        found = customers.isin(membership.get(other, ()))
-        if found.any():
-            counts[other] = int(found.sum())
-        in_another |= found
-    if (~in_another).any():
-        counts[None] = int((~in_another).sum())
+def _tally(customers: pd.Index, membership: Membership, name: str, segments: set[str]) -> list[Flow]:
+    counts: dict[str | None, int]
+    counts, in_none = membership.tally(customers, sorted(segments - {name}))
+    if in_none:
+        counts[None] = in_none
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0] is None, item[0] or ""))
     return [Flow(segment, count) for segment, count in ordered]
 

@@ -45,13 +45,20 @@ BACKTEST_METRICS = ("churn_rate", "conversion_rate", "mean_orders", "mean_spend"
 # What customers did in a window
 
 
-def window_outcomes(validation: ValidationResult, customer_ids, start: datetime, end: datetime) -> pd.DataFrame:
+def window_activity(validation: ValidationResult, start: datetime, end: datetime) -> pd.DataFrame:
+    """Purchases per customer in [start, end) (`future_activity`: customers with one at least)."""
+    # future_activity takes a horizon in days; a fractional one keeps any end exact to the microsecond.
+    return future_activity(validation, start, (end - start) / timedelta(days=1))
+
+
+def window_outcomes(validation: ValidationResult, customer_ids, start: datetime, end: datetime,
+                    activity: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per given customer (in the given order), purchases in [start, end): customer_id, orders, spend, converted.
 
-    Customers without a purchase in the window get 0 orders, 0 spend, converted False.
+    Customers without a purchase in the window get 0 orders, 0 spend, converted False. `activity`: the window's
+    `window_activity` when the caller has it (a report measures every segment over the same window).
     """
-    # future_activity takes a horizon in days; a fractional one keeps any end exact to the microsecond.
-    activity = future_activity(validation, start, (end - start) / timedelta(days=1))
+    activity = window_activity(validation, start, end) if activity is None else activity
     frame = pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype=str).to_numpy()})
     frame = frame.merge(activity.astype({"customer_id": str}), on="customer_id", how="left", validate="many_to_one")
     return pd.DataFrame({"customer_id": frame["customer_id"],
@@ -117,13 +124,14 @@ class Measurement:
 
 
 def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResult, start: datetime,
-            end: datetime) -> Measurement:
+            end: datetime, activity: pd.DataFrame | None = None) -> Measurement:
     """Lift of a campaign on `segment` over [start, end) (naive UTC): targeted members against the holdout.
 
     Args:
         members: column customer_id: the segment's members at `start` (duplicates count once).
         segment: gives the name and holdout_percent that decide the holdout (`in_holdout`).
         validation: the clean transactions to count purchases in.
+        activity: their `window_activity(validation, start, end)`, when measuring several segments over one window.
 
     Conversion (at least one purchase) is compared with `compare_rates` (Newcombe, Fisher), mean orders and mean
     spend per customer with `compare_means` (Welch's t); see the module docstring.
@@ -137,7 +145,7 @@ def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResul
     ids = pd.unique(members["customer_id"].astype(str))
     held = in_holdout(ids, segment.name, segment.holdout_percent)
     _check_groups(segment, len(ids), int(held.sum()))
-    outcomes = window_outcomes(validation, ids, start, end)
+    outcomes = window_outcomes(validation, ids, start, end, activity)
     targeted, holdout = outcomes[~held], outcomes[held]
     comparisons = (
         compare("conversion_rate", targeted["converted"].to_numpy(float), holdout["converted"].to_numpy(float), True),
