@@ -28,7 +28,7 @@ from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet,
 from features.time import utc_now
 from serving.explain.reasons import attribute_of, format_value
 from serving.reports.render import as_datetime, number, signed_percent
-from serving.segments.store import SegmentStore, refreshes
+from serving.segments.store import SegmentStore, daily_changes, refreshes, sizes_at
 from training import plots
 
 PROFILE_ROWS = 8
@@ -359,6 +359,7 @@ class Overview:
     refreshes: pd.DataFrame  # as_of, customers, changes, recorded_at
     customers: int | None  # evaluated at the last refresh
     lift_window: tuple[datetime, datetime] | None
+    steps: pd.DataFrame  # the log's daily_steps, every segment
     sizes_chart: str = ""
     _memberships: dict = field(default_factory=dict, repr=False)  # moment (None: now) -> its Membership
     _last_change: datetime | None = field(default=None, repr=False)  # the log's latest `at`, read once
@@ -440,11 +441,12 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
     """
     refreshed = refresh_history(store)
     moments = [as_datetime(m) for m in refreshed["as_of"]]
-    at_refreshes = store.changes.sizes_at(moments)
+    steps = store.changes.daily_steps(moments)  # one pass over the log for sizes at refreshes and every page's days
+    at_refreshes = sizes_at(steps, moments)
     now = current_sizes(store)
     customers = int(refreshed["customers"].iloc[-1]) if len(refreshed) else None
     window = (moments[-2], moments[-1]) if len(moments) >= 2 else None
-    result = Overview([], refreshed, customers, window)
+    result = Overview([], refreshed, customers, window, steps)
     # Lift: every segment's members at the window's start from one read of the log (shared with the flows on the
     # pages) and the window's purchases counted once, not once per segment.
     from serving.segments.lift import window_activity
@@ -539,7 +541,7 @@ def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
     """Everything on a segment's page. `table` is the serve folder's feature table (one row per customer)."""
     last_change = as_datetime(store.changes.last_at(summary.name))  # the log itself is never read whole
     period = _period(data, last_change)
-    daily = store.changes.daily_changes(summary.name, *period) if period else pd.DataFrame(
+    daily = daily_changes(data.steps[data.steps["segment"] == summary.name], *period) if period else pd.DataFrame(
         columns=["day", "entered", "exited", "size"])
     detail = SegmentDetail(summary, period, daily)
     if summary.evaluated and period:

@@ -966,21 +966,8 @@ class ChangeLog:
 
     def sizes_at(self, moments: list[datetime]) -> pd.DataFrame:
         """Members per segment at each of `moments` (as `membership_at` would count them): index segment, one int
-        column per moment. One pass over the log for all moments: each change counts +1 when it takes a customer
-        in, -1 when it takes one out, 0 when it repeats their state (`_membership_steps`); a size is the sum up to
-        its moment."""
-        moments = [naive_utc(m) for m in moments]
-        if not moments:
-            return pd.DataFrame(index=pd.Index([], name="segment"))
-        steps, entered, exited = _membership_steps(membership_log.c.at <= max(moments))
-        effect = case((entered, 1), (exited, -1), else_=0)
-        sums = [func.sum(case((steps.c.at <= moment, effect), else_=0)) for moment in moments]
-        query = select(steps.c.segment, *sums).group_by(steps.c.segment).order_by(steps.c.segment)
-        with self._read() as conn:
-            rows = conn.execute(query).all()
-        frame = pd.DataFrame([row[1:] for row in rows], index=pd.Index([row[0] for row in rows], name="segment"),
-                             columns=moments)
-        return frame.fillna(0).astype("int64")
+        column per moment, from one pass over the log (`daily_steps`)."""
+        return sizes_at(self.daily_steps(moments), moments)
 
     def daily_changes(self, segment: str, start: datetime, end: datetime) -> pd.DataFrame:
         """Per calendar day from `start`'s day up to `end` (exclusive; an end at midnight adds no day): customers
@@ -989,32 +976,28 @@ class ChangeLog:
         Only real changes count: a repeated "entered" for a customer already in (or "exited" for one already out)
         is ignored, so size always equals the previous size + entered - exited.
         """
-        start, end = naive_utc(start), naive_utc(end)
-        days = pd.date_range(
-            pd.Timestamp(start).floor("D"), pd.Timestamp(end).ceil("D"), freq="D", inclusive="left"
-        )
-        if len(days) == 0:
-            return pd.DataFrame({"day": days, "entered": [], "exited": [], "size": []}, dtype="int64")
-        end_of_last_day = (days[-1] + pd.Timedelta(days=1)).to_pydatetime()
-        steps, entered, exited = _membership_steps(membership_log.c.segment == segment,
-                                                   membership_log.c.at < end_of_last_day)
+        return daily_changes(self.daily_steps(segment=segment), start, end)
+
+    def daily_steps(self, moments: list[datetime] = (), segment: str | None = None) -> pd.DataFrame:
+        """The log as real changes per segment and calendar day, in one pass (of `segment`'s rows only when given):
+        columns segment, day, entered, exited and, per moment of `moments`, the day's net change (+1 a row that
+        takes a customer in, -1 one that takes them out, 0 a repeat: `_membership_steps`) counted up to that moment.
+        `sizes_at` and `daily_changes` read it; a report reads it once for every segment."""
+        moments = list(dict.fromkeys(naive_utc(m) for m in moments))  # a column per distinct moment
+        steps, entered, exited = _membership_steps(*([membership_log.c.segment == segment] if segment else []))
+        effect = case((entered, 1), (exited, -1), else_=0)
         day = func.date(steps.c.at)
-        query = select(
-            day.label("day"),
-            func.sum(case((entered, 1), else_=0)).label("entered"),
-            func.sum(case((exited, 1), else_=0)).label("exited"),
-        ).group_by(day)
+        query = select(steps.c.segment, day.label("day"), func.sum(case((entered, 1), else_=0)),
+                       func.sum(case((exited, 1), else_=0)),
+                       *(func.sum(case((steps.c.at <= moment, effect), else_=0)) for moment in moments)
+                       ).group_by(steps.c.segment, day)
         with self._read() as conn:
-            counts = pd.DataFrame(
-                [dict(row) for row in conn.execute(query).mappings()], columns=["day", "entered", "exited"]
-            )
-        counts["day"] = pd.to_datetime(counts["day"])
-        counts = counts.astype({"entered": "int64", "exited": "int64"})
-        before = counts[counts["day"] < days[0]]
-        size_before = int(before["entered"].sum() - before["exited"].sum())
-        result = counts.set_index("day").reindex(days, fill_value=0).rename_axis("day").reset_index()
-        result["size"] = size_before + (result["entered"] - result["exited"]).cumsum()
-        return result.astype({"entered": "int64", "exited": "int64", "size": "int64"})
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame([tuple(row) for row in rows], columns=["segment", "day", "entered", "exited", *moments])
+        frame["day"] = pd.to_datetime(frame["day"])
+        counts = ["entered", "exited", *moments]
+        frame[counts] = frame[counts].fillna(0).astype("int64")
+        return frame.sort_values(["segment", "day"], ignore_index=True)
 
     def flows(self, start: datetime, end: datetime, segments: list[str]) -> pd.DataFrame:
         """Customers moving between `segments` from `start` to `end`: columns from_segment, to_segment, customers.
@@ -1052,6 +1035,30 @@ class ChangeLog:
         return frame.sort_values(
             ["customers", "from_segment", "to_segment"], ascending=[False, True, True], na_position="first"
         ).reset_index(drop=True)
+
+
+def sizes_at(steps: pd.DataFrame, moments: list[datetime]) -> pd.DataFrame:
+    """Members per segment at each of `moments` from the log's `daily_steps` (with those moments): index segment,
+    one int column per moment (a size is the sum of the net changes up to its moment)."""
+    moments = list(dict.fromkeys(naive_utc(m) for m in moments))
+    if not moments:
+        return pd.DataFrame(index=pd.Index([], name="segment"))
+    return steps.groupby("segment")[moments].sum().astype("int64")
+
+
+def daily_changes(steps: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    """One segment's `daily_steps` as entries, exits and size per calendar day from `start`'s day up to `end`
+    (exclusive; an end at midnight adds no day), days without a change included (`ChangeLog.daily_changes`)."""
+    start, end = naive_utc(start), naive_utc(end)
+    days = pd.date_range(pd.Timestamp(start).floor("D"), pd.Timestamp(end).ceil("D"), freq="D", inclusive="left")
+    if len(days) == 0:
+        return pd.DataFrame({"day": days, "entered": [], "exited": [], "size": []}, dtype="int64")
+    counts = steps[["day", "entered", "exited"]]
+    before = counts[counts["day"] < days[0]]
+    size_before = int(before["entered"].sum() - before["exited"].sum())
+    result = counts.set_index("day").reindex(days, fill_value=0).rename_axis("day").reset_index()
+    result["size"] = size_before + (result["entered"] - result["exited"]).cumsum()
+    return result.astype({"entered": "int64", "exited": "int64", "size": "int64"})
 
 
 def _latest_changes(moment: datetime, segments: list[str] | None):
