@@ -62,7 +62,9 @@ def resolve_features(state, customers: list[CustomerInput], as_of: datetime | No
     found = [i for i in by_id if errors[i] is None]
     if found:  # one take for the whole batch (per-row frames made 1,000 ids take 12 s); typed when loaded
         rows = [known.get_loc(customers[i].customer_id) for i in found]
-        pieces.append((state.table.take(rows), found))
+        # One customer (most requests): a slice, a view of the table; taking rows copies each of its ~60 column
+        # blocks (~0.6 ms), and consolidating the blocks at start cost ~2 s and a copy of the table at 1M.
+        pieces.append((state.table.iloc[rows[0]:rows[0] + 1] if len(rows) == 1 else state.table.take(rows), found))
     with_history = [i for i, c in enumerate(customers) if c.history is not None]
     if with_history:
         built = _from_history(state, [customers[i] for i in with_history], as_of).set_index("customer_id",
