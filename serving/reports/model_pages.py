@@ -383,16 +383,22 @@ def driver_items(drivers: drv.DriverSet) -> list[dict]:
 # The sample and its contributions
 
 
-def report_sample(table: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
-    """Up to `size` customers of the feature table, drawn with a fixed seed (the same sample on every run)."""
-    return table.sample(min(size, len(table)), random_state=seed) if len(table) > size else table
+def report_sample(table: pd.DataFrame, size: int, seed: int, population: np.ndarray | None = None) -> pd.DataFrame:
+    """Up to `size` customers of the feature table (of its `population` rows, a boolean mask, when given), drawn
+    with a fixed seed (the same sample on every run: `population`'s rows as `DataFrame.sample` draws them).
+
+    Only the sample's rows are taken: filtering a million-row table first took ~6 s."""
+    rows = np.arange(len(table)) if population is None else np.flatnonzero(population)
+    if len(rows) > size:
+        rows = rows[np.random.RandomState(seed).choice(len(rows), size, replace=False)]
+    return table.take(rows) if len(rows) < len(table) else table
 
 
-def churn_population(table: pd.DataFrame) -> pd.DataFrame:
-    """The churn model's population (training's rule, `training.labels.churn_eligible`)."""
+def churn_population(table: pd.DataFrame) -> np.ndarray:
+    """The churn model's population (training's rule, `training.labels.churn_eligible`): one bool per row."""
     from training.labels import churn_eligible
 
-    return table[churn_eligible(table)]
+    return churn_eligible(table)
 
 
 def seed_words(seed: str) -> str:
@@ -491,8 +497,8 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
     """The page of a model with one explained score (churn, value, look-alikes), as its kind declares it."""
     page, seed = evidence.page, seed_words(evidence.seed or "")
     table = context.state.table
-    population = churn_population(table) if page.population == "active" else table
-    sample = report_sample(population, context.sample_size, context.seed)
+    population = churn_population(table) if page.population == "active" else np.ones(len(table), dtype=bool)
+    sample = report_sample(table, context.sample_size, context.seed, population)
     subject = page.subject.format(seed=seed) if page.subject else explainer.target.words
     drivers = single_output_drivers(explainer, sample, subject, risk=page.risk)
     contrast = lookalike_contrast(explainer, drivers, sample) if page.contrast else ""
@@ -501,7 +507,7 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
                   page=page, purpose=purpose(evidence), quality=quality(evidence), subject=subject,
                   rows=metric_rows(evidence), baselines=[BASELINE_NAMES.get(b, b) for b in evidence.baselines],
                   drivers=driver_items(drivers), contrast=contrast, refit=refit_sentence(evidence),
-                  population_text=population_text(page, len(sample), len(population)),
+                  population_text=population_text(page, len(sample), int(population.sum())),
                   drivers_chart=drivers_chart(drivers, f"What moves {subject} most"),
                   effect_charts=effect_charts(drivers), evaluation_charts=evaluation_charts(evidence),
                   data_window=data_window_rows(evidence), warnings=leak_warnings(evidence),
