@@ -984,7 +984,7 @@ class ChangeLog:
         takes a customer in, -1 one that takes them out, 0 a repeat: `_membership_steps`) counted up to that moment.
         `sizes_at` and `daily_changes` read it; a report reads it once for every segment."""
         moments = list(dict.fromkeys(naive_utc(m) for m in moments))  # a column per distinct moment
-        steps, entered, exited = _membership_steps(*([membership_log.c.segment == segment] if segment else []))
+        steps, entered, exited = _membership_steps(*([membership_log.c.segment == segment] if segment is not None else []))
         effect = case((entered, 1), (exited, -1), else_=0)
         day = func.date(steps.c.at)
         query = select(steps.c.segment, day.label("day"), func.sum(case((entered, 1), else_=0)),
