@@ -32,6 +32,7 @@ from serving.reports.render import NavLink, Site, as_datetime, render_page, site
 from training import plots
 from training.estimators.base import ReportPage
 from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
+from training.labels import churn_eligible
 from training.plots import (
     ACCENT,
     MAIN,
@@ -394,13 +395,6 @@ def report_sample(table: pd.DataFrame, size: int, seed: int, population: np.ndar
     return table.take(rows) if len(rows) < len(table) else table
 
 
-def churn_population(table: pd.DataFrame) -> np.ndarray:
-    """The churn model's population (training's rule, `training.labels.churn_eligible`): one bool per row."""
-    from training.labels import churn_eligible
-
-    return churn_eligible(table)
-
-
 def seed_words(seed: str) -> str:
     return seed.replace("_", " ")
 
@@ -497,7 +491,8 @@ def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
     """The page of a model with one explained score (churn, value, look-alikes), as its kind declares it."""
     page, seed = evidence.page, seed_words(evidence.seed or "")
     table = context.state.table
-    population = churn_population(table) if page.population == "active" else np.ones(len(table), dtype=bool)
+    # the churn model's population: training's rule (`churn_eligible`)
+    population = churn_eligible(table) if page.population == "active" else np.ones(len(table), dtype=bool)
     sample = report_sample(table, context.sample_size, context.seed, population)
     subject = page.subject.format(seed=seed) if page.subject else explainer.target.words
     drivers = single_output_drivers(explainer, sample, subject, risk=page.risk)

@@ -55,11 +55,6 @@ def refresh_history(store: SegmentStore) -> pd.DataFrame:
     return frame.drop_duplicates("as_of", keep="last").reset_index(drop=True)
 
 
-def current_sizes(store: SegmentStore) -> dict[str, int]:
-    """Current members per segment (the membership table: refreshes and events alike)."""
-    return store.current.sizes()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # A definition in words
 
@@ -375,7 +370,7 @@ class Overview:
                 moment = None
         if moment not in self._memberships:
             frame = store.current.member_pairs() if moment is None else store.changes.membership_at(moment)
-            self._memberships[moment] = Membership.of(frame)
+            self._memberships[moment] = Membership(frame)
         return self._memberships[moment]
 
     def members(self, store: SegmentStore, name: str) -> pd.Index:
@@ -395,17 +390,15 @@ class Membership(dict):
     """Each segment's members at one moment (segment -> Index of customer ids), with a customers x segments matrix
     to count where a group of customers is (`tally`) in one lookup instead of an `isin` per segment."""
 
-    @classmethod
-    def of(cls, pairs: pd.DataFrame) -> Membership:
+    def __init__(self, pairs: pd.DataFrame):
         """From (segment, customer_id) rows."""
-        membership = cls({segment: _object_index(group) for segment, group
+        super().__init__({segment: _object_index(group) for segment, group
                           in pairs.groupby("segment", sort=False)["customer_id"]})
         rows, customers = pd.factorize(np.asarray(pairs["customer_id"], dtype=object))
         columns, segments = pd.factorize(np.asarray(pairs["segment"], dtype=object))
-        membership.customers, membership.segments = _object_index(customers), list(segments)
-        membership.matrix = np.zeros((len(customers), len(segments)), dtype=bool)
-        membership.matrix[rows, columns] = True
-        return membership
+        self.customers, self.segments = _object_index(customers), list(segments)
+        self.matrix = np.zeros((len(customers), len(segments)), dtype=bool)
+        self.matrix[rows, columns] = True
 
     def tally(self, customers: pd.Index, segments: list[str]) -> tuple[dict[str, int], int]:
         """How many of `customers` are in each of `segments` (those with none left out), and how many in none of
@@ -443,7 +436,7 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
     moments = [as_datetime(m) for m in refreshed["as_of"]]
     steps = store.changes.daily_steps(moments)  # one pass over the log for sizes at refreshes and every page's days
     at_refreshes = sizes_at(steps, moments)
-    now = current_sizes(store)
+    now = store.current.sizes()  # the membership table: refreshes and events alike
     customers = int(refreshed["customers"].iloc[-1]) if len(refreshed) else None
     window = (moments[-2], moments[-1]) if len(moments) >= 2 else None
     result = Overview([], refreshed, customers, window, steps)

@@ -154,9 +154,6 @@ class SegmentRules:
         return cls(usable, fit_thresholds(usable, values), dict(skipped),
                    f"fitted on the {len(values):,} scored customers")
 
-    def fields(self) -> list[str]:
-        return sorted({f for segment in self.evaluated for f in segment.fields()})
-
     def segments_of(self, features: pd.DataFrame, scores: pd.DataFrame, bundle: ScoringBundle | None
                     ) -> list[list[str]]:
         """Per row of `features` (aligned with its `scores`): the sorted names of the evaluated segments it is in.

@@ -983,7 +983,7 @@ class ChangeLog:
         columns segment, day, entered, exited and, per moment of `moments`, the day's net change (+1 a row that
         takes a customer in, -1 one that takes them out, 0 a repeat: `_membership_steps`) counted up to that moment.
         `sizes_at` and `daily_changes` read it; a report reads it once for every segment."""
-        moments = list(dict.fromkeys(naive_utc(m) for m in moments))  # a column per distinct moment
+        moments = _distinct(moments)
         steps, entered, exited = _membership_steps(*([membership_log.c.segment == segment] if segment is not None else []))
         effect = case((entered, 1), (exited, -1), else_=0)
         day = func.date(steps.c.at)
@@ -1040,7 +1040,7 @@ class ChangeLog:
 def sizes_at(steps: pd.DataFrame, moments: list[datetime]) -> pd.DataFrame:
     """Members per segment at each of `moments` from the log's `daily_steps` (with those moments): index segment,
     one int column per moment (a size is the sum of the net changes up to its moment)."""
-    moments = list(dict.fromkeys(naive_utc(m) for m in moments))
+    moments = _distinct(moments)
     if not moments:
         return pd.DataFrame(index=pd.Index([], name="segment"))
     return steps.groupby("segment")[moments].sum().astype("int64")
@@ -1059,6 +1059,11 @@ def daily_changes(steps: pd.DataFrame, start: datetime, end: datetime) -> pd.Dat
     result = counts.set_index("day").reindex(days, fill_value=0).rename_axis("day").reset_index()
     result["size"] = size_before + (result["entered"] - result["exited"]).cumsum()
     return result.astype({"entered": "int64", "exited": "int64", "size": "int64"})
+
+
+def _distinct(moments: list[datetime]) -> list[datetime]:
+    """`moments` as naive UTC, each once, in order: the moment columns of `daily_steps` and `sizes_at`."""
+    return list(dict.fromkeys(naive_utc(m) for m in moments))
 
 
 def _latest_changes(moment: datetime, segments: list[str] | None):
