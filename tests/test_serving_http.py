@@ -664,6 +664,51 @@ def test_a_store_that_opens_later_is_used_without_a_restart(server, tmp_path):
         _stop(process)
 
 
+def _event_processes(process: subprocess.Popen) -> list[psutil.Process]:
+    """The service's event processes (serving.http.event_process: spawned by the workers)."""
+    found = []
+    for proc in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return found
+
+
+def test_events_run_in_a_process_that_comes_back_and_never_outlives_its_worker(server, tmp_path):
+    """Events are processed beside the scoring worker (so they never hold its interpreter): killed, that process is
+    replaced without the worker restarting and no event is lost; its worker killed, it exits too."""
+    process, base, log = _serve(tmp_path, server["state"]["serve_dir"], server["state"]["env"], "events.log",
+                                SEGMENTS_DB_URL=f"sqlite:///{tmp_path / 'events.db'}")
+    headers, cid = {"x-api-key": KEY}, _customer_with_history(server)
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{base}/events", json={"transactions": [_transaction(cid, i, 9 + i % 10)]},
+                          headers=headers, timeout=60)
+
+    try:
+        _wait_ready(base, process, log)
+        [events] = _event_processes(process)
+        worker = events.parent()
+        assert post(90).json()["customers"][0]["stored"] == [f"rt-{cid}-90"]
+        events.kill()
+        events.wait(timeout=10)
+        answer = post(91)
+        if answer.status_code == 503:  # the worker learnt of the death only with this request: it says so
+            assert "send it again" in answer.json()["error"], answer.text
+            answer = post(91)
+        assert answer.status_code == 200 and answer.json()["customers"][0]["stored"] == [f"rt-{cid}-91"], answer.text
+        assert post(90).json()["customers"][0]["duplicates"] == [f"rt-{cid}-90"]  # stored before the kill, kept
+        [again] = _event_processes(process)
+        assert again.pid != events.pid and again.parent().pid == worker.pid  # the worker itself never restarted
+        assert httpx.get(f"{base}/v1/ready", timeout=10).status_code == 200
+        worker.kill()
+        again.wait(timeout=15)  # psutil.TimeoutExpired if it outlived its worker
+    finally:
+        _stop(process)
+
+
 class TcpProxy:
     """127.0.0.1:port -> 127.0.0.1:target, which a test can cut (every connection dropped, nothing listening) and
     restore on the same port: the database as the service sees it going down and coming back."""

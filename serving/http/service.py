@@ -23,6 +23,7 @@ is stored. Errors never carry stack traces (they go to the server log).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import html
@@ -37,13 +38,12 @@ from pathlib import Path
 import bentoml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 
 from features.catalog import FEATURE_SET_VERSION
 from features.time import naive_utc
+from serving.http.event_process import EventProcess, EventsUnavailable
 from serving.http.guard import ApiKeyMiddleware, BodyMiddleware, UnroutableMiddleware, error_response
 from serving.http.metrics import install as install_route_metrics
 from serving.http.openapi import OpenApiMiddleware
@@ -59,6 +59,7 @@ from serving.http.schemas import (
     SubscriptionBody,
 )
 from serving.segments import export as exports
+from serving.segments.store import STORE_DOWN, unavailable
 from serving.state import load_state, serve_dir
 
 logger = logging.getLogger("segments.service")
@@ -66,15 +67,13 @@ MAX_OFFSET = 10**9  # members paged past: beyond any programme, and far inside b
 MAX_DAILY_DAYS = 3660  # a segment's day-by-day changes over at most ten years per request
 MAX_GOAL_CHARACTERS = 500
 STORE_RETRY_SECONDS = 5  # a store that failed to open is tried again at most this often
-STORE_DOWN = (DBAPIError, PoolTimeout)
 
 
 def store_down(error: Exception) -> JSONResponse:
     """503 for a database that stopped answering: the request can be retried once it is back (nothing was half
     written: every write is one transaction)."""
     logger.error("segment store error: %s", error)
-    cause = getattr(error, "orig", None) or error
-    return error_response(503, f"the segment store is unavailable ({type(cause).__name__}); retry shortly")
+    return error_response(503, unavailable(error))
 
 
 def store_errors_as_503(route):
@@ -161,6 +160,7 @@ class SegmentsService:
     """Predictive segments, scores and reasons for loyalty-programme customers."""
 
     def __init__(self) -> None:
+        self.event_process = EventProcess()  # loads beside this worker, on the other core
         self.state = load_state(serve_dir())
         self.max_batch = max_batch()
         self.store, self.events = None, None
@@ -170,6 +170,7 @@ class SegmentsService:
             self._start_segments()
         for problem in self.state.problems:
             logger.error("not ready: %s", problem)
+        self.event_process.wait_loaded()
         # The loaded models and tables are ~400k long-lived objects: a full collection scanning them paused requests
         # for ~230 ms once per ~1,000 requests. Frozen, collections scan only what requests allocate.
         gc.collect()
@@ -284,20 +285,21 @@ class SegmentsService:
         return ExplainResponse.model_validate({"versions": self._versions(resolved.as_of), "customers": items})
 
     @bentoml.api(route="/events")
-    def post_events(self, request: EventsRequest, /) -> EventsResponse:
+    async def post_events(self, request: EventsRequest, /) -> EventsResponse:
         """Push new transactions and engagement events. Each is stored durably (once per id) before the answer; the
         customer's features are rebuilt, rescored and their segments updated; the answer lists the changes."""
-        problem = self._segments_ready()
+        # Once started this is a check of memory; before, it may open the store: not on the event loop.
+        problem = self._segments_ready() if self.events is not None else await asyncio.to_thread(self._segments_ready)
         if problem is not None:
             return error_response(503, "not ready: " + problem)
         rows = request.rows()
         if len(rows) > self.max_batch:
             return error_response(413, f"{len(rows):,} records in one request; the limit is {self.max_batch:,} "
                                f"(SEGMENTS_MAX_BATCH): split the batch")
-        try:
-            updates = self.events.ingest(rows)
-        except STORE_DOWN as exc:  # each customer's records commit or not as one: none is half stored
-            return store_down(exc)
+        try:  # in the event process (serving.http.event_process): never holding this worker's interpreter
+            updates = await self.event_process.ingest(rows)
+        except EventsUnavailable as exc:
+            return error_response(503, str(exc))
         return EventsResponse.model_validate({"models": self.state.versions,
                                               "feature_set_version": FEATURE_SET_VERSION, "customers": updates})
 

@@ -55,6 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.time import naive_utc, utc_now
 
@@ -63,6 +64,13 @@ KINDS = {"transaction": "transactions", "event": "events"}  # posted kind -> the
 ID_COLUMNS = {"transaction": "transaction_id", "event": "event_id"}
 _IDS_PER_QUERY = 5000  # keeps `customer_id IN (...)` under both backends' bind-parameter limits
 _SQLITE_BUSY_MS = 30_000
+STORE_DOWN = (DBAPIError, PoolTimeout)  # what a database that stopped answering raises (the doors answer 503)
+
+
+def unavailable(error: Exception) -> str:
+    """The 503 message for a STORE_DOWN error: retrying is safe, every write is one transaction."""
+    cause = getattr(error, "orig", None) or error
+    return f"the segment store is unavailable ({type(cause).__name__}); retry shortly"
 _CREATE_LOCK, _REFRESH_LOCK = 7411, 7412  # PostgreSQL advisory lock keys (creating tables; writing a refresh)
 
 metadata = MetaData()
