@@ -351,6 +351,8 @@ def main() -> None:
         result[key] = value
         print(key, json.dumps(value, indent=1, default=str), file=sys.stderr, flush=True)
 
+    if "workers" in only and not args.pg_url:  # said before the other scenarios' minutes, not after
+        raise SystemExit("workers needs --pg-url (or SEGMENTS_TEST_PG_URL): `.ci/run postgres` starts one")
     if only & {"seq", "score", "events", "mixed"}:
         port = free_port()
         process = start_server(demo, fresh_store(demo, work), port, work / "server.log", args.workers)
@@ -372,8 +374,6 @@ def main() -> None:
         finally:
             stop_server(process)
     if "workers" in only:
-        if not args.pg_url:
-            raise SystemExit("workers needs --pg-url (or SEGMENTS_TEST_PG_URL): `.ci/run postgres` starts one")
         url = pg_store(args.pg_url, demo, work)
         runs = {}
         for workers in (1, 2):
