@@ -18,7 +18,8 @@ above the batch cap (SEGMENTS_MAX_BATCH, default 10,000) or the body cap; 415 fo
 without an accepted key (serving.http.guard: the write key SEGMENTS_API_KEY, the read-only SEGMENTS_READ_KEY; the
 probes stay open); 503 when not ready. An unknown customer is an error in its own item; the rest is scored.
 POST /events is all or nothing for input errors: one bad record refuses the request (400, naming it) before anything
-is stored. Errors never carry stack traces (they go to the server log).
+is stored; valid records are processed in the worker's event process (serving.http.event_process), so an event's
+work never holds the interpreter a score needs. Errors never carry stack traces (they go to the server log).
 """
 
 from __future__ import annotations
