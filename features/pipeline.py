@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,9 +52,15 @@ def write_feature_table(run: FeatureRun, out: Path) -> Path:
     return out
 
 
-def read_feature_table(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Read a feature table written by `write_feature_table`, with its metadata (feature_set_version, as_of)."""
-    table = pq.read_table(path)
+def read_feature_table(path: Path, rows: int | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read a feature table written by `write_feature_table`, with its metadata (feature_set_version, as_of).
+    `rows`: only the first ones (for what needs the columns, not the customers)."""
+    if rows is None:
+        table = pq.read_table(path)
+    else:
+        file = pq.ParquetFile(path)
+        first = list(itertools.islice(file.iter_batches(batch_size=rows), 1))  # none for an empty table
+        table = pa.Table.from_batches(first, schema=file.schema_arrow)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
             if k in (b"feature_set_version", b"as_of")}
     return table.to_pandas(), meta

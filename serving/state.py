@@ -146,12 +146,13 @@ class ServingState:
         return list(self.manifest.get("features", []))
 
 
-def load_state(directory: Path) -> ServingState:
+def load_state(directory: Path, rows: int | None = None) -> ServingState:
     """Load the serve folder, never raising: what is missing, incompatible or damaged (a truncated file, broken
-    JSON) goes to `problems`, so a worker answers 503 with the reason instead of crashing."""
+    JSON) goes to `problems`, so a worker answers 503 with the reason instead of crashing. `rows`: only the first
+    rows of the feature table (a process that never looks ids up needs its columns, not a copy of every customer)."""
     state = ServingState(Path(directory))
     try:
-        _load(state)
+        _load(state, rows)
     except Exception as exc:  # noqa: BLE001 - a damaged serve folder is a readiness problem, never a crash
         state.scorer = None
         state.problems.append(f"the serve folder {state.directory.resolve()} cannot be read ({type(exc).__name__}: "
@@ -159,7 +160,7 @@ def load_state(directory: Path) -> ServingState:
     return state
 
 
-def _load(state: ServingState) -> None:
+def _load(state: ServingState, rows: int | None) -> None:
     from serving.scorer import Scorer
 
     path = state.directory / MANIFEST
@@ -185,7 +186,7 @@ def _load(state: ServingState) -> None:
                                   f"builds {FEATURE_SET_VERSION}: retrain it")
             continue
         bundle.models[name], bundle.versions[name] = model, entry["version"]
-    table, meta = read_feature_table(state.directory / FEATURES_FILE)
+    table, meta = read_feature_table(state.directory / FEATURES_FILE, rows)
     if meta.get("feature_set_version") != FEATURE_SET_VERSION:
         state.problems.append(f"{FEATURES_FILE} has feature set {meta.get('feature_set_version')}: rebuild it")
     features = [FEATURES_BY_NAME[name] for name in state.feature_names]

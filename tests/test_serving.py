@@ -385,6 +385,20 @@ def _assert_quality_is_the_logged_runs(models: dict, tracking_uri: str) -> None:
     assert churn["ci"][0] <= churn["margin"] <= churn["ci"][1]
 
 
+def test_the_event_process_state_reads_one_row_and_resolves_the_same_segments(served, state):
+    """The event process loads the serve folder with one feature row (it never looks ids up): the same first row,
+    dtypes and segment resolution as the worker's whole table."""
+    from serving.segments.refresh import served_segments
+    from serving.state import load_state
+
+    light = load_state(served["serve_dir"], rows=1)
+    assert light.ready, light.problems
+    assert len(state.table) > 1 and light.table.equals(state.table.head(1))
+    usable, skipped = served_segments(None, light.table, light.scorer.bundle)
+    expected_usable, expected_skipped = served_segments(None, state.table, state.scorer.bundle)
+    assert usable.names() == expected_usable.names() and skipped == expected_skipped
+
+
 def test_readiness_reports_a_missing_model(served, tmp_path):
     import shutil
 

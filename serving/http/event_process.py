@@ -59,7 +59,7 @@ def _event_processor():
         from serving.segments.store import SegmentStore
         from serving.state import load_state, serve_dir
 
-        state = load_state(serve_dir())
+        state = load_state(serve_dir(), rows=1)  # the segments resolve on its columns; ids are the worker's
         if not state.ready:
             raise EventsUnavailable("not ready: " + "; ".join(state.problems))
         try:
@@ -67,7 +67,6 @@ def _event_processor():
             processor = EventProcessor(state, SegmentStore(), Path(definitions) if definitions else None)
         except Exception as exc:  # noqa: BLE001 - the same readiness problem the worker reports
             raise EventsUnavailable(f"not ready: segments: {type(exc).__name__}: {str(exc)[:300]}") from None
-        state.table = None  # its columns resolved the segments; ids are looked up by the scoring worker only
         gc.collect()
         gc.freeze()  # the models' long-lived objects, out of every later collection (as in the worker)
         _processor = processor
