@@ -23,7 +23,6 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
-from pathlib import Path
 
 logger = logging.getLogger("segments.events")
 PARENT_CHECK_SECONDS = 1.0
@@ -55,18 +54,16 @@ def _event_processor():
     """This process's EventProcessor, built on first use and again after a failure (a store that opens later)."""
     global _processor
     if _processor is None:
-        from serving.segments.events import EventProcessor
-        from serving.segments.store import SegmentStore
+        from serving.segments.events import open_event_path, opening_problem
         from serving.state import load_state, serve_dir
 
         state = load_state(serve_dir(), rows=1)  # the segments resolve on its columns; ids are the worker's
         if not state.ready:
             raise EventsUnavailable("not ready: " + "; ".join(state.problems))
         try:
-            definitions = os.environ.get("SEGMENTS_DEFINITIONS")
-            processor = EventProcessor(state, SegmentStore(), Path(definitions) if definitions else None)
+            processor = open_event_path(state)
         except Exception as exc:  # noqa: BLE001 - the same readiness problem the worker reports
-            raise EventsUnavailable(f"not ready: segments: {type(exc).__name__}: {str(exc)[:300]}") from None
+            raise EventsUnavailable("not ready: " + opening_problem(exc)) from None
         gc.collect()
         gc.freeze()  # the models' long-lived objects, out of every later collection (as in the worker)
         _processor = processor

@@ -181,19 +181,17 @@ class SegmentsService:
         """The membership store (SEGMENTS_DB_URL) and the event path. A failure is a readiness problem, tried again
         (at most every STORE_RETRY_SECONDS) by the requests that need them, so a database that comes up later is
         used without a restart."""
-        from serving.segments.events import EventProcessor
-        from serving.segments.store import SegmentStore
+        from serving.segments.events import open_event_path, opening_problem
 
         self._segments_tried = time.monotonic()
         try:
-            store = SegmentStore()
-            definitions = os.environ.get("SEGMENTS_DEFINITIONS")
-            self.events = EventProcessor(self.state, store, Path(definitions) if definitions else None)
-            self.store, self.segments_problem = store, None
+            self.events = open_event_path(self.state)
+            store = self.store = self.events.store
+            self.segments_problem = None
             if os.environ.get("SEGMENTS_DELIVER") == "1":  # `segments serve --deliver`: webhooks from this worker
                 self._start_delivery(store)
         except Exception as exc:  # noqa: BLE001 - reported by readiness, with its reason
-            self.segments_problem = f"segments: {type(exc).__name__}: {str(exc)[:300]}"
+            self.segments_problem = opening_problem(exc)
             logger.error("not ready: %s", self.segments_problem)
 
     def _start_delivery(self, store) -> None:

@@ -12,6 +12,7 @@ twice. A crash before the commit loses the whole unit, which the caller (never a
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from features.build import SQLiteFeatureRunner
 from features.contract import typed_rows
 from features.segments import SegmentSet
 from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
-from serving.segments.store import Change, first_posts, posted_key
+from serving.segments.store import Change, SegmentStore, first_posts, posted_key
 
 HISTORY_FILE = "history.duckdb"
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
@@ -44,6 +45,18 @@ def write_history(validation, columns: dict[str, list[str]], path: Path) -> None
                         f"ORDER BY customer_id")
     finally:
         con.execute("DETACH history")
+
+
+def open_event_path(state) -> EventProcessor:
+    """The event path a service process runs on the loaded serve folder `state`: the membership store
+    (SEGMENTS_DB_URL) and the segments file (SEGMENTS_DEFINITIONS, the shipped one when unset)."""
+    definitions = os.environ.get("SEGMENTS_DEFINITIONS")
+    return EventProcessor(state, SegmentStore(), Path(definitions) if definitions else None)
+
+
+def opening_problem(error: Exception) -> str:
+    """Why `open_event_path` failed, as readiness words it."""
+    return f"segments: {type(error).__name__}: {str(error)[:300]}"
 
 
 class EventProcessor:
