@@ -125,3 +125,62 @@ def test_default_segments_have_sensible_sizes_on_generated_data(tmp_path, genera
     holdout_share = report.sizes["holdout"].sum() / report.sizes["members"].sum()
     assert 0.07 < holdout_share < 0.13
     store.close()
+
+
+def test_a_refresh_in_chunks_writes_what_one_chunk_writes(store_url, tmp_path, monkeypatch, generated_validation):
+    """Issue 14: a refresh compares a chunk of customers at a time with the store (their stored members and states
+    read by id range) and spills the chunk's changes to disk. Chunks of 97 customers write the same log, membership
+    and states as one chunk: over ids whose order differs by case, punctuation and accents (ranges compare code
+    points on both backends), a customer the second population no longer has, and a segment removed from it."""
+    import serving.segments.refresh as refresh_module
+
+    def relabelled(as_of: datetime, drop: int = 0) -> pd.DataFrame:
+        table = build_feature_table(generated_validation, datetime.fromisoformat(as_of)).table
+        marks = ["a", "B", "_", "é", "Z-", "a.", "ä"]
+        table["customer_id"] = [f"{marks[i % len(marks)]}{i}" for i in range(len(table))]
+        return table.iloc[drop:].reset_index(drop=True)
+
+    if store_url.startswith("postgresql"):
+        _order_text_by_locale(store_url)
+    first, second = relabelled("2026-05-01"), relabelled("2026-06-01", drop=3)
+    shipped = load_segments()
+    fewer = parse_segments(shipped.text.replace("  inactive:", "  inactive_removed_now:", 1))  # one gone, one new
+    assert set(shipped.names()) - set(fewer.names()) == {"inactive"}
+
+    def written(url: str, chunk: int) -> tuple:
+        monkeypatch.setattr(refresh_module, "PLAN_CHUNK", chunk)
+        store = SegmentStore(url)
+        reports = [refresh(store, shipped, first, None, datetime(2026, 5, 1)),
+                   refresh(store, fewer, second, None, datetime(2026, 6, 1))]
+        log = store.changes.log()
+        rows = sorted(zip(log["customer_id"], log["segment"], log["change"], log["at"], log["cause"].map(repr),
+                          log["source"], strict=True))
+        members = store.current.memberships().drop(columns="entered_at")
+        result = (rows, members.values.tolist(), dict(store.current.states()),
+                  [r.sizes.to_dict("records") for r in reports])
+        store.close()
+        return result
+
+    in_chunks = written(store_url, 97)
+    whole = written(f"sqlite:///{tmp_path / 'whole.db'}", 10**9)
+    for got, expected in zip(in_chunks, whole, strict=True):  # log, membership, states, size tables
+        assert len(got) == len(expected) and got == expected
+    log = in_chunks[0]
+    assert len({row[0] for row in log}) > 1000 and any(row[1] == "inactive" and row[2] == "exited" for row in log)
+
+
+def _order_text_by_locale(url: str) -> None:
+    """Make the (empty) PostgreSQL test database order text by an English ICU locale (`a1 < B1 < Z-4`), not by code
+    point as `.ci/run`'s server does (`B1 < Z-4 < a1`), as many installations do."""
+    import os
+
+    from sqlalchemy import create_engine, make_url
+
+    name = make_url(url).database
+    admin = create_engine(make_url(url).set(database=make_url(os.environ["SEGMENTS_TEST_PG_URL"]).database),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}"')
+        conn.exec_driver_sql(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                             "LOCALE 'C'")
+    admin.dispose()

@@ -9,11 +9,14 @@ exit its cause: the conditions whose truth flipped, with the old and new values.
 from __future__ import annotations
 
 import gc
+import pickle
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +35,13 @@ from features.segments import (
     load_segments,
     memberships,
 )
+from features.time import utc_now
 from serving.segments.store import Change, JSONText, StoredStates, json_text
 from training.bundle import ScoringBundle
 from training.tracking import kind_of
 
 STATE_CHUNK = 100_000  # customers whose states are encoded at once
+PLAN_CHUNK = 100_000  # customers a refresh compares with the store at once (their changes are spilled to disk)
 REMOVED_CAUSE = {"condition": None, "field": None, "old": True, "new": None,
                  "text": "the segment is no longer in the definitions"}
 
@@ -179,17 +184,16 @@ class Changes:
     states: dict[str, JSONText] = field(default_factory=dict)
     membership: pd.DataFrame | None = None
 
-    def counts(self) -> pd.DataFrame:
-        """Entries and exits per segment (tallied, not framed: a first refresh has millions of changes)."""
-        tally = Counter((c.segment, c.change) for c in self.changes)
-        segments = sorted({segment for segment, _ in tally})
-        return pd.DataFrame({"segment": segments, "entered": [tally[(s, "entered")] for s in segments],
-                             "exited": [tally[(s, "exited")] for s in segments]})
+
+def state_columns(segments: SegmentSet) -> list[str]:
+    """The fields the segments read: what a customer's stored state holds and causes compare."""
+    return sorted({f for s in segments for f in s.fields()})
 
 
 def stored_state_values(values_columns: list[str], customer_ids: list[str], states: Mapping[str, dict]) -> pd.DataFrame:
-    """Old values of the given customers as a frame (missing for a customer never evaluated)."""
-    frame = pd.DataFrame.from_records([states.get(cid) or {} for cid in customer_ids], columns=values_columns)
+    """Old values of the given customers as a frame (missing for a customer never evaluated), as they were stored:
+    objects, so a stored 2 stays 2 whichever other customers are read with it (a float column made it 2.0)."""
+    frame = pd.DataFrame([states.get(cid) or {} for cid in customer_ids], columns=values_columns, dtype=object)
     frame["customer_id"] = customer_ids
     return frame
 
@@ -221,14 +225,14 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
     """
     new = evaluate(segments, values, thresholds) if new is None else new
     old = membership_matrix(stored_members, new.index, segments.names())
-    state_columns = sorted({f for s in segments for f in s.fields()})
+    columns = state_columns(segments)
     result = Changes(membership=new)
     flipped = new.to_numpy() != old.to_numpy()
     rows = np.flatnonzero(flipped.any(axis=1))
     if len(rows):
         ids = new.index[rows].tolist()
-        old_values = stored_state_values(state_columns, ids, stored_states)
-        new_values = values[["customer_id", *state_columns]].iloc[rows].reset_index(drop=True)  # what causes read
+        old_values = stored_state_values(columns, ids, stored_states)
+        new_values = values[["customer_id", *columns]].iloc[rows].reset_index(drop=True)  # what causes read
         old_members = {s: old[s].to_numpy()[rows] for s in old.columns}
         new_members = {s: new[s].to_numpy()[rows] for s in new.columns}
         for j, segment in enumerate(segments):
@@ -249,7 +253,7 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
         gone = stored_members[~stored_members["segment"].isin(segments.names())]
         result.changes += [Change(cid, seg, "exited", at, [REMOVED_CAUSE], source)
                            for seg, cid in zip(gone["segment"], gone["customer_id"], strict=True)]
-    result.states = changed_states(values, state_columns, stored_states)
+    result.states = changed_states(values, columns, stored_states)
     return result
 
 
@@ -306,6 +310,29 @@ class Population:
     membership: pd.DataFrame | None = None
 
 
+class SpilledChanges:
+    """A refresh's planned changes and states, a chunk of customers at a time, in an unnamed temporary file (gone
+    with the process, even when killed): a first refresh of a million customers plans ~2.6M changes with causes,
+    which took ~2 GB kept in memory until the write, and grew with the customers."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (kept open until close(): the plan outlives planning)
+        self._chunks = 0
+
+    def add(self, changes: Changes) -> None:
+        pickle.dump((changes.changes, changes.states), self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._chunks += 1
+
+    def __iter__(self) -> Iterator[tuple[list[Change], dict[str, JSONText]]]:
+        """(changes, states) per chunk, in planning order."""
+        self._file.seek(0)
+        for _ in range(self._chunks):
+            yield pickle.load(self._file)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class RefreshPlan:
     """A refresh evaluated against a snapshot of the store, not yet written (`apply_refresh` writes it)."""
@@ -315,7 +342,8 @@ class RefreshPlan:
     population: Population
     last: dict | None  # the last refresh when planned
     watermark: int  # the log's last seq before the snapshot was read
-    result: Changes
+    planned: SpilledChanges
+    membership: pd.DataFrame  # the population's new membership (customers x segments)
 
     @staticmethod
     def old_thresholds(last: dict | None) -> dict:
@@ -348,11 +376,11 @@ def refresh_population(store, segments: SegmentSet, population: Population, as_o
     event wrote is lost and the log stays in time order. Killed at any point, a refresh leaves nothing or all of it.
     """
     for _ in range(attempts):
-        try:
-            with paused_gc():
+        with paused_gc():
+            try:
                 return apply_refresh(store, plan_refresh(store, segments, population, as_of))
-        except _Superseded:
-            continue
+            except _Superseded:
+                continue
     raise RuntimeError(f"other refreshes were written while this one ran, {attempts} times: run it again")
 
 
@@ -377,15 +405,40 @@ def check_order(last: dict | None, as_of: datetime) -> None:
                                 f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
 
 
+def id_chunks(customer_ids: pd.Index, size: int) -> Iterator[tuple[np.ndarray, str | None, str | None]]:
+    """Positions of the (unique) `customer_ids` in chunks of `size`, in id order, each with the id range
+    [low, high) it covers (None: unbounded). The ranges tile every possible id, so each customer the store holds is
+    read with exactly one chunk, also one the population no longer has. Ids are ordered by code point, as
+    `Database.id_range` compares them."""
+    ids = pd.Index(customer_ids.astype(str), dtype="string[pyarrow]")  # sorted by Arrow: UTF-8 bytes = code points
+    order = np.asarray(ids.argsort())
+    for start in range(0, max(len(ids), 1), size):
+        end = start + size
+        yield (order[start:end], None if start == 0 else ids[order[start]],
+               ids[order[end]] if end < len(ids) else None)
+
+
 def plan_refresh(store, segments: SegmentSet, population: Population, as_of: datetime) -> RefreshPlan:
-    """Diff an evaluated population against a snapshot of the store (read without the write lock)."""
+    """Diff an evaluated population against a snapshot of the store (read without the write lock), a chunk of
+    customers at a time: each chunk's stored members and states are read by id range and its changes spilled."""
     last = store.current.last_refresh()
     check_order(last, as_of)
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     p = population
-    result = changes_for(p.usable, p.values, p.thresholds, store.current.member_pairs(), store.current.states(),
-                         RefreshPlan.old_thresholds(last), as_of, "refresh", p.membership)
-    return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, result)
+    membership = evaluate(p.usable, p.values, p.thresholds) if p.membership is None else p.membership
+    values = p.values[["customer_id", *state_columns(p.usable)]]  # what a diff reads: chunks copy less
+    planned = SpilledChanges()
+    try:
+        with store.consistent_read() as conn:  # every chunk is compared with the same snapshot
+            for rows, low, high in id_chunks(membership.index, PLAN_CHUNK):
+                planned.add(changes_for(p.usable, values.iloc[rows], p.thresholds,
+                                        store.current.member_pairs(conn, low, high),
+                                        store.current.states_between(low, high, conn),
+                                        RefreshPlan.old_thresholds(last), as_of, "refresh", membership.iloc[rows]))
+    except BaseException:
+        planned.close()
+        raise
+    return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, planned, membership)
 
 
 def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
@@ -395,7 +448,18 @@ def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
       before one already logged for them);
     - customers an event moved since the snapshot (at or before as_of) get their changes computed again against
       what the store holds now, so no entry or exit is logged twice or lost.
+
+    The planned chunks are written one after the other, so memory holds one chunk's changes. A plan is applied
+    once: its spilled changes are gone after (also when another refresh superseded it).
     """
+    try:
+        return _apply(store, plan)
+    finally:
+        plan.planned.close()
+
+
+def _apply(store, plan: RefreshPlan) -> RefreshReport:
+    p = plan.population
     with store.transaction() as conn:
         store.write.lock_for_refresh(conn)
         last = store.current.last_refresh(conn)
@@ -403,46 +467,55 @@ def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
             raise _Superseded()
         newer = store.current.evaluated_after(plan.as_of, conn)
         moved = store.changes.customers_since(plan.watermark, conn) - newer
-        result = _reconciled(store, conn, plan, newer, moved)
+        again = _recomputed(store, conn, plan, moved)
+
+        def chunks() -> Iterator[tuple[list[Change], dict[str, JSONText]]]:
+            return chain(_kept(plan.planned, newer | moved), [again])
+
         repeat = last is not None and last["as_of"] == plan.as_of and last["definitions_hash"] == plan.definitions_hash
-        written = not (repeat and not result.changes and not result.states)
+        written = not (repeat and not any(changes or states for changes, states in chunks()))
+        tally: Counter = Counter()
         if written:
-            store.write.record(conn, result.changes, result.states, plan.as_of,
-                               refresh={"as_of": plan.as_of, "definitions_hash": plan.definitions_hash,
-                                        "thresholds": plan.population.thresholds,
-                                        "customers": len(plan.population.values), "changes": len(result.changes)})
-    p = plan.population
+            recorded_at = utc_now()
+            for changes, states in chunks():
+                store.write.record(conn, changes, states, plan.as_of, recorded_at=recorded_at)
+                tally.update((c.segment, c.change) for c in changes)
+            store.write.record_refresh(conn, {"as_of": plan.as_of, "definitions_hash": plan.definitions_hash,
+                                              "thresholds": p.thresholds, "customers": len(p.values),
+                                              "changes": tally.total()}, recorded_at)
     kept_newer = int(p.values["customer_id"].astype(str).isin(newer).sum()) if newer else 0
-    return RefreshReport(plan.as_of, size_table(p.usable, result), p.skipped, len(result.changes), written,
+    return RefreshReport(plan.as_of, size_table(p.usable, plan.membership, tally), p.skipped, tally.total(), written,
                          p.values, kept_newer, len(moved))
 
 
-def _reconciled(store, conn, plan: RefreshPlan, newer: set[str], moved: set[str]) -> Changes:
-    """The plan's changes and states without the customers in `newer`, and those of `moved` computed again."""
-    left_out = newer | moved
-    result = Changes([c for c in plan.result.changes if c.customer_id not in left_out],
-                     {cid: s for cid, s in plan.result.states.items() if cid not in left_out}, plan.result.membership)
-    if moved:
-        ids, p = sorted(moved), plan.population
-        rows = p.values[p.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True)
-        again = changes_for(p.usable, rows, p.thresholds, store.current.memberships(ids, conn),
-                            store.current.states(ids, conn), RefreshPlan.old_thresholds(plan.last), plan.as_of,
-                            "refresh")
-        result.changes += again.changes
-        result.states.update(again.states)
-    return result
+def _kept(planned: SpilledChanges, left_out: set[str]) -> Iterator[tuple[list[Change], dict[str, JSONText]]]:
+    """The planned chunks without the customers in `left_out`."""
+    for changes, states in planned:
+        if left_out:
+            changes = [c for c in changes if c.customer_id not in left_out]
+            states = {cid: state for cid, state in states.items() if cid not in left_out}
+        yield changes, states
 
 
-def size_table(segments: SegmentSet, result: Changes) -> pd.DataFrame:
-    """Per segment: kind, members, members held out, entries and exits of this evaluation."""
-    counts = result.counts().set_index("segment")
+def _recomputed(store, conn, plan: RefreshPlan, moved: set[str]) -> tuple[list[Change], dict[str, JSONText]]:
+    """The changes and states of the customers in `moved`, computed again against what the store holds now."""
+    if not moved:
+        return [], {}
+    ids, p = sorted(moved), plan.population
+    rows = p.values[p.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True)
+    again = changes_for(p.usable, rows, p.thresholds, store.current.memberships(ids, conn),
+                        store.current.states(ids, conn), RefreshPlan.old_thresholds(plan.last), plan.as_of, "refresh")
+    return again.changes, again.states
+
+
+def size_table(segments: SegmentSet, membership: pd.DataFrame, tally: Counter) -> pd.DataFrame:
+    """Per segment: kind, members, members held out, and the entries and exits written ({(segment, change): n})."""
     rows = []
     for segment in segments:
-        members = result.membership.index[result.membership[segment.name].to_numpy()]
+        members = membership.index[membership[segment.name].to_numpy()]
         rows.append({"segment": segment.name, "kind": segment.kind, "members": len(members),
                      "holdout": int(in_holdout(members, segment.name, segment.holdout_percent).sum()),
-                     "entered": int(counts["entered"].get(segment.name, 0)),
-                     "exited": int(counts["exited"].get(segment.name, 0))})
+                     "entered": tally[(segment.name, "entered")], "exited": tally[(segment.name, "exited")]})
     return pd.DataFrame(rows)
 
 

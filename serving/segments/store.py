@@ -212,6 +212,16 @@ WITH RECURSIVE segments(name) AS (
 SELECT segment FROM segments JOIN membership ON segment = name AND customer_id = :customer_id ORDER BY segment
 """)
 
+_MEMBERS_BETWEEN = """
+WITH RECURSIVE segments(name) AS (
+    SELECT min(segment) FROM membership
+    UNION ALL
+    SELECT (SELECT min(segment) FROM membership WHERE segment > name) FROM segments WHERE name IS NOT NULL
+)
+SELECT segment, customer_id FROM segments JOIN membership ON segment = name WHERE {where}
+ORDER BY segment, customer_id
+"""
+
 
 class StoreError(RuntimeError):
     """The segment store cannot be reached or set up; the message names the URL with its password masked."""
@@ -463,15 +473,24 @@ class Database:
         conn.exec_driver_sql(statement, rows)
 
     @staticmethod
-    def driver_rows(conn: Connection, sql: str) -> list[tuple]:
-        """The rows of `sql` (no parameters) as the driver's plain tuples: no SQLAlchemy processing per row, for
-        reads of millions of rows of text columns."""
+    def driver_rows(conn: Connection, sql: str, parameters: tuple = ()) -> list[tuple]:
+        """The rows of `sql` (parameters in the driver's marks) as the driver's plain tuples: no SQLAlchemy
+        processing per row, for reads of millions of rows of text columns."""
         cursor = conn.connection.cursor()
         try:
-            cursor.execute(sql)
+            cursor.execute(sql, parameters)
             return cursor.fetchall()
         finally:
             cursor.close()
+
+    def id_range(self, low: str | None, high: str | None) -> tuple[str, tuple]:
+        """A SQL condition on `customer_id` for `low <= id < high` (None: unbounded) and its parameters, comparing
+        as Python orders strings (code points): SQLite's BINARY collation does; PostgreSQL is told COLLATE "C",
+        since its database collation may order text by locale."""
+        collate = "" if self.is_sqlite else ' COLLATE "C"'
+        bounds = [(f"customer_id{collate} >= {self.mark}", low), (f"customer_id{collate} < {self.mark}", high)]
+        kept = [(sql, value) for sql, value in bounds if value is not None]
+        return " AND ".join(sql for sql, _ in kept) or "TRUE", tuple(value for _, value in kept)
 
     def _insert(self, table: Table):
         """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL spell it the same way)."""
@@ -578,6 +597,7 @@ class StoreWriter:
         states: dict[str, dict],
         at: datetime,
         refresh: dict | None = None,
+        recorded_at: datetime | None = None,
     ) -> int:
         """Apply membership changes, log them, save the customers' evaluated values and, for a batch refresh, its row.
 
@@ -585,9 +605,10 @@ class StoreWriter:
         "entered" inserts (segment, customer_id, entered_at = the change's at) unless already a member (the first
         entry time is kept), "exited" deletes. states: customer_id -> values (a dict, or its `json_text`), saved
         with as_of = at. refresh:
-        {"as_of", "definitions_hash", "thresholds", "customers", "changes"}. Returns the number of changes logged.
+        {"as_of", "definitions_hash", "thresholds", "customers", "changes"}. recorded_at: when (now by default; a
+        refresh written in several calls gives each the same). Returns the number of changes logged.
         """
-        recorded_at = utc_now()
+        recorded_at = recorded_at or utc_now()
         wanted = self._subscriptions(conn)
         logged = 0
         for batch in _chunks(changes, WRITE_BATCH):  # a batch at a time: a first refresh logs millions of changes
@@ -613,18 +634,23 @@ class StoreWriter:
                                     'ON CONFLICT (customer_id) DO UPDATE SET as_of = excluded.as_of, '
                                     '"values" = excluded."values"')
         if refresh is not None:
-            conn.execute(
-                refreshes.insert(),
-                {
-                    "as_of": naive_utc(refresh["as_of"]),
-                    "definitions_hash": refresh["definitions_hash"],
-                    "thresholds": _dumps(refresh["thresholds"]),
-                    "customers": int(refresh["customers"]),
-                    "changes": int(refresh["changes"]),
-                    "recorded_at": recorded_at,
-                },
-            )
+            self.record_refresh(conn, refresh, recorded_at)
         return logged
+
+    @staticmethod
+    def record_refresh(conn: Connection, refresh: dict, recorded_at: datetime | None = None) -> None:
+        """The row of a batch refresh: {"as_of", "definitions_hash", "thresholds", "customers", "changes"}."""
+        conn.execute(
+            refreshes.insert(),
+            {
+                "as_of": naive_utc(refresh["as_of"]),
+                "definitions_hash": refresh["definitions_hash"],
+                "thresholds": _dumps(refresh["thresholds"]),
+                "customers": int(refresh["customers"]),
+                "changes": int(refresh["changes"]),
+                "recorded_at": recorded_at or utc_now(),
+            },
+        )
 
     def _apply_to_membership(self, conn: Connection, log_rows: list[tuple]) -> None:
         """Membership after `log_rows` (`_LOGGED` tuples, in order): per (segment, customer) the last change counts;
@@ -733,11 +759,18 @@ class CurrentState:
         kept as stored and parsed when read."""
         query = select(customer_state.c.customer_id, customer_state.c["values"])
         with self._reading(conn) as reader:
-            if customer_ids is None:  # a refresh reads them all: through the driver's cursor, as `member_pairs`
-                return StoredStates(dict(self.db.driver_rows(reader,
-                                                             'SELECT customer_id, "values" FROM customer_state')))
+            if customer_ids is None:
+                return self.states_between(None, None, reader)
             return StoredStates(dict(self._rows_for(reader, query, customer_state.c.customer_id, customer_ids,
                                                     tuples=True)))
+
+    def states_between(self, low: str | None, high: str | None, conn: Connection | None = None) -> StoredStates:
+        """The stored states of the customers with `low <= id < high` (`Database.id_range`; None: unbounded), read
+        through the driver's cursor: a refresh reads them a chunk of customers at a time."""
+        where, parameters = self.db.id_range(low, high)
+        with self._reading(conn) as reader:
+            return StoredStates(dict(self.db.driver_rows(
+                reader, f'SELECT customer_id, "values" FROM customer_state WHERE {where}', parameters)))
 
     def customer_mark(self, customer_id: str, conn: Connection | None = None) -> tuple:
         """What changes whenever anything writes this customer or thresholds: their posted records, latest logged
@@ -777,12 +810,18 @@ class CurrentState:
         frame = _frame(rows, ["segment", "customer_id", "entered_at"], datetimes=["entered_at"])
         return frame.sort_values(["segment", "customer_id"], ignore_index=True)
 
-    def member_pairs(self, conn: Connection | None = None) -> pd.DataFrame:
-        """Every current member as (segment, customer_id), ordered so: what a refresh compares with. Read through
+    def member_pairs(self, conn: Connection | None = None, low: str | None = None,
+                     high: str | None = None) -> pd.DataFrame:
+        """Every current member as (segment, customer_id), ordered so; with `low`/`high`, only the customers with
+        `low <= id < high` (`Database.id_range`): what a refresh compares a chunk of customers with. Read through
         the driver's cursor, without SQLAlchemy's per-row processing (~5 s for 2.6M members)."""
         with self._reading(conn) as reader:
-            rows = self.db.driver_rows(reader, "SELECT segment, customer_id FROM membership "
-                                                "ORDER BY segment, customer_id")
+            if low is None and high is None:
+                rows = self.db.driver_rows(reader, "SELECT segment, customer_id FROM membership "
+                                                    "ORDER BY segment, customer_id")
+            else:  # per segment through the key (segment, customer_id), as `segments_of` walks it
+                where, parameters = self.db.id_range(low, high)
+                rows = self.db.driver_rows(reader, _MEMBERS_BETWEEN.format(where=where), parameters)
         return _frame(rows, ["segment", "customer_id"])
 
     def segments_of(self, customer_id: str, conn: Connection | None = None) -> list[str]:
