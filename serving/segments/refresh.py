@@ -251,7 +251,8 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
                                for i, kind, cause in zip(moved.tolist(), kinds, why, strict=True)]
     if source == "refresh":
         gone = stored_members[~stored_members["segment"].isin(segments.names())]
-        result.changes += [Change(cid, seg, "exited", at, [REMOVED_CAUSE], source)
+        removed = json_text([REMOVED_CAUSE])
+        result.changes += [Change(cid, seg, "exited", at, removed, source)
                            for seg, cid in zip(gone["segment"], gone["customer_id"], strict=True)]
     result.states = changed_states(values, columns, stored_states)
     return result
@@ -313,21 +314,31 @@ class Population:
 class SpilledChanges:
     """A refresh's planned changes and states, a chunk of customers at a time, in an unnamed temporary file (gone
     with the process, even when killed): a first refresh of a million customers plans ~2.6M changes with causes,
-    which took ~2 GB kept in memory until the write, and grew with the customers."""
+    which took ~2 GB kept in memory until the write, and grew with the customers.
 
-    def __init__(self):
+    Every change of a refresh has its as_of and source, so a chunk is spilled as columns of plain strings: pickling
+    the `Change` tuples one by one took ~10x as long (13 s of a first refresh at 1M)."""
+
+    def __init__(self, at: datetime, source: str = "refresh"):
+        self.at, self.source = at, source
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (kept open until close(): the plan outlives planning)
         self._chunks = 0
 
     def add(self, changes: Changes) -> None:
-        pickle.dump((changes.changes, changes.states), self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        columns = ([c.customer_id for c in changes.changes], [c.segment for c in changes.changes],
+                   [c.change for c in changes.changes], [str(c.cause) for c in changes.changes],
+                   list(changes.states), [str(state) for state in changes.states.values()])
+        pickle.dump(columns, self._file, protocol=pickle.HIGHEST_PROTOCOL)
         self._chunks += 1
 
     def __iter__(self) -> Iterator[tuple[list[Change], dict[str, JSONText]]]:
         """(changes, states) per chunk, in planning order."""
         self._file.seek(0)
         for _ in range(self._chunks):
-            yield pickle.load(self._file)
+            ids, segments, kinds, causes_text, state_ids, states = pickle.load(self._file)
+            yield ([Change(cid, segment, kind, self.at, JSONText(cause), self.source)
+                    for cid, segment, kind, cause in zip(ids, segments, kinds, causes_text, strict=True)],
+                   dict(zip(state_ids, map(JSONText, states), strict=True)))
 
     def close(self) -> None:
         self._file.close()
@@ -427,7 +438,7 @@ def plan_refresh(store, segments: SegmentSet, population: Population, as_of: dat
     p = population
     membership = evaluate(p.usable, p.values, p.thresholds) if p.membership is None else p.membership
     values = p.values[["customer_id", *state_columns(p.usable)]]  # what a diff reads: chunks copy less
-    planned = SpilledChanges()
+    planned = SpilledChanges(as_of)
     try:
         with store.consistent_read() as conn:  # every chunk is compared with the same snapshot
             for rows, low, high in id_chunks(membership.index, PLAN_CHUNK):
