@@ -266,10 +266,13 @@ def changed_states(values: pd.DataFrame, columns: list[str], stored: Mapping[str
     out = {}
     for start in range(0, len(values), STATE_CHUNK):  # a million rows as dicts at once took ~1.3 GB
         chunk = values.iloc[start : start + STATE_CHUNK]
-        # Records from pandas come as Python scalars (NaN stays NaN: the store writes it as null, as `plain` would).
-        records = chunk[columns].to_dict("records")
-        for customer_id, record in zip(chunk["customer_id"].astype(str).tolist(), records, strict=True):
-            text = json_text(record)
+        ids = chunk["customer_id"].astype(str).tolist()
+        # Columns as lists of Python scalars zipped into records (NaN stays NaN: the store writes it as null, as
+        # `plain` would): what `to_dict("records")` gives, without its boxing cell by cell (~1 ms for one customer).
+        lists = [chunk[name].tolist() for name in columns]
+        rows = zip(*lists, strict=True) if lists else [()] * len(ids)
+        for customer_id, row in zip(ids, rows, strict=True):
+            text = json_text(dict(zip(columns, row, strict=True)))
             if text != stored_text(customer_id):
                 out[customer_id] = text
     return out
