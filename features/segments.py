@@ -749,15 +749,16 @@ def causes(segment: Segment, old: pd.DataFrame, new: pd.DataFrame, old_threshold
     each with the field, old and new values (and thresholds for top/bottom conditions). A row with no previous
     evaluation has missing old values."""
     flipped: list[list[dict]] = [[] for _ in range(len(new))]
+    old_arrays, new_arrays = FieldArrays(old), FieldArrays(new)  # each field converted once for every leaf
     for leaf in segment.leaves():
-        before = leaf_mask(leaf, old, old_thresholds, old_members)
-        after = leaf_mask(leaf, new, new_thresholds, new_members)
+        before = leaf_mask(leaf, old_arrays, old_thresholds, old_members)
+        after = leaf_mask(leaf, new_arrays, new_thresholds, new_members)
         rows = np.flatnonzero(before != after)
         if not len(rows):
             continue
         # The flipped rows' values, read once per leaf (a pandas lookup per cause was most of a refresh's time)
-        values = None if isinstance(leaf, SegmentRef) else (old[leaf.field].iloc[rows].tolist(),
-                                                            new[leaf.field].iloc[rows].tolist())
+        values = None if isinstance(leaf, SegmentRef) else (old_arrays.column(leaf.field).iloc[rows].tolist(),
+                                                            new_arrays.column(leaf.field).iloc[rows].tolist())
         for k, i in enumerate(rows):
             pair = None if values is None else (values[0][k], values[1][k])
             flipped[i].append(_cause(leaf, pair, bool(before[i]), bool(after[i]), old_thresholds, new_thresholds))

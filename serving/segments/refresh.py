@@ -227,21 +227,26 @@ def changes_for(segments: SegmentSet, values: pd.DataFrame, thresholds: dict, st
     old = membership_matrix(stored_members, new.index, segments.names())
     columns = state_columns(segments)
     result = Changes(membership=new)
-    flipped = new.to_numpy() != old.to_numpy()
+    new_cells, old_cells = new.to_numpy(), old.to_numpy()
+    flipped = new_cells != old_cells
     rows = np.flatnonzero(flipped.any(axis=1))
     if len(rows):
         ids = new.index[rows].tolist()
         old_values = stored_state_values(columns, ids, stored_states)
         new_values = values[["customer_id", *columns]].iloc[rows].reset_index(drop=True)  # what causes read
-        old_members = {s: old[s].to_numpy()[rows] for s in old.columns}
-        new_members = {s: new[s].to_numpy()[rows] for s in new.columns}
+        old_members = dict(zip(old.columns, old_cells[rows].T, strict=True))
+        new_members = dict(zip(new.columns, new_cells[rows].T, strict=True))
         for j, segment in enumerate(segments):
             moved = np.flatnonzero(flipped[rows, j])
             if not len(moved):
                 continue
-            why = causes(segment, old_values.iloc[moved].reset_index(drop=True),
-                         new_values.iloc[moved].reset_index(drop=True), old_thresholds, thresholds,
-                         {s: m[moved] for s, m in old_members.items()}, {s: m[moved] for s, m in new_members.items()})
+            if len(moved) == len(rows):  # every flipped customer (one, for an event): the frames as they are
+                why = causes(segment, old_values, new_values, old_thresholds, thresholds, old_members, new_members)
+            else:
+                why = causes(segment, old_values.iloc[moved].reset_index(drop=True),
+                             new_values.iloc[moved].reset_index(drop=True), old_thresholds, thresholds,
+                             {s: m[moved] for s, m in old_members.items()},
+                             {s: m[moved] for s, m in new_members.items()})
             # A refresh logs millions of changes: their causes are kept as the JSON text the store writes (an
             # event's are answered to the caller as they are).
             if source == "refresh":
