@@ -200,7 +200,7 @@ async def open_loop(port: int, streams: dict, seconds: float, rss_pid: int | Non
     """streams: kind -> (rate per s, make). Each kind is sent on its own fixed schedule; returns per kind the
     latency percentiles and errors, plus RSS samples when `rss_pid`."""
     client = Loopback(port, fresh)
-    results = {kind: {"latencies": [], "errors": []} for kind in streams}
+    results = {kind: {"latencies": [], "sent_at": [], "errors": []} for kind in streams}
     tasks: list[asyncio.Task] = []
 
     async def one(kind: str, path: str, body: bytes, scheduled: float) -> None:
@@ -210,6 +210,7 @@ async def open_loop(port: int, streams: dict, seconds: float, rss_pid: int | Non
             if (problem := check(kind, status, content)) is not None:
                 results[kind]["errors"].append(problem)
             results[kind]["latencies"].append((done - scheduled) * 1000)
+            results[kind]["sent_at"].append(scheduled - t0)
         except Exception as exc:  # noqa: BLE001 - every failure is counted
             results[kind]["errors"].append(f"{type(exc).__name__}: {exc}")
 
@@ -239,12 +240,19 @@ async def open_loop(port: int, streams: dict, seconds: float, rss_pid: int | Non
     sent = sum(round(rate * seconds) for rate, _ in streams.values())
     out = {kind: {"rate_per_s": streams[kind][0], "sent": round(streams[kind][0] * seconds),
                   "errors": len(r["errors"]), "error_samples": r["errors"][:3], **percentiles(r["latencies"]),
-                  "goal_p99_ms": GOALS_MS[kind]} for kind, r in results.items()}
+                  "goal_p99_ms": GOALS_MS[kind], "slowest": slowest(r)} for kind, r in results.items()}
     out["seconds"], out["client_cpu_ms_per_request"] = seconds, (time.process_time() - cpu0) * 1000 / sent
     out["resent_after_idle_close"] = client.resent
     if rss:
         out["rss_mb_samples"] = rss
     return out
+
+
+def slowest(result: dict, n: int = 20) -> list[tuple[float, float]]:
+    """The n slowest answers as (seconds into the run when sent, latency ms): stalls that hit both streams at the
+    same moments point at the machine or a periodic job, not at one request's work."""
+    pairs = sorted(zip(result["sent_at"], result["latencies"], strict=True), key=lambda p: -p[1])[:n]
+    return [(round(at, 2), round(ms, 1)) for at, ms in sorted(pairs)]
 
 
 async def saturate(port: int, requests: Requests, seconds: float, clients: int = 16) -> dict:
