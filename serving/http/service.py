@@ -59,6 +59,7 @@ from serving.http.schemas import (
     ScoreResponse,
     SubscriptionBody,
 )
+from serving.http.traffic import install as install_request_timeout
 from serving.segments import export as exports
 from serving.segments.store import STORE_DOWN, unavailable
 from serving.state import load_state, serve_dir
@@ -561,5 +562,7 @@ SegmentsService.add_asgi_middleware(ApiKeyMiddleware)
 SegmentsService.add_asgi_middleware(UnroutableMiddleware)
 SegmentsService.add_asgi_middleware(BodyMiddleware)
 SegmentsService.add_asgi_middleware(OpenApiMiddleware, spec=lambda: SegmentsService.openapi_spec.asdict())
-# Prometheus series by route template (serving/http/metrics.py), before BentoML builds the HTTP app.
+# Prometheus series by route template (serving/http/metrics.py) and a timeout that lets each request go when it is
+# answered (serving/http/traffic.py), before BentoML builds the HTTP app.
 install_route_metrics(lambda: SegmentsService.openapi_spec.asdict())
+install_request_timeout()
