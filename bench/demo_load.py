@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -248,6 +249,11 @@ async def open_loop(port: int, streams: dict, seconds: float, rss_pid: int | Non
     return out
 
 
+def without_password(text: str) -> str:
+    """The command as recorded in the results: a database URL's password never written down."""
+    return re.sub(r"(postgresql(?:\+\w+)?://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
 def slowest(result: dict, n: int = 20) -> list[tuple[float, float]]:
     """The n slowest answers as (seconds into the run when sent, latency ms): stalls that hit both streams at the
     same moments point at the machine or a periodic job, not at one request's work."""
@@ -352,7 +358,7 @@ def main() -> None:
     requests = Requests([str(i) for i in ids])
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.machine(),
               "cpus": os.cpu_count(), "python": platform.python_version(), "customers": len(ids),
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "load_before": os.getloadavg(),
+              "command": without_password(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])), "load_before": os.getloadavg(),
               "workers": args.workers}
 
     def report(key: str, value: dict) -> None:
