@@ -11,11 +11,6 @@ import weakref
 import pytest
 from bentoml._internal.server.http import traffic
 
-from serving.http.traffic import install
-
-install()
-OURS = traffic.TimeoutMiddleware
-BENTOMLS = OURS.__mro__[1]
 SPAN = contextvars.ContextVar("span")  # what an outer middleware (OpenTelemetry's) leaves in a request's context
 
 
@@ -63,37 +58,46 @@ def _alive_after(middleware_class) -> bool:
     return asyncio.run(main())
 
 
-def test_the_service_uses_the_timeout_that_lets_requests_go():
-    assert traffic.TimeoutMiddleware is OURS and OURS.cancels_its_timer
+@pytest.fixture(scope="module")
+def ours():
+    """The TimeoutMiddleware BentoML builds its HTTP app with once the service's module is imported (as `segments
+    serve` imports it)."""
+    import serving.http.service  # noqa: F401 - installs serving/http/traffic.py's class
+
+    return traffic.TimeoutMiddleware
 
 
-def test_an_answered_request_is_not_kept_alive_for_the_timeout():
-    assert not _alive_after(OURS)
+def test_the_service_uses_the_timeout_that_lets_requests_go(ours):
+    assert ours.cancels_its_timer and not getattr(ours.__mro__[1], "cancels_its_timer", False)
 
 
-def test_bentomls_own_timeout_still_keeps_answered_requests_alive():
+def test_an_answered_request_is_not_kept_alive_for_the_timeout(ours):
+    assert not _alive_after(ours)
+
+
+def test_bentomls_own_timeout_still_keeps_answered_requests_alive(ours):
     """Why serving/http/traffic.py exists. When this fails, BentoML has fixed it: drop the replacement."""
-    assert _alive_after(BENTOMLS)
+    assert _alive_after(ours.__mro__[1])
 
 
-def test_no_answer_within_the_timeout_is_a_504_in_the_service_error_body():
+def test_no_answer_within_the_timeout_is_a_504_in_the_service_error_body(ours):
     async def main():
-        return await _request(OURS(_app(pause_before_s=5), timeout=0.05))
+        return await _request(ours(_app(pause_before_s=5), timeout=0.05))
     _, sent = asyncio.run(main())
     assert sent[0]["status"] == 504
     assert json.loads(sent[1]["body"]) == {"error": "no answer within 0.05 seconds"}
 
 
-def test_an_answer_started_in_time_is_not_cut_off():
+def test_an_answer_started_in_time_is_not_cut_off(ours):
     async def main():
-        return await _request(OURS(_app(pause_between_s=0.2), timeout=0.05))
+        return await _request(ours(_app(pause_between_s=0.2), timeout=0.05))
     _, sent = asyncio.run(main())
     assert sent == [{"type": "http.response.start", "status": 200, "headers": []},
                     {"type": "http.response.body", "body": b"{}"}]
 
 
-def test_a_route_that_fails_before_answering_fails_at_once_not_after_the_timeout():
+def test_a_route_that_fails_before_answering_fails_at_once_not_after_the_timeout(ours):
     async def main():
-        return await asyncio.wait_for(_request(OURS(_app(fail=True), timeout=120)), timeout=5)
+        return await asyncio.wait_for(_request(ours(_app(fail=True), timeout=120)), timeout=5)
     with pytest.raises(RuntimeError, match="the route failed"):
         asyncio.run(main())
