@@ -19,7 +19,9 @@ env: $(VENV)/.synced
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
-	$(UV) sync --frozen --all-extras
+	# Bytecode compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set (CI, many Docker images) every
+	# command would otherwise compile ~2,500 modules from source at start, ~4 s (bench/README.md, "Start-up").
+	$(UV) sync --frozen --all-extras --compile-bytecode
 	@echo "environment $(VENV): $$($(BIN)/python --version) (Python 3.11, 3.12 and 3.13 are supported; uv took the first it found)"
 	@touch $@
 

@@ -38,21 +38,6 @@ def primary_metric(kind: str) -> str | None:
     return model_class(kind).primary_metric if kind in KINDS else None
 
 
-def configure_runtime() -> None:
-    """No outside network calls at run time (MLflow and BentoML telemetry off, set before they import), and
-    MLflow's own progress bars and info chatter kept out of our progress display. The `segments` command and the
-    notebooks call it first."""
-    import logging
-    import warnings
-
-    for name, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "1",
-                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}.items():
-        os.environ.setdefault(name, value)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in the venv": uv made it
-    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
-
-
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else the SQLite file in the working folder."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI

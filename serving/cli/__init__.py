@@ -48,7 +48,7 @@ app = make_app()
 
 
 def main() -> None:
-    from training.tracking import configure_runtime
+    from training.runtime import configure_runtime
 
     configure_runtime()
     app()

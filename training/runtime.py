@@ -1,0 +1,21 @@
+"""The process settings every `segments` command needs before MLflow or BentoML import, in a module that imports
+nothing heavy: the command calls it before it knows which command runs (`training.tracking` imports SciPy and
+took ~1 s at each start)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def configure_runtime() -> None:
+    """No outside network calls at run time (MLflow and BentoML telemetry off, set before they import), and
+    MLflow's own progress bars and info chatter kept out of our progress display. The `segments` command and the
+    notebooks call it first."""
+    for name, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "BENTOML_DO_NOT_TRACK": "1",
+                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "WARNING"}.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)  # "no pip in the venv": uv made it
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
