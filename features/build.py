@@ -115,10 +115,16 @@ def _purchase_gaps(orders: ir.Table) -> ir.Table:
 def _top_value(orders: ir.Table, column: str, names: dict[str, str]) -> ir.Table:
     """Most frequent value of `column` among the last year's purchases (ties alphabetical), its share, distinct count.
 
+    A distinct count belongs here rather than in the transactions aggregate: there, DuckDB groups every purchase
+    by (customer, value, filter) before filtering (2 s of CPU for products at 10M transactions); here the grouping
+    runs on the last year's purchases only.
+
     `names` maps "top", "share", "distinct" to output feature names (only the wanted ones).
     """
     recent = orders.filter((orders.age_s <= TOP_VALUE_WINDOW_DAYS * DAY_S) & orders[column].notnull())
     counts = recent.group_by(["customer_id", column]).aggregate(n=recent.count())
+    if set(names) == {"distinct"}:  # no ranking needed (e.g. products: a window over millions of pairs)
+        return counts.group_by("customer_id").aggregate(**{names["distinct"]: counts.count()})
     rank = ibis.row_number().over(group_by="customer_id", order_by=[ibis.desc("n"), column])
     ranked = counts.mutate(rank=rank, total=counts.n.sum().over(group_by="customer_id"))
     metrics = {"top": ranked[column].max(where=ranked["rank"] == 0),
