@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 
 env: $(VENV)/.synced
 
-$(VENV)/.synced: pyproject.toml uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock Makefile
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
 	# Bytecode compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set (CI, many Docker images) every
 	# command would otherwise compile ~2,500 modules from source at start, ~4 s (bench/README.md, "Start-up").
