@@ -3,7 +3,8 @@
 Usage:
     python bench/scale.py [--customers 1000000] [--transactions-per-customer 10] [--steps features,train,...]
                           [--work bench/work] [--out bench/results/scale_1000000.json]
-    python bench/scale.py --growth 250000,500000,1000000,2000000   # the growth table, one run per size
+    python bench/scale.py --growth 250000,500000,1000000,2000000   # the growth table and chart, one run per size
+    python bench/scale.py --chart bench/results/scale_growth.json     # redraw the chart and tables from a results file
     python bench/scale.py --customers 250000 --steps features,train,score,refresh_first,score_spark,refresh_spark
 
 Data: `bench/make_data.py` (customers and transactions only, all contract columns; three years, 2023-2025), made on
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -108,6 +110,52 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def doubling(runs: list[dict]) -> str:
+    """Time and peak memory ratio per doubling of customers, per step (the issue's budget: time <= 2.2x)."""
+    runs = sorted(runs, key=lambda run: run["customers"])
+    names = [s for s in [*STEPS, *SPARK_STEPS] if any(r["step"] == s for run in runs for r in run["steps"])]
+    lines = ["| step | " + " | ".join(f"{a['customers']:,} -> {b['customers']:,}" for a, b in pairwise(runs))
+             + " |", "|---|" + "---:|" * (len(runs) - 1)]
+    for name in names:
+        cells = []
+        for a, b in pairwise(runs):
+            ra, rb = ({r["step"]: r for r in run["steps"]}.get(name) for run in (a, b))
+            ok = ra and rb and ra["ok"] and rb["ok"]
+            cells.append(f"{rb['seconds'] / ra['seconds']:.2f}x / {rb['peak_gb'] / ra['peak_gb']:.2f}x" if ok else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(runs: list[dict], path: Path) -> Path:
+    """Wall time and peak memory per step against customers, log-log, with the 2x-per-doubling line."""
+    from matplotlib.figure import Figure
+
+    runs = sorted(runs, key=lambda run: run["customers"])
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    time_ax, memory_ax = figure.subplots(1, 2)
+    for name in [*STEPS, *SPARK_STEPS]:
+        points = [(run["customers"], r) for run in runs for r in run["steps"] if r["step"] == name and r["ok"]]
+        if points:
+            x = [customers for customers, _ in points]
+            time_ax.plot(x, [r["seconds"] for _, r in points], marker="o", label=name)
+            memory_ax.plot(x, [r["peak_gb"] for _, r in points], marker="o", label=name)
+    first = runs[0]["customers"]
+    linear = [run["customers"] for run in runs]
+    top = max((r["seconds"] for r in runs[0]["steps"] if r["ok"]), default=1)
+    time_ax.plot(linear, [top * c / first for c in linear], color="grey", linestyle=":", label="2x per doubling")
+    time_ax.set(xscale="log", yscale="log", xlabel="customers (10 transactions each)", ylabel="wall time (s)",
+                title="Time per step")
+    memory_ax.axhline(4, color="grey", linestyle="--", label="4 GB budget")
+    memory_ax.set(xscale="log", xlabel="customers (10 transactions each)", ylabel="peak RSS (GB)", ylim=(0, None),
+                  title="Peak memory per step")
+    for ax in (time_ax, memory_ax):
+        ax.set_xticks(linear, [f"{c / 1e6:g}M" for c in linear])
+        ax.grid(alpha=0.3)
+    memory_ax.legend(fontsize=8, loc="upper left")
+    figure.savefig(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
@@ -117,7 +165,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per step")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--chart", type=Path, help="only draw the growth chart and table from this results file")
     args = parser.parse_args()
+    if args.chart:
+        runs = json.loads(args.chart.read_text())["runs"]
+        print(table(runs), doubling(runs), f"chart: {chart(runs, args.chart.with_suffix('.svg'))}", sep="\n\n")
+        return
     sizes = [int(s) for s in args.growth.split(",") if s] or [args.customers]
     steps = [s for s in args.steps.split(",") if s]
     unknown = set(steps) - set(STEPS) - set(SPARK_STEPS)
@@ -129,6 +182,8 @@ def main() -> None:
                                "cpus": os.cpu_count(), "python": platform.python_version(),
                                "budgets_at_1m": BUDGETS, "runs": runs}, indent=1))
     print(table(runs))
+    if len(runs) > 1:
+        print(doubling(runs), f"chart: {chart(runs, out.with_suffix('.svg'))}", sep="\n\n")
     print(f"written to {out}")
 
 
