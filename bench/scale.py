@@ -28,8 +28,7 @@ import time
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
-
-import numpy as np
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -101,12 +100,17 @@ def run_size(customers: int, per_customer: int, steps: list[str], work: Path, ti
     return {"customers": customers, "transactions": customers * per_customer, "steps": results}
 
 
+def by_step(run: dict) -> dict[str, dict]:
+    """A size's results by step name."""
+    return {r["step"]: r for r in run["steps"]}
+
+
 def table(runs: list[dict]) -> str:
     names = [*STEPS, *(s for s in SPARK_STEPS if any(r["step"] == s for run in runs for r in run["steps"]))]
     lines = ["| customers | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for run in runs:
-        by_step = {r["step"]: r for r in run["steps"]}
-        cells = [f"{r['seconds']:.0f} s / {r['peak_gb']:.1f} GB" if (r := by_step.get(s)) and r["ok"]
+        steps = by_step(run)
+        cells = [f"{r['seconds']:.0f} s / {r['peak_gb']:.1f} GB" if (r := steps.get(s)) and r["ok"]
                  else (f"failed ({r['seconds']:.0f} s)" if r else "") for s in names]
         lines.append(f"| {run['customers']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -115,13 +119,14 @@ def table(runs: list[dict]) -> str:
 def doubling(runs: list[dict]) -> str:
     """Time and peak memory ratio per doubling of customers, per step (the issue's budget: time <= 2.2x)."""
     runs = sorted(runs, key=lambda run: run["customers"])
-    names = [s for s in [*STEPS, *SPARK_STEPS] if any(r["step"] == s for run in runs for r in run["steps"])]
+    steps = [by_step(run) for run in runs]
+    names = [s for s in [*STEPS, *SPARK_STEPS] if any(s in found for found in steps)]
     lines = ["| step | " + " | ".join(f"{a['customers']:,} -> {b['customers']:,}" for a, b in pairwise(runs))
              + " |", "|---|" + "---:|" * (len(runs) - 1)]
     for name in names:
         cells = []
-        for a, b in pairwise(runs):
-            ra, rb = ({r["step"]: r for r in run["steps"]}.get(name) for run in (a, b))
+        for a, b in pairwise(steps):
+            ra, rb = a.get(name), b.get(name)
             ok = ra and rb and ra["ok"] and rb["ok"]
             cells.append(f"{rb['seconds'] / ra['seconds']:.2f}x / {rb['peak_gb'] / ra['peak_gb']:.2f}x" if ok else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -142,7 +147,7 @@ def chart(runs: list[dict], path: Path) -> Path:
             time_ax.plot(x, [r["seconds"] for _, r in points], marker="o", label=name)
             memory_ax.plot(x, [r["peak_gb"] for _, r in points], marker="o", label=name)
     sizes = [run["customers"] for run in runs]
-    start = float(np.median([r["seconds"] for r in runs[0]["steps"] if r["ok"]] or [1]))
+    start = median([r["seconds"] for r in runs[0]["steps"] if r["ok"]] or [1])
     (reference,) = time_ax.plot(sizes, [start * c / sizes[0] for c in sizes], color="grey", linestyle=":",
                                 label="2x per doubling")
     time_ax.legend(handles=[reference], fontsize=8, loc="upper left")
