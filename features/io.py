@@ -183,7 +183,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
                            f"{exc}") from None
     con.execute("SET TimeZone = 'UTC'")
     # Written once and read a few times: the dictionary+FSST string compression cost ~1 s of writing the 10M clean
-    # transactions (bench/README.md, "Feature table"); without it the file is 0.64 GB instead of 0.25 GB.
+    # transactions (bench/README.md, "Start-up, and the feature table at 1M"); without it the file is 0.64 GB, not 0.25.
     con.execute("SET disabled_compression_methods = 'dict_fsst'")
     # Row numbers of CSV rows come from row_number() OVER () over the scan, which is file order only with this.
     con.execute("SET preserve_insertion_order = true")
