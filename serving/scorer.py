@@ -91,9 +91,7 @@ class ModelExplainer:
         return None if self.own_class is None else self.own_class(features, X)
 
     def _contributions(self, X: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        values = self.engine(X)
-        if own is not None:
-            values = values.reshape(len(X), -1, self.n_inputs + 1)[np.arange(len(X)), own]
+        values = self.engine(X) if own is None else self.declared.contributions(X, classes=own)
         return values[:, :-1], values[:, -1]
 
 

@@ -89,6 +89,18 @@ def test_surrogate_shap_explains_the_own_cluster(model, features):
     np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), own, rtol=1e-6, atol=1e-6)
 
 
+def test_own_cluster_contributions_from_that_clusters_trees_equal_the_whole_models(model, features):
+    """The service explains each row's own cluster from that cluster's trees alone (`Explanation.contributions`
+    with `classes`): the very values of the multiclass TreeSHAP's own-class slice, not an approximation."""
+    rows = features.head(300)
+    X, own = model.encoder_.matrix(rows), model.assign(rows)
+    assert len(set(own)) >= 3  # rows of several clusters, each from its own single-class booster
+    explanation = model.explanation()
+    whole = explanation.contributions(X).reshape(len(X), model.k_, -1)[np.arange(len(X)), own]
+    np.testing.assert_array_equal(explanation.contributions(X, classes=own), whole)
+    np.testing.assert_allclose(whole, model.surrogate_contributions(rows).to_numpy(), rtol=0, atol=0)
+
+
 def test_shap_plots_explain_the_own_cluster_with_the_shap_library(model, features):
     from training.plots import shap_explanation, shap_figures
 

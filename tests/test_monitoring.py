@@ -146,9 +146,8 @@ class _FixedChurn:
 
     config = SimpleNamespace(horizon_days=90)
 
-    def predict(self, features, encoded=None):
-        return pd.DataFrame({"churn_probability": np.linspace(0, 1, len(features)), "churn_band": "low"},
-                            index=features.index)
+    def predict_columns(self, features, encoded=None):
+        return {"churn_probability": np.linspace(0, 1, len(features)), "churn_band": ["low"] * len(features)}
 
 
 def test_prediction_log_keeps_model_versions_and_retention_prunes_old_files(tmp_path):

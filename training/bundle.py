@@ -49,9 +49,8 @@ class ScoringBundle:
         # model cost more than the models for one customer.
         columns = {"customer_id": features["customer_id"].array}
         for name in scoring_order(self.models):
-            scores = self.models[name].predict(features, (encoded or {}).get(name))
-            for column in scores.columns:
-                columns[score_column(name, column)] = scores[column].array
+            for column, values in self.models[name].predict_columns(features, (encoded or {}).get(name)).items():
+                columns[score_column(name, column)] = values
         return pd.DataFrame(columns)
 
     def score_in_chunks(self, features: pd.DataFrame, rows: int = 200_000) -> pd.DataFrame:

@@ -10,7 +10,9 @@ ends in `_`, `predict` returns the model's declared outputs, a model used before
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,9 +47,15 @@ class Explanation:
     own_class: Any = None
     extra: Any = None
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
+    def contributions(self, X: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """Exact contributions of the explained margin per encoded row: LightGBM's TreeSHAP of the booster (the
-        values `shap.TreeExplainer` gives; per class side by side for a multiclass booster) plus `extra`."""
+        values `shap.TreeExplainer` gives; per class side by side for a multiclass booster) plus `extra`.
+
+        `classes`: one class per row of a multiclass booster: only that class's values (rows x inputs + base value),
+        each from its class's trees alone, so 1/classes of the work (the service explains each row's own cluster).
+        """
+        if classes is not None:
+            return _per_class_contributions(self._class_boosters, X, classes)
         if self.booster is None:
             return self.extra(X)
         values = np.asarray(self.booster.predict(X, pred_contrib=True))
@@ -56,6 +64,38 @@ class Explanation:
     def trees_margin(self, X: np.ndarray) -> np.ndarray:
         """The booster's raw margin per row (classes side by side for multiclass); zeros without a booster."""
         return np.zeros(len(X)) if self.booster is None else self.booster.predict(X, raw_score=True)
+
+    @functools.cached_property
+    def _class_boosters(self) -> list[lgb.Booster]:
+        return class_boosters(self.booster)
+
+
+def class_boosters(booster: lgb.Booster) -> list[lgb.Booster]:
+    """A multiclass booster as one single-output booster per class, holding that class's trees (tree i belongs to
+    class i % classes in LightGBM's model text): each one's TreeSHAP is exactly that class's part of the whole's."""
+    text = booster.model_to_string()
+    head, rest = text.split("\nTree=0\n", 1)
+    trees = ("Tree=0\n" + rest.split("\nend of trees", 1)[0]).split("\n\n\n")
+    k = booster.num_model_per_iteration()
+    if k < 2 or len(trees) % k:
+        raise ValueError(f"not a multiclass model of whole iterations: {k} trees per iteration, {len(trees)} trees")
+    out = []
+    for c in range(k):
+        own = [re.sub(r"\ATree=\d+", f"Tree={j}", tree) for j, tree in enumerate(trees[c::k])]
+        header = re.sub(r"(?m)^num_class=\d+$", "num_class=1", head)
+        header = re.sub(r"(?m)^num_tree_per_iteration=\d+$", "num_tree_per_iteration=1", header)
+        header = re.sub(r"(?m)^objective=.*$", "objective=regression", header)
+        header = re.sub(r"(?m)^tree_sizes=.*\n", "", header)  # byte sizes of the trees: renumbered, they differ
+        out.append(lgb.Booster(model_str=header + "\n" + "\n\n\n".join(own) + "\n\n\nend of trees\n"))
+    return out
+
+
+def _per_class_contributions(boosters: list[lgb.Booster], X: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    out = np.empty((len(X), X.shape[1] + 1))
+    for c in np.unique(classes):
+        rows = classes == c
+        out[rows] = boosters[c].predict(X[rows], pred_contrib=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,7 +142,7 @@ class ReportPage:
 
 class Estimator:
     """Base of the model kinds. Subclasses set `kind`, `config_class` and `fitted_attribute`, and implement `fit`,
-    `predict`, `explanation`, `save` and `load`."""
+    `predict_columns`, `explanation`, `save` and `load`."""
 
     kind: ClassVar[str]
     config_class: ClassVar[type]
@@ -144,7 +184,14 @@ class Estimator:
             raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit() or load() first")
 
     def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
-        """Feature table -> the model's declared outputs (features/outputs.py), same index."""
+        """Feature table -> the model's declared outputs (features/outputs.py), same index.
+
+        `encoded`: the rows already through the model's `encoder_.matrix` (the service encodes once per request)."""
+        return pd.DataFrame(self.predict_columns(features, encoded), index=features.index)
+
+    def predict_columns(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> dict[str, Any]:
+        """`predict`'s columns as arrays, in order (the scoring bundle gathers them without a frame per model:
+        building six one-row frames cost as much as the models for one customer)."""
         raise NotImplementedError
 
     def explanation(self) -> Explanation:

@@ -315,8 +315,8 @@ class ChurnModel(Estimator):
         """Calibrated churn probability per row."""
         return apply_calibration(self.calibration_, self.margin(features, encoded))
 
-    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
-        """Feature table -> churn_probability (calibrated) and churn_band (low/medium/high), same index.
+    def predict_columns(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> dict:
+        """Feature table -> churn_probability (calibrated) and churn_band (low/medium/high).
 
         The model is trained on customers who bought in the year before as_of; other rows get a score too,
         extrapolated (a customer who never bought has no purchase to lapse from: filter them out upstream).
@@ -325,10 +325,8 @@ class ChurnModel(Estimator):
         probability = self.predict_proba(features, encoded)
         low, high = self.config.band_thresholds
         band = np.where(probability >= high, 2, np.where(probability >= low, 1, 0))  # codes of BANDS
-        return pd.DataFrame({
-            "churn_probability": probability,
-            "churn_band": pd.Categorical.from_codes(band, dtype=BAND_DTYPE),  # from labels: ~0.25 ms a request
-        }, index=features.index)
+        return {"churn_probability": probability,
+                "churn_band": pd.Categorical.from_codes(band, dtype=BAND_DTYPE)}  # from labels: ~0.25 ms a request
 
     def explanation(self) -> Explanation:
         extra = self._textbook_contributions if self.textbook_weight_ else None

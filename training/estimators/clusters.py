@@ -309,14 +309,12 @@ class ClusterModel(Estimator):
         self.n_customers_, self.feature_set_version_ = len(X), FEATURE_SET_VERSION
         return self
 
-    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
-        """Feature rows -> cluster_id (int64) and cluster_name, same index, from the fitted state only."""
+    def predict_columns(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> dict:
+        """Feature rows -> cluster_id (int64) and cluster_name, from the fitted state only."""
         self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         labels = self.assign(features, encoded)
-        return pd.DataFrame({"cluster_id": labels,
-                             "cluster_name": np.asarray(self.names_, dtype=object)[labels]},
-                            index=features.index)
+        return {"cluster_id": labels, "cluster_name": np.asarray(self.names_, dtype=object)[labels]}
 
     def assign(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> np.ndarray:
         """Cluster ids of feature rows (int64 array).

@@ -141,8 +141,8 @@ class LookalikeModel(Estimator):
         self.reference_quantiles_ = np.quantile(scores, levels).tolist()
         return self
 
-    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
-        """Feature rows -> lookalike_score (0..1) and lookalike_percentile (0..100), same index as `features`.
+    def predict_columns(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> dict:
+        """Feature rows -> lookalike_score (0..1) and lookalike_percentile (0..100).
 
         The percentile is the share of the fitted population with a lower score (ties count half), from the
         quantiles stored at fit time, so one customer scores the same alone as in any batch. `encoded`: the rows
@@ -151,8 +151,8 @@ class LookalikeModel(Estimator):
         self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         g = self._classifier_output(self.encoder_.matrix(features) if encoded is None else encoded)
-        return pd.DataFrame({"lookalike_score": np.minimum(g / self.label_frequency_, 1.0),
-                             "lookalike_percentile": self._percentile(g)}, index=features.index)
+        return {"lookalike_score": np.minimum(g / self.label_frequency_, 1.0),
+                "lookalike_percentile": self._percentile(g)}
 
     def ranking_score(self, features: pd.DataFrame) -> np.ndarray:
         """The classifier output g(x): same order as lookalike_score but without the ties at the cap of 1."""

@@ -160,13 +160,13 @@ class UpliftModel(Estimator):
         self.feature_set_version_ = FEATURE_SET_VERSION
         return self
 
-    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
+    def predict_columns(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> dict:
         """Feature rows -> uplift_score: the estimated change in the chance of buying within the window when
-        contacted rather than held out (probability points, -1..1), same index as `features`."""
+        contacted rather than held out (probability points, -1..1)."""
         self.require_fitted()
         check_feature_set(features, self.feature_set_version_)
         X = self.encoder_.matrix(features) if encoded is None else encoded
-        return pd.DataFrame({"uplift_score": np.clip(self.booster_.predict(X), -1.0, 1.0)}, index=features.index)
+        return {"uplift_score": np.clip(self.booster_.predict(X), -1.0, 1.0)}
 
     def explanation(self) -> Explanation:
         return Explanation(self.booster_, "uplift", "campaign response", "probability points", "probability points",

@@ -244,8 +244,8 @@ class ValueModel(Estimator):
                   else self.boosters_[target].predict(self.encoder_.transform(features), pred_contrib=True))
         return pd.DataFrame(values, index=features.index, columns=[*self.encoder_.feature_names_, "expected_value"])
 
-    def predict(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> pd.DataFrame:
-        """Feature table -> expected_purchases and expected_spend over the horizon, same index.
+    def predict_columns(self, features: pd.DataFrame, encoded: np.ndarray | None = None) -> dict:
+        """Feature table -> expected_purchases and expected_spend over the horizon.
 
         `encoded`: the rows already through `encoder_.matrix` (the service encodes once for scores and reasons).
         """
@@ -254,8 +254,8 @@ class ValueModel(Estimator):
         matrix = self.encoder_.matrix(features) if encoded is None else encoded
         if self._serves_textbook:
             purchases, spend = self._textbook_amounts(matrix)
-            return pd.DataFrame({OUTPUTS["purchases"]: purchases, OUTPUTS["spend"]: spend}, index=features.index)
-        return pd.DataFrame({OUTPUTS[t]: self.boosters_[t].predict(matrix) for t in TARGETS}, index=features.index)
+            return {OUTPUTS["purchases"]: purchases, OUTPUTS["spend"]: spend}
+        return {OUTPUTS[t]: self.boosters_[t].predict(matrix) for t in TARGETS}
 
     def explanation(self) -> Explanation:
         """Reasons explain expected spend (the spend booster, or the textbook's formula), on the log scale."""
