@@ -776,14 +776,15 @@ class CurrentState:
         """What changes whenever anything writes this customer or thresholds: their posted records, latest logged
         change, evaluation time, and the last refresh. Equal marks = nothing read about them is stale."""
         cid = str(customer_id)
+        # One statement of four scalar subqueries: an event reads the mark twice, and each statement is a round trip.
+        query = select(
+            select(func.count()).where(posted_events.c.customer_id == cid).scalar_subquery(),
+            select(func.max(membership_log.c.seq)).where(membership_log.c.customer_id == cid).scalar_subquery(),
+            select(customer_state.c.as_of).where(customer_state.c.customer_id == cid).scalar_subquery(),
+            select(func.max(refreshes.c.id)).scalar_subquery(),
+        )
         with self._reading(conn) as reader:
-            return (
-                reader.execute(select(func.count()).where(posted_events.c.customer_id == cid)).scalar(),
-                reader.execute(select(func.max(membership_log.c.seq)).where(membership_log.c.customer_id == cid))
-                .scalar(),
-                reader.execute(select(customer_state.c.as_of).where(customer_state.c.customer_id == cid)).scalar(),
-                self.last_refresh_id(reader),
-            )
+            return tuple(reader.execute(query).one())
 
     def stored_posted(self, rows: list[dict], conn: Connection | None = None) -> set[tuple[str, str]]:
         """The (kind, id) of `rows` already stored."""
