@@ -369,6 +369,34 @@ def test_the_textbook_term_is_in_the_margin_and_its_explanation_adds_up(blended,
     pd.testing.assert_frame_equal(loaded.contributions(x), contributions)
 
 
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_exact_shapley_equals_the_average_over_every_order_of_the_inputs(n):
+    """The textbook terms' reasons: Shapley values by their definition (each input's marginal value averaged over
+    every order in which the inputs join, the others at the reference), on a function with interactions."""
+    from itertools import permutations
+
+    from training.estimators.textbook import exact_shapley
+
+    rng = np.random.default_rng(n)
+    values, reference = rng.normal(size=(5, n)), rng.normal(size=n).tolist()
+
+    def function(rows):  # products and a nonlinearity: every input interacts with the others
+        return np.sin(rows.sum(axis=1)) + rows.prod(axis=1) + rows[:, 0] ** 2
+
+    expected = np.zeros((len(values), n))
+    orders = list(permutations(range(n)))
+    for order in orders:
+        current = np.tile(reference, (len(values), 1))
+        for i in order:
+            before = function(current)
+            current[:, i] = values[:, i]
+            expected[:, i] += (function(current) - before) / len(orders)
+    found, base = exact_shapley(function, values, reference)
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-12)
+    assert base == pytest.approx(function(np.array([reference]))[0], abs=1e-15)
+    np.testing.assert_allclose(found.sum(axis=1) + base, function(values), rtol=0, atol=1e-12)
+
+
 def explanation_rows(x: pd.DataFrame, sample: int) -> pd.DataFrame:
     """The rows `shap_explanation` explains (its seeded sample)."""
     return x.sample(n=min(sample, len(x)), random_state=0) if len(x) > sample else x

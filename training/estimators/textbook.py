@@ -53,7 +53,7 @@ def _fitted(family: str, params: tuple[tuple[str, float], ...]):
     """A `family` fitter holding `params`, built once per parameter set (read only: a Series and a fitter per call
     cost ~60 us, three calls per scored customer)."""
     fitter = _fitter(family)()
-    fitter.params_ = pd.Series(dict(params))
+    fitter.params_ = dict(params)  # read by name only: a Series lookup cost ~12 us, four per call
     return fitter
 
 
@@ -116,21 +116,31 @@ def exact_shapley(function, values: np.ndarray, reference: list[float]) -> tuple
     each coalition of inputs takes the row's values, the others the reference's (2^inputs evaluations per row).
     Also returns function(reference) (the empty coalition's value, the base of the contributions): the values sum
     to function(row) - function(reference)."""
-    n = values.shape[1]
-    base = np.broadcast_to(np.asarray(reference, dtype=float), values.shape)
-    coalitions = [frozenset(c) for size in range(n + 1) for c in combinations(range(n), size)]
-    stacked = np.concatenate([*(np.where(np.isin(np.arange(n), list(c)), values, base) for c in coalitions),
-                              np.asarray([reference], dtype=float)])  # and the reference alone, for the base
-    evaluated = function(stacked)
-    at = dict(zip(coalitions, np.split(evaluated[:-1], len(coalitions)), strict=True))
-    out = np.zeros(values.shape)
-    for i in range(n):
-        for coalition in coalitions:
-            if i in coalition:
+    rows, n = values.shape
+    members, weights = _coalitions(n)
+    reference = np.asarray(reference, dtype=float)
+    stacked = np.where(members[:, None, :], values[None, :, :], reference)  # coalitions x rows x inputs
+    evaluated = function(np.concatenate([stacked.reshape(-1, n), reference[None, :]]))
+    at = evaluated[:-1].reshape(len(members), rows)  # coalitions x rows
+    return (weights @ at).T, float(evaluated[-1])
+
+
+@functools.lru_cache(maxsize=8)
+def _coalitions(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every coalition of `n` inputs as a membership mask (2^n x n), and the Shapley weights (n x 2^n) that turn
+    the coalitions' values into each input's value: w(S) * (v(S + i) - v(S)) summed over the S without i."""
+    members = np.array([[i in c for i in range(n)] for size in range(n + 1) for c in combinations(range(n), size)])
+    index = {tuple(m): k for k, m in enumerate(members.tolist())}
+    weights = np.zeros((n, len(members)))
+    for k, member in enumerate(members.tolist()):
+        size = sum(member)
+        for i in range(n):
+            if member[i]:
                 continue
-            weight = factorial(len(coalition)) * factorial(n - len(coalition) - 1) / factorial(n)
-            out[:, i] += weight * (at[coalition | {i}] - at[coalition])
-    return out, float(evaluated[-1])
+            weight = factorial(size) * factorial(n - size - 1) / factorial(n)
+            weights[i, index[tuple(member[:i] + [True] + member[i + 1:])]] += weight
+            weights[i, k] -= weight
+    return members, weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
