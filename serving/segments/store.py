@@ -483,6 +483,16 @@ class Database:
         finally:
             cursor.close()
 
+    @staticmethod
+    def plain_rows(conn: Connection, query) -> list[tuple]:
+        """The rows of a SQLAlchemy `query` (its parameters bound as SQLAlchemy binds them) as the driver's plain
+        tuples: for reads of millions of rows of columns SQLAlchemy does not convert (text)."""
+        result = conn.execute(query)
+        try:
+            return result.cursor.fetchall()
+        finally:
+            result.close()
+
     def id_range(self, low: str | None, high: str | None) -> tuple[str, tuple]:
         """A SQL condition on `customer_id` for `low <= id < high` (None: unbounded) and its parameters, comparing
         as Python orders strings (code points): SQLite's BINARY collation does; PostgreSQL is told COLLATE "C",
@@ -1008,8 +1018,8 @@ class ChangeLog:
         """Who was in which segment at `moment`, from the log: per (customer, segment) the latest change with
         at <= moment (ties by recording order) is "entered". Columns segment, customer_id."""
         query = _latest_changes(naive_utc(moment), segments)
-        with self._read() as conn:
-            rows = [tuple(row) for row in conn.execute(query)]
+        with self._read() as conn:  # 2.6M members: SQLAlchemy's Row per row took ~2 s of a report at 1M
+            rows = self.db.plain_rows(conn, query)
         return _frame(rows, ["segment", "customer_id"])
 
     def sizes_at(self, moments: list[datetime]) -> pd.DataFrame:
