@@ -115,32 +115,33 @@ def exact_shapley(function, values: np.ndarray, reference: list[float]) -> tuple
     """Exact baseline Shapley values of a row function (stacked rows -> one value each) per row of `values`:
     each coalition of inputs takes the row's values, the others the reference's (2^inputs evaluations per row).
     Also returns function(reference) (the empty coalition's value, the base of the contributions): the values sum
-    to function(row) - function(reference)."""
+    to function(row) - function(reference).
+
+    Each row's values are summed elementwise in one fixed order, never through a matrix product (whose summation
+    order may depend on the number of rows): a customer's reasons are the same alone and in any batch, to the bit."""
     rows, n = values.shape
-    members, weights = _coalitions(n)
+    members, terms = _coalitions(n)
     reference = np.asarray(reference, dtype=float)
     stacked = np.where(members[:, None, :], values[None, :, :], reference)  # coalitions x rows x inputs
     evaluated = function(np.concatenate([stacked.reshape(-1, n), reference[None, :]]))
     at = evaluated[:-1].reshape(len(members), rows)  # coalitions x rows
-    return (weights @ at).T, float(evaluated[-1])
+    out = np.zeros((rows, n))
+    for i, pairs in enumerate(terms):
+        for joined, alone, weight in pairs:
+            out[:, i] += weight * (at[joined] - at[alone])
+    return out, float(evaluated[-1])
 
 
 @functools.lru_cache(maxsize=8)
-def _coalitions(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every coalition of `n` inputs as a membership mask (2^n x n), and the Shapley weights (n x 2^n) that turn
-    the coalitions' values into each input's value: w(S) * (v(S + i) - v(S)) summed over the S without i."""
-    members = np.array([[i in c for i in range(n)] for size in range(n + 1) for c in combinations(range(n), size)])
-    index = {tuple(m): k for k, m in enumerate(members.tolist())}
-    weights = np.zeros((n, len(members)))
-    for k, member in enumerate(members.tolist()):
-        size = sum(member)
-        for i in range(n):
-            if member[i]:
-                continue
-            weight = factorial(size) * factorial(n - size - 1) / factorial(n)
-            weights[i, index[tuple(member[:i] + [True] + member[i + 1:])]] += weight
-            weights[i, k] -= weight
-    return members, weights
+def _coalitions(n: int) -> tuple[np.ndarray, list[list[tuple[int, int, float]]]]:
+    """Every coalition of `n` inputs as a membership mask (2^n x n, by size), and per input the terms of its
+    Shapley value: (coalition with it, the same without it, weight) for every coalition without it, in order."""
+    coalitions = [frozenset(c) for size in range(n + 1) for c in combinations(range(n), size)]
+    members = np.array([[i in c for i in range(n)] for c in coalitions], dtype=bool).reshape(len(coalitions), n)
+    index = {c: k for k, c in enumerate(coalitions)}
+    terms = [[(index[c | {i}], k, factorial(len(c)) * factorial(n - len(c) - 1) / factorial(n))
+              for k, c in enumerate(coalitions) if i not in c] for i in range(n)]
+    return members, terms
 
 
 # ---------------------------------------------------------------------------------------------------------------
