@@ -212,6 +212,9 @@ WITH RECURSIVE segments(name) AS (
 SELECT segment FROM segments JOIN membership ON segment = name AND customer_id = :customer_id ORDER BY segment
 """)
 
+# The id of the latest refresh (ids only grow): read alone, and inside a customer's mark.
+_LAST_REFRESH_ID = select(func.max(refreshes.c.id))
+
 _MEMBERS_BETWEEN = """
 WITH RECURSIVE segments(name) AS (
     SELECT min(segment) FROM membership
@@ -746,7 +749,7 @@ class CurrentState:
         """The id of the most recent refresh (ids only grow), None before the first: a cheap test of whether
         thresholds read from `last_refresh` are still the latest."""
         with self._reading(conn) as reader:
-            return reader.execute(select(func.max(refreshes.c.id))).scalar()
+            return reader.execute(_LAST_REFRESH_ID).scalar()
 
     def last_refresh(self, conn: Connection | None = None) -> dict | None:
         """The most recently recorded refresh: id, as_of, definitions_hash, thresholds (dict), customers, changes,
@@ -791,7 +794,7 @@ class CurrentState:
             select(func.count()).where(posted_events.c.customer_id == cid).scalar_subquery(),
             select(func.max(membership_log.c.seq)).where(membership_log.c.customer_id == cid).scalar_subquery(),
             select(customer_state.c.as_of).where(customer_state.c.customer_id == cid).scalar_subquery(),
-            select(func.max(refreshes.c.id)).scalar_subquery(),
+            _LAST_REFRESH_ID.scalar_subquery(),
         )
         with self._reading(conn) as reader:
             return tuple(reader.execute(query).one())

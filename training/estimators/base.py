@@ -55,6 +55,8 @@ class Explanation:
         each from its class's trees alone, so 1/classes of the work (the service explains each row's own cluster).
         """
         if classes is not None:
+            if self.extra is not None:  # an extra term has no per-class values to add: never silently dropped
+                raise ValueError("per-class contributions of a model with an extra margin term are not defined")
             return _per_class_contributions(self._class_boosters, X, classes)
         if self.booster is None:
             return self.extra(X)
@@ -79,13 +81,13 @@ def class_boosters(booster: lgb.Booster) -> list[lgb.Booster]:
     k = booster.num_model_per_iteration()
     if k < 2 or len(trees) % k:
         raise ValueError(f"not a multiclass model of whole iterations: {k} trees per iteration, {len(trees)} trees")
+    header = re.sub(r"(?m)^num_class=\d+$", "num_class=1", head)
+    header = re.sub(r"(?m)^num_tree_per_iteration=\d+$", "num_tree_per_iteration=1", header)
+    header = re.sub(r"(?m)^objective=.*$", "objective=regression", header)
+    header = re.sub(r"(?m)^tree_sizes=.*\n", "", header)  # byte sizes of the trees: renumbered, they differ
     out = []
     for c in range(k):
         own = [re.sub(r"\ATree=\d+", f"Tree={j}", tree) for j, tree in enumerate(trees[c::k])]
-        header = re.sub(r"(?m)^num_class=\d+$", "num_class=1", head)
-        header = re.sub(r"(?m)^num_tree_per_iteration=\d+$", "num_tree_per_iteration=1", header)
-        header = re.sub(r"(?m)^objective=.*$", "objective=regression", header)
-        header = re.sub(r"(?m)^tree_sizes=.*\n", "", header)  # byte sizes of the trees: renumbered, they differ
         out.append(lgb.Booster(model_str=header + "\n" + "\n\n\n".join(own) + "\n\n\nend of trees\n"))
     return out
 
