@@ -5,7 +5,7 @@ Usage (one command; setup steps whose outputs exist in DIR are skipped):
 
 Setup (bench/serving_load.py's helpers): `segments generate --customers 20000 --months 24 --seed 3` -> DIR/data,
 `segments train all` into sqlite:///DIR/mlflow.db, `segments build --as-of 2026-07-01` -> DIR/serve (with
-history.duckdb); then `segments refresh --as-of 2026-07-01` once into the SQLite store DIR/refreshed.db (skipped when
+history.sqlite); then `segments refresh --as-of 2026-07-01` once into the SQLite store DIR/refreshed.db (skipped when
 it exists). Every run starts from a fresh copy of that store (DIR/events.db), so runs are comparable.
 
 HTTP (default): `segments serve` (bentoml serve, 1 worker) on a free port of 127.0.0.1 with SEGMENTS_DB_URL =

@@ -6,7 +6,8 @@ A serve folder (SEGMENTS_SERVE_DIR, default ./serve) holds:
   training as_of (the age the service reports is counted from it);
 - features.parquet: the feature table as of as_of (what ids are looked up in), with its metadata;
 - typical.json: the population's typical value of every feature at as_of (reasons compare against it);
-- history.duckdb: the clean tables sorted by customer, from which posted events rebuild a customer's features.
+- history.duckdb: the clean tables sorted by customer (reports read them);
+- history.sqlite: the same rows indexed by customer, from which posted events rebuild a customer's features.
 
 Models are imported from the MLflow registry at their pinned versions (`models:/NAME/VERSION`) into the BentoML model
 store, so the service never reads "latest" from MLflow and runs without the tracking server.
@@ -26,7 +27,7 @@ from features.build import FeatureQuery, to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
 from features.pipeline import build_feature_table, read_feature_table, write_feature_table
 from serving.explain.reasons import typical_values
-from serving.segments.events import HISTORY_FILE, write_history
+from serving.segments.events import HISTORY_FILE, RUNNER_HISTORY_FILE, write_history
 from training.bundle import ScoringBundle
 
 MANIFEST, FEATURES_FILE, TYPICAL_FILE = "manifest.json", "features.parquet", "typical.json"
@@ -75,7 +76,7 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
     write_feature_table(run, out_dir / FEATURES_FILE)
     (out_dir / TYPICAL_FILE).write_text(json.dumps(typical_values(run.table), indent=1, sort_keys=True))
     progress("writing the customers' history (the event path rebuilds features from it)")
-    write_history(validation, run.query.columns, out_dir / HISTORY_FILE)
+    write_history(validation, run.query.columns, out_dir)
     manifest = {"feature_set_version": FEATURE_SET_VERSION, "as_of": as_of.isoformat(), "alias": alias,
                 "columns": run.query.columns, "features": [f.name for f in run.query.features],
                 "models": models, "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -192,9 +193,10 @@ def _load(state: ServingState, rows: int | None) -> None:
     features = [FEATURES_BY_NAME[name] for name in state.feature_names]
     state.table = to_feature_frame(table, features).set_index("customer_id", drop=False)
     state.typical = json.loads((state.directory / TYPICAL_FILE).read_text())
-    if not (state.directory / HISTORY_FILE).exists():
-        state.problems.append(f"no {HISTORY_FILE} in {state.directory.resolve()} (posted events rebuild features "
-                              f"from it): rebuild the serve folder (segments build)")
+    for name in (HISTORY_FILE, RUNNER_HISTORY_FILE):
+        if not (state.directory / name).exists():
+            state.problems.append(f"no {name} in {state.directory.resolve()} (posted events and reports read the "
+                                  f"customers' history): rebuild the serve folder (segments build)")
     state.query = FeatureQuery(state.manifest["columns"], features)
     _ = state.query.sql  # compiled once, at start
     if bundle.models:

@@ -26,13 +26,13 @@ FLOAT_RTOL = 1e-12
 def served(tmp_path_factory):
     from features.pipeline import build_feature_table, load_validated
     from features.synthetic.generator import generate_tables, write_tables
-    from serving.segments.events import HISTORY_FILE, write_history
+    from serving.segments.events import write_history
 
     root = tmp_path_factory.mktemp("realtime")
     write_tables(generate_tables(300, 14, seed=5, end=AS_OF.date()), root / "data")
     validation = load_validated(root / "data")
     run = build_feature_table(validation, AS_OF)
-    write_history(validation, run.query.columns, root / HISTORY_FILE)
+    write_history(validation, run.query.columns, root)
     return {"root": root, "validation": validation, "run": run}
 
 
@@ -131,6 +131,44 @@ def test_sqlite_runner_equals_run_duckdb_on_edge_cases():
         on_sqlite = runner.run(rows, as_of)
         pd.testing.assert_frame_equal(on_sqlite, batch, check_exact=False, rtol=FLOAT_RTOL)
         assert on_sqlite.attrs == batch.attrs
+
+
+def test_runner_history_file_gives_the_rows_it_was_written_from(tmp_path):
+    """One customer's rows read from the history file the event path reads (SQLite, text timestamps) give the
+    batch path's row, on the edge-case fixture of test_features; posted rows replace history rows of their id."""
+    from test_features import AS_OF as FIXTURE_AS_OF
+    from test_features import FRAMES, _columns
+
+    from features.build import SQLiteFeatureRunner, write_runner_history
+
+    query = FeatureQuery(_columns(FRAMES))
+    con = duckdb.connect()
+    for name, frame in FRAMES.items():
+        con.register(name, frame)
+    write_runner_history(con, query.columns, tmp_path / "history.sqlite", batch_rows=3)  # several batches
+    runner = SQLiteFeatureRunner(query, tmp_path / "history.sqlite")
+    last = FRAMES["transactions"]["timestamp"].max().to_pydatetime()
+    for as_of in (FIXTURE_AS_OF, last + timedelta(microseconds=1), last):
+        batch = query.run_duckdb(con, as_of)
+        for customer in FRAMES["customers"]["customer_id"]:  # a customer not known at as_of: no row in either
+            row = runner.run_customer(customer, {}, as_of)
+            expected = batch[batch["customer_id"] == customer].reset_index(drop=True)
+            pd.testing.assert_frame_equal(row, expected, check_exact=False, rtol=FLOAT_RTOL)
+    # A posted row with a history row's id replaces it: the same as the batch SQL without that history row.
+    transactions = FRAMES["transactions"]
+    customer = transactions["customer_id"].value_counts().index[0]
+    mine = transactions[transactions["customer_id"] == customer]
+    replaced = mine.iloc[0]
+    names = runner.columns["transactions"]
+    posted = replaced.copy()
+    posted["amount"] = 12345.0
+    row = runner.run_customer(customer, {"transactions": [tuple(None if pd.isna(posted[c]) else posted[c]
+                                                                  for c in names)]}, FIXTURE_AS_OF)
+    frames = {**FRAMES, "transactions": pd.concat([transactions.drop(index=replaced.name), posted.to_frame().T
+                                                   .astype(transactions.dtypes.to_dict())], ignore_index=True)}
+    expected = query.run_frames(frames, FIXTURE_AS_OF).set_index("customer_id", drop=False).loc[[customer]]
+    pd.testing.assert_frame_equal(row, expected.reset_index(drop=True), check_exact=False, rtol=FLOAT_RTOL)
+    assert row["spend_sum_total"].iloc[0] != runner.run_customer(customer, {}, FIXTURE_AS_OF)["spend_sum_total"].iloc[0]
 
 
 def test_thresholds_are_read_again_after_a_new_refresh(processor):

@@ -1,7 +1,7 @@
 """Events arriving at the service move customers between segments, through the same code as a batch refresh.
 
 For each customer of a request: rebuild the customer's feature row with the served `FeatureQuery` from their
-history (the serve folder's `history.duckdb`, written by `segments build`) plus every event posted since and the new
+history (the serve folder's `history.sqlite`, written by `segments build`) plus every event posted since and the new
 ones, score it with the served models and evaluate the segments (population thresholds of the last refresh), on a
 snapshot of the store; then, in ONE store transaction, store the new transactions and events (idempotent by their
 id) and record entries and exits with causes, after checking that nothing about the customer moved since the
@@ -17,25 +17,27 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from features.build import SQLiteFeatureRunner
+from features.build import SQLiteFeatureRunner, write_runner_history
 from features.contract import typed_rows
 from features.segments import SegmentSet
 from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
 from serving.segments.store import Change, SegmentStore, first_posts, posted_key
 
-HISTORY_FILE = "history.duckdb"
+HISTORY_FILE = "history.duckdb"  # the clean tables, for bulk reads (reports)
+RUNNER_HISTORY_FILE = "history.sqlite"  # the same rows indexed by customer, for one customer's (the event path)
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
 AFTER_LAST_EVENT = timedelta(microseconds=1)
 POSTED_TABLES = {"transaction": "transactions", "event": "events"}
 ID_COLUMNS = {"transactions": "transaction_id", "events": "event_id"}
 
 
-def write_history(validation, columns: dict[str, list[str]], path: Path) -> None:
-    """The clean tables (contract columns only) sorted by customer, so one customer's rows are read fast."""
+def write_history(validation, columns: dict[str, list[str]], folder: Path) -> None:
+    """The clean tables (contract columns only) sorted by customer, twice into `folder`: HISTORY_FILE (DuckDB) for
+    reports and RUNNER_HISTORY_FILE (SQLite, indexed by customer) for the event path's point reads."""
+    path = folder / HISTORY_FILE
     path.unlink(missing_ok=True)
     con = validation.con
     con.execute("ATTACH ? AS history", [str(path)])
@@ -45,6 +47,7 @@ def write_history(validation, columns: dict[str, list[str]], path: Path) -> None
                         f"ORDER BY customer_id")
     finally:
         con.execute("DETACH history")
+    write_runner_history(con, columns, folder / RUNNER_HISTORY_FILE)
 
 
 def open_event_path(state) -> EventProcessor:
@@ -65,15 +68,10 @@ class EventProcessor:
     def __init__(self, state, store, segments_file: Path | None = None):
         self.state, self.store = state, store
         self.bundle = state.scorer.bundle
-        # One in-memory DuckDB database with the history attached read-only; each request thread gets a connection
-        # of its own (DuckDB connections are not shared between threads) to read the customer's rows, and a SQLite
-        # feature runner of its own (features.build.SQLiteFeatureRunner: ~10x faster than DuckDB for one customer).
-        # One thread: a point read of one customer's rows is ~1 ms of planning and a few row groups, where waking a
-        # second thread cost more than it saved (3.1 -> 2.6 ms for the three tables) and took a core from scoring.
-        self.history = duckdb.connect(config={"threads": 1})
-        self.history.execute("ATTACH ? AS history (READ_ONLY)", [str(state.directory / HISTORY_FILE)])
+        # Each request thread gets a SQLite feature runner of its own (features.build.SQLiteFeatureRunner: ~10x
+        # faster than DuckDB for one customer; a sqlite3 connection stays in its thread) with the history attached.
+        self.history = state.directory / RUNNER_HISTORY_FILE
         self._local = threading.local()
-        self._cursor_lock = threading.Lock()
         self.last_refresh = LastRefresh(store)
         self._rules: tuple[dict | None, SegmentRules] | None = None  # (refresh, rules) of the last /score
         _ = state.query.sqlite_sql  # compiled now, not on the first event (~0.5 s)
@@ -162,14 +160,12 @@ class EventProcessor:
             cached = self._rules = (last, SegmentRules.of_refresh(self.segments, self.skipped, last))
         return cached[1]
 
-    def _session(self) -> tuple[duckdb.DuckDBPyConnection, SQLiteFeatureRunner]:
-        """This thread's history connection and feature runner."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            with self._cursor_lock:
-                history = self.history.cursor()
-            session = self._local.session = (history, SQLiteFeatureRunner(self.state.query))
-        return session
+    def _runner(self) -> SQLiteFeatureRunner:
+        """This thread's feature runner."""
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = SQLiteFeatureRunner(self.state.query, self.history)
+        return runner
 
     def features(self, customer_id: str, new: list[dict], as_of: datetime,
                  conn: Connection | None = None) -> pd.DataFrame:
@@ -178,9 +174,8 @@ class EventProcessor:
         `new` rows need not be stored (e.g. hypothetical records). A posted record replaces a history record with
         the same id (the latest post of an id wins). `conn`: read the posted records inside that store transaction.
         """
-        history, runner = self._session()
-        posted = self._posted_rows(customer_id, new, as_of, runner.columns, conn)
-        return runner.run(self._customer_rows(history, customer_id, posted, runner.columns), as_of)
+        runner = self._runner()
+        return runner.run_customer(customer_id, self._posted_rows(customer_id, new, as_of, runner.columns, conn), as_of)
 
     def _posted_rows(self, customer_id: str, new: list[dict], as_of: datetime, columns: dict[str, list[str]],
                      conn: Connection | None) -> dict[str, list[tuple]]:
@@ -198,21 +193,6 @@ class EventProcessor:
                 out[table] = list(by_id.values())
         return out
 
-    @staticmethod
-    def _customer_rows(history, customer_id: str, posted: dict[str, list[tuple]],
-                       columns: dict[str, list[str]]) -> dict[str, list[tuple]]:
-        """Contract table -> the customer's history rows, without those a posted row replaces (same id), then the
-        posted rows; tuples of `columns`."""
-        out = {}
-        for table, names in columns.items():
-            rows = history.execute(f"SELECT {', '.join(names)} FROM history.{table} WHERE customer_id = ?",
-                                   [customer_id]).fetchall()
-            new = posted.get(table, [])
-            if new:
-                at = names.index(ID_COLUMNS[table])
-                replaced = {row[at] for row in new}
-                rows = [row for row in rows if row[at] is None or row[at] not in replaced]
-            out[table] = rows + new
         return out
 
 
