@@ -413,6 +413,21 @@ def test_readiness_reports_a_missing_model(served, tmp_path):
     assert not state.ready and "segments-churn" in state.problems[0]
 
 
+def test_readiness_reports_a_missing_history_file(served, tmp_path):
+    """A serve folder without the history the event path reads (e.g. built by an older version) is not ready, and
+    says which file is missing and what to do."""
+    import shutil
+
+    from serving.state import load_state
+
+    broken = tmp_path / "serve"
+    shutil.copytree(served["serve_dir"], broken)
+    (broken / "history.sqlite").unlink()
+    state = load_state(broken)
+    assert not state.ready
+    assert any("history.sqlite" in problem and "segments build" in problem for problem in state.problems)
+
+
 def _same(a, b, rel: float = 1e-9) -> bool:
     """Equal, floats to `rel`: the batch builds its feature table again and DuckDB's parallel sums may round a
     feature's last bit differently from the serve folder's table (measured: 324.29078103448273 vs ...827)."""
