@@ -285,18 +285,19 @@ class SQLiteFeatureRunner:
         self._from_history = self._attach(history) if history is not None else None
         _ = query.sqlite_sql  # compiled now, not on the first run (~0.5 s)
 
-    def _attach(self, history: Path) -> dict[str, str]:
+    def _attach(self, history: Path) -> dict[str, tuple[str, int]]:
         """Attach the history file read-only; per table, the statement copying one customer's rows into this
-        runner's table, without the ids given as a JSON list (the posted rows that replace them)."""
+        runner's table, without the ids given as a JSON list (the posted rows that replace them), and where the id
+        is in a row of `self.columns`."""
         # Immutable: written once by `segments build` (and replaced whole, never changed in place), so SQLite
         # skips file locking on every read.
         self.con.execute("ATTACH ? AS history", [Path(history).resolve().as_uri() + "?mode=ro&immutable=1"])
         statements = {}
         for table, names in self.columns.items():
             id_column = CONTRACTS[table].id_column
-            statements[table] = (
-                f"INSERT INTO main.{table} SELECT {_quoted(names)} FROM history.{table} WHERE customer_id = ? "
-                f'AND ("{id_column}" IS NULL OR "{id_column}" NOT IN (SELECT value FROM json_each(?)))')
+            copy = (f"INSERT INTO main.{table} SELECT {_quoted(names)} FROM history.{table} WHERE customer_id = ? "
+                    f'AND ("{id_column}" IS NULL OR "{id_column}" NOT IN (SELECT value FROM json_each(?)))')
+            statements[table] = (copy, names.index(id_column))
         return statements
 
     def run(self, rows: dict[str, list[tuple]], as_of: datetime) -> pd.DataFrame:
@@ -313,11 +314,10 @@ class SQLiteFeatureRunner:
         of an indexed file, where DuckDB's fixed cost per query was ~1 ms per table."""
         if self._from_history is None:
             raise RuntimeError("no history attached: give SQLiteFeatureRunner a history file")
-        for table, names in self.columns.items():
+        for table, (copy, at) in self._from_history.items():
             rows = posted.get(table, ())
-            at = names.index(CONTRACTS[table].id_column)
             self.con.execute(f"DELETE FROM {table}")
-            self.con.execute(self._from_history[table], [customer_id, json.dumps([row[at] for row in rows])])
+            self.con.execute(copy, [customer_id, json.dumps([row[at] for row in rows])])
             self._add(table, rows)
         return self._query(as_of)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from sqlalchemy.engine import Connection
 
 from features.build import SQLiteFeatureRunner, write_runner_history
-from features.contract import typed_rows
+from features.contract import CONTRACTS, typed_rows
 from features.segments import SegmentSet
 from serving.segments.refresh import LastRefresh, SegmentRules, changes_for, segment_values, served_segments
 from serving.segments.store import Change, SegmentStore, first_posts, posted_key
@@ -31,7 +31,6 @@ RUNNER_HISTORY_FILE = "history.sqlite"  # the same rows indexed by customer, for
 # Features read records strictly before as_of; the clock of an event's evaluation is just after its latest record.
 AFTER_LAST_EVENT = timedelta(microseconds=1)
 POSTED_TABLES = {"transaction": "transactions", "event": "events"}
-ID_COLUMNS = {"transactions": "transaction_id", "events": "event_id"}
 
 
 def write_history(validation, columns: dict[str, list[str]], folder: Path) -> None:
@@ -188,7 +187,7 @@ class EventProcessor:
             records = stored + [{**r["payload"], "customer_id": customer_id} for r in new
                                 if POSTED_TABLES[r["kind"]] == table]
             if records:
-                at = columns[table].index(ID_COLUMNS[table])
+                at = columns[table].index(CONTRACTS[table].id_column)
                 by_id = {row[at]: row for row in typed_rows(table, records, columns[table])}  # the last post wins
                 out[table] = list(by_id.values())
         return out
