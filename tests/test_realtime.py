@@ -7,6 +7,7 @@ scoring bundle is empty (segments over scores are skipped; features and rule seg
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timedelta
 
 import duckdb
@@ -169,6 +170,32 @@ def test_runner_history_file_gives_the_rows_it_was_written_from(tmp_path):
     expected = query.run_frames(frames, FIXTURE_AS_OF).set_index("customer_id", drop=False).loc[[customer]]
     pd.testing.assert_frame_equal(row, expected.reset_index(drop=True), check_exact=False, rtol=FLOAT_RTOL)
     assert row["spend_sum_total"].iloc[0] != runner.run_customer(customer, {}, FIXTURE_AS_OF)["spend_sum_total"].iloc[0]
+
+
+def test_a_history_file_replaced_under_the_processor_is_refused_by_new_threads(served, processor, tmp_path):
+    """`segments build` into the served folder replaces history.sqlite. Runners attach it per thread, when the
+    thread first needs it: a later thread would rebuild features from the new build beside the old models. It is
+    refused and readiness says to restart; a runner attached before keeps reading the file it opened."""
+    import dataclasses
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.segments.events import RUNNER_HISTORY_FILE, EventProcessor, HistoryReplaced
+
+    history = tmp_path / RUNNER_HISTORY_FILE
+    shutil.copy(served["root"] / RUNNER_HISTORY_FILE, history)
+    events = EventProcessor(dataclasses.replace(processor.state, directory=tmp_path), processor.store)
+    customer = _customers(served, 2)[0]
+    before = events.features(customer, [], AS_OF)  # this thread's runner attaches the file now
+    assert events.history_problem() is None
+
+    shutil.copy(history, tmp_path / "rebuilt")
+    os.replace(tmp_path / "rebuilt", history)  # as `segments build` writes it: beside, then renamed
+    problem = events.history_problem()
+    assert problem is not None and "restart the service" in problem and str(history) in problem
+    pd.testing.assert_frame_equal(events.features(customer, [], AS_OF), before)
+    with ThreadPoolExecutor(1) as pool, pytest.raises(HistoryReplaced, match="restart the service"):
+        pool.submit(events.features, customer, [], AS_OF).result()
 
 
 def test_thresholds_are_read_again_after_a_new_refresh(processor):

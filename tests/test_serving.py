@@ -428,6 +428,24 @@ def test_readiness_reports_a_missing_history_file(served, tmp_path):
     assert any("history.sqlite" in problem and "segments build" in problem for problem in state.problems)
 
 
+def test_readiness_reports_a_history_file_replaced_while_serving(client, served):
+    """A `segments build` into the served folder while the service runs: readiness says to restart (the models and
+    table in memory are the old build's), and is ready again once the file it loaded is back."""
+    import os
+    import shutil
+
+    history = served["serve_dir"] / "history.sqlite"
+    aside = history.with_name("history.sqlite.aside")
+    os.rename(history, aside)  # keeps the file's inode and modification time, to put it back as it was
+    try:
+        shutil.copy(aside, history)
+        ready = client.get("/v1/ready")
+        assert ready.status_code == 503 and "restart the service" in ready.text, ready.text
+    finally:
+        os.replace(aside, history)
+    assert client.get("/v1/ready").status_code == 200
+
+
 def _same(a, b, rel: float = 1e-9) -> bool:
     """Equal, floats to `rel`: the batch builds its feature table again and DuckDB's parallel sums may round a
     feature's last bit differently from the serve folder's table (measured: 324.29078103448273 vs ...827)."""

@@ -80,6 +80,7 @@ def _warm() -> str | None:
 
 
 def _ingest(rows: list[dict]) -> list[dict]:
+    from serving.segments.events import HistoryReplaced
     from serving.segments.store import STORE_DOWN, unavailable
 
     processor = _event_processor()
@@ -88,6 +89,9 @@ def _ingest(rows: list[dict]) -> list[dict]:
     except STORE_DOWN as exc:  # each customer's records commit or not as one: none is half stored
         logger.error("segment store error: %s", exc)
         raise EventsUnavailable(unavailable(exc)) from None
+    except HistoryReplaced as exc:  # raised before anything of the customer is written
+        logger.error("%s", exc)
+        raise EventsUnavailable(f"not ready: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

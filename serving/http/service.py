@@ -61,6 +61,7 @@ from serving.http.schemas import (
 )
 from serving.http.traffic import install as install_request_timeout
 from serving.segments import export as exports
+from serving.segments.events import HistoryReplaced
 from serving.segments.store import STORE_DOWN, unavailable
 from serving.state import load_state, serve_dir
 
@@ -79,13 +80,16 @@ def store_down(error: Exception) -> JSONResponse:
 
 
 def store_errors_as_503(route):
-    """A read route whose store calls may meet a database that is down: 503 with the reason, not 500."""
+    """A read route whose store calls may meet a database that is down, or whose features would be rebuilt from a
+    serve folder replaced under the service: 503 with the reason, not 500."""
     @functools.wraps(route)
     def guarded(*args, **kwargs):
         try:
             return route(*args, **kwargs)
         except STORE_DOWN as error:
             return store_down(error)
+        except HistoryReplaced as error:
+            return error_response(503, f"not ready: {error}")
 
     return guarded
 
@@ -226,7 +230,7 @@ class SegmentsService:
         """Why the service cannot serve now: the serve folder's problems, the store not opening or not answering."""
         if not self.state.ready:
             return list(self.state.problems)
-        problem = self._segments_ready() or self.store.ping()
+        problem = self._segments_ready() or self.store.ping() or self.events.history_problem()
         return [problem] if problem else []
 
     def __is_ready__(self) -> bool:
@@ -482,7 +486,11 @@ class SegmentsService:
         if not self._knows(customer_id):
             return HTMLResponse(f"<h1>Unknown customer</h1><p>No customer {html.escape(customer_id)!r} in the served "
                                 f"feature table or the posted events.</p>", status_code=404)
-        return HTMLResponse(customer_page(self.events, customer_id, goal), headers=REPORT_HEADERS)
+        try:
+            page = customer_page(self.events, customer_id, goal)
+        except HistoryReplaced as exc:
+            return HTMLResponse(f"<h1>Not ready</h1><p>{html.escape(str(exc))}</p>", status_code=503)
+        return HTMLResponse(page, headers=REPORT_HEADERS)
 
     @reports_app.get("/{path:path}")
     def report(self, path: str = ""):

@@ -56,6 +56,20 @@ def open_event_path(state) -> EventProcessor:
     return EventProcessor(state, SegmentStore(), Path(definitions) if definitions else None)
 
 
+class HistoryReplaced(RuntimeError):
+    """The serve folder's history.sqlite is not the file this process loaded beside its models (a `segments build`
+    into the served folder): features rebuilt from it would mix two builds."""
+
+
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (device, inode, modification time); None when missing."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+
+
 def opening_problem(error: Exception) -> str:
     """Why `open_event_path` failed, as readiness words it."""
     return f"segments: {type(error).__name__}: {str(error)[:300]}"
@@ -70,6 +84,7 @@ class EventProcessor:
         # Each request thread gets a SQLite feature runner of its own (features.build.SQLiteFeatureRunner: ~10x
         # faster than DuckDB for one customer; a sqlite3 connection stays in its thread) with the history attached.
         self.history = state.directory / RUNNER_HISTORY_FILE
+        self._history_identity = file_identity(self.history)  # the runners attach it lazily, one per thread
         self._local = threading.local()
         self.last_refresh = LastRefresh(store)
         self._rules: tuple[dict | None, SegmentRules] | None = None  # (refresh, rules) of the last /score
@@ -159,10 +174,21 @@ class EventProcessor:
             cached = self._rules = (last, SegmentRules.of_refresh(self.segments, self.skipped, last))
         return cached[1]
 
+    def history_problem(self) -> str | None:
+        """None while the history file is the one seen when this processor was built, else why not (readiness)."""
+        if file_identity(self.history) == self._history_identity:
+            return None
+        return (f"{self.history.resolve()} changed after the service loaded the serve folder (segments build into "
+                f"the served folder?): restart the service, so that its models, feature table and history are of "
+                f"one build")
+
     def _runner(self) -> SQLiteFeatureRunner:
         """This thread's feature runner."""
         runner = getattr(self._local, "runner", None)
         if runner is None:
+            problem = self.history_problem()
+            if problem is not None:
+                raise HistoryReplaced(problem)
             runner = self._local.runner = SQLiteFeatureRunner(self.state.query, self.history)
         return runner
 
