@@ -569,9 +569,10 @@ class FieldArrays:
     one-row frame costs a few microseconds per condition instead of a few pandas operations.
     """
 
-    def __init__(self, values: pd.DataFrame, *more: pd.DataFrame):
-        # More frames (same rows, in order): a field is read from the first frame that has it, so scores need not be
-        # concatenated to the features they belong to (a concat cost more than evaluating one customer).
+    def __init__(self, values: pd.DataFrame, *more):
+        # More frames, or name -> array mappings (same rows, in order): a field is read from the first that has it,
+        # so scores need not be concatenated to the features they belong to (a concat cost more than evaluating one
+        # customer).
         self.values, self._frames = values, (values, *more)
         self._columns: dict[str, pd.Series] = {}
         self._present: dict[str, np.ndarray] = {}
@@ -584,8 +585,11 @@ class FieldArrays:
     def column(self, name: str) -> pd.Series:
         column = self._columns.get(name)
         if column is None:
-            frame = next((f for f in self._frames if name in f.columns), self.values)  # else the frame's KeyError
-            column = self._columns[name] = frame[name]
+            frame = next((f for f in self._frames if name in f), self.values)  # else the frame's KeyError
+            column = frame[name]
+            if not isinstance(column, pd.Series):
+                column = pd.Series(column, copy=False)
+            self._columns[name] = column
         return column
 
     def present(self, name: str) -> np.ndarray:

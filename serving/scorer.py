@@ -120,7 +120,9 @@ class Scorer:
                     rules: SegmentRules | None = None) -> pd.DataFrame:
         """The bundle's flat score columns plus `segments` (names of the `rules`' segments the row is in; empty
         without rules) per row."""
-        return self._scores(features, encoded, rules)[0]
+        scores = self.bundle.score(features, encoded)
+        scores["segments"] = self._segments(features, scores, rules)
+        return scores
 
     def explanations(self, features: pd.DataFrame, top_k: int = DEFAULT_TOP_K,
                      encoded: dict[str, np.ndarray] | None = None) -> list[dict[str, list[dict]]]:
@@ -137,29 +139,27 @@ class Scorer:
         if features.empty:
             return []
         encoded = self.encode(features)
-        items = [nest(row, self.seeds) for row in self._scores(features, encoded, rules)[1]]
+        scores = self.bundle.score_columns(features, encoded)
+        items = [nest({**row, "segments": names}, self.seeds)
+                 for row, names in zip(records(scores), self._segments(features, scores, rules), strict=True)]
         if explain:
             for item, reasons in zip(items, self.explanations(features, top_k, encoded), strict=True):
                 item["reasons"] = reasons
         return items
 
-    def _scores(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None,
-                rules: SegmentRules | None) -> tuple[pd.DataFrame, list[dict]]:
-        """The score frame with `segments`, and the same as one flat dict per row."""
-        scores = self.bundle.score(features, encoded)
-        segments = ([[] for _ in range(len(scores))] if rules is None
-                    else rules.segments_of(features, scores, self.bundle))
-        rows = records(scores)
-        for row, names in zip(rows, segments, strict=True):
-            row["segments"] = names
-        scores["segments"] = segments
-        return scores, rows
+    def _segments(self, features: pd.DataFrame, scores, rules: SegmentRules | None) -> list[list[str]]:
+        """Names of the `rules`' segments each row is in (empty without rules); `scores`: the bundle's score frame
+        or its columns."""
+        if rules is None:
+            return [[] for _ in range(len(features))]
+        return rules.segments_of(features, scores, self.bundle)
 
 
-def records(frame: pd.DataFrame) -> list[dict]:
-    """`frame.to_dict(orient="records")` (Python scalars) without its per-cell cost: one `tolist` per column."""
-    columns = list(frame.columns)
-    return [dict(zip(columns, values, strict=True)) for values in zip(*(frame[c].tolist() for c in columns))]
+def records(columns) -> list[dict]:
+    """`frame.to_dict(orient="records")` (Python scalars) without its per-cell cost: one `tolist` per column.
+    `columns`: a frame, or name -> array (`ScoringBundle.score_columns`)."""
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*(columns[c].tolist() for c in names))]
 
 
 def nest(row: dict, seeds: list[str]) -> dict:

@@ -47,11 +47,16 @@ class ScoringBundle:
         """
         # Columns gathered as arrays (positional, whatever the index) and one frame built at the end: a concat per
         # model cost more than the models for one customer.
+        return pd.DataFrame(self.score_columns(features, encoded))
+
+    def score_columns(self, features: pd.DataFrame, encoded: dict[str, np.ndarray] | None = None) -> dict:
+        """`score`'s columns, name -> array, before they become a frame: a response of one customer reads them as
+        they are (building the frame and reading it back cost ~0.7 ms, more than five of the six models)."""
         columns = {"customer_id": features["customer_id"].array}
         for name in scoring_order(self.models):
             for column, values in self.models[name].predict_columns(features, (encoded or {}).get(name)).items():
                 columns[score_column(name, column)] = values
-        return pd.DataFrame(columns)
+        return columns
 
     def score_in_chunks(self, features: pd.DataFrame, rows: int = 200_000) -> pd.DataFrame:
         """`score` on `rows` customers at a time, the same values (every model scores each row alone): a batch of a

@@ -159,9 +159,9 @@ class SegmentRules:
         return cls(usable, fit_thresholds(usable, values), dict(skipped),
                    f"fitted on the {len(values):,} scored customers")
 
-    def segments_of(self, features: pd.DataFrame, scores: pd.DataFrame, bundle: ScoringBundle | None
-                    ) -> list[list[str]]:
-        """Per row of `features` (aligned with its `scores`): the sorted names of the evaluated segments it is in.
+    def segments_of(self, features: pd.DataFrame, scores, bundle: ScoringBundle | None) -> list[list[str]]:
+        """Per row of `features` (aligned with its `scores`: the bundle's score frame or its columns): the sorted names
+        of the evaluated segments it is in.
 
         The same evaluation as `evaluate` (vectorised per condition) over the features and scores as they are: the
         conditions read each field from whichever has it, without concatenating them (`segment_values`), which
