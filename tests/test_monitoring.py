@@ -375,7 +375,7 @@ def _service(tmp_path, models: dict):
     rules = SimpleNamespace(evaluated=type("Evaluated", (list,), {"definitions_hash": "none"})(),
                             thresholds_as_of=None, not_evaluated={})
     service.max_batch, service.store = 10, SegmentStore(f"sqlite:///{tmp_path / 'segments.db'}")
-    service.events = SimpleNamespace(segment_rules=lambda: rules)
+    service.events = SimpleNamespace(segment_rules=lambda: rules, history_problem=lambda: None)
     service.segments_problem, service._segments_tried = None, 0.0
     return service
 

@@ -64,6 +64,37 @@ def test_unopenable_sqlite_file_names_the_url(tmp_path):
         SegmentStore(f"sqlite:///{tmp_path}/missing/segments.db")
 
 
+def test_a_new_sqlite_store_opens_while_another_connection_holds_its_write_lock(tmp_path):
+    """Two processes opening a new SQLite store at once (`segments serve --workers 2`, a refresh beside a starting
+    service): SQLite does not wait on its busy timeout for the switch to WAL, which failed at once with "database
+    is locked". The open waits for the lock instead."""
+    import sqlite3
+
+    path = tmp_path / "segments.db"
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(10)
+        other.execute("ROLLBACK")
+        other.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    assert locked.wait(10)
+    threading.Timer(0.3, release.set).start()
+    store = SegmentStore(f"sqlite:///{path}")  # opened once the other connection lets go
+    try:
+        assert release.is_set()
+        assert store.current.last_refresh() is None
+    finally:
+        store.close()
+        release.set()
+        holder.join()
+
+
 def test_display_url_masks_the_password(store, store_url):
     assert store.display_url.startswith(
         "sqlite" if store_url.startswith("sqlite") else "postgresql+psycopg://"

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -362,6 +364,21 @@ def _chunks(items: list, size: int = _IDS_PER_QUERY) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def _switch_to_wal(cursor) -> None:
+    """PRAGMA journal_mode=WAL, waiting up to the busy timeout while another connection holds a lock. SQLite does not
+    call its busy handler for this switch: a new store opened by two processes at once failed at once with
+    "database is locked". Once the file is in WAL mode (it stays so), the switch is a no-op."""
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Database:
     """The engine of the store (SQLite or PostgreSQL), its transactions and read connections, shared by the three
     sides of `SegmentStore`."""
@@ -396,9 +413,9 @@ class Database:
         def _on_connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+            _switch_to_wal(cursor)
+            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         @event.listens_for(self.engine, "begin")
