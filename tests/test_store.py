@@ -307,6 +307,31 @@ def test_changes_split_across_write_batches_end_as_one_call_would(store, monkeyp
     assert len(store.changes.log()) == 7
 
 
+def test_large_writes_go_through_copy_and_store_every_value_as_small_ones(store, monkeypatch):
+    """On PostgreSQL a write of COPY_MIN_ROWS rows or more goes through COPY (with a staging table where the write
+    has ON CONFLICT, or deletes exits): text that COPY must escape, JSON causes, order, upserted states, kept entry
+    times and exits all come back as written. Two writes in one transaction reuse the staging table's name."""
+    import serving.segments.store as store_module
+
+    monkeypatch.setattr(store_module, "COPY_MIN_ROWS", 2)
+    awkward = "tab\there, new\nline, back\\slash \\N, 'quote' \"dq\", comma, é 😀"
+    changes = [change(f"c{i}", "vip", "entered", T0, cause={"condition": awkward, "new": i}) for i in range(3)]
+    with store.transaction() as conn:
+        store.write.record(conn, changes, {f"c{i}": {"tier": awkward, "orders": i} for i in range(3)}, T0)
+        store.write.record(conn, [change("c0", "vip", "entered", T0 + DAY), change("c1", "vip", "exited", T0 + DAY),
+                                  change("c2", "vip", "exited", T0 + DAY), change("c9", "vip", "entered", T0 + DAY)],
+                           {"c0": {"tier": "gold", "orders": 7}, "c9": {"tier": None, "orders": 1}}, T0 + DAY)
+    log = store.changes.log()
+    assert list(log["customer_id"]) == ["c0", "c1", "c2", "c0", "c1", "c2", "c9"]
+    assert log["seq"].is_monotonic_increasing
+    assert [cause["condition"] for cause in log["cause"][:3]] == [awkward] * 3
+    assert store.current.members("vip") == [{"customer_id": "c0", "entered_at": T0},  # a member already: kept
+                                            {"customer_id": "c9", "entered_at": T0 + DAY}]
+    assert store.current.states(["c0", "c1", "c9"]) == {"c0": {"tier": "gold", "orders": 7},
+                                                         "c1": {"tier": awkward, "orders": 1},
+                                                         "c9": {"tier": None, "orders": 1}}
+
+
 def test_missing_state_values_are_stored_as_null(store):
     import numpy as np
 

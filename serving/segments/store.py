@@ -201,6 +201,10 @@ campaigns = Table(
 LOG_COLUMNS = ["seq", "customer_id", "segment", "change", "at", "cause", "source", "recorded_at"]
 _LOGGED = tuple(LOG_COLUMNS[1:])  # what a write gives (seq is the database's)
 WRITE_BATCH = 50_000  # rows per executemany in a write
+# PostgreSQL takes writes of at least this many rows through COPY: a first refresh of a million customers writes
+# millions of rows, which executemany sent as one INSERT each. Smaller writes (an event's few rows) keep INSERT, which
+# costs fewer round trips than a staging table.
+COPY_MIN_ROWS = 100
 
 # membership's key is (segment, customer_id) and no index leads with customer_id: walk the few distinct segments
 # through the key (a loose index scan) and look the customer up in each, instead of scanning every member (on SQLite
@@ -477,9 +481,9 @@ class Database:
 
     def insert_many(self, conn: Connection, table: Table, columns: tuple[str, ...] | list[str], rows: list[tuple],
                     conflict: str = "") -> None:
-        """INSERT `rows` (tuples in `columns` order) through the driver's executemany, datetimes stored as
-        SQLAlchemy stores them. SQLAlchemy's own executemany processed every parameter in Python: most of the
-        write of a refresh of a million customers (137 s)."""
+        """INSERT `rows` (tuples in `columns` order) through the driver's executemany (on PostgreSQL, COPY from
+        COPY_MIN_ROWS rows), datetimes stored as SQLAlchemy stores them. SQLAlchemy's own executemany processed
+        every parameter in Python: most of the write of a refresh of a million customers (137 s)."""
         if not rows:
             return
         quote = conn.dialect.identifier_preparer.quote
@@ -490,7 +494,48 @@ class Database:
         processors = [(i, _memoized(process)) for i, process in processors if process is not None]
         if processors:
             rows = [_processed(row, processors) for row in rows]
-        conn.exec_driver_sql(statement, rows)
+        if not self.is_sqlite and len(rows) >= COPY_MIN_ROWS:
+            self._copy(conn, table.name, [quote(c) for c in columns], rows, conflict)
+        else:
+            conn.exec_driver_sql(statement, rows)
+
+    def delete_many(self, conn: Connection, table: Table, key: tuple[str, ...], keys: list[tuple]) -> None:
+        """DELETE the rows whose `key` columns equal one of `keys` (tuples in `key` order); on PostgreSQL from
+        COPY_MIN_ROWS keys, as one DELETE joined to the keys copied into a temporary table."""
+        if not keys:
+            return
+        quote = conn.dialect.identifier_preparer.quote
+        names = [quote(c) for c in key]
+        if self.is_sqlite or len(keys) < COPY_MIN_ROWS:
+            where = " AND ".join(f"{name} = {self.mark}" for name in names)
+            conn.exec_driver_sql(f"DELETE FROM {quote(table.name)} WHERE {where}", keys)
+            return
+        match = " AND ".join(f"target.{name} = _staging.{name}" for name in names)
+        self._copy(conn, table.name, names, keys,
+                   then=f"DELETE FROM {quote(table.name)} AS target USING _staging WHERE {match}")
+
+    @staticmethod
+    def _copy(conn: Connection, table: str, columns: list[str], rows: list[tuple], conflict: str = "",
+              then: str = "") -> None:
+        """PostgreSQL: the rows through COPY, in their order (the log's seq follows it). COPY has no ON CONFLICT, so
+        a write with one is copied into a temporary table first and inserted from it with the clause; `then`
+        instead runs that statement on the copied rows (`_staging`) and inserts nothing."""
+        names = ", ".join(columns)
+        target = conn.dialect.identifier_preparer.quote(table)
+        staged = bool(conflict or then)
+        cursor = conn.connection.cursor()
+        try:
+            if staged:
+                cursor.execute(f"CREATE TEMPORARY TABLE _staging ON COMMIT DROP AS SELECT {names} FROM {target} "
+                               "WITH NO DATA")
+            with cursor.copy(f"COPY {'_staging' if staged else target} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            if staged:
+                cursor.execute(then or f"INSERT INTO {target} ({names}) SELECT {names} FROM _staging {conflict}")
+                cursor.execute("DROP TABLE _staging")
+        finally:
+            cursor.close()
 
     @staticmethod
     def driver_rows(conn: Connection, sql: str, parameters: tuple = ()) -> list[tuple]:
@@ -693,9 +738,7 @@ class StoreWriter:
             last[(segment, customer)] = (change, at)
             if change == "exited":
                 exited.add((segment, customer))
-        delete = f"DELETE FROM membership WHERE segment = {self.db.mark} AND customer_id = {self.db.mark}"
-        if exited:
-            conn.exec_driver_sql(delete, sorted(exited))
+        self.db.delete_many(conn, membership, ("segment", "customer_id"), sorted(exited))
         entered = sorted((segment, customer, at) for (segment, customer), (change, at) in last.items()
                          if change == "entered")
         self.db.insert_many(conn, membership, ("segment", "customer_id", "entered_at"), entered,
