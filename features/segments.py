@@ -763,21 +763,25 @@ def causes(segment: Segment, old: pd.DataFrame, new: pd.DataFrame, old_threshold
         # The flipped rows' values, read once per leaf (a pandas lookup per cause was most of a refresh's time)
         values = None if isinstance(leaf, SegmentRef) else (old_arrays.column(leaf.field).iloc[rows].tolist(),
                                                             new_arrays.column(leaf.field).iloc[rows].tolist())
+        label = None if isinstance(leaf, SegmentRef) else label_of(leaf.field)  # once per leaf: millions of causes
         for k, i in enumerate(rows):
             pair = None if values is None else (values[0][k], values[1][k])
-            flipped[i].append(_cause(leaf, pair, bool(before[i]), bool(after[i]), old_thresholds, new_thresholds))
+            flipped[i].append(_cause(leaf, label, pair, bool(before[i]), bool(after[i]), old_thresholds,
+                                     new_thresholds))
     return flipped
 
 
-def _cause(leaf, values: tuple | None, was: bool, now: bool, old_thresholds: dict, new_thresholds: dict) -> dict:
-    """One flipped condition; `values`: the field's (old, new) value for a condition on a field."""
+def _cause(leaf, label: str | None, values: tuple | None, was: bool, now: bool, old_thresholds: dict,
+           new_thresholds: dict) -> dict:
+    """One flipped condition; `label`: its field's label, `values`: the field's (old, new) value for a condition on
+    a field."""
     if isinstance(leaf, SegmentRef):
         verb = "joined" if now else "left"
         return {"condition": leaf.text, "field": f"segment {leaf.segment}", "old": was, "new": now,
                 "text": f"{verb} segment {leaf.segment}"}
     before, after = plain(values[0]), plain(values[1])
     cause = {"condition": leaf.text, "field": leaf.field, "old": before, "new": after,
-             "text": f"{label_of(leaf.field)} {_show(before)} -> {_show(after)} ({leaf.text}: "
+             "text": f"{label} {_show(before)} -> {_show(after)} ({leaf.text}: "
                      f"{'now true' if now else 'no longer true'})"}
     if leaf.op in ("in top", "in bottom"):
         cause["threshold_old"] = plain(old_thresholds.get(leaf.text))
