@@ -487,17 +487,20 @@ class Database:
         if not rows:
             return
         quote = conn.dialect.identifier_preparer.quote
-        statement = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-                     f"VALUES ({', '.join([self.mark] * len(columns))}) {conflict}")
+        target, names = quote(table.name), ", ".join(quote(c) for c in columns)
         processors = [(i, table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect))
                       for i, c in enumerate(columns)]
         processors = [(i, _memoized(process)) for i, process in processors if process is not None]
         if processors:
             rows = [_processed(row, processors) for row in rows]
-        if not self.is_sqlite and len(rows) >= COPY_MIN_ROWS:
-            self._copy(conn, table.name, [quote(c) for c in columns], rows, conflict)
+        if self.is_sqlite or len(rows) < COPY_MIN_ROWS:
+            conn.exec_driver_sql(f"INSERT INTO {target} ({names}) VALUES ({', '.join([self.mark] * len(columns))}) "
+                                 f"{conflict}", rows)
+        elif conflict:  # COPY has no ON CONFLICT
+            self._copy(conn, target, names, rows,
+                       then=f"INSERT INTO {target} ({names}) SELECT {names} FROM _staging {conflict}")
         else:
-            conn.exec_driver_sql(statement, rows)
+            self._copy(conn, target, names, rows)
 
     def delete_many(self, conn: Connection, table: Table, key: tuple[str, ...], keys: list[tuple]) -> None:
         """DELETE the rows whose `key` columns equal one of `keys` (tuples in `key` order); on PostgreSQL from
@@ -505,34 +508,30 @@ class Database:
         if not keys:
             return
         quote = conn.dialect.identifier_preparer.quote
-        names = [quote(c) for c in key]
+        target, names = quote(table.name), [quote(c) for c in key]
         if self.is_sqlite or len(keys) < COPY_MIN_ROWS:
             where = " AND ".join(f"{name} = {self.mark}" for name in names)
-            conn.exec_driver_sql(f"DELETE FROM {quote(table.name)} WHERE {where}", keys)
+            conn.exec_driver_sql(f"DELETE FROM {target} WHERE {where}", keys)
             return
         match = " AND ".join(f"target.{name} = _staging.{name}" for name in names)
-        self._copy(conn, table.name, names, keys,
-                   then=f"DELETE FROM {quote(table.name)} AS target USING _staging WHERE {match}")
+        self._copy(conn, target, ", ".join(names), keys,
+                   then=f"DELETE FROM {target} AS target USING _staging WHERE {match}")
 
     @staticmethod
-    def _copy(conn: Connection, table: str, columns: list[str], rows: list[tuple], conflict: str = "",
-              then: str = "") -> None:
-        """PostgreSQL: the rows through COPY, in their order (the log's seq follows it). COPY has no ON CONFLICT, so
-        a write with one is copied into a temporary table first and inserted from it with the clause; `then`
-        instead runs that statement on the copied rows (`_staging`) and inserts nothing."""
-        names = ", ".join(columns)
-        target = conn.dialect.identifier_preparer.quote(table)
-        staged = bool(conflict or then)
+    def _copy(conn: Connection, target: str, names: str, rows: list[tuple], then: str | None = None) -> None:
+        """PostgreSQL: the rows through COPY into `target` (quoted; `names`: its quoted columns, comma separated),
+        in their order (the log's seq follows it). With `then`, the rows are copied into a temporary table
+        `_staging` of those columns instead, and `then` runs on it (an INSERT with ON CONFLICT, a DELETE USING)."""
         cursor = conn.connection.cursor()
         try:
-            if staged:
+            if then:
                 cursor.execute(f"CREATE TEMPORARY TABLE _staging ON COMMIT DROP AS SELECT {names} FROM {target} "
                                "WITH NO DATA")
-            with cursor.copy(f"COPY {'_staging' if staged else target} ({names}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {'_staging' if then else target} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            if staged:
-                cursor.execute(then or f"INSERT INTO {target} ({names}) SELECT {names} FROM _staging {conflict}")
+            if then:
+                cursor.execute(then)
                 cursor.execute("DROP TABLE _staging")
         finally:
             cursor.close()
