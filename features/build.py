@@ -340,10 +340,13 @@ def runner_tables(columns: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def write_runner_history(con: duckdb.DuckDBPyConnection, columns: dict[str, list[str]], path: Path,
-                         batch_rows: int = 100_000) -> None:
+                         batch_rows: int = 100_000, schema: str | None = None) -> None:
     """Copy the clean tables of `con` (DuckDB) into the SQLite file `SQLiteFeatureRunner(history=path)` reads one
     customer's rows from: the runner's columns, its text timestamps, its untyped values, sorted and indexed by
-    customer. Written beside `path` and renamed, so a reader never sees a partial file."""
+    customer. Written beside `path` and renamed, so a reader never sees a partial file.
+
+    `schema`: read the tables of that attached database instead, already sorted by customer (`write_history`'s),
+    in their stored order (the connection preserves insertion order): not sorted a second time."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
@@ -357,7 +360,8 @@ def write_runner_history(con: duckdb.DuckDBPyConnection, columns: dict[str, list
             at = _timestamp_positions(table, names)
             cells = ", ".join(f"strftime(\"{n}\", '{SQLITE_TIME_FORMAT}')" if i in at else f'"{n}"'
                               for i, n in enumerate(names))
-            reader = con.sql(f"SELECT {cells} FROM {table} ORDER BY customer_id").to_arrow_reader(batch_rows)
+            source = f"{table} ORDER BY customer_id" if schema is None else f"{schema}.{table}"
+            reader = con.sql(f"SELECT {cells} FROM {source}").to_arrow_reader(batch_rows)
             for batch in reader:
                 target.executemany(insert, zip(*(column.to_pylist() for column in batch.columns), strict=True))
             target.execute(f"CREATE INDEX {table}_customer ON {table} (customer_id)")

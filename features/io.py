@@ -164,6 +164,11 @@ def load_raw(source: Path) -> RawTables:
     return RawTables(con=con, tables=tables)
 
 
+def duckdb_memory() -> str:
+    """The working database's memory limit: SEGMENTS_DUCKDB_MEMORY, else DEFAULT_DUCKDB_MEMORY."""
+    return os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY
+
+
 def _connect() -> duckdb.DuckDBPyConnection:
     """A fresh working database, on disk in a temporary folder removed when the process ends; UTC so that naive
     timestamps and offset conversion mean UTC.
@@ -174,7 +179,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
     """
     folder = tempfile.mkdtemp(prefix="segments-duckdb-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    memory = os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY
+    memory = duckdb_memory()
     try:
         con = duckdb.connect(str(Path(folder) / "work.duckdb"), config={"memory_limit": memory,
                                                                          "temp_directory": folder})

@@ -75,12 +75,14 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
     out_dir.mkdir(parents=True, exist_ok=True)
     write_feature_table(run, out_dir / FEATURES_FILE)
     (out_dir / TYPICAL_FILE).write_text(json.dumps(typical_values(run.table), indent=1, sort_keys=True))
+    query, customers = run.query, len(run.table)
+    del run  # the frame (~0.5 GB a million customers) is written: not held while DuckDB sorts the history
     progress("writing the customers' history (the event path rebuilds features from it)")
-    write_history(validation, run.query.columns, out_dir)
+    write_history(validation, query.columns, out_dir)
     manifest = {"feature_set_version": FEATURE_SET_VERSION, "as_of": as_of.isoformat(), "alias": alias,
-                "columns": run.query.columns, "features": [f.name for f in run.query.features],
+                "columns": query.columns, "features": [f.name for f in query.features],
                 "models": models, "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "customers": len(run.table)}
+                "customers": customers}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -172,6 +172,21 @@ def test_runner_history_file_gives_the_rows_it_was_written_from(tmp_path):
     assert row["spend_sum_total"].iloc[0] != runner.run_customer(customer, {}, FIXTURE_AS_OF)["spend_sum_total"].iloc[0]
 
 
+def test_build_history_file_holds_every_clean_row_in_customer_order(served):
+    """`write_history` copies the DuckDB history (sorted once) to SQLite in its stored order: every clean row,
+    grouped by customer, so one customer's rows sit together on disk."""
+    import sqlite3
+
+    from serving.segments.events import RUNNER_HISTORY_FILE
+
+    clean = served["validation"].con
+    with sqlite3.connect(served["root"] / RUNNER_HISTORY_FILE) as history:
+        for table in ("customers", "transactions", "events"):
+            ids = [row[0] for row in history.execute(f"SELECT customer_id FROM {table} ORDER BY rowid")]
+            assert len(ids) == clean.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0
+            assert ids == sorted(ids), table
+
+
 def test_a_history_file_replaced_under_the_processor_is_refused_by_new_threads(served, processor, tmp_path):
     """`segments build` into the served folder replaces history.sqlite. Runners attach it per thread, when the
     thread first needs it: a later thread would rebuild features from the new build beside the old models. It is

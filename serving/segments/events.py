@@ -44,9 +44,9 @@ def write_history(validation, columns: dict[str, list[str]], folder: Path) -> No
         for table, names in columns.items():
             con.execute(f'CREATE TABLE history.{table} AS SELECT {", ".join(names)} FROM {table} '
                         f"ORDER BY customer_id")
+        write_runner_history(con, columns, folder / RUNNER_HISTORY_FILE, schema="history")
     finally:
         con.execute("DETACH history")
-    write_runner_history(con, columns, folder / RUNNER_HISTORY_FILE)
 
 
 def open_event_path(state) -> EventProcessor:
