@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,6 +51,25 @@ def write_feature_table(run: FeatureRun, out: Path) -> Path:
             b"as_of": run.as_of.isoformat().encode()}
     pq.write_table(table.replace_schema_metadata(meta), out)
     return out
+
+
+def read_feature_rows(path: Path, rows: np.ndarray | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """Some `columns` (None: all) of a feature table written by `write_feature_table`, at the row positions `rows`
+    in their order (None: every row). Each column is read and cut to the rows on its own, so a sample of a large
+    table never holds the table."""
+    file = pq.ParquetFile(path)
+    names = columns if columns is not None else file.schema_arrow.names
+    if rows is None:
+        return arrow_to_frame(file.read(columns=names))
+    schema = pa.schema([file.schema_arrow.field(name) for name in names], metadata=file.schema_arrow.metadata)
+    positions = pa.array(rows, type=pa.int64())
+    return arrow_to_frame(pa.Table.from_arrays([file.read(columns=[name]).column(0).take(positions)
+                                                for name in names], schema=schema))
+
+
+def feature_table_rows(path: Path) -> int:
+    """How many customers a feature table file holds (from its footer)."""
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def read_feature_table(path: Path, rows: int | None = None) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -60,7 +60,8 @@ def built(tmp_path_factory, generated_validation, generated):
 
     create_campaign(store, definitions, "spring-email", "loyal", FIRST, LAST, "email", "conversion_rate")
     with environment(MLFLOW_TRACKING_URI=served["env"]["MLFLOW_TRACKING_URI"]):
-        written = write_reports(root / "out", served["serve_dir"], store, definitions_file, state=state)
+        # as `segments report` runs it: its own state, without the feature table (profiles and samples read the file)
+        written = write_reports(root / "out", served["serve_dir"], store, definitions_file)
     yield {"root": root, "served": served, "state": state, "store": store, "written": written,
            "definitions": definitions, "out": root / "out"}
     store.close()
@@ -286,17 +287,23 @@ def test_profile_differences_equal_the_feature_table(built, pages):
     assert marked and set(marked) <= {"orders_count_14d", "spend_sum_14d"}
 
 
-def test_profile_averages_are_shown_unrounded_and_an_empty_segment_says_so():
-    """344.38 is shown as 344.38 (not rounded to 344.4 first and printed as 344.40)."""
-    from serving.reports.segment_pages import profile
+def test_profile_averages_are_shown_unrounded_and_an_empty_segment_says_so(tmp_path):
+    """344.38 is shown as 344.38 (not rounded to 344.4 first and printed as 344.40); a segment without members, or
+    with too few of them in the feature table, says so instead of a profile."""
+    from serving.reports.segment_pages import profiles
 
     table = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10)], "aov_365d": [344.38] * 5 + [10.0] * 5,
                           "days_since_last_order": [12.47] * 5 + [30.0] * 5})
-    frame, _ = profile(table, [f"c{i}" for i in range(5)])
-    rows = frame.set_index("feature")
+    table.to_parquet(tmp_path / "features.parquet")
+    members = pd.DataFrame({"segment": ["high"] * 5 + ["few"] * 3,
+                            "customer_id": [f"c{i}" for i in range(5)] + ["c1", "c2", "unknown"]})
+    found = profiles(tmp_path / "features.parquet", members, segments=["high", "few", "empty"])
+    rows = found["high"][0].set_index("feature")
     assert rows.loc["aov_365d", ["members_text", "everyone_text"]].tolist() == ["344.38", "177.19"]
     assert rows.loc["days_since_last_order", "members_text"] == "12.5 days"
-    assert profile(table, []) == (None, "the segment has no members")
+    assert found["few"] == (None, ("2 of its 3 members are in the served feature table: too few to profile (at "
+                                   "least 5 are needed)"))
+    assert found["empty"] == (None, "the segment has no members")
 
 
 def test_one_formatter_for_feature_values():

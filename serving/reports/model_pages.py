@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import FEATURES_BY_NAME, SHARE
+from features.pipeline import feature_table_rows
 from serving.explain import drivers as drv
 from serving.explain.reasons import format_value
 from serving.reports.render import NavLink, Site, as_datetime, render_page, site_models, write_page
+from serving.state import FEATURES_FILE, served_rows
 from training import plots
 from training.estimators.base import ReportPage
 from training.grading import BASELINE_NAMES, GRADES, Grade, grade_model, rule_for, split_logged_metrics
@@ -384,15 +386,19 @@ def driver_items(drivers: drv.DriverSet) -> list[dict]:
 # The sample and its contributions
 
 
-def report_sample(table: pd.DataFrame, size: int, seed: int, population: np.ndarray | None = None) -> pd.DataFrame:
-    """Up to `size` customers of the feature table (of its `population` rows, a boolean mask, when given), drawn
-    with a fixed seed (the same sample on every run: `population`'s rows as `DataFrame.sample` draws them).
-
-    Only the sample's rows are taken: filtering a million-row table first took ~6 s."""
-    rows = np.arange(len(table)) if population is None else np.flatnonzero(population)
+def report_sample(state, size: int, seed: int, population: np.ndarray | None = None) -> pd.DataFrame:
+    """Up to `size` customers of the serve folder's feature table (of its `population` rows, a boolean mask, when
+    given), drawn with a fixed seed (the same sample on every run: `population`'s rows as `DataFrame.sample` draws
+    them). Only the sample's rows are read from the file (`serving.state.served_rows`)."""
+    rows = np.arange(customer_count(state)) if population is None else np.flatnonzero(population)
     if len(rows) > size:
         rows = rows[np.random.RandomState(seed).choice(len(rows), size, replace=False)]
-    return table.take(rows) if len(rows) < len(table) else table
+    return served_rows(state, rows)
+
+
+def customer_count(state) -> int:
+    """The customers of the serve folder's feature table."""
+    return feature_table_rows(state.directory / FEATURES_FILE)
 
 
 def seed_words(seed: str) -> str:
@@ -471,7 +477,7 @@ def model_pages(serve_dir: Path, out_dir: Path, *, site: Site | None = None, sta
     from serving.state import load_state
     from training.tracking import client
 
-    state = state if state is not None else load_state(Path(serve_dir))
+    state = state if state is not None else load_state(Path(serve_dir), rows=1)  # samples are read from the file
     if state.scorer is None:
         raise LookupError(f"no model can be loaded from {serve_dir}: {'; '.join(state.problems) or 'none served'}")
     context = Context(state, client(), site or default_site(state), Path(out_dir), sample_size, seed)
@@ -490,10 +496,10 @@ def _write(context: Context, file_name: str, template: str, **values) -> Path:
 def model_page(context: Context, explainer, evidence: RunEvidence) -> Path:
     """The page of a model with one explained score (churn, value, look-alikes), as its kind declares it."""
     page, seed = evidence.page, seed_words(evidence.seed or "")
-    table = context.state.table
-    # the churn model's population: training's rule (`churn_eligible`)
-    population = churn_eligible(table) if page.population == "active" else np.ones(len(table), dtype=bool)
-    sample = report_sample(table, context.sample_size, context.seed, population)
+    # the churn model's population: training's rule (`churn_eligible`), from the one column it reads
+    population = (churn_eligible(served_rows(context.state, columns=["orders_count_365d"]))
+                  if page.population == "active" else np.ones(customer_count(context.state), dtype=bool))
+    sample = report_sample(context.state, context.sample_size, context.seed, population)
     subject = page.subject.format(seed=seed) if page.subject else explainer.target.words
     drivers = single_output_drivers(explainer, sample, subject, risk=page.risk)
     contrast = lookalike_contrast(explainer, drivers, sample) if page.contrast else ""
@@ -603,7 +609,7 @@ def lookalike_contrast(explainer, drivers: drv.DriverSet, sample: pd.DataFrame) 
 def clusters_page(context: Context, explainer, evidence: RunEvidence) -> Path:
     """Personas of every served cluster: size, what sets it apart, its surrogate SHAP drivers, a profile chart."""
     model = explainer.model
-    sample = report_sample(context.state.table, context.sample_size, context.seed)
+    sample = report_sample(context.state, context.sample_size, context.seed)
     values = drv.explainer_contributions(explainer, sample)
     assigned = model.assign(sample)
     profiles = evidence.tables["profiles"].set_index("cluster_id")
@@ -628,7 +634,7 @@ def clusters_page(context: Context, explainer, evidence: RunEvidence) -> Path:
                   personas=personas,
                   sizes_chart=svg(plots.cluster_sizes(evidence.tables["profiles"])),
                   heatmap=svg(plots.profile_heatmap(evidence.tables["profiles"])),
-                  population_text=population_text(evidence.page, len(sample), len(context.state.table)),
+                  population_text=population_text(evidence.page, len(sample), customer_count(context.state)),
                   k_note=f"{len(model.names_)} clusters, chosen by {model.criterion_} over "
                          f"k = {int(model.k_scores_['k'].min())}…{int(model.k_scores_['k'].max())}.")
 

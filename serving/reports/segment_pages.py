@@ -13,17 +13,18 @@ Where the figures come from:
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 from sqlalchemy import select
 
 from features.catalog import FEATURES_BY_NAME
+from features.io import duckdb_memory
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
 from features.time import utc_now
 from serving.explain.reasons import attribute_of, format_value
@@ -391,10 +392,12 @@ class Membership(dict):
     to count where a group of customers is (`tally`) in one lookup instead of an `isin` per segment."""
 
     def __init__(self, pairs: pd.DataFrame):
-        """From (segment, customer_id) rows."""
-        super().__init__({segment: _object_index(group) for segment, group
-                          in pairs.groupby("segment", sort=False)["customer_id"]})
-        rows, customers = pd.factorize(np.asarray(pairs["customer_id"], dtype=object))
+        """From (segment, customer_id) rows (kept as `pairs`)."""
+        self.pairs = pairs
+        ids = np.asarray(pairs["customer_id"], dtype=object)  # one Python string per pair, shared by what follows
+        super().__init__({segment: pd.Index(ids[rows], dtype=object) for segment, rows
+                          in pairs.groupby("segment", sort=False).indices.items()})
+        rows, customers = pd.factorize(ids)
         columns, segments = pd.factorize(np.asarray(pairs["segment"], dtype=object))
         self.customers, self.segments = _object_index(customers), list(segments)
         self.matrix = np.zeros((len(customers), len(segments)), dtype=bool)
@@ -528,10 +531,10 @@ class SegmentDetail:
         return self.daily[(self.daily["entered"] > 0) | (self.daily["exited"] > 0)]
 
 
-def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview, table: pd.DataFrame | None,
-                   evaluated_names: list[str], segment: Segment | None = None,
+def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
+                   profiled: tuple[pd.DataFrame | None, str] | None, evaluated_names: list[str],
                    features_as_of: datetime | None = None) -> SegmentDetail:
-    """Everything on a segment's page. `table` is the serve folder's feature table (one row per customer)."""
+    """Everything on a segment's page. `profiled`: its `profiles` entry (None: not profiled)."""
     last_change = as_datetime(store.changes.last_at(summary.name))  # the log itself is never read whole
     period = _period(data, last_change)
     daily = daily_changes(data.steps[data.steps["segment"] == summary.name], *period) if period else pd.DataFrame(
@@ -540,10 +543,8 @@ def segment_detail(store: SegmentStore, summary: SegmentSummary, data: Overview,
     if summary.evaluated and period:
         detail.size_chart = size_chart(summary.name, daily, [m for m, _ in summary.history])
         detail.changes_chart = changes_chart(summary.name, daily)
-    if summary.evaluated and table is not None and data.refreshed:
-        ids = data.members(store, summary.name)
-        defining = segment.fields() if segment is not None else set()
-        detail.profile, detail.profile_note = profile(table, ids, defining)
+    if summary.evaluated and profiled is not None:
+        detail.profile, detail.profile_note = profiled
         if detail.profile is not None and len(detail.profile):
             detail.profile_chart = profile_chart(summary.name, detail.profile, features_as_of)
     if data.lift_window is not None and summary.evaluated:
@@ -611,29 +612,139 @@ def cause_text(cause) -> str:
 
 PROFILE_COLUMNS = ["feature", "label", "group", "members", "everyone", "members_text", "everyone_text",
                    "difference", "in_definition"]
+TOP_CATEGORIES = 10  # a text feature's commonest categories compared, by share among everyone
 
 
-def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
-            rows: int = PROFILE_ROWS) -> tuple[pd.DataFrame | None, str]:
-    """The attributes that set the members apart from everyone in `table`, most different first.
+def profiles(features: Path | pd.DataFrame, members: pd.DataFrame, defining: dict[str, set[str]] | None = None,
+             segments: list[str] | None = None, rows: int = PROFILE_ROWS) -> dict[str, tuple[pd.DataFrame | None, str]]:
+    """What sets each segment's members apart from every customer of the feature table, most different first:
+    {segment: (frame of PROFILE_COLUMNS or None, a note saying why there is no profile)}.
+
+    Args:
+        features: the serve folder's feature table (its Parquet file; tests give a frame).
+        members: (segment, customer_id) rows, each pair once: the segments' members.
+        defining: per segment, the features its definition reads (marked in the profile).
+        segments: the segments to profile (default: those in `members`).
 
     Per catalog feature: numbers compare means, yes/no features the share of yes, text features the share of the
-    category whose share differs most. `difference` is standardised: (members - everyone) / the population's
-    standard deviation (for a share p, sqrt(p (1 - p))). Window variants of one attribute (orders in 14, 90, 365
-    days) keep only the most different, so the rows are distinct attributes. Returns (frame of PROFILE_COLUMNS or
-    None, a note saying why there is no profile).
+    category (of the ten commonest) whose share differs most. `difference` is standardised: (members - everyone) /
+    the population's standard deviation (for a share p, sqrt(p (1 - p))). Window variants of one attribute (orders
+    in 14, 90, 365 days) keep only the most different, so the rows are distinct attributes.
+
+    The sums are DuckDB's, over the file: one scan for the population, one joined with every segment's members, so
+    the table is never held whole (in pandas it was 1.1 GB of the report's memory at 2M customers).
     """
-    ids = pd.Index(pd.unique(pd.Series(member_ids, dtype=str)))
-    everyone = _everyone(table)
-    in_segment = everyone.ids.isin(ids)
-    if ids.empty:
-        return None, "the segment has no members"
-    if in_segment.sum() < MIN_PROFILE_MEMBERS:
-        return None, (f"{int(in_segment.sum())} of its {len(ids):,} members are in the served feature table: too few "
+    defining = defining or {}
+    with duckdb.connect(config={"memory_limit": duckdb_memory()}) as con:
+        con.register("members", members[["segment", "customer_id"]])
+        if isinstance(features, pd.DataFrame):
+            con.register("population", features)
+        else:
+            con.execute(f"CREATE VIEW population AS SELECT * FROM read_parquet({_sql_text(str(features))})")
+        everyone = _Everyone.of(con)
+        stats = _member_stats(con, everyone)
+    return {segment: (_segment_profile(everyone, stats[segment], defining.get(segment, set()), rows)
+                      if segment in stats else (None, "the segment has no members"))
+            for segment in (segments if segments is not None else pd.unique(members["segment"]))}
+
+
+def segment_profiles(store: SegmentStore, data: Overview, features: Path,
+                     segments: dict[str, Segment]) -> dict[str, tuple[pd.DataFrame | None, str]]:
+    """`profiles` of the evaluated segments' current members against the feature table file `features`; empty
+    before the first refresh or without the file."""
+    names = [s.name for s in data.summaries if s.evaluated]
+    if not data.refreshed or not names or not Path(features).exists():
+        return {}
+    pairs = data.members_at(store, None).pairs
+    return profiles(features, pairs[pairs["segment"].isin(names)],
+                    {name: segments[name].fields() for name in names if name in segments}, names)
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class _Everyone:
+    """The population's side of every profile: per catalog feature its kind (number | yes/no | category), and its
+    mean and spread, or for a text feature its commonest categories with their shares."""
+
+    kinds: dict[str, str]
+    mean: dict[str, float]
+    spread: dict[str, float]
+    categories: dict[str, list[tuple[str, float]]]  # feature -> [(category, share of the customers who have one)]
+
+    @classmethod
+    def of(cls, con) -> _Everyone:
+        names = [row[0] for row in con.execute("DESCRIBE population").fetchall() if row[0] in FEATURES_BY_NAME]
+        kinds = {name: {"string": "category", "boolean": "yes/no"}.get(FEATURES_BY_NAME[name].dtype, "number")
+                 for name in names}
+        measured = [name for name in names if kinds[name] != "category"]
+        sums = [f"avg({_sql_name(n)}::DOUBLE)" for n in measured] + [
+            f"stddev_pop({_sql_name(n)}::DOUBLE)" for n in measured if kinds[n] == "number"]
+        values = iter(con.execute(f"SELECT {', '.join(sums) or 'NULL'} FROM population").fetchone())
+        mean = {name: _float(next(values)) for name in measured}
+        spread = {name: (_float(next(values)) if kinds[name] == "number" else
+                         math.sqrt(mean[name] * (1 - mean[name])) if not math.isnan(mean[name]) else math.nan)
+                  for name in measured}
+        categories = {name: _commonest(con, name) for name in names if kinds[name] == "category"}
+        return cls(kinds, mean, spread, {name: top for name, top in categories.items() if top})
+
+
+def _float(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _commonest(con, name: str) -> list[tuple[str, float]]:
+    """The TOP_CATEGORIES commonest values of text feature `name` (ties alphabetical) with their shares of the
+    customers who have a value."""
+    column = _sql_name(name)
+    rows = con.execute(f"SELECT {column}::VARCHAR AS value, count(*) AS n, sum(count(*)) OVER () AS present "
+                       f"FROM population WHERE {column} IS NOT NULL GROUP BY 1 ORDER BY n DESC, value "
+                       f"LIMIT {TOP_CATEGORIES}").fetchall()
+    return [(value, n / present) for value, n, present in rows]
+
+
+def _member_stats(con, everyone: _Everyone) -> dict[str, dict]:
+    """Per segment: its members, how many are in the table (`found`), their mean of every number and yes/no
+    feature, and per text feature how many have a value and how many have each of the commonest categories."""
+    sums, parameters = ["count(*)", "count(p.customer_id)"], []
+    measured = [name for name in everyone.mean]
+    sums += [f"avg(p.{_sql_name(name)}::DOUBLE)" for name in measured]
+    for name, top in everyone.categories.items():
+        column = f"p.{_sql_name(name)}::VARCHAR"
+        sums.append(f"count({column})")
+        sums += [f"count(*) FILTER (WHERE {column} = ?)" for _ in top]
+        parameters += [category for category, _ in top]
+    query = (f"SELECT m.segment, {', '.join(sums)} FROM members m LEFT JOIN population p "
+             f"ON p.customer_id = m.customer_id GROUP BY m.segment")
+    stats = {}
+    for segment, listed, found, *values in con.execute(query, parameters).fetchall():
+        values = iter(values)
+        row = {"listed": listed, "found": found, "mean": {name: _float(next(values)) for name in measured},
+               "categories": {}}
+        for name, top in everyone.categories.items():
+            present = next(values)
+            row["categories"][name] = (present, [next(values) for _ in top])
+        stats[segment] = row
+    return stats
+
+
+def _segment_profile(everyone: _Everyone, stats: dict, defining: set[str], rows: int) -> tuple[pd.DataFrame | None,
+                                                                                            str]:
+    if stats["found"] < MIN_PROFILE_MEMBERS:
+        return None, (f"{stats['found']} of its {stats['listed']:,} members are in the served feature table: too few "
                       f"to profile (at least {MIN_PROFILE_MEMBERS} are needed)")
     found = []
-    for name, column in everyone.columns.items():
-        row = column.row(in_segment)
+    for name, kind in everyone.kinds.items():
+        if kind != "category":
+            row = _number_row(name, kind, everyone, stats["mean"][name])
+        else:
+            row = _category_row(name, everyone, *stats["categories"][name]) if name in everyone.categories else None
         if row is not None:
             spec = FEATURES_BY_NAME[name]
             found.append({**row, "feature": name, "group": spec.group, "in_definition": name in defining})
@@ -647,103 +758,38 @@ def profile(table: pd.DataFrame, member_ids, defining: set[str] = frozenset(),
     return frame[PROFILE_COLUMNS], ""
 
 
-@dataclass
-class _Column:
-    """One catalog feature of the population, prepared once for every segment's profile: the values as floats
-    with their mean and spread, or for a text feature its ten commonest categories (each a yes/no column)."""
-
-    label: str
-    kind: str  # number | yes/no | category
-    values: np.ndarray | None = None  # numbers (NaN: missing); for a category: present rows
-    mean: float = float("nan")
-    spread: float = float("nan")
-    categories: list[tuple[str, np.ndarray, float]] = field(default_factory=list)  # (category, hit, share)
-    name: str = ""
-
-    def row(self, in_segment: np.ndarray) -> dict | None:
-        """This feature's profile row for the members `in_segment` (None when it tells nothing)."""
-        if self.kind == "category":
-            return self._category_row(in_segment)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all missing among members: NaN, as pandas gives
-            members = float(np.nanmean(self.values[in_segment]))
-        if not self.spread or math.isnan(self.spread) or math.isnan(members):
-            return None
-        texts = ((f"{members:.0%} yes", f"{self.mean:.0%} yes") if self.kind == "yes/no" else
-                 (format_value(self.name, members, digits=1), format_value(self.name, self.mean, digits=1)))
-        return {"label": self.label, "members": members, "everyone": float(self.mean), "members_text": texts[0],
-                "everyone_text": texts[1], "difference": float((members - self.mean) / self.spread)}
-
-    def _category_row(self, in_segment: np.ndarray) -> dict | None:
-        """The category whose share among members differs most from its share among everyone."""
-        among = self.values & in_segment
-        if not among.any():
-            return None
-        best = None
-        for category, hit, everyone in self.categories:
-            spread = math.sqrt(everyone * (1 - everyone))
-            if spread == 0:
-                continue
-            members = hit[among].mean()
-            difference = (members - everyone) / spread
-            if best is None or abs(difference) > abs(best["difference"]):
-                best = {"label": f"{self.label}: {category}", "members": float(members), "everyone": float(everyone),
-                        "members_text": f"{members:.0%}", "everyone_text": f"{everyone:.0%}",
-                        "difference": float(difference)}
-        return best
+def _number_row(name: str, kind: str, everyone: _Everyone, members: float) -> dict | None:
+    """A number or yes/no feature's profile row (None when it tells nothing: no spread, no member has a value)."""
+    mean, spread = everyone.mean[name], everyone.spread[name]
+    if not spread or math.isnan(spread) or math.isnan(members):
+        return None
+    texts = ((f"{members:.0%} yes", f"{mean:.0%} yes") if kind == "yes/no" else
+             (format_value(name, members, digits=1), format_value(name, mean, digits=1)))
+    return {"label": label_of(name), "members": members, "everyone": mean, "members_text": texts[0],
+            "everyone_text": texts[1], "difference": (members - mean) / spread}
 
 
-def _prepared_column(name: str, dtype: str, column: pd.Series) -> _Column | None:
-    label = label_of(name)
-    if dtype == "string":
-        present = column.notna().to_numpy()
-        if not present.any():
-            return None
-        text = column.astype("string")
-        categories = []
-        for category in text[present].value_counts().head(10).index:
-            hit = text.eq(category).fillna(False).to_numpy(dtype=bool)
-            categories.append((category, hit, float(hit[present].mean())))
-        return _Column(label, "category", present, categories=categories, name=name)
-    if dtype == "boolean":
-        values = column.astype("float64").to_numpy()
-        mean = float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")
-        spread = math.sqrt(mean * (1 - mean)) if not math.isnan(mean) else float("nan")
-        return _Column(label, "yes/no", values, mean, spread, name=name)
-    # The column's own array where it is one of numbers (no copy: at 2M customers, float copies of every column
-    # were 0.9 GB); NaN marks a missing value.
-    values = (column.to_numpy() if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iuf"
-              else pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # every value missing: NaN, as pandas gives
-        return _Column(label, "number", values, float(np.nanmean(values)), float(np.nanstd(values)), name=name)
+def _category_row(name: str, everyone: _Everyone, present: int, hits: list[int]) -> dict | None:
+    """The category whose share among the members who have a value differs most from its share among everyone."""
+    if not present:
+        return None
+    best = None
+    for (category, share), hit in zip(everyone.categories[name], hits, strict=True):
+        spread = math.sqrt(share * (1 - share))
+        if spread == 0:
+            continue
+        members = hit / present
+        difference = (members - share) / spread
+        if best is None or abs(difference) > abs(best["difference"]):
+            best = {"label": f"{label_of(name)}: {category}", "members": members, "everyone": share,
+                    "members_text": f"{members:.0%}", "everyone_text": f"{share:.0%}", "difference": difference}
+    return best
 
 
 def _object_index(values) -> pd.Index:
     """`values` as an Index of Python strings, for pandas' hash table: `isin` and `difference` on Arrow-backed
     strings (pandas 3's default) loop in Python (~1 s per segment page at 1M customers)."""
     return pd.Index(np.asarray(values, dtype=object), dtype=object)
-
-
-@dataclass
-class _Everyone:
-    table: pd.DataFrame
-    ids: pd.Index
-    columns: dict[str, _Column]
-
-
-_EVERYONE: list[_Everyone] = []  # the last table prepared: the report writes every segment's page from one table
-
-
-def _everyone(table: pd.DataFrame) -> _Everyone:
-    """The served feature table prepared for profiles, once per table (at 1M customers, converting and averaging
-    every feature again for each segment's page took ~15 s)."""
-    if not _EVERYONE or _EVERYONE[0].table is not table:
-        columns = {name: _prepared_column(name, FEATURES_BY_NAME[name].dtype, table[name])
-                   for name in table.columns if name in FEATURES_BY_NAME}
-        _EVERYONE[:] = [_Everyone(table, _object_index(table["customer_id"].astype(str)),
-                                  {name: column for name, column in columns.items() if column is not None})]
-    return _EVERYONE[0]
 
 
 def profile_chart(name: str, frame: pd.DataFrame, features_as_of: datetime | None) -> str:

@@ -43,6 +43,8 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
 
     Raises ReportError when the serve folder has no manifest (not built; `check_serve_dir`).
     """
+    from serving.state import FEATURES_FILE
+
     out_dir = Path(out_dir)
     state = state if state is not None else _load_state(serve_dir, progress)
     definitions = load_segments(segments_file)
@@ -61,10 +63,12 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     links = {s.name: segment_file(s.name) for s in data.summaries}
     written = [_write_overview(out_dir, site, data, links, model_links, _models_note(state))]
     evaluated = [s.name for s in data.summaries if s.evaluated]
+    progress("profiling every segment's members against the feature table")
+    profiled = segment_pages.segment_profiles(store, data, state.directory / FEATURES_FILE,
+                                              {**definitions.segments, **usable.segments})
     for summary in data.summaries:
         progress(f"segment {summary.name}")
-        segment = usable.segments.get(summary.name) or definitions.segments.get(summary.name)
-        detail = segment_pages.segment_detail(store, summary, data, state.table, evaluated, segment,
+        detail = segment_pages.segment_detail(store, summary, data, profiled.get(summary.name), evaluated,
                                              _features_as_of(state))
         detail.campaigns = campaigns.get(summary.name, [])
         html = render_page("segment.html.j2", title=f"Segment {summary.name}", site=site,
@@ -88,8 +92,8 @@ def _load_state(serve_dir: Path, progress):
     from serving.state import load_state
 
     check_serve_dir(serve_dir)
-    progress(f"loading the served models and feature table from {serve_dir}")
-    return load_state(Path(serve_dir))
+    progress(f"loading the served models from {serve_dir}")
+    return load_state(Path(serve_dir), rows=1)  # profiles and samples read the feature table file itself
 
 
 def _resolve(definitions: SegmentSet, state) -> tuple[SegmentSet, dict[str, str]]:
