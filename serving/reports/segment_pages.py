@@ -20,6 +20,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from matplotlib.ticker import FuncFormatter
 from sqlalchemy import select
 
@@ -178,7 +180,7 @@ def lift_problem(history, window: tuple[datetime, datetime] | None) -> str | Non
     return None
 
 
-def holdout_lift(segment: Segment, members: pd.Index, history, window: tuple[datetime, datetime],
+def holdout_lift(segment: Segment, members: pd.DataFrame, history, window: tuple[datetime, datetime],
                  activity: pd.DataFrame) -> Lift:
     """Lift of `segment` over `window` (start, end): its `members` at the start (the previous refresh), targeted
     against the holdout, purchases counted in `history` (`activity`: its purchases in the window, counted once for
@@ -186,7 +188,6 @@ def holdout_lift(segment: Segment, members: pd.Index, history, window: tuple[dat
     from serving.segments.lift import measure
 
     start, end = window
-    members = pd.DataFrame({"customer_id": members})
     if members.empty:
         return Lift(reason=f"not measured: no members on {start:%Y-%m-%d}")
     held = int(in_holdout(members["customer_id"], segment.name, segment.holdout_percent).sum())
@@ -374,10 +375,6 @@ class Overview:
             self._memberships[moment] = Membership(frame)
         return self._memberships[moment]
 
-    def members(self, store: SegmentStore, name: str) -> pd.Index:
-        """The current members of segment `name`."""
-        return self.members_at(store, None).get(name, _object_index([]))
-
     @property
     def refreshed(self) -> bool:
         return not self.refreshes.empty
@@ -387,30 +384,18 @@ class Overview:
         return as_datetime(self.refreshes["as_of"].iloc[-1]) if self.refreshed else None
 
 
-class Membership(dict):
-    """Each segment's members at one moment (segment -> Index of customer ids), with a customers x segments matrix
-    to count where a group of customers is (`tally`) in one lookup instead of an `isin` per segment."""
+class Membership:
+    """Each segment's members at one moment: the (segment, customer_id) rows the store gave, as Arrow strings (2.6M
+    pairs of a million customers in ~0.1 GB; as Python strings with the lookups built on them they took ~0.35 GB,
+    and a report holds two moments). What the pages ask of them DuckDB counts (`flows`)."""
 
     def __init__(self, pairs: pd.DataFrame):
-        """From (segment, customer_id) rows (kept as `pairs`)."""
-        self.pairs = pairs
-        ids = np.asarray(pairs["customer_id"], dtype=object)  # one Python string per pair, shared by what follows
-        super().__init__({segment: pd.Index(ids[rows], dtype=object) for segment, rows
-                          in pairs.groupby("segment", sort=False).indices.items()})
-        rows, customers = pd.factorize(ids)
-        columns, segments = pd.factorize(np.asarray(pairs["segment"], dtype=object))
-        self.customers, self.segments = _object_index(customers), list(segments)
-        self.matrix = np.zeros((len(customers), len(segments)), dtype=bool)
-        self.matrix[rows, columns] = True
+        self.pairs = pa.Table.from_pandas(pairs[["segment", "customer_id"]], preserve_index=False)
 
-    def tally(self, customers: pd.Index, segments: list[str]) -> tuple[dict[str, int], int]:
-        """How many of `customers` are in each of `segments` (those with none left out), and how many in none of
-        them."""
-        rows = self.customers.get_indexer(customers)
-        columns = [self.segments.index(s) for s in segments if s in self.segments]
-        found = self.matrix[np.ix_(rows[rows >= 0], columns)]
-        counts = dict(zip([self.segments[c] for c in columns], found.sum(axis=0).tolist(), strict=True))
-        return {s: n for s, n in counts.items() if n}, int(len(customers) - found.any(axis=1).sum())
+    def members(self, name: str) -> pd.DataFrame:
+        """The members of segment `name` (column customer_id)."""
+        return self.pairs.filter(pc.equal(self.pairs["segment"], name)).select(["customer_id"]).to_pandas()
+
 
 def listed_segments(definitions: SegmentSet, usable: SegmentSet, skipped: dict[str, str]) -> list[tuple]:
     """(segment, evaluated, reason, parent) for every definition in file order; a cluster definition is replaced
@@ -458,8 +443,7 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
             row = at_refreshes.loc[segment.name] if segment.name in at_refreshes.index else None
             summary.history = [(m, int(row[m]) if row is not None else 0) for m in moments]
             summary.lift = Lift(reason=no_lift) if no_lift is not None else holdout_lift(
-                segment, result.members_at(store, window[0]).get(segment.name, _object_index([])), history, window,
-                activity)
+                segment, result.members_at(store, window[0]).members(segment.name), history, window, activity)
         elif evaluated:
             summary.lift = Lift(reason=NO_REFRESH)
         result.summaries.append(summary)
@@ -567,26 +551,36 @@ def _period(data: Overview, last_change: datetime | None) -> tuple[datetime, dat
 
 
 def flows(before: Membership, after: Membership, name: str, segments: set[str]):
-    """(entered, exited, came_from, went_to) of segment `name` between two memberships (segment -> members).
+    """(entered, exited, came_from, went_to) of segment `name` between two memberships.
 
     entered: customers in it after and not before; came_from: for them, the other `segments` they were in before
     (a customer in two counts for both; Flow(None, n): in none); went_to likewise for those who left, with the
     segments they are in after. Largest first.
     """
-    empty = _object_index([])
-    entrants = after.get(name, empty).difference(before.get(name, empty), sort=False)
-    leavers = before.get(name, empty).difference(after.get(name, empty), sort=False)
-    return (len(entrants), len(leavers), _tally(entrants, before, name, segments),
-            _tally(leavers, after, name, segments))
+    others = sorted(segments - {name})
+    with duckdb.connect() as con:
+        con.register("before_pairs", before.pairs)
+        con.register("after_pairs", after.pairs)
+        entered, came_from = _moved(con, "after_pairs", "before_pairs", name, others)
+        exited, went_to = _moved(con, "before_pairs", "after_pairs", name, others)
+    return entered, exited, came_from, went_to
 
 
-def _tally(customers: pd.Index, membership: Membership, name: str, segments: set[str]) -> list[Flow]:
-    counts: dict[str | None, int]
-    counts, in_none = membership.tally(customers, sorted(segments - {name}))
-    if in_none:
-        counts[None] = in_none
+def _moved(con, into: str, out_of: str, name: str, others: list[str]) -> tuple[int, list[Flow]]:
+    """How many customers are in `name` in membership `into` and not in `out_of`, and for them the `others` they are
+    in in `out_of` (Flow(None, n): in none of them)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE movers AS SELECT customer_id FROM {into} WHERE segment = $name "
+                f"EXCEPT SELECT customer_id FROM {out_of} WHERE segment = $name", {"name": name})
+    counts = dict(con.execute(f"SELECT o.segment, count(*) FROM {out_of} o SEMI JOIN movers m USING (customer_id) "
+                              f"WHERE list_contains($others, o.segment) GROUP BY o.segment",
+                              {"others": others}).fetchall())
+    movers, placed = con.execute(
+        f"SELECT (SELECT count(*) FROM movers), count(DISTINCT customer_id) FROM {out_of} o "
+        f"SEMI JOIN movers m USING (customer_id) WHERE list_contains($others, o.segment)", {"others": others}).fetchone()
+    if movers > placed:
+        counts[None] = movers - placed
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0] is None, item[0] or ""))
-    return [Flow(segment, count) for segment, count in ordered]
+    return movers, [Flow(segment, count) for segment, count in ordered]
 
 
 def recent_changes(log: pd.DataFrame, limit: int = RECENT_LOG_ROWS) -> list[dict]:
@@ -622,7 +616,7 @@ def profiles(features: Path | pd.DataFrame, members: pd.DataFrame, defining: dic
 
     Args:
         features: the serve folder's feature table (its Parquet file; tests give a frame).
-        members: (segment, customer_id) rows, each pair once: the segments' members.
+        members: (segment, customer_id) rows, each pair once (a frame or an Arrow table): the segments' members.
         defining: per segment, the features its definition reads (marked in the profile).
         segments: the segments to profile (default: those in `members`).
 
@@ -636,7 +630,7 @@ def profiles(features: Path | pd.DataFrame, members: pd.DataFrame, defining: dic
     """
     defining = defining or {}
     with duckdb.connect(config={"memory_limit": duckdb_memory()}) as con:
-        con.register("members", members[["segment", "customer_id"]])
+        con.register("members", members)
         if isinstance(features, pd.DataFrame):
             con.register("population", features)
         else:
@@ -645,7 +639,7 @@ def profiles(features: Path | pd.DataFrame, members: pd.DataFrame, defining: dic
         stats = _member_stats(con, everyone)
     return {segment: (_segment_profile(everyone, stats[segment], defining.get(segment, set()), rows)
                       if segment in stats else (None, "the segment has no members"))
-            for segment in (segments if segments is not None else pd.unique(members["segment"]))}
+            for segment in (segments if segments is not None else pd.unique(np.asarray(members["segment"])))}
 
 
 def segment_profiles(store: SegmentStore, data: Overview, features: Path,
@@ -656,7 +650,7 @@ def segment_profiles(store: SegmentStore, data: Overview, features: Path,
     if not data.refreshed or not names or not Path(features).exists():
         return {}
     pairs = data.members_at(store, None).pairs
-    return profiles(features, pairs[pairs["segment"].isin(names)],
+    return profiles(features, pairs.filter(pc.is_in(pairs["segment"], pa.array(names))),
                     {name: segments[name].fields() for name in names if name in segments}, names)
 
 
@@ -784,12 +778,6 @@ def _category_row(name: str, everyone: _Everyone, present: int, hits: list[int])
             best = {"label": f"{label_of(name)}: {category}", "members": members, "everyone": share,
                     "members_text": f"{members:.0%}", "everyone_text": f"{share:.0%}", "difference": difference}
     return best
-
-
-def _object_index(values) -> pd.Index:
-    """`values` as an Index of Python strings, for pandas' hash table: `isin` and `difference` on Arrow-backed
-    strings (pandas 3's default) loop in Python (~1 s per segment page at 1M customers)."""
-    return pd.Index(np.asarray(values, dtype=object), dtype=object)
 
 
 def profile_chart(name: str, frame: pd.DataFrame, features_as_of: datetime | None) -> str:

@@ -8,12 +8,10 @@ exit its cause: the conditions whose truth flipped, with the old and new values.
 
 from __future__ import annotations
 
-import gc
 import pickle
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain
@@ -36,7 +34,7 @@ from features.segments import (
     memberships,
 )
 from features.time import utc_now
-from serving.segments.store import Change, JSONText, StoredStates, json_text
+from serving.segments.store import Change, JSONText, StoredStates, json_text, paused_gc
 from training.bundle import ScoringBundle
 from training.tracking import kind_of
 
@@ -405,20 +403,6 @@ def refresh_population(store, segments: SegmentSet, population: Population, as_o
             except _Superseded:
                 continue
     raise RuntimeError(f"other refreshes were written while this one ran, {attempts} times: run it again")
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic garbage collector paused: a refresh of a million customers builds millions of changes and rows
-    and drops none until it ends, and the collector's passes over them found nothing and cost ~10 s (reference
-    counting still frees everything; cycles made meanwhile are collected after)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def check_order(last: dict | None, as_of: datetime) -> None:
