@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.build import FeatureQuery, to_feature_frame
-from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
+from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, Feature
 from features.pipeline import build_feature_table, read_feature_rows, read_feature_table, write_feature_table
 from serving.explain.reasons import typical_values
 from serving.segments.events import HISTORY_FILE, RUNNER_HISTORY_FILE, write_history
@@ -148,10 +148,14 @@ class ServingState:
     def feature_names(self) -> list[str]:
         return list(self.manifest.get("features", []))
 
+    @property
+    def features(self) -> list[Feature]:
+        """The catalog's definitions of the served features."""
+        return [FEATURES_BY_NAME[name] for name in self.feature_names]
 
-def served_frame(table: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:
+
+def served_frame(table: pd.DataFrame, features: list[Feature]) -> pd.DataFrame:
     """Rows of a serve folder's feature table as the service holds them: catalog dtypes, looked up by customer_id."""
-    features = [FEATURES_BY_NAME[name] for name in feature_names]
     return to_feature_frame(table, features).set_index("customer_id", drop=False)
 
 
@@ -159,7 +163,7 @@ def served_rows(state: ServingState, rows=None, columns: list[str] | None = None
     """Some rows (positions, in that order; None: all) of the serve folder's feature table file, as `served_frame`
     gives them, or with `columns` those columns as stored: a sample or a column without loading the table."""
     table = read_feature_rows(state.directory / FEATURES_FILE, rows, columns)
-    return table if columns is not None else served_frame(table, state.feature_names)
+    return table if columns is not None else served_frame(table, state.features)
 
 
 def load_state(directory: Path, rows: int | None = None) -> ServingState:
@@ -205,13 +209,13 @@ def _load(state: ServingState, rows: int | None) -> None:
     table, meta = read_feature_table(state.directory / FEATURES_FILE, rows)
     if meta.get("feature_set_version") != FEATURE_SET_VERSION:
         state.problems.append(f"{FEATURES_FILE} has feature set {meta.get('feature_set_version')}: rebuild it")
-    state.table = served_frame(table, state.feature_names)
+    state.table = served_frame(table, state.features)
     state.typical = json.loads((state.directory / TYPICAL_FILE).read_text())
     for name in (HISTORY_FILE, RUNNER_HISTORY_FILE):
         if not (state.directory / name).exists():
             state.problems.append(f"no {name} in {state.directory.resolve()} (posted events and reports read the "
                                   f"customers' history): rebuild the serve folder (segments build)")
-    state.query = FeatureQuery(state.manifest["columns"], [FEATURES_BY_NAME[name] for name in state.feature_names])
+    state.query = FeatureQuery(state.manifest["columns"], state.features)
     _ = state.query.sql  # compiled once, at start
     if bundle.models:
         state.scorer = Scorer(bundle, state.typical)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import to_feature_frame
-from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME
+from features.catalog import FEATURE_SET_VERSION
 from features.contract import typed_records
 from features.time import naive_utc
 from serving.http.schemas import CustomerInput
@@ -49,7 +49,7 @@ def resolve_features(state, customers: list[CustomerInput], as_of: datetime | No
             f"customers given by id are scored from the feature table as of {state.as_of.isoformat()}; for as_of "
             f"{as_of.isoformat()} send their history (or feature rows), or rebuild (segments build --as-of)",
             [{"loc": ["as_of"], "msg": "differs from the feature table's as_of", "type": "as_of_mismatch"}])
-    features = [FEATURES_BY_NAME[name] for name in state.feature_names]
+    features = state.features
     pieces: list[tuple[pd.DataFrame, list[int]]] = []  # typed feature rows, with the request items they answer
     errors: list[dict | None] = [None] * len(customers)
     by_id = [i for i, c in enumerate(customers) if c.history is None and c.features is None]

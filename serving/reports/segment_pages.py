@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 from sqlalchemy import select
 
 from features.catalog import FEATURES_BY_NAME
-from features.io import duckdb_memory
+from features.io import duckdb_memory, quote_ident, quote_literal
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
 from features.time import utc_now
 from serving.explain.reasons import attribute_of, format_value
@@ -609,13 +609,13 @@ PROFILE_COLUMNS = ["feature", "label", "group", "members", "everyone", "members_
 TOP_CATEGORIES = 10  # a text feature's commonest categories compared, by share among everyone
 
 
-def profiles(features: Path | pd.DataFrame, members: pd.DataFrame, defining: dict[str, set[str]] | None = None,
+def profiles(features: Path, members: pd.DataFrame | pa.Table, defining: dict[str, set[str]] | None = None,
              segments: list[str] | None = None, rows: int = PROFILE_ROWS) -> dict[str, tuple[pd.DataFrame | None, str]]:
     """What sets each segment's members apart from every customer of the feature table, most different first:
     {segment: (frame of PROFILE_COLUMNS or None, a note saying why there is no profile)}.
 
     Args:
-        features: the serve folder's feature table (its Parquet file; tests give a frame).
+        features: the serve folder's feature table file (Parquet).
         members: (segment, customer_id) rows, each pair once (a frame or an Arrow table): the segments' members.
         defining: per segment, the features its definition reads (marked in the profile).
         segments: the segments to profile (default: those in `members`).
@@ -631,10 +631,7 @@ def profiles(features: Path | pd.DataFrame, members: pd.DataFrame, defining: dic
     defining = defining or {}
     with duckdb.connect(config={"memory_limit": duckdb_memory()}) as con:
         con.register("members", members)
-        if isinstance(features, pd.DataFrame):
-            con.register("population", features)
-        else:
-            con.execute(f"CREATE VIEW population AS SELECT * FROM read_parquet({_sql_text(str(features))})")
+        con.execute(f"CREATE VIEW population AS SELECT * FROM read_parquet({quote_literal(str(features))})")
         everyone = _Everyone.of(con)
         stats = _member_stats(con, everyone)
     return {segment: (_segment_profile(everyone, stats[segment], defining.get(segment, set()), rows)
@@ -654,14 +651,6 @@ def segment_profiles(store: SegmentStore, data: Overview, features: Path,
                     {name: segments[name].fields() for name in names if name in segments}, names)
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _sql_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass
 class _Everyone:
     """The population's side of every profile: per catalog feature its kind (number | yes/no | category), and its
@@ -678,8 +667,8 @@ class _Everyone:
         kinds = {name: {"string": "category", "boolean": "yes/no"}.get(FEATURES_BY_NAME[name].dtype, "number")
                  for name in names}
         measured = [name for name in names if kinds[name] != "category"]
-        sums = [f"avg({_sql_name(n)}::DOUBLE)" for n in measured] + [
-            f"stddev_pop({_sql_name(n)}::DOUBLE)" for n in measured if kinds[n] == "number"]
+        sums = [f"avg({quote_ident(n)}::DOUBLE)" for n in measured] + [
+            f"stddev_pop({quote_ident(n)}::DOUBLE)" for n in measured if kinds[n] == "number"]
         values = iter(con.execute(f"SELECT {', '.join(sums) or 'NULL'} FROM population").fetchone())
         mean = {name: _float(next(values)) for name in measured}
         spread = {name: (_float(next(values)) if kinds[name] == "number" else
@@ -696,7 +685,7 @@ def _float(value) -> float:
 def _commonest(con, name: str) -> list[tuple[str, float]]:
     """The TOP_CATEGORIES commonest values of text feature `name` (ties alphabetical) with their shares of the
     customers who have a value."""
-    column = _sql_name(name)
+    column = quote_ident(name)
     rows = con.execute(f"SELECT {column}::VARCHAR AS value, count(*) AS n, sum(count(*)) OVER () AS present "
                        f"FROM population WHERE {column} IS NOT NULL GROUP BY 1 ORDER BY n DESC, value "
                        f"LIMIT {TOP_CATEGORIES}").fetchall()
@@ -708,9 +697,9 @@ def _member_stats(con, everyone: _Everyone) -> dict[str, dict]:
     feature, and per text feature how many have a value and how many have each of the commonest categories."""
     sums, parameters = ["count(*)", "count(p.customer_id)"], []
     measured = [name for name in everyone.mean]
-    sums += [f"avg(p.{_sql_name(name)}::DOUBLE)" for name in measured]
+    sums += [f"avg(p.{quote_ident(name)}::DOUBLE)" for name in measured]
     for name, top in everyone.categories.items():
-        column = f"p.{_sql_name(name)}::VARCHAR"
+        column = f"p.{quote_ident(name)}::VARCHAR"
         sums.append(f"count({column})")
         sums += [f"count(*) FILTER (WHERE {column} = ?)" for _ in top]
         parameters += [category for category, _ in top]
