@@ -368,3 +368,19 @@ def test_report_command_without_a_refresh_models_or_serve_folder(built, chromium
     assert "churn_band" in reasons["likely_to_churn"] and "no cluster model" in reasons["cluster"]
     segment_page = open_page(chromium, (tmp_path / "out" / "segment-loyal.html").as_uri(), "report-segment-no-refresh")
     assert segment_page.problems == [] and values(segment_page, "[data-section=no-refresh]")
+
+
+def test_report_over_a_damaged_feature_table_writes_its_pages(built, tmp_path):
+    """A truncated features.parquet is a problem the report states (no model pages, no profiles), not a crash."""
+    import shutil
+
+    serve_dir = tmp_path / "serve"
+    shutil.copytree(built["served"]["serve_dir"], serve_dir)
+    damaged = serve_dir / "features.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    result = segments("report", "--out", "out", "--serve-dir", str(serve_dir), cwd=tmp_path,
+                      env=built["served"]["env"])
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "no model pages" in said and "cannot be read" in said and "Parquet" in said
+    assert (tmp_path / "out" / "index.html").exists() and (tmp_path / "out" / "segment-loyal.html").exists()
