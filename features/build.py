@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -258,8 +259,23 @@ class FeatureQuery:
 
     def run_arrow(self, con, as_of: datetime):
         """Run on a DuckDB connection holding tables (or views) named like the contract tables -> Arrow table."""
+        return self._relation(con, as_of).to_arrow_table()
+
+    def _relation(self, con, as_of: datetime):
+        """The feature query on `con` at `as_of`, not yet run."""
         con.execute(f"CREATE OR REPLACE TEMP TABLE {AS_OF_TABLE} AS SELECT ?::TIMESTAMP AS as_of", [as_of])
-        return con.sql(self.sql).to_arrow_table()
+        return con.sql(self.sql)
+
+    def run_batches(self, con, as_of: datetime, rows: int) -> Iterator[pd.DataFrame]:
+        """`run_duckdb`, `rows` customers at a time in customer order (at least one frame, empty for no customers):
+        DuckDB keeps the sorted result within its memory limit, so only one batch is ever held in pandas."""
+        reader = self._relation(con, as_of).to_arrow_reader(batch_size=rows)
+        empty = True
+        for batch in reader:
+            empty = False
+            yield to_feature_frame(arrow_to_frame(pa.Table.from_batches([batch])), self.features)
+        if empty:
+            yield to_feature_frame(arrow_to_frame(reader.schema.empty_table()), self.features)
 
     def run_duckdb(self, con, as_of: datetime) -> pd.DataFrame:
         """Run on a DuckDB connection holding tables (or views) named like the contract tables -> pandas (the Arrow

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +20,9 @@ from features.catalog import FEATURE_SET_VERSION
 from features.io import load_raw
 from features.schema import check_feature_table
 from features.validate import ValidationResult, validate
+
+# Customers per batch where a command streams the feature table: ~0.15 GB of pandas at 60 features.
+BATCH_ROWS = 200_000
 
 
 @dataclass
@@ -42,15 +48,53 @@ def build_feature_table(validation: ValidationResult, as_of: datetime) -> Featur
     return FeatureRun(table=table, validation=validation, as_of=as_of, query=query)
 
 
+def feature_batches(validation: ValidationResult, as_of: datetime, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """`build_feature_table`'s table, `rows` customers at a time in customer order, each batch checked against the
+    schema, for the commands that need one customer at a time (at least one batch, empty for no customers)."""
+    last = None
+    for batch in FeatureQuery(validation.columns).run_batches(validation.con, as_of, rows):
+        check_feature_table(batch)
+        if len(batch):
+            if last is not None and not batch["customer_id"].iloc[0] > last:  # ids ascend: a repeat would be here
+                raise ValueError(f"the feature table is not one row per customer in order: customer "
+                                 f"{batch['customer_id'].iloc[0]!r} follows {last!r} across batches")
+            last = batch["customer_id"].iloc[-1]
+        yield batch
+
+
 def write_feature_table(run: FeatureRun, out: Path) -> Path:
     """Write the feature table to Parquet with the feature-set version and as_of in the file's metadata."""
+    return write_feature_batches([run.table], run.as_of, out)[0]
+
+
+def write_feature_batches(batches: Iterable[pd.DataFrame], as_of: datetime, out: Path) -> tuple[Path, int]:
+    """Write feature-table batches (customer order) as one Parquet file with the feature-set version and as_of in
+    its metadata: (the file, rows written). The file appears only once every batch is written; a batch that fails
+    its check leaves no file behind."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(run.table, preserve_index=False)
-    meta = {**(table.schema.metadata or {}), b"feature_set_version": FEATURE_SET_VERSION.encode(),
-            b"as_of": run.as_of.isoformat().encode()}
-    pq.write_table(table.replace_schema_metadata(meta), out)
-    return out
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as tmp:
+        partial = Path(tmp.name)
+    writer, rows = None, 0
+    try:
+        for batch in batches:
+            table = pa.Table.from_pandas(batch, preserve_index=False)
+            if writer is None:
+                meta = {**(table.schema.metadata or {}), b"feature_set_version": FEATURE_SET_VERSION.encode(),
+                        b"as_of": as_of.isoformat().encode()}
+                writer = pq.ParquetWriter(partial, table.schema.with_metadata(meta))
+            writer.write_table(table)
+            rows += len(batch)
+        if writer is None:
+            raise ValueError("no feature-table batch to write (an empty table is one empty batch)")
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+    return out, rows
 
 
 def read_feature_rows(path: Path, rows: np.ndarray | None = None, columns: list[str] | None = None) -> pd.DataFrame:

@@ -240,3 +240,74 @@ def test_catalog_declarations_are_complete_and_consistent():
 def test_full_contract_gives_more_than_60_features():
     everything = {name: list(c.columns) for name, c in CONTRACTS.items()}
     assert len(available_features(everything)) == len(FEATURES) >= 60
+
+
+def test_feature_batches_are_the_feature_table_in_pieces(generated_validation, tmp_path):
+    """Streamed in small batches and written batch by batch, the feature table reads back equal to the table built
+    whole and written at once: same customers in the same order, values, dtypes and file metadata."""
+    from features.pipeline import (
+        build_feature_table,
+        feature_batches,
+        read_feature_table,
+        write_feature_batches,
+        write_feature_table,
+    )
+
+    as_of = datetime(2026, 3, 1)
+    whole = build_feature_table(generated_validation, as_of)
+    batches = list(feature_batches(generated_validation, as_of, rows=97))
+    assert len(batches) == math.ceil(len(whole.table) / 97) > 2
+    pd.testing.assert_frame_equal(pd.concat(batches, ignore_index=True), whole.table)
+    streamed, rows = write_feature_batches(iter(batches), as_of, tmp_path / "streamed.parquet")
+    assert rows == len(whole.table)
+    expected, expected_meta = read_feature_table(write_feature_table(whole, tmp_path / "whole.parquet"))
+    actual, actual_meta = read_feature_table(streamed)
+    pd.testing.assert_frame_equal(actual, expected)
+    assert actual_meta == expected_meta == {"feature_set_version": expected_meta["feature_set_version"],
+                                            "as_of": as_of.isoformat()}
+
+
+def test_feature_batches_of_no_customers_are_one_empty_batch(generated_validation, tmp_path):
+    from features.pipeline import feature_batches, read_feature_table, write_feature_batches
+
+    before_everything = datetime(1990, 1, 1)
+    batches = list(feature_batches(generated_validation, before_everything))
+    assert [len(b) for b in batches] == [0]
+    path, rows = write_feature_batches(batches, before_everything, tmp_path / "empty.parquet")
+    table, _ = read_feature_table(path)
+    assert rows == 0 and table.empty and list(table.columns) == list(batches[0].columns)
+
+
+def test_a_failed_batch_leaves_no_feature_file(generated_validation, tmp_path):
+    """The file appears only when every batch is written: a failure midway (a batch that breaks the schema, a full
+    disk) leaves neither the file nor a partial one beside it, and an earlier file of that name untouched."""
+    from features.pipeline import feature_batches, write_feature_batches
+
+    out = tmp_path / "features.parquet"
+    out.write_bytes(b"the previous table")
+
+    def failing():
+        batches = feature_batches(generated_validation, datetime(2026, 3, 1), rows=50)
+        yield next(batches)
+        raise ValueError("feature 'age' out of range")
+
+    with pytest.raises(ValueError, match="out of range"):
+        write_feature_batches(failing(), datetime(2026, 3, 1), out)
+    assert out.read_bytes() == b"the previous table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.parquet"]
+
+
+def test_feature_batches_refuse_a_customer_repeated_across_batches(generated_validation, monkeypatch):
+    """Each batch is checked alone (one row per customer); across batches the ids must keep ascending, else the
+    same customer could sit in two batches unnoticed."""
+    from features.pipeline import feature_batches
+
+    real = FeatureQuery.run_batches
+
+    def repeated(self, con, as_of, rows):
+        batches = list(real(self, con, as_of, rows))
+        return [batches[0], batches[0].tail(1), *batches[1:]]
+
+    monkeypatch.setattr(FeatureQuery, "run_batches", repeated)
+    with pytest.raises(ValueError, match="not one row per customer in order"):
+        list(feature_batches(generated_validation, datetime(2026, 3, 1), rows=50))

@@ -18,10 +18,11 @@ from serving.cli.common import (
     console,
     date_option,
     fail_cleanly,
-    features_as_of,
+    features_step,
     out,
     parse_as_of,
     step,
+    validated,
 )
 
 QuarantineOpt = Annotated[Path | None, typer.Option(help="Folder to write quarantined rows to.")]
@@ -89,14 +90,16 @@ def features(
     max_bad_share: MaxBadOpt = 0.05,
 ) -> None:
     """Build the point-in-time feature table: one row per customer known at --as-of."""
-    from features.pipeline import write_feature_table
+    from features.catalog import available_features
+    from features.pipeline import feature_batches, write_feature_batches
 
-    run, validation = features_as_of(data, as_of, max_bad_share, quarantine)
-    path = write_feature_table(run, out_file)
+    validation = validated(data, max_bad_share, quarantine)
+    with fail_cleanly(), step(features_step(as_of)):  # batch by batch: memory does not grow with the customers
+        path, rows = write_feature_batches(feature_batches(validation, as_of), as_of, out_file)
     out.print(validation.summary_table())
     if quarantine is not None:
         out.print(f"Quarantined rows: {validation.write_quarantine(quarantine)}")
-    out.print(f"[green]{len(run.table):,} customers x {run.table.shape[1] - 1} features[/] -> {path}")
+    out.print(f"[green]{rows:,} customers x {len(available_features(validation.columns))} features[/] -> {path}")
 
 
 def catalog(

@@ -27,7 +27,9 @@ from serving.cli.common import (
     SparkStagingOpt,
     date_option,
     fail,
+    fail_cleanly,
     features_as_of,
+    features_step,
     keep_predictions,
     open_store,
     out,
@@ -71,10 +73,7 @@ def score(
         return score_served(data, as_of, out_file, serve_dir, explain, max_bad_share,
                             Path(definitions) if definitions else None, db or os.environ.get("SEGMENTS_DB_URL"),
                             prediction_folder(predictions))
-    if engine is Engine.spark:
-        validation = validated(data, max_bad_share)
-    else:
-        features = features_as_of(data, as_of, max_bad_share)[0].table
+    validation = validated(data, max_bad_share)
     try:
         with step("Loading champion models"):
             bundle = ScoringBundle.from_registry(alias)
@@ -86,13 +85,27 @@ def score(
         with spark_job(spark_master, spark_staging) as (spark, staging), step("Building features and scoring on Spark"):
             scores, features = scores_frame(spark, validation, as_of, bundle, staging)
     else:
-        with step(f"Scoring {len(features):,} customers"):
-            scores = bundle.score_in_chunks(features)
+        with fail_cleanly(), step(features_step(as_of) + " and scoring"):
+            scores, features = score_batches(bundle, validation, as_of)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(out_file, index=False)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))
     out.print(f"[green]{len(scores):,} customers x {scores.shape[1] - 1} scores[/] -> {out_file}")
     keep_predictions(prediction_folder(predictions), scores, bundle, features, as_of)
+
+
+def score_batches(bundle, validation, as_of: datetime):
+    """Every customer's scores, built and scored one feature batch at a time (memory does not grow with the
+    customers): (the scores, the first batch's first row, which names the models' outputs for the prediction log)."""
+    import pandas as pd
+
+    from features.pipeline import feature_batches
+
+    scores, head = [], None
+    for batch in feature_batches(validation, as_of):
+        head = batch.head(1) if head is None else head
+        scores.append(bundle.score_in_chunks(batch))
+    return pd.concat(scores, ignore_index=True), head
 
 
 def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | None, explain: bool,
