@@ -22,7 +22,7 @@ from features.build import FeatureQuery
 from features.segments import SegmentSet, evaluate, threshold_quantiles
 from features.spark import spark_feature_frame, spark_feature_table, stage_clean_tables
 from features.validate import ValidationResult
-from serving.segments.refresh import Population, run_fields
+from serving.segments.refresh import Population, population_columns, run_fields
 from training.bundle import ScoringBundle, score_column, scoring_order
 
 ENV_MASTER = "SEGMENTS_SPARK_MASTER"
@@ -161,8 +161,7 @@ def population(spark, segments: SegmentSet, validation: ValidationResult, as_of:
         head = typed(values.select(*features.columns).limit(1).toPandas(), query)
         usable, skipped = segments.resolve(run_fields(values, bundle))
         thresholds = spark_thresholds(values, usable)
-        fields = sorted({f for s in usable for f in s.fields()} & set(values.columns))
-        keep = ["customer_id", *fields, *(c for c in values.columns if c not in features.columns and c not in fields)]
+        keep = population_columns(values.columns, features.columns, usable)
         rows = spark_membership(values, usable, thresholds, keep).orderBy("customer_id").toPandas()
     finally:
         values.unpersist()

@@ -22,10 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from features.build import FeatureQuery, to_feature_frame
 from features.catalog import FEATURE_SET_VERSION, FEATURES_BY_NAME, Feature
-from features.pipeline import build_feature_table, read_feature_rows, read_feature_table, write_feature_table
+from features.pipeline import feature_batches, read_feature_rows, read_feature_table, write_feature_batches
 from serving.explain.reasons import typical_values
 from serving.segments.events import HISTORY_FILE, RUNNER_HISTORY_FILE, write_history
 from training.bundle import ScoringBundle
@@ -70,13 +71,12 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
     if not models:
         raise LookupError(f"no model has the alias '{alias}': train models first (segments train all ...)")
     progress(f"building features as of {as_of:%Y-%m-%d}")
-    run = build_feature_table(validation, as_of)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_feature_table(run, out_dir / FEATURES_FILE)
-    (out_dir / TYPICAL_FILE).write_text(json.dumps(typical_values(run.table), indent=1, sort_keys=True))
-    query, customers = run.query, len(run.table)
-    del run  # the frame (~0.5 GB a million customers) is written: not held while DuckDB sorts the history
+    # Batch by batch, then the typical values a column at a time from the file: the population is never held whole.
+    table, customers = write_feature_batches(feature_batches(validation, as_of), as_of, out_dir / FEATURES_FILE)
+    (out_dir / TYPICAL_FILE).write_text(json.dumps(typical_values_of_file(table), indent=1, sort_keys=True))
+    query = FeatureQuery(validation.columns)
     progress("writing the customers' history (the event path rebuilds features from it)")
     write_history(validation, query.columns, out_dir)
     manifest = {"feature_set_version": FEATURE_SET_VERSION, "as_of": as_of.isoformat(), "alias": alias,
@@ -85,6 +85,14 @@ def build(validation, as_of: datetime, out_dir: Path, alias: str = "champion", p
                 "customers": customers}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def typical_values_of_file(path: Path) -> dict:
+    """`typical_values` of a feature table file, read one column at a time."""
+    typical = {}
+    for name in pq.read_schema(path).names:
+        typical.update(typical_values(read_feature_rows(path, columns=[name])))
+    return typical
 
 
 def trained_as_of(run) -> str | None:

@@ -508,3 +508,36 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def test_a_refresh_evaluated_in_batches_equals_the_whole_population(served, state, generated_validation):
+    """`segments refresh` scores and evaluates the feature table one batch at a time, keeping only what a refresh
+    reads: the same customers, fields, scores, thresholds and skipped segments as the population evaluated whole."""
+    from features.pipeline import build_feature_table, feature_batches
+    from features.segments import load_segments
+    from serving.segments.refresh import evaluate, evaluate_batches, evaluate_population
+
+    bundle = state.scorer.bundle
+    whole = evaluate_population(load_segments(), build_feature_table(generated_validation, AS_OF).table, bundle)
+    batched, head = evaluate_batches(load_segments(), feature_batches(generated_validation, AS_OF, rows=97), bundle)
+    scores = [c for c in bundle.score(head).columns if c != "customer_id"]
+    assert set(scores) <= set(batched.values.columns) and len(batched.values.columns) < len(whole.values.columns)
+    pd.testing.assert_frame_equal(batched.values, whole.values[batched.values.columns])
+    assert batched.thresholds == whole.thresholds and batched.thresholds
+    assert batched.usable.names() == whole.usable.names() and batched.skipped == whole.skipped
+    pd.testing.assert_frame_equal(evaluate(batched.usable, batched.values, batched.thresholds),
+                                  evaluate(whole.usable, whole.values, whole.thresholds))
+
+
+def test_build_streams_the_feature_table_and_typical_values(served, generated_validation):
+    """`segments build` writes the serve folder's feature table batch by batch and reads its typical values back a
+    column at a time: the same table and values as computed from the whole table in memory."""
+    from features.pipeline import build_feature_table, read_feature_table
+    from serving.state import FEATURES_FILE, TYPICAL_FILE
+
+    whole = build_feature_table(generated_validation, AS_OF).table
+    written, meta = read_feature_table(served["serve_dir"] / FEATURES_FILE)
+    pd.testing.assert_frame_equal(written, whole)
+    assert meta["as_of"] == AS_OF.isoformat()
+    assert json.loads((served["serve_dir"] / TYPICAL_FILE).read_text()) == json.loads(
+        json.dumps(typical_values(whole)))

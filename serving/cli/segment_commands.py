@@ -26,7 +26,9 @@ from serving.cli.common import (
     console,
     date_option,
     fail,
+    fail_cleanly,
     features_as_of,
+    features_step,
     keep_predictions,
     open_store,
     out,
@@ -99,11 +101,12 @@ def refresh(
 ) -> None:
     """Evaluate every segment for every customer as of --as-of; record entries and exits with their causes. The
     models' scores go to the prediction log."""
+    from features.pipeline import feature_batches
     from serving.predictions import prediction_folder
     from serving.segments.refresh import (
         RefreshOrderError,
         check_order,
-        evaluate_population,
+        evaluate_batches,
         refresh_population,
     )
 
@@ -120,10 +123,11 @@ def refresh(
                     f"Evaluating {len(definitions.names())} segment definitions on Spark"):
                 evaluated, features = population(spark, definitions, validation, as_of, bundle, staging)
         else:
-            features = features_as_of(data, as_of, max_bad_share)[0].table
+            validation = validated(data, max_bad_share)
             bundle = _bundle(alias, models)
-            with step(f"Evaluating {len(definitions.names())} segment definitions for {len(features):,} customers"):
-                evaluated = evaluate_population(definitions, features, bundle)
+            with fail_cleanly(), step(f"{features_step(as_of)} and evaluating {len(definitions.names())} segment "
+                                      "definitions"):  # batch by batch: only what a refresh reads is kept
+                evaluated, features = evaluate_batches(definitions, feature_batches(validation, as_of), bundle)
         with step(f"Recording the changes of {len(evaluated.values):,} customers"):
             report = refresh_population(store, definitions, evaluated, as_of)
     except RefreshOrderError as exc:

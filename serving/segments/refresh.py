@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain
@@ -310,8 +310,8 @@ class RefreshReport:
 class Population:
     """Every customer evaluated as of one date, before any comparison with the store.
 
-    values: customer_id, the fields the segments read and the model scores, one row per customer (the DuckDB path
-    keeps every feature); membership: `evaluate`'s frame for those rows, or None to evaluate it from `values`.
+    values: customer_id, the fields the segments read and the model scores, one row per customer (a population of a
+    whole feature frame keeps every feature); membership: `evaluate`'s frame for those rows, or None to evaluate it from `values`.
     """
 
     values: pd.DataFrame
@@ -378,6 +378,30 @@ def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: Sc
     values = segment_values(features, bundle)
     usable, skipped = segments.resolve(run_fields(values, bundle))
     return Population(values, usable, skipped, fit_thresholds(usable, values))
+
+
+def evaluate_batches(segments: SegmentSet, batches: Iterable[pd.DataFrame],
+                     bundle: ScoringBundle | None) -> tuple[Population, pd.DataFrame]:
+    """`evaluate_population` over feature batches in customer order, scored one batch at a time and keeping only
+    what a refresh reads (`population_columns`), so the features of the whole population are never held; and the
+    first feature row (it names the models' outputs in the prediction log)."""
+    kept, head, usable, skipped, keep = [], None, None, {}, []
+    for batch in batches:
+        values = segment_values(batch, bundle)
+        if head is None:
+            head = batch.head(1)
+            usable, skipped = segments.resolve(run_fields(values, bundle))
+            keep = population_columns(list(values.columns), list(batch.columns), usable)
+        kept.append(values[keep])
+    values = pd.concat(kept, ignore_index=True)
+    return Population(values, usable, skipped, fit_thresholds(usable, values)), head
+
+
+def population_columns(columns: list[str], feature_columns: list[str], usable: SegmentSet) -> list[str]:
+    """The columns of evaluated values a refresh reads: customer_id, the fields the segments read and every score
+    (the prediction log's)."""
+    fields = [c for c in state_columns(usable) if c in columns]
+    return ["customer_id", *fields, *(c for c in columns if c not in feature_columns and c not in fields)]
 
 
 def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None,
