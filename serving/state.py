@@ -183,9 +183,26 @@ def load_state(directory: Path, rows: int | None = None) -> ServingState:
         _load(state, rows)
     except Exception as exc:  # noqa: BLE001 - a damaged serve folder is a readiness problem, never a crash
         state.scorer = None
-        state.problems.append(f"the serve folder {state.directory.resolve()} cannot be read ({type(exc).__name__}: "
-                              f"{str(exc)[:300]}): rebuild it (segments build)")
+        where, exc = (f"{exc.name}, ", exc.__cause__) if isinstance(exc, _DamagedFile) else ("", exc)
+        state.problems.append(f"the serve folder {state.directory.resolve()} cannot be read ({where}"
+                              f"{type(exc).__name__}: {str(exc)[:300]}): rebuild it (segments build)")
     return state
+
+
+class _DamagedFile(Exception):
+    """A file of the serve folder that cannot be read (its error is the cause), so the problem names the file."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _read(state: ServingState, name: str, reader):
+    """`reader` of the serve folder's file `name`; a failure becomes a _DamagedFile naming it."""
+    try:
+        return reader(state.directory / name)
+    except Exception as exc:
+        raise _DamagedFile(name) from exc
 
 
 def _load(state: ServingState, rows: int | None) -> None:
@@ -195,7 +212,7 @@ def _load(state: ServingState, rows: int | None) -> None:
     if not path.exists():
         state.problems.append(f"no {MANIFEST} in {state.directory.resolve()}: run segments build first")
         return
-    state.manifest = json.loads(path.read_text())
+    state.manifest = _read(state, MANIFEST, lambda p: json.loads(p.read_text()))
     if state.manifest.get("feature_set_version") != FEATURE_SET_VERSION:
         state.problems.append(f"the serve folder was built for feature set {state.manifest.get('feature_set_version')}"
                               f", this code builds {FEATURE_SET_VERSION}: rebuild it (segments build)")
@@ -214,11 +231,11 @@ def _load(state: ServingState, rows: int | None) -> None:
                                   f"builds {FEATURE_SET_VERSION}: retrain it")
             continue
         bundle.models[name], bundle.versions[name] = model, entry["version"]
-    table, meta = read_feature_table(state.directory / FEATURES_FILE, rows)
+    table, meta = _read(state, FEATURES_FILE, lambda p: read_feature_table(p, rows))
     if meta.get("feature_set_version") != FEATURE_SET_VERSION:
         state.problems.append(f"{FEATURES_FILE} has feature set {meta.get('feature_set_version')}: rebuild it")
     state.table = served_frame(table, state.features)
-    state.typical = json.loads((state.directory / TYPICAL_FILE).read_text())
+    state.typical = _read(state, TYPICAL_FILE, lambda p: json.loads(p.read_text()))
     for name in (HISTORY_FILE, RUNNER_HISTORY_FILE):
         if not (state.directory / name).exists():
             state.problems.append(f"no {name} in {state.directory.resolve()} (posted events and reports read the "

@@ -382,5 +382,5 @@ def test_report_over_a_damaged_feature_table_writes_its_pages(built, tmp_path):
                       env=built["served"]["env"])
     assert result.returncode == 0, result.stderr
     said = " ".join(result.stdout.split())  # the console wraps long lines
-    assert "no model pages" in said and "cannot be read" in said and "Parquet" in said
+    assert "no model pages" in said and "cannot be read (features.parquet," in said and "Parquet" in said
     assert (tmp_path / "out" / "index.html").exists() and (tmp_path / "out" / "segment-loyal.html").exists()

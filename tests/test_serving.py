@@ -413,6 +413,25 @@ def test_readiness_reports_a_missing_model(served, tmp_path):
     assert not state.ready and "segments-churn" in state.problems[0]
 
 
+@pytest.mark.parametrize(("name", "damage"), [("features.parquet", b"PAR1 not really parquet"),
+                                              ("typical.json", b'{"orders_count_90d": '),
+                                              ("manifest.json", b"{not json")])
+def test_readiness_names_the_damaged_file(served, tmp_path, name, damage):
+    """A serve folder file that cannot be read is a problem naming that file and the reader's reason, not a
+    crash and not only the folder."""
+    import shutil
+
+    from serving.state import load_state
+
+    broken = tmp_path / "serve"
+    shutil.copytree(served["serve_dir"], broken)
+    (broken / name).write_bytes(damage)
+    state = load_state(broken, rows=1)
+    assert not state.ready and state.scorer is None
+    assert len(state.problems) == 1 and f"cannot be read ({name}, " in state.problems[0], state.problems
+    assert ("ArrowInvalid" if name.endswith(".parquet") else "JSONDecodeError") in state.problems[0]
+
+
 def test_readiness_reports_a_missing_history_file(served, tmp_path):
     """A serve folder without the history the event path reads (e.g. built by an older version) is not ready, and
     says which file is missing and what to do."""

@@ -633,7 +633,7 @@ def test_a_damaged_serve_folder_is_a_503_not_a_crash(server, tmp_path):
     try:
         _answering(base, process, log)
         ready = httpx.get(f"{base}/v1/ready", timeout=10)
-        assert ready.status_code == 503 and "cannot be read" in ready.json()["reason"], ready.text
+        assert ready.status_code == 503 and "cannot be read (features.parquet," in ready.json()["reason"], ready.text
         assert "rebuild it" in ready.json()["reason"]
         score = httpx.post(f"{base}/score", json={"customers": [{"customer_id": "x"}]}, headers={"x-api-key": KEY},
                            timeout=30)

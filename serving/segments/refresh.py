@@ -311,7 +311,8 @@ class Population:
     """Every customer evaluated as of one date, before any comparison with the store.
 
     values: customer_id, the fields the segments read and the model scores, one row per customer (a population of a
-    whole feature frame keeps every feature); membership: `evaluate`'s frame for those rows, or None to evaluate it from `values`.
+    whole feature frame keeps every feature); membership: `evaluate`'s frame for those rows, or None to evaluate it
+    from `values`.
     """
 
     values: pd.DataFrame
