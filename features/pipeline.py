@@ -50,7 +50,7 @@ def build_feature_table(validation: ValidationResult, as_of: datetime) -> Featur
 
 def feature_batches(validation: ValidationResult, as_of: datetime, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
     """`build_feature_table`'s table, `rows` customers at a time in customer order, each batch checked against the
-    schema, for the commands that need one customer at a time (at least one batch, empty for no customers)."""
+    schema, for the commands that never hold the whole table (at least one batch, empty for no customers)."""
     last = None
     for batch in FeatureQuery(validation.columns).run_batches(validation.con, as_of, rows):
         check_feature_table(batch)
