@@ -222,6 +222,12 @@ def _column(values: tuple, dtype: str):
     return np.array(values, dtype=dtype) if dtype in ("float64", "int64") else pd.array(list(values), dtype=dtype)
 
 
+def _compiled(expr: ir.Table, dialect: str) -> str:
+    """The expression's SQL on one line: only engines read it, and sqlglot's pretty printing was ~40% of compiling
+    (0.15 of 0.37 s, paid by every command and twice at the service's start)."""
+    return ibis.to_sql(expr, dialect=dialect, pretty=False)
+
+
 class FeatureQuery:
     """The feature SQL for one set of present columns, compiled once and run many times.
 
@@ -241,11 +247,11 @@ class FeatureQuery:
 
     @cached_property
     def sql(self) -> str:
-        return ibis.to_sql(self.expr, dialect=self.dialect)
+        return _compiled(self.expr, self.dialect)
 
     @cached_property
     def sqlite_sql(self) -> str:
-        return ibis.to_sql(self.expr, dialect="sqlite")
+        return _compiled(self.expr, "sqlite")
 
     def run_frames(self, frames: dict[str, pd.DataFrame], as_of: datetime) -> pd.DataFrame:
         """Run on in-memory frames of clean, typed rows (e.g. one customer's history at request time)."""
