@@ -71,7 +71,16 @@ def write_feature_table(run: FeatureRun, out: Path) -> Path:
 def write_feature_batches(batches: Iterable[pd.DataFrame], as_of: datetime, out: Path) -> tuple[Path, int]:
     """Write feature-table batches (customer order) as one Parquet file with the feature-set version and as_of in
     its metadata: (the file, rows written). The file appears only once every batch is written; a batch that fails
-    its check leaves no file behind.
+    its check leaves no file behind."""
+    return write_frame_batches(batches, out, {"feature_set_version": FEATURE_SET_VERSION, "as_of": as_of.isoformat()})
+
+
+def write_frame_batches(batches: Iterable[pd.DataFrame], out: Path, metadata: dict[str, str] | None = None,
+                        types: dict[str, pa.DataType] | None = None) -> tuple[Path, int]:
+    """Write frames of the same columns as one Parquet file, with `metadata` added to the file's: (the file, rows
+    written). The file appears only once every batch is written (a failure midway leaves an earlier file of that
+    name untouched and nothing beside it). The first batch sets the file's schema, with `types` overriding the type
+    of some columns (a list column whose first batch holds only empty lists would otherwise be a list of nulls).
 
     Each batch is written on a second thread while the next one is built (Arrow's writer releases the GIL), and
     only columns that repeat values are dictionary-encoded: a float column of 1M distinct values spent ~0.4 s
@@ -80,21 +89,24 @@ def write_feature_batches(batches: Iterable[pd.DataFrame], as_of: datetime, out:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as tmp:
         partial = Path(tmp.name)
-    writer, rows, pending = None, 0, None
+    writer, schema, rows, pending = None, None, 0, None
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-writer") as background:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as background:
             for batch in batches:
-                table = pa.Table.from_pandas(batch, preserve_index=False)
+                if schema is None:
+                    schema = _file_schema(pa.Schema.from_pandas(batch, preserve_index=False), metadata, types)
+                table = pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
                 if pending is not None:
                     pending.result()  # one batch in flight: memory holds at most two
                 if writer is None:
-                    writer = _feature_writer(partial, table.schema, as_of)
+                    repeating = [field.name for field in schema if not pa.types.is_floating(field.type)]
+                    writer = pq.ParquetWriter(partial, schema, use_dictionary=repeating)
                 pending = background.submit(writer.write_table, table)
                 rows += len(batch)
             if pending is not None:
                 pending.result()
         if writer is None:
-            raise ValueError("no feature-table batch to write (an empty table is one empty batch)")
+            raise ValueError("no batch to write (an empty table is one empty batch)")
         writer.close()
     except BaseException:
         if writer is not None:
@@ -105,11 +117,26 @@ def write_feature_batches(batches: Iterable[pd.DataFrame], as_of: datetime, out:
     return out, rows
 
 
-def _feature_writer(path: Path, schema: pa.Schema, as_of: datetime) -> pq.ParquetWriter:
-    meta = {**(schema.metadata or {}), b"feature_set_version": FEATURE_SET_VERSION.encode(),
-            b"as_of": as_of.isoformat().encode()}
-    repeating = [field.name for field in schema if not pa.types.is_floating(field.type)]
-    return pq.ParquetWriter(path, schema.with_metadata(meta), use_dictionary=repeating)
+def _file_schema(schema: pa.Schema, metadata: dict[str, str] | None,
+                 types: dict[str, pa.DataType] | None) -> pa.Schema:
+    for name, type_ in (types or {}).items():
+        if name in schema.names:
+            at = schema.get_field_index(name)
+            schema = schema.set(at, schema.field(at).with_type(type_))
+    extra = {key.encode(): value.encode() for key, value in (metadata or {}).items()}
+    return schema.with_metadata({**(schema.metadata or {}), **extra})
+
+
+def read_frame_batches(path: Path, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """A Parquet file written by `write_frame_batches` (e.g. a feature table), `rows` at a time in file order, each
+    with the pandas dtypes it was written with (at least one frame, empty for an empty file)."""
+    file = pq.ParquetFile(path)
+    empty = True
+    for batch in file.iter_batches(batch_size=rows):
+        empty = False
+        yield arrow_to_frame(pa.Table.from_batches([batch], schema=file.schema_arrow))
+    if empty:
+        yield arrow_to_frame(file.schema_arrow.empty_table())
 
 
 def read_feature_rows(path: Path, rows: np.ndarray | None = None, columns: list[str] | None = None) -> pd.DataFrame:

@@ -71,6 +71,10 @@ def test_preview_shows_the_exact_size_without_saving(workdir, generated_validati
     features = build_feature_table(generated_validation, datetime(2026, 7, 1)).table
     assert f"inactive: {int((features['orders_count_90d'] == 0).sum()):,} of {len(features):,}" in result.stdout
     assert list(fresh.iterdir()) == []  # nothing saved
+    unknown = segments("preview", "--segment", "inactiv", "--data", str(data), "--as-of", "2026-07-01",
+                       "--no-models", cwd=fresh)
+    assert unknown.returncode == 2 and "no segment named 'inactiv'" in unknown.stderr
+    assert "Validating" not in unknown.stdout + unknown.stderr  # refused before the data is read
 
 
 def test_bad_definitions_stop_before_anything_runs(workdir):

@@ -512,6 +512,34 @@ def test_batch_scoring_and_the_service_agree(client, served, state, generated, r
     assert fitted["segments"].map(len).sum() > 0
 
 
+def test_batch_scoring_in_batches_writes_what_one_batch_writes(served, generated, refreshed, tmp_path):
+    """`segments score --serve-dir` builds and scores the feature table a batch at a time: batches of a third of the
+    customers write the same file (scores, segments, reasons) and log the same predictions as one batch, both with the
+    store's thresholds and with thresholds fitted on the whole population."""
+    from serving.cli.serve_commands import score_served
+
+    third = len(served["features"]) // 3 + 1
+    for db in (served["env"]["SEGMENTS_DB_URL"], None):
+        files = []
+        for rows in (third, 10 * len(served["features"])):
+            out, logged = tmp_path / f"{rows}-{bool(db)}.parquet", tmp_path / f"predictions-{rows}-{bool(db)}"
+            with environment(**served["env"]):
+                score_served(generated[1], AS_OF, out, served["serve_dir"], True, 0.05, db=db, predictions=logged,
+                             batch_rows=rows)
+            files.append((pd.read_parquet(out), {p.name: pd.read_parquet(p).drop(columns="written_at")
+                                                 for p in logged.glob("*.parquet")}))
+        (batched, batched_log), (whole, whole_log) = files
+        assert len(whole) == len(served["features"]) and whole["segments"].map(len).sum() > 0
+        # Each run builds the features again: floats to _same's tolerance (DuckDB's parallel sums), the rest exact.
+        pd.testing.assert_frame_equal(batched.drop(columns="reasons"), whole.drop(columns="reasons"),
+                                      check_exact=False, rtol=1e-9)
+        assert all(_same(json.loads(a), json.loads(b)) for a, b in zip(batched["reasons"], whole["reasons"],
+                                                                       strict=True))
+        assert sorted(batched_log) == sorted(whole_log) and len(whole_log) >= 4
+        for name, frame in whole_log.items():
+            pd.testing.assert_frame_equal(batched_log[name], frame, check_exact=False, rtol=1e-9)
+
+
 def _records(frame: pd.DataFrame) -> list[dict]:
     out = []
     for record in frame.to_dict(orient="records"):

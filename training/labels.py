@@ -57,6 +57,9 @@ def data_end(validation: ValidationResult) -> datetime:
     return validation.con.execute("SELECT max(timestamp) FROM transactions").fetchall()[0][0]
 
 
+CHURN_POPULATION_FIELDS = ("orders_count_365d",)  # the features `churn_eligible` reads
+
+
 def churn_eligible(features: pd.DataFrame) -> np.ndarray:
     """The churn population (DESIGN.md section 8), one bool per row: a purchase in the 365 days before as_of
     (column orders_count_365d > 0; missing counts as none)."""

@@ -146,15 +146,6 @@ def validated(data: Path, max_bad_share: float, quarantine: Path | None = None):
         return load_validated(data, max_bad_share=max_bad_share)
 
 
-def features_as_of(data: Path, as_of: datetime, max_bad_share: float, quarantine: Path | None = None):
-    """Validate, then build the point-in-time feature table: (the feature run, the validation)."""
-    from features.pipeline import build_feature_table
-
-    validation = validated(data, max_bad_share, quarantine)
-    with fail_cleanly(), step(features_step(as_of)):
-        return build_feature_table(validation, as_of), validation
-
-
 def features_step(as_of: datetime) -> str:
     """The progress line of building the feature table."""
     return f"Building features as of {as_of:%Y-%m-%d %H:%M}".removesuffix(" 00:00")

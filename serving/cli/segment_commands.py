@@ -27,7 +27,6 @@ from serving.cli.common import (
     date_option,
     fail,
     fail_cleanly,
-    features_as_of,
     features_step,
     keep_predictions,
     open_store,
@@ -72,16 +71,26 @@ def preview(
     max_bad_share: MaxBadOpt = 0.05,
 ) -> None:
     """Show a segment's exact size and a sample of its members as of a date; nothing is saved."""
+    from features.pipeline import feature_batches
+    from serving.segments.refresh import check_segment_name, evaluate_batches
     from serving.segments.refresh import preview as preview_segment
 
     definitions = segment_definitions(segments_file)
-    features = features_as_of(data, as_of, max_bad_share)[0].table
-    bundle = _bundle(alias, models)
     try:
-        size, members, _ = preview_segment(definitions, segment, features, bundle, sample)
-    except (KeyError, LookupError) as exc:
+        check_segment_name(definitions, segment)  # before the long evaluation
+    except KeyError as exc:
         fail(exc.args[0])
-    out.print(f"[bold]{segment}[/]: {size:,} of {len(features):,} customers ({size / max(len(features), 1):.1%}) "
+    validation = validated(data, max_bad_share)
+    bundle = _bundle(alias, models)
+    with fail_cleanly(), step(f"{features_step(as_of)} and evaluating {len(definitions.names())} segment "
+                              "definitions"):  # batch by batch: only what the segments read is kept
+        population, _ = evaluate_batches(definitions, feature_batches(validation, as_of), bundle)
+    customers = len(population.values)
+    try:
+        size, members, _ = preview_segment(definitions, segment, population, sample)
+    except LookupError as exc:
+        fail(exc.args[0])
+    out.print(f"[bold]{segment}[/]: {size:,} of {customers:,} customers ({size / max(customers, 1):.1%}) "
               f"as of {as_of:%Y-%m-%d}")
     out.print(frame_table(members, f"sample of {len(members)} members"))
 

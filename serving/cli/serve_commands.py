@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,6 @@ from serving.cli.common import (
     date_option,
     fail,
     fail_cleanly,
-    features_as_of,
     features_step,
     keep_predictions,
     open_store,
@@ -108,46 +108,82 @@ def score_batches(bundle, validation, as_of: datetime):
     return pd.concat(scores, ignore_index=True), head
 
 
+# Customers explained at once: their reasons are ~5 KB of JSON each (200,000 at once peaked at 5.4 GB at 1M).
+EXPLAINED_ROWS = 20_000
+
+
 def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | None, explain: bool,
                  max_bad_share: float, segments_file: Path | None = None, db: str | None = None,
-                 predictions: Path | None = None) -> None:
+                 predictions: Path | None = None, batch_rows: int | None = None) -> None:
     """Batch scoring with a serve folder's models and typical values, through the service's scoring code; the
-    segments are the service's too (same definitions, same evaluation, thresholds of the store's last refresh)."""
+    segments are the service's too (same definitions, same evaluation, thresholds of the store's last refresh).
+
+    The feature table is built once into a temporary file and scored from it `batch_rows` customers at a time
+    (fitting thresholds reads it once more), and each batch's answer is written as it is scored: memory does not
+    grow with the customers (at 1M the whole table and its scores took 4.5 GB)."""
     use_bentoml_home()
-    from serving.scorer import batch_frame
+    from features.pipeline import BATCH_ROWS, feature_batches, read_frame_batches, write_feature_batches
     from serving.state import load_state
 
     if serve_dir is None:
         fail("--explain needs --serve-dir (the typical values the reasons compare with are fitted by segments build)")
     with step("Loading the served models"):
-        state = load_state(serve_dir)
+        state = load_state(serve_dir, rows=1)  # the customers come from --data: none of the served table's rows
     if not state.ready:
         fail("; ".join(state.problems))
-    run, _ = features_as_of(data, as_of, max_bad_share)
-    features = run.table
-    rules = batch_segment_rules(segments_file, features, state.scorer.bundle, db)
-    with step(f"Scoring {len(features):,} customers" + (" with reasons" if explain else "")):
-        scores = batch_frame(state.scorer, features, explain, rules)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(out_file, index=False)
+    rows = batch_rows or BATCH_ROWS
+    validation = validated(data, max_bad_share)
+    with tempfile.TemporaryDirectory(prefix="segments-score-") as folder:
+        with fail_cleanly(), step(features_step(as_of)):
+            table, customers = write_feature_batches(feature_batches(validation, as_of, rows), as_of,
+                                                     Path(folder) / "features.parquet")
+        validation.con.close()  # DuckDB's buffers are not needed for scoring
+        rules = batch_segment_rules(segments_file, lambda: read_frame_batches(table, rows), state.scorer.bundle, db)
+        with step(f"Scoring {customers:,} customers" + (" with reasons" if explain else "")):
+            scored_rows = min(rows, EXPLAINED_ROWS) if explain else rows
+            scores, head = write_scores(state.scorer, read_frame_batches(table, scored_rows), explain, rules, out_file)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(state.versions.items())))
     out.print(f"Segments: {len(rules.evaluated.names())} evaluated; `in top N%` thresholds: "
               f"{rules.thresholds_from}")
     for name, reason in sorted(rules.not_evaluated.items()):
         out.print(f"  not evaluated: {name}: {escape(reason)}")
-    out.print(f"[green]{len(scores):,} customers scored[/] -> {out_file}")
+    out.print(f"[green]{customers:,} customers scored[/] -> {out_file}")
     if predictions is not None:
-        keep_predictions(predictions, scores, state.scorer.bundle, features, as_of)
+        keep_predictions(predictions, scores, state.scorer.bundle, head, as_of)
 
 
-def batch_segment_rules(segments_file: Path | None, features, bundle, db: str | None):
+def write_scores(scorer, batches, explain: bool, rules, out_file: Path):
+    """`batch_frame` of each feature batch, written to `out_file` as it is scored: (customer_id and the scores of
+    every customer, for the prediction log; the first feature row, which names the models' outputs)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from features.pipeline import write_frame_batches
+    from serving.scorer import batch_frame
+
+    kept, head = [], []
+
+    def scored():
+        for batch in batches:
+            if not head:
+                head.append(batch.head(1))
+            frame = batch_frame(scorer, batch, explain, rules)
+            kept.append(frame.drop(columns=["segments", "reasons"], errors="ignore"))
+            yield frame
+
+    write_frame_batches(scored(), out_file, types={"segments": pa.list_(pa.string())})
+    return pd.concat(kept, ignore_index=True), head[0]
+
+
+def batch_segment_rules(segments_file: Path | None, batches, bundle, db: str | None):
     """The service's segment rules for batch scoring: thresholds of the store's last refresh when `db` is given and
-    has one, else fitted on the scored population (the batch sees all of it, as a refresh does)."""
-    from features.segments import SegmentDefinitionError
-    from serving.segments.refresh import SegmentRules, segment_values, served_segments
+    has one, else fitted on the scored population (the batch sees all of it, as a refresh does). `batches`: a
+    function giving the population's feature batches anew (read once to resolve, once more to fit)."""
+    from features.segments import SegmentDefinitionError, load_segments
+    from serving.segments.refresh import SegmentRules, evaluate_batches, served_segments
 
     try:
-        usable, skipped = served_segments(segments_file, features, bundle)
+        usable, skipped = served_segments(segments_file, next(iter(batches())), bundle)
     except SegmentDefinitionError as exc:
         fail(str(exc))
     last = None
@@ -160,7 +196,8 @@ def batch_segment_rules(segments_file: Path | None, features, bundle, db: str | 
     if last is not None:
         return SegmentRules.of_refresh(usable, skipped, last)
     with step("Fitting the `in top N%` thresholds on the scored customers (no refresh in a store)"):
-        return SegmentRules.fitted(usable, skipped, segment_values(features, bundle))
+        population, _ = evaluate_batches(load_segments(segments_file), batches(), bundle)
+        return SegmentRules.fitted(usable, skipped, population.values)
 
 
 def build(

@@ -28,11 +28,11 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from features.pipeline import build_feature_table
+from features.pipeline import feature_batches
 from features.segments import Segment, SegmentSet, evaluate, in_holdout, plain
 from features.validate import ValidationResult
-from serving.segments.refresh import evaluate_population
-from training.labels import churn_eligible, data_end, future_activity
+from serving.segments.refresh import evaluate_batches
+from training.labels import CHURN_POPULATION_FIELDS, churn_eligible, data_end, future_activity
 
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95%: 1.95996...
 SMALL_GROUP = 30  # below this many customers in a group, means of orders and spend get a warning
@@ -284,7 +284,7 @@ def backtest(segments: SegmentSet, name: str, validation: ValidationResult, date
 
     Raises KeyError for an unknown segment; ValueError for a segment that reads model outputs (predictive,
     lookalike, cluster, or referring to one), and for a date whose outcome window ends after the data does.
-    `bundle` is passed to `evaluate_population` as in a refresh; a rule segment never reads its scores.
+    `bundle` is passed to `evaluate_batches` as in a refresh; a rule segment never reads its scores.
     """
     if name not in segments.names():
         raise KeyError(f"no segment named {name!r}; defined: {', '.join(segments.names())}")
@@ -325,8 +325,8 @@ def _check_windows(validation: ValidationResult, dates: list[datetime], horizon_
 
 def _backtest_row(needed: SegmentSet, name: str, validation: ValidationResult, as_of: datetime, horizon_days: int,
                   bundle) -> dict:
-    features = build_feature_table(validation, as_of).table
-    evaluated = evaluate_population(needed, features, bundle)
+    # Batch by batch, keeping what the segment reads and what the churn population is defined on.
+    evaluated, _ = evaluate_batches(needed, feature_batches(validation, as_of), bundle, also=CHURN_POPULATION_FIELDS)
     if name in evaluated.skipped:
         raise ValueError(f"segment {name!r} cannot be evaluated as of {as_of:%Y-%m-%d}: {evaluated.skipped[name]}")
     values = evaluated.values

@@ -381,11 +381,11 @@ def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: Sc
     return Population(values, usable, skipped, fit_thresholds(usable, values))
 
 
-def evaluate_batches(segments: SegmentSet, batches: Iterable[pd.DataFrame],
-                     bundle: ScoringBundle | None) -> tuple[Population, pd.DataFrame]:
+def evaluate_batches(segments: SegmentSet, batches: Iterable[pd.DataFrame], bundle: ScoringBundle | None,
+                     also: tuple[str, ...] = ()) -> tuple[Population, pd.DataFrame]:
     """`evaluate_population` over feature batches in customer order, scored one batch at a time and keeping only
-    what a refresh reads (`population_columns`), so the features of the whole population are never held; and the
-    first feature row (it names the models' outputs in the prediction log)."""
+    what a refresh reads (`population_columns`) and the features `also`, so the features of the whole population
+    are never held; and the first feature row (it names the models' outputs in the prediction log)."""
     kept, head, usable, skipped, keep = [], None, None, {}, []
     for batch in batches:
         values = segment_values(batch, bundle)
@@ -393,6 +393,7 @@ def evaluate_batches(segments: SegmentSet, batches: Iterable[pd.DataFrame],
             head = batch.head(1)
             usable, skipped = segments.resolve(run_fields(values, bundle))
             keep = population_columns(list(values.columns), list(batch.columns), usable)
+            keep += [c for c in also if c not in keep]
         kept.append(values[keep])
     values = pd.concat(kept, ignore_index=True)
     return Population(values, usable, skipped, fit_thresholds(usable, values)), head
@@ -551,13 +552,12 @@ def size_table(segments: SegmentSet, membership: pd.DataFrame, tally: Counter) -
     return pd.DataFrame(rows)
 
 
-def preview(segments: SegmentSet, name: str, features: pd.DataFrame, bundle: ScoringBundle | None,
-            sample: int = 10, seed: int = 0) -> tuple[int, pd.DataFrame, dict[str, str]]:
-    """(exact size, a random sample of members with the fields the segment reads, skipped) without saving anything."""
-    if name not in segments.names() and not any(name.startswith(f"{s.name}_") and s.kind == "cluster"
-                                                for s in segments):
-        raise KeyError(f"no segment named {name!r}; defined: {', '.join(segments.names())}")
-    p = evaluate_population(segments, features, bundle)
+def preview(segments: SegmentSet, name: str, population: Population, sample: int = 10,
+            seed: int = 0) -> tuple[int, pd.DataFrame, dict[str, str]]:
+    """(exact size, a random sample of members with the fields the segment reads, skipped) of `population` (as
+    `evaluate_batches` gives it) without saving anything."""
+    check_segment_name(segments, name)
+    p = population
     if name in p.skipped:
         raise LookupError(f"segment {name!r} cannot be evaluated here: {p.skipped[name]}")
     needed = p.usable.closure([name])
@@ -565,3 +565,10 @@ def preview(segments: SegmentSet, name: str, features: pd.DataFrame, bundle: Sco
     columns = ["customer_id", *sorted(needed[name].fields())]
     members = p.values.loc[membership.to_numpy(), columns]
     return int(membership.sum()), members.sample(min(sample, len(members)), random_state=seed), p.skipped
+
+
+def check_segment_name(segments: SegmentSet, name: str) -> None:
+    """KeyError unless `name` is a defined segment (or one of a cluster segment's per-cluster segments)."""
+    if name not in segments.names() and not any(name.startswith(f"{s.name}_") and s.kind == "cluster"
+                                                for s in segments):
+        raise KeyError(f"no segment named {name!r}; defined: {', '.join(segments.names())}")
