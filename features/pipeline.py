@@ -131,12 +131,13 @@ def read_frame_batches(path: Path, rows: int = BATCH_ROWS) -> Iterator[pd.DataFr
     """A Parquet file written by `write_frame_batches` (e.g. a feature table), `rows` at a time in file order, each
     with the pandas dtypes it was written with (at least one frame, empty for an empty file)."""
     file = pq.ParquetFile(path)
-    empty = True
-    for batch in file.iter_batches(batch_size=rows):
-        empty = False
-        yield arrow_to_frame(pa.Table.from_batches([batch], schema=file.schema_arrow))
-    if empty:
-        yield arrow_to_frame(file.schema_arrow.empty_table())
+    version = (file.schema_arrow.metadata or {}).get(b"feature_set_version")
+    tables = (pa.Table.from_batches([batch], schema=file.schema_arrow) for batch in file.iter_batches(batch_size=rows))
+    for table in itertools.chain(tables, [file.schema_arrow.empty_table()] if file.metadata.num_rows == 0 else []):
+        frame = arrow_to_frame(table)
+        if version is not None:  # as `to_feature_frame` marks a feature table, so encoders can check it
+            frame.attrs["feature_set_version"] = version.decode()
+        yield frame
 
 
 def read_feature_rows(path: Path, rows: np.ndarray | None = None, columns: list[str] | None = None) -> pd.DataFrame:

@@ -249,6 +249,7 @@ def test_feature_batches_are_the_feature_table_in_pieces(generated_validation, t
         build_feature_table,
         feature_batches,
         read_feature_table,
+        read_frame_batches,
         write_feature_batches,
         write_feature_table,
     )
@@ -265,10 +266,14 @@ def test_feature_batches_are_the_feature_table_in_pieces(generated_validation, t
     pd.testing.assert_frame_equal(actual, expected)
     assert actual_meta == expected_meta == {"feature_set_version": expected_meta["feature_set_version"],
                                             "as_of": as_of.isoformat()}
+    read_back = list(read_frame_batches(streamed, rows=200))  # how `score --serve-dir` reads its table
+    assert [len(b) for b in read_back] == [200] * (len(whole.table) // 200) + [len(whole.table) % 200][:len(whole.table) % 200]
+    pd.testing.assert_frame_equal(pd.concat(read_back, ignore_index=True), whole.table)
+    assert {b.attrs["feature_set_version"] for b in read_back} == {expected_meta["feature_set_version"]}
 
 
 def test_feature_batches_of_no_customers_are_one_empty_batch(generated_validation, tmp_path):
-    from features.pipeline import feature_batches, read_feature_table, write_feature_batches
+    from features.pipeline import feature_batches, read_feature_table, read_frame_batches, write_feature_batches
 
     before_everything = datetime(1990, 1, 1)
     batches = list(feature_batches(generated_validation, before_everything))
@@ -276,6 +281,8 @@ def test_feature_batches_of_no_customers_are_one_empty_batch(generated_validatio
     path, rows = write_feature_batches(batches, before_everything, tmp_path / "empty.parquet")
     table, _ = read_feature_table(path)
     assert rows == 0 and table.empty and list(table.columns) == list(batches[0].columns)
+    read_back = list(read_frame_batches(path))
+    assert [len(b) for b in read_back] == [0] and list(read_back[0].columns) == list(batches[0].columns)
 
 
 def test_a_failed_batch_leaves_no_feature_file(generated_validation, tmp_path):
