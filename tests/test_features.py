@@ -273,7 +273,12 @@ def test_feature_batches_are_the_feature_table_in_pieces(generated_validation, t
 
 
 def test_feature_batches_of_no_customers_are_one_empty_batch(generated_validation, tmp_path):
-    from features.pipeline import feature_batches, read_feature_table, read_frame_batches, write_feature_batches
+    from features.pipeline import (
+        feature_batches,
+        read_feature_table,
+        read_frame_batches,
+        write_feature_batches,
+    )
 
     before_everything = datetime(1990, 1, 1)
     batches = list(feature_batches(generated_validation, before_everything))
