@@ -121,12 +121,14 @@ class Scorer:
         """The bundle's flat score columns plus `segments` (names of the `rules`' segments the row is in; empty
         without rules) per row."""
         scores = self.bundle.score(features, encoded)
-        scores["segments"] = self._segments(features, scores, rules)
+        scores["segments"] = pd.Series(self._segments(features, scores, rules), index=scores.index, dtype=object)
         return scores
 
     def explanations(self, features: pd.DataFrame, top_k: int = DEFAULT_TOP_K,
                      encoded: dict[str, np.ndarray] | None = None) -> list[dict[str, list[dict]]]:
         """Per row: model key (churn, value, cluster, lookalike_<seed>) -> its top-k reasons."""
+        if features.empty:  # LightGBM's contributions of no rows divide by zero
+            return []
         encoded = encoded if encoded is not None else self.encode(features)
         per_model = {e.target.key: e.explain(features, self.typical, top_k, encoded[name])
                      for name, e in self.explainers.items()}

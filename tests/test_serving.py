@@ -540,6 +540,21 @@ def test_batch_scoring_in_batches_writes_what_one_batch_writes(served, generated
             pd.testing.assert_frame_equal(batched_log[name], frame, check_exact=False, rtol=1e-9)
 
 
+def test_batch_scoring_of_no_customers_writes_an_empty_file(served, generated, tmp_path):
+    """Before anyone's first record nobody is known: `score --serve-dir --explain` writes an empty file with the
+    columns, as `segments score` does (it failed in LightGBM's contributions of no rows, and on the empty
+    `segments` column)."""
+    from datetime import datetime
+
+    from serving.cli.serve_commands import score_served
+
+    out = tmp_path / "nobody.parquet"
+    with environment(**served["env"]):
+        score_served(generated[1], datetime(1990, 1, 1), out, served["serve_dir"], True, 0.05, db=None)
+    frame = pd.read_parquet(out)
+    assert frame.empty and {"customer_id", "churn_probability", "segments", "reasons"} <= set(frame.columns)
+
+
 def _records(frame: pd.DataFrame) -> list[dict]:
     out = []
     for record in frame.to_dict(orient="records"):
