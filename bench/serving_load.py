@@ -262,7 +262,8 @@ def in_process(workdir: Path, ids: list[str], repeat: int) -> dict:
     t_scorer_x = best_of(lambda: scorer.results(features, True), repeat)
     customers = [CustomerInput(customer_id=i) for i in ids]
     # The service's segments, thresholds fitted on the served table (a refresh's, when the store has one).
-    rules = batch_segment_rules(None, lambda: iter([state.table.reset_index(drop=True)]), scorer.bundle, None)
+    table = state.table.reset_index(drop=True)
+    rules = batch_segment_rules(None, table.head(1), lambda: iter([table]), scorer.bundle, None)
 
     def service_path(explain: bool) -> bytes:
         resolved = resolve_features(state, customers, None)

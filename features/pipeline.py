@@ -89,18 +89,17 @@ def write_frame_batches(batches: Iterable[pd.DataFrame], out: Path, metadata: di
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as tmp:
         partial = Path(tmp.name)
-    writer, schema, rows, pending = None, None, 0, None
+    writer, rows, pending = None, 0, None
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as background:
             for batch in batches:
-                if schema is None:
-                    schema = _file_schema(pa.Schema.from_pandas(batch, preserve_index=False), metadata, types)
-                table = pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
-                if pending is not None:
-                    pending.result()  # one batch in flight: memory holds at most two
                 if writer is None:
+                    schema = _file_schema(pa.Schema.from_pandas(batch, preserve_index=False), metadata, types)
                     repeating = [field.name for field in schema if not pa.types.is_floating(field.type)]
                     writer = pq.ParquetWriter(partial, schema, use_dictionary=repeating)
+                table = pa.Table.from_pandas(batch, schema=writer.schema, preserve_index=False)
+                if pending is not None:
+                    pending.result()  # one batch in flight: memory holds at most two
                 pending = background.submit(writer.write_table, table)
                 rows += len(batch)
             if pending is not None:

@@ -267,7 +267,8 @@ def test_feature_batches_are_the_feature_table_in_pieces(generated_validation, t
     assert actual_meta == expected_meta == {"feature_set_version": expected_meta["feature_set_version"],
                                             "as_of": as_of.isoformat()}
     read_back = list(read_frame_batches(streamed, rows=200))  # how `score --serve-dir` reads its table
-    assert [len(b) for b in read_back] == [200] * (len(whole.table) // 200) + [len(whole.table) % 200][:len(whole.table) % 200]
+    full, rest = divmod(len(whole.table), 200)
+    assert [len(b) for b in read_back] == [200] * full + ([rest] if rest else [])
     pd.testing.assert_frame_equal(pd.concat(read_back, ignore_index=True), whole.table)
     assert {b.attrs["feature_set_version"] for b in read_back} == {expected_meta["feature_set_version"]}
 

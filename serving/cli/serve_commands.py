@@ -138,10 +138,12 @@ def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | 
             table, customers = write_feature_batches(feature_batches(validation, as_of, rows), as_of,
                                                      Path(folder) / "features.parquet")
         validation.con.close()  # DuckDB's buffers are not needed for scoring
-        rules = batch_segment_rules(segments_file, lambda: read_frame_batches(table, rows), state.scorer.bundle, db)
+        head = next(read_frame_batches(table, rows=1))  # its columns resolve the segments and name the model outputs
+        rules = batch_segment_rules(segments_file, head, lambda: read_frame_batches(table, rows), state.scorer.bundle,
+                                    db)
         with step(f"Scoring {customers:,} customers" + (" with reasons" if explain else "")):
             scored_rows = min(rows, EXPLAINED_ROWS) if explain else rows
-            scores, head = write_scores(state.scorer, read_frame_batches(table, scored_rows), explain, rules, out_file)
+            scores = write_scores(state.scorer, read_frame_batches(table, scored_rows), explain, rules, out_file)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(state.versions.items())))
     out.print(f"Segments: {len(rules.evaluated.names())} evaluated; `in top N%` thresholds: "
               f"{rules.thresholds_from}")
@@ -153,37 +155,36 @@ def score_served(data: Path, as_of: datetime, out_file: Path, serve_dir: Path | 
 
 
 def write_scores(scorer, batches, explain: bool, rules, out_file: Path):
-    """`batch_frame` of each feature batch, written to `out_file` as it is scored: (customer_id and the scores of
-    every customer, for the prediction log; the first feature row, which names the models' outputs)."""
+    """`batch_frame` of each feature batch, written to `out_file` as it is scored; returns customer_id and the
+    scores of every customer, for the prediction log."""
     import pandas as pd
     import pyarrow as pa
 
     from features.pipeline import write_frame_batches
     from serving.scorer import batch_frame
 
-    kept, head = [], []
+    kept = []
 
     def scored():
         for batch in batches:
-            if not head:
-                head.append(batch.head(1))
             frame = batch_frame(scorer, batch, explain, rules)
             kept.append(frame.drop(columns=["segments", "reasons"], errors="ignore"))
             yield frame
 
     write_frame_batches(scored(), out_file, types={"segments": pa.list_(pa.string())})
-    return pd.concat(kept, ignore_index=True), head[0]
+    return pd.concat(kept, ignore_index=True)
 
 
-def batch_segment_rules(segments_file: Path | None, batches, bundle, db: str | None):
+def batch_segment_rules(segments_file: Path | None, head, batches, bundle, db: str | None):
     """The service's segment rules for batch scoring: thresholds of the store's last refresh when `db` is given and
-    has one, else fitted on the scored population (the batch sees all of it, as a refresh does). `batches`: a
-    function giving the population's feature batches anew (read once to resolve, once more to fit)."""
+    has one, else fitted on the scored population (the batch sees all of it, as a refresh does). `head`: a feature
+    row (its columns resolve the segments); `batches`: a function giving the population's feature batches (read
+    only to fit)."""
     from features.segments import SegmentDefinitionError, load_segments
     from serving.segments.refresh import SegmentRules, evaluate_batches, served_segments
 
     try:
-        usable, skipped = served_segments(segments_file, next(iter(batches())), bundle)
+        usable, skipped = served_segments(segments_file, head, bundle)
     except SegmentDefinitionError as exc:
         fail(str(exc))
     last = None
