@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.catalog import DAY_S, ENGAGEMENT_TYPES, FEATURE_SET_VERSION, Feature, available_features
+from features.catalog import DAY_S, ENGAGEMENT_TYPES, FEATURE_SET_VERSION, Feature, available_features, ratio
 from features.contract import CONTRACTS, TIMESTAMP
 
 AS_OF_TABLE = "run_as_of"
@@ -51,6 +51,7 @@ def _ibis_type(duckdb_type: str) -> str:
 # A purchase (an order) is a transaction that is not a return; validation sets is_return for negative amounts too.
 # The feature query's `is_order` and the SQL of labels and baselines (PURCHASE_SQL) state this one rule.
 PURCHASE_SQL = "NOT is_return"
+GAP_SUM_TYPE = "decimal(38, 0)"  # whole seconds, squared and summed exactly
 
 
 def _prepared_transactions(t: ir.Table, as_of: ir.Value) -> ir.Table:
@@ -104,16 +105,23 @@ def _aggregate(prepared: ir.Table, specs: list[Feature]) -> ir.Table:
 
 
 def _purchase_gaps(orders: ir.Table) -> ir.Table:
-    """Gaps between consecutive purchases (days): their sample standard deviation and the latest gap."""
+    """Gaps between consecutive purchases (days): their sample standard deviation and the latest gap.
+
+    The deviation comes from exact sums of the gaps in whole seconds, n * sum(g^2) - sum(g)^2 in integers, so it does
+    not depend on the rows' order (DuckDB's var_samp combines its threads' partial states in varying order).
+    """
     # Ties in time need no tie-break: whichever tied row comes first, the sorted times and their gaps are the same.
     w = ibis.window(group_by="customer_id", order_by="timestamp")
     gaps = orders.mutate(
-        gap_days=(orders.age_s.lag().over(w) - orders.age_s) / DAY_S,
+        gap_s=orders.age_s.lag().over(w) - orders.age_s,
         is_last=orders.timestamp.lead().over(w).isnull(),
     )
+    g = gaps.gap_s.cast(GAP_SUM_TYPE)  # 38 digits: a sum of squared gaps passes int64 at ~100 gaps of 10 years
+    n = g.count()
+    spread = (n * (g * g).sum() - g.sum() * g.sum()).cast("float64")
     return gaps.group_by("customer_id").aggregate(
-        order_gap_std_days=gaps.gap_days.std(how="sample"),
-        order_gap_last_days=gaps.gap_days.max(where=gaps.is_last),
+        order_gap_std_days=ratio(spread, (n * (n - 1)).cast("float64")).sqrt() / DAY_S,
+        order_gap_last_days=gaps.gap_s.max(where=gaps.is_last) / DAY_S,
     )
 
 
@@ -304,7 +312,6 @@ class SQLiteFeatureRunner:
         """`history`: a file `write_runner_history` wrote, which `run_customer` reads a customer's rows from."""
         self.query = query
         self.con = ibis.sqlite.connect().con  # holds the _ibis_* functions the compiled SQL calls
-        self.con.create_aggregate("_IBIS_VAR_SAMPLE", 1, _SampleVariance)
         self.columns = runner_tables(query.columns)
         self._timestamp_at = {table: _timestamp_positions(table, names) for table, names in self.columns.items()}
         self._insert = {}
@@ -424,20 +431,3 @@ def _with_text_times(row: tuple, at: list[int]) -> tuple:
     for i in at:
         row[i] = _sqlite_time(row[i])
     return tuple(row)
-
-
-class _SampleVariance:
-    """Sample variance as DuckDB's var_samp gives it: NULL below two values (Ibis' SQLite aggregate divides by zero)."""
-
-    def __init__(self):
-        self.count, self.mean, self.squares = 0, 0.0, 0.0
-
-    def step(self, value):
-        if value is not None:  # Welford's update
-            self.count += 1
-            delta = value - self.mean
-            self.mean += delta / self.count
-            self.squares += delta * (value - self.mean)
-
-    def finalize(self):
-        return self.squares / (self.count - 1) if self.count > 1 else None

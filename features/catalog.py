@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import ibis
 
-FEATURE_SET_VERSION = "2026.11.1"
+FEATURE_SET_VERSION = "2026.12.1"
 
 DAY_S = 86_400
 WINDOWS = (14, 30, 90, 365)
@@ -80,6 +80,17 @@ def within(t, days: int):
     return t.age_s <= days * DAY_S
 
 
+# Sums are exact: each value in fixed point (6 decimals), summed, then a float again. A float sum's last bits depend on
+# the order DuckDB's threads combine their partial sums: two runs on the same 1M customers gave different spend for
+# 30% of them. Validation bounds every number to +-MAX_ABS_AMOUNT (features/contract.py), within the 12 digits here.
+EXACT_SUM_TYPE = "decimal(18, 6)"
+
+
+def exact_sum(values, where):
+    """Sum of `values` over the rows where `where` holds, as a float64 that does not depend on the rows' order."""
+    return values.cast(EXACT_SUM_TYPE).sum(where=where).cast("float64")
+
+
 def ratio(numerator, denominator):
     """numerator / denominator, missing when the denominator is 0 or missing."""
     return numerator / denominator.nullif(0)
@@ -128,7 +139,7 @@ def _orders_in_window(w: int | None) -> list[Feature]:
                 lambda t: t.count(where=in_window(t)), _TXN, w, 0, NONNEG, "orders"),
         Feature(f"spend_sum_{suffix}", "float64", "monetary", f"Spend {span}",
                 f"Total amount of purchases (returns excluded) {span}.", "transactions",
-                lambda t: t.amount.sum(where=in_window(t)), _TXN, w, 0.0, NONNEG, "currency"),
+                lambda t: exact_sum(t.amount, in_window(t)), _TXN, w, 0.0, NONNEG, "currency"),
     ]
 
 
@@ -164,7 +175,7 @@ def _trend_features() -> list[Feature]:
                 lambda t: t.count(where=previous_90d(t)), _TXN, 180, 0, NONNEG, "orders"),
         Feature("spend_sum_prev_90d", "float64", "trend", "Spend 91-180 days ago",
                 "Total purchase amount in the 90 days before the last 90 days.", "transactions",
-                lambda t: t.amount.sum(where=previous_90d(t)), _TXN, 180, 0.0, NONNEG, "currency"),
+                lambda t: exact_sum(t.amount, previous_90d(t)), _TXN, 180, 0.0, NONNEG, "currency"),
         Feature("orders_trend_90d", "float64", "trend", "Purchase trend (last 90 vs previous 90 days)",
                 "(recent - previous) / (recent + previous) purchases: +1 only recent, -1 only previous.", "derived",
                 lambda f: trend(f.orders_count_90d, f.orders_count_prev_90d), _TXN, 180, bounds=TREND),
@@ -215,7 +226,7 @@ def _assortment_features() -> list[Feature]:
                 (*_TXN, product), 365, 0, NONNEG),
         Feature("items_sum_365d", "float64", "assortment", "Items bought (365 days)",
                 "Total quantity of items purchased in the last 365 days.", "transactions",
-                lambda t: t.quantity.sum(where=t.is_order & within(t, 365)), (*_TXN, qty), 365, 0.0, NONNEG, "items"),
+                lambda t: exact_sum(t.quantity, t.is_order & within(t, 365)), (*_TXN, qty), 365, 0.0, NONNEG, "items"),
         Feature("items_per_order_365d", "float64", "assortment", "Items per purchase (365 days)",
                 "Average quantity per purchase in the last 365 days; missing without purchases.", "derived",
                 lambda f: ratio(f.items_sum_365d, f.orders_count_365d), (*_TXN, qty), 365, bounds=NONNEG,
@@ -276,7 +287,7 @@ def _returns_and_discount_features() -> list[Feature]:
                 NONNEG, "returns"),
         Feature("return_amount_365d", "float64", "returns", "Amount returned (365 days)",
                 "Total value of returns in the last 365 days.", "transactions",
-                lambda t: t.amount.abs().sum(where=returns_in(t, 365)), _TXN, 365, 0.0, NONNEG, "currency"),
+                lambda t: exact_sum(t.amount.abs(), returns_in(t, 365)), _TXN, 365, 0.0, NONNEG, "currency"),
         Feature("return_rate_365d", "float64", "returns", "Return rate (365 days)",
                 "Returns divided by purchases in the last 365 days; missing without purchases.", "derived",
                 lambda f: ratio(f.returns_count_365d.cast("float64"), f.orders_count_365d), _TXN, 365,
@@ -286,7 +297,7 @@ def _returns_and_discount_features() -> list[Feature]:
                 lambda f: ratio(f.return_amount_365d, f.spend_sum_365d), _TXN, 365, bounds=NONNEG),
         Feature("discount_sum_365d", "float64", "returns", "Discounts received (365 days)",
                 "Total discount amount on purchases in the last 365 days.", "transactions",
-                lambda t: t.discount_amount.sum(where=t.is_order & within(t, 365)), disc, 365, 0.0, NONNEG,
+                lambda t: exact_sum(t.discount_amount, t.is_order & within(t, 365)), disc, 365, 0.0, NONNEG,
                 "currency"),
         Feature("discounted_orders_share_365d", "float64", "returns", "Share of purchases with a discount",
                 "Share of the last 365 days' purchases that carried a discount.", "transactions",
@@ -363,7 +374,7 @@ def _loyalty_features() -> list[Feature]:
         return c.loyalty_member.fill_null(False)
 
     def points(column, w):
-        return lambda t: t[column].sum(where=within(t, w))
+        return lambda t: exact_sum(t[column], within(t, w))
 
     return [
         Feature("loyalty_member", "boolean", "loyalty", "Loyalty member",

@@ -17,7 +17,8 @@ from features.time import naive_utc
 STRING, TIMESTAMP, DOUBLE, BIGINT, BOOLEAN = "VARCHAR", "TIMESTAMP", "DOUBLE", "BIGINT", "BOOLEAN"
 
 # Row rules shared by the file validator (features/validate.py) and the service's records (serving/http/schemas.py):
-# money amounts are finite and at most this large either way (1e308 is a typo or an attack, never a purchase), and
+# amounts and every other number are finite and at most this large either way (1e308 is a typo or an attack, never a
+# purchase; feature sums are exact in 12 integer digits, see features/catalog.py), and
 # a record's time is not before EARLIEST_TIMESTAMP nor after the clock of whoever receives it.
 MAX_ABS_AMOUNT = 1e9
 EARLIEST_TIMESTAMP = datetime(1900, 1, 1)

@@ -6,7 +6,8 @@ For every raw row the validator finds the first rule it breaks, in this priority
 2. ``unparseable_timestamp``: ``timestamp`` is empty or not an ISO date/datetime.
 3. ``non_numeric_amount``: ``amount`` is empty, not a number, NaN, infinite or beyond +-``MAX_ABS_AMOUNT``.
 4. ``wrong_type``: a value of an optional typed column does not cast (``birth_year='abc'``,
-   ``loyalty_member='maybe'``); the first such column in contract order is named.
+   ``loyalty_member='maybe'``), or is a number that is not finite or beyond +-``MAX_ABS_AMOUNT``
+   (``quantity=1e300``); the first such column in contract order is named.
 5. ``negative_quantity``: ``quantity < 0`` on a row that is not a return.
 6. ``future_timestamp``: ``timestamp`` after the run time (the run's wall clock, not a feature ``as_of``).
 7. ``unknown_customer``: a transaction or event whose ``customer_id`` is in no row of the customers table
@@ -353,7 +354,7 @@ def _bad_value(column: _Column) -> str:
     """True when a value was given but is not valid for the column's canonical type."""
     value = column.parsed_ref
     if column.target == DOUBLE:
-        return f"({column.given_ref} AND ({value} IS NULL OR NOT isfinite({value})))"
+        return f"({column.given_ref} AND ({value} IS NULL OR NOT isfinite({value}) OR abs({value}) > {MAX_ABS_AMOUNT}))"
     return f"({column.given_ref} AND {value} IS NULL)"
 
 
