@@ -5,6 +5,7 @@ as_of is 2024-04-01 00:00. Day counts in comments are worked out by hand from th
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime
 
@@ -198,6 +199,21 @@ def test_records_after_as_of_change_nothing(table):
                                                        "timestamp": [late], "event_type": ["app_open"]})])
     again = FeatureQuery(_columns(noisy)).run_frames(noisy, AS_OF).set_index("customer_id")
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_features_do_not_depend_on_the_rows_order():
+    """Sums are exact: in any row order, 0.1 + 0.2 + 0.3 spent is 0.6 (a float sum in file order gives
+    0.6000000000000001 for some orders), and every feature, the gaps' deviation included, is the same to the bit."""
+    spent = {"2023-06-01 09:00": 0.7, "2024-01-15 10:00": 0.1, "2024-02-03 11:00": 0.2, "2024-03-04 12:00": 0.3}
+    rows = [(f"g{i}", "G", when, amount, "toys", "app", amount, amount, "P1", amount, 0.0)
+            for i, (when, amount) in enumerate(spent.items())]
+    orders = [_txn([rows[i] for i in order]) for order in itertools.permutations(range(len(rows)))]
+    columns = _columns({"transactions": orders[0]})
+    first, *others = [FeatureQuery(columns).run_frames({"transactions": t}, AS_OF) for t in orders]
+    assert first["spend_sum_90d"].iloc[0] == 0.6 and first["spend_sum_total"].iloc[0] == 1.3
+    assert first["items_sum_365d"].iloc[0] == 1.3 and first["points_earned_365d"].iloc[0] == 1.3
+    for other in others:
+        pd.testing.assert_frame_equal(other, first, check_exact=True)
 
 
 def test_single_customer_row_equals_batch_row(table):
