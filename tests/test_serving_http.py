@@ -575,10 +575,10 @@ def test_event_records_follow_the_data_contract_all_or_nothing(server):
         answer = httpx.post(f"{server['base']}/events", json={"transactions": [record]}, headers=headers, timeout=30)
         assert answer.status_code == 400, (stamp, answer.text)
         assert answer.json()["detail"][0]["loc"][-1] == field and stamp[:4] in answer.json()["detail"][0]["msg"]
-    for amount in (1e308, -1e12):
+    for field, value in (("amount", 1e308), ("amount", -1e12), ("quantity", 1e12), ("points_earned", -2e9)):
         answer = httpx.post(f"{server['base']}/events", json={"transactions": [
-            {**_transaction(good, 8, 9), "amount": amount}]}, headers=headers, timeout=30)
-        assert answer.status_code == 400 and answer.json()["detail"][0]["loc"][-1] == "amount", answer.text
+            {**_transaction(good, 8, 9), field: value}]}, headers=headers, timeout=30)
+        assert answer.status_code == 400 and answer.json()["detail"][0]["loc"][-1] == field, answer.text
     # one bad record refuses the whole request: the good customer's record before it is not stored either
     before = _history(server, other)
     mixed = {"transactions": [_transaction(other, 11, 9), {**_transaction(good, 12, 9), "timestamp": "2300-01-01"}]}

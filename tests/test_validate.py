@@ -107,6 +107,8 @@ def with_bad_tx(**values: str) -> list[list[str]]:
         ({"quantity": "-1"}, "negative_quantity", "quantity", "-1"),
         ({"quantity": "x"}, "wrong_type", "quantity", "x"),
         ({"discount_amount": "?"}, "wrong_type", "discount_amount", "?"),
+        ({"quantity": "1e300"}, "wrong_type", "quantity", "1e300"),  # beyond MAX_ABS_AMOUNT: no exact sum holds it
+        ({"discount_amount": "-2e9"}, "wrong_type", "discount_amount", "-2e9"),
         ({"is_return": "maybe"}, "wrong_type", "is_return", "maybe"),
     ],
 )
