@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.catalog import DAY_S, ENGAGEMENT_TYPES, FEATURE_SET_VERSION, Feature, available_features, ratio
+from features.catalog import (
+    DAY_S,
+    ENGAGEMENT_TYPES,
+    EXACT_SUM_TYPE,
+    FEATURE_SET_VERSION,
+    Feature,
+    available_features,
+    ratio,
+)
 from features.contract import CONTRACTS, TIMESTAMP
 
 AS_OF_TABLE = "run_as_of"
@@ -52,6 +60,12 @@ def _ibis_type(duckdb_type: str) -> str:
 # The feature query's `is_order` and the SQL of labels and baselines (PURCHASE_SQL) state this one rule.
 PURCHASE_SQL = "NOT is_return"
 GAP_SUM_TYPE = "decimal(38, 0)"  # whole seconds, squared and summed exactly
+
+
+def exact_sum_sql(column: str) -> str:
+    """DuckDB SQL summing `column` as the catalog's `exact_sum` does, for the SQL outside the catalog (labels,
+    baselines): a DECIMAL, the same whatever the rows' order."""
+    return f"sum(CAST({column} AS {EXACT_SUM_TYPE}))"
 
 
 def _prepared_transactions(t: ir.Table, as_of: ir.Value) -> ir.Table:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from features.build import PURCHASE_SQL, FeatureQuery
+from features.build import PURCHASE_SQL, FeatureQuery, exact_sum_sql
 from features.validate import ValidationResult
 
 DEFAULT_HORIZON_DAYS = 90
@@ -46,7 +46,7 @@ def future_activity(validation: ValidationResult, as_of: datetime, horizon_days:
     """
     end = as_of + timedelta(days=horizon_days)
     return validation.con.execute(
-        f"""SELECT customer_id, count(*) AS purchases_next, sum(amount) AS spend_next
+        f"""SELECT customer_id, count(*) AS purchases_next, CAST({exact_sum_sql("amount")} AS DOUBLE) AS spend_next
             FROM transactions WHERE {PURCHASE_SQL} AND timestamp >= ? AND timestamp < ? GROUP BY customer_id""",
         [as_of, end],
     ).df()

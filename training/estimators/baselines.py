@@ -27,7 +27,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from features.build import PURCHASE_SQL
+from features.build import PURCHASE_SQL, exact_sum_sql
 from features.validate import ValidationResult
 
 BGNBD_PENALIZER = 0.001
@@ -46,7 +46,8 @@ def rfm_summary(validation: ValidationResult, as_of: datetime) -> pd.DataFrame:
     return validation.con.execute(
         f"""
         WITH days AS (
-            SELECT customer_id, date_trunc('day', timestamp) AS day, sum(amount) AS spend, count(*) AS orders
+            SELECT customer_id, date_trunc('day', timestamp) AS day, {exact_sum_sql("amount")} AS spend,
+                   count(*) AS orders
             FROM transactions WHERE {PURCHASE_SQL} AND timestamp < ? GROUP BY ALL
         ), ranked AS (
             SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY day) AS occasion FROM days
@@ -55,7 +56,7 @@ def rfm_summary(validation: ValidationResult, as_of: datetime) -> pd.DataFrame:
                count(*) - 1 AS frequency,
                date_diff('second', min(day), max(day)) / 86400.0 AS recency,
                date_diff('second', min(day), ?::TIMESTAMP) / 86400.0 AS T,
-               avg(spend) FILTER (WHERE occasion > 1) AS monetary_value,
+               avg(spend) FILTER (WHERE occasion > 1) AS monetary_value,  -- of exact sums: a DOUBLE
                sum(orders) AS orders
         FROM ranked GROUP BY customer_id ORDER BY customer_id
         """,
