@@ -23,8 +23,8 @@ def differing_customers(first: pd.DataFrame, other: pd.DataFrame) -> dict[str, i
     counts = {}
     for column in first.columns:
         same = (first[column] == other[column]) | (first[column].isna() & other[column].isna())
-        if int((~same).sum()):
-            counts[column] = int((~same).sum())
+        if differing := int((~same).sum()):
+            counts[column] = differing
     return counts
 
 
