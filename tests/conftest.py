@@ -21,6 +21,30 @@ GENERATED_MONTHS = 24
 GENERATED_END = "2026-07-01"
 
 
+# Modules whose module fixtures are slow to build (models trained and served, a Spark session, generated programmes):
+# pytest-xdist sends each of them to one worker, which builds its fixtures once instead of once per worker.
+SHARED_FIXTURE_MODULES = {"test_serving_http", "test_serving", "test_reports", "test_report_models",
+                          "test_counterfactual", "test_spark", "test_quality_gates", "test_monitoring", "test_churn",
+                          "test_clusters", "test_lift", "test_lookalike", "test_value"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`-n 2`: like xdist's `load`, each test to the next free worker, except that the tests of a
+    SHARED_FIXTURE_MODULES module go together. xdist's own `--dist loadgroup` does the same from marks, but with
+    pytest 9.2 its marks no longer reach the scheduler (it renames nodes through `item._nodeid`, which pytest no longer
+    reads). Modules are queued before single tests, most tests first, so that no worker ends on a long module."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).stem in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixturesTogether(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prediction_log(tmp_path_factory):
     """`segments score` and `segments refresh` log their predictions (serving.predictions, default ./predictions):
@@ -46,6 +70,15 @@ def generated_validation(generated):
     from features.pipeline import load_validated
 
     return load_validated(generated[1])
+
+
+@pytest.fixture(scope="session")
+def small_models(generated_validation, generated):
+    """The five model kinds trained small on the generated programme (tests/serving_setup.py): once per test process,
+    each serving test module registers them in an MLflow of its own."""
+    from serving_setup import train_small
+
+    return train_small(generated_validation, generated[1])
 
 
 # The segment store's tests run against both backends. PostgreSQL comes from SEGMENTS_TEST_PG_URL (`.ci/run` starts a

@@ -50,26 +50,51 @@ def use_bentoml_home(home: Path) -> None:
     BentoMLContainer.model_store.set(ModelStore(str(models)))
 
 
-def build_served(root: Path, validation, data_folder: Path) -> dict:
-    """Train the five model kinds (small), register them, and run `segments build` logic. Returns paths and env."""
+def train_small(validation, data_folder: Path) -> dict:
+    """The five model kinds, small (SMALL), trained as of AS_OF: the records and the current feature table.
+
+    Trained once per test process (conftest's `small_models`) and logged into each test's own MLflow: the records
+    are read, never changed, by logging and building."""
     from training import train as training
+
+    shared = training.TrainingData(validation, AS_OF, str(data_folder))
+    records = [training.train_churn(shared, SMALL["churn"], 90), training.train_value(shared, SMALL["value"], 90),
+               training.train_lookalike(shared, SMALL["lookalike"], "best_members"),
+               training.train_clusters(shared, SMALL["clusters"]), training.train_uplift(shared, SMALL["uplift"])]
+    return {"records": records, "features": shared.current_features}
+
+
+def tracking_in(root: Path) -> str:
+    """An MLflow store in `root` whose experiments keep their run artifacts in `root` too (not in ./mlruns of the
+    working folder, the checkout). Returns its tracking URI."""
+    from mlflow import MlflowClient
+
+    from training.tracking import experiment_name
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for kind in ("churn", "value", "lookalike", "clusters", "uplift"):
+        if client.get_experiment_by_name(experiment_name(kind)) is None:
+            client.create_experiment(experiment_name(kind), artifact_location=(root / "mlruns" / kind).as_uri())
+    return uri
+
+
+def build_served(root: Path, validation, small_models: dict) -> dict:
+    """Register the small models (`train_small`) in an MLflow in `root` and run `segments build` logic into
+    `root / "serve"`. Returns paths and env."""
     from training.tracking import log_training_run
 
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "BENTOML_HOME": str(root / "bentoml"),
+    env = {"MLFLOW_TRACKING_URI": tracking_in(root), "BENTOML_HOME": str(root / "bentoml"),
            "SEGMENTS_SERVE_DIR": str(root / "serve"), "SEGMENTS_DB_URL": f"sqlite:///{root / 'segments.db'}"}
     with environment(MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"]):
         use_bentoml_home(root / "bentoml")
-        shared = training.TrainingData(validation, AS_OF, str(data_folder))
-        records = [training.train_churn(shared, SMALL["churn"], 90), training.train_value(shared, SMALL["value"], 90),
-                   training.train_lookalike(shared, SMALL["lookalike"], "best_members"),
-                   training.train_clusters(shared, SMALL["clusters"]), training.train_uplift(shared, SMALL["uplift"])]
-        for record in records:
+        for record in small_models["records"]:
             log_training_run(record)
         from serving.state import build
 
         manifest = build(validation, AS_OF, root / "serve")
-    return {"env": env, "manifest": manifest, "serve_dir": root / "serve", "records": records,
-            "features": shared.current_features}
+    return {"env": env, "manifest": manifest, "serve_dir": root / "serve", "records": small_models["records"],
+            "features": small_models["features"]}
 
 
 def fresh_environment(root: Path, requirements: Path) -> Path:

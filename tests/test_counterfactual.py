@@ -30,14 +30,14 @@ IMMUTABLE = ["age_years", "region", "gender", "customer_tenure_days", "loyalty_m
 
 
 @pytest.fixture(scope="module")
-def processor(tmp_path_factory, generated_validation, generated):
+def processor(tmp_path_factory, generated_validation, small_models):
     """The served state and an event processor over a store holding one batch refresh (its thresholds)."""
     from serving.segments.events import EventProcessor
     from serving.segments.store import SegmentStore
     from serving.state import load_state
 
     root = tmp_path_factory.mktemp("counterfactual")
-    served = build_served(root, generated_validation, generated[1])
+    served = build_served(root, generated_validation, small_models)
     use_bentoml_home(served["env"]["BENTOML_HOME"])
     state = load_state(served["serve_dir"])
     assert state.ready, state.problems

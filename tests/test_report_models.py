@@ -29,7 +29,7 @@ VOID = {"meta", "br", "img", "input", "link", "hr", "wbr", "source", "col", "are
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, generated_validation, generated):
+def report(tmp_path_factory, generated_validation, small_models):
     """The served models, their loaded state and the model pages written from them."""
     from serving.state import load_state
 
@@ -37,7 +37,7 @@ def report(tmp_path_factory, generated_validation, generated):
     here = os.getcwd()
     os.chdir(root)  # MLflow puts run artifacts under the working folder: keep them in the test's folder
     try:
-        served = build_served(root, generated_validation, generated[1])
+        served = build_served(root, generated_validation, small_models)
         with environment(**served["env"]):
             use_bentoml_home(Path(served["env"]["BENTOML_HOME"]))
             state = load_state(served["serve_dir"])

@@ -35,7 +35,7 @@ SEGMENTS = Path(sys.executable).with_name("segments")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, generated_validation, generated):
+def built(tmp_path_factory, generated_validation, small_models):
     """Served models, a store refreshed as of FIRST and LAST (with the served models) and the reports written."""
     from serving.reports.site import write_reports
     from serving.segments.refresh import refresh
@@ -43,7 +43,7 @@ def built(tmp_path_factory, generated_validation, generated):
     from serving.state import load_state
 
     root = tmp_path_factory.mktemp("reports")
-    served = build_served(root, generated_validation, generated[1])
+    served = build_served(root, generated_validation, small_models)
     use_bentoml_home(Path(served["env"]["BENTOML_HOME"]))
     state = load_state(served["serve_dir"])
     assert state.ready, state.problems

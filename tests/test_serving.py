@@ -17,9 +17,9 @@ from training.encoding import SMALL_BATCH
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, generated_validation, generated):
+def served(tmp_path_factory, generated_validation, small_models):
     root = tmp_path_factory.mktemp("served")
-    return build_served(root, generated_validation, generated[1])
+    return build_served(root, generated_validation, small_models)
 
 
 @pytest.fixture(scope="module")

@@ -57,21 +57,17 @@ def test_spark_runs_the_same_definitions_as_duckdb(spark, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def registered(generated, generated_validation, tmp_path_factory):
-    """The five model kinds (small), trained and registered in a temp MLflow; the champion bundle."""
+def registered(small_models, tmp_path_factory):
+    """The five model kinds (small), registered in a temp MLflow; the champion bundle."""
     from serving_setup import AS_OF as TRAINED_AS_OF
-    from serving_setup import SMALL, environment
+    from serving_setup import environment, tracking_in
 
-    from training import train as training
     from training.bundle import ScoringBundle
     from training.tracking import log_training_run
 
     root = tmp_path_factory.mktemp("spark-models")
-    with environment(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"):
-        shared = training.TrainingData(generated_validation, TRAINED_AS_OF, str(generated[1]))
-        for record in (training.train_churn(shared, SMALL["churn"], 90), training.train_value(shared, SMALL["value"], 90),
-                       training.train_lookalike(shared, SMALL["lookalike"], "best_members"),
-                       training.train_clusters(shared, SMALL["clusters"]), training.train_uplift(shared, SMALL["uplift"])):
+    with environment(MLFLOW_TRACKING_URI=tracking_in(root)):
+        for record in small_models["records"]:
             log_training_run(record)
         yield ScoringBundle.from_registry(), TRAINED_AS_OF, root
 

@@ -91,7 +91,10 @@ def test_promotion_refuses_runs_evaluated_on_different_data(tracking, shared, ge
 
 def test_mlproject_train_entry_point(tmp_path, generated):
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_EXPERIMENT")}  # set by set_experiment
-    env = {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    from serving_setup import tracking_in
+
+    # `mlflow run` runs the entry point in the project folder: the experiments keep their artifacts in tmp_path
+    env = {**inherited, "MLFLOW_TRACKING_URI": tracking_in(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "mlflow"), "run", str(PROJECT), "-e", "train", "--env-manager", "local",
