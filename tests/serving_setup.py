@@ -69,11 +69,12 @@ def tracking_in(root: Path) -> str:
     working folder, the checkout). Returns its tracking URI."""
     from mlflow import MlflowClient
 
+    from training.estimators import KINDS
     from training.tracking import experiment_name
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    for kind in ("churn", "value", "lookalike", "clusters", "uplift"):
+    for kind in KINDS:
         if client.get_experiment_by_name(experiment_name(kind)) is None:
             client.create_experiment(experiment_name(kind), artifact_location=(root / "mlruns" / kind).as_uri())
     return uri

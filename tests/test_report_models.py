@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -34,19 +33,14 @@ def report(tmp_path_factory, generated_validation, small_models):
     from serving.state import load_state
 
     root = tmp_path_factory.mktemp("report-models")
-    here = os.getcwd()
-    os.chdir(root)  # MLflow puts run artifacts under the working folder: keep them in the test's folder
-    try:
-        served = build_served(root, generated_validation, small_models)
-        with environment(**served["env"]):
-            use_bentoml_home(Path(served["env"]["BENTOML_HOME"]))
-            state = load_state(served["serve_dir"])
-            assert state.ready, state.problems
-            paths = model_pages(served["serve_dir"], root / "reports", state=state, sample_size=SAMPLE, seed=SEED)
-            runs = mlflow_runs(state.versions)
-        yield {"served": served, "state": state, "paths": {p.name: p for p in paths}, "runs": runs}
-    finally:
-        os.chdir(here)
+    served = build_served(root, generated_validation, small_models)  # run artifacts stay in root (tracking_in)
+    with environment(**served["env"]):
+        use_bentoml_home(Path(served["env"]["BENTOML_HOME"]))
+        state = load_state(served["serve_dir"])
+        assert state.ready, state.problems
+        paths = model_pages(served["serve_dir"], root / "reports", state=state, sample_size=SAMPLE, seed=SEED)
+        runs = mlflow_runs(state.versions)
+    return {"served": served, "state": state, "paths": {p.name: p for p in paths}, "runs": runs}
 
 
 def mlflow_runs(versions: dict[str, str]) -> dict[str, dict]:
