@@ -615,7 +615,47 @@ def test_counterfactual_goals_cannot_expand_or_overflow(server):
         assert answer.status_code == 422, (goal, answer.text)
         assert len(answer.text) < 1_000 and "x, x, x, x, x, x, x, x, x, x, x" not in answer.text, goal
     long = httpx.get(url, params={"goal": "churn_probability < 0.1 " + " " * 600}, headers=headers, timeout=30)
-    assert long.status_code == 400 and "500 characters" in long.json()["error"]
+    assert _field_error(long, ["query", "goal"], "500 characters")
+    for actions in ("0", "7", "two"):
+        assert _field_error(httpx.get(url, params={"max_actions": actions}, headers=headers, timeout=30),
+                            ["query", "max_actions"])
+
+
+def test_query_and_path_constraints_are_in_the_document_and_enforced(server):
+    """What the routes refuse, the document says (so generated clients and the fuzzer know it): the flows' moments,
+    the counterfactual's bounds, the subscription name's pattern; moments may carry an offset."""
+    headers, base = {"x-api-key": KEY}, server["base"]
+    spec = httpx.get(f"{base}/docs.json", headers=headers, timeout=10).json()
+
+    def parameters(path, method):
+        return {p["name"]: p["schema"] for p in spec["paths"][path][method]["parameters"]}
+
+    flows = parameters("/v1/flows", "get")
+    assert flows["start"]["format"] == flows["end"]["format"] == "date-time"
+    counterfactual = parameters("/v1/customers/{customer_id}/counterfactual", "get")
+    assert (counterfactual["max_actions"]["minimum"], counterfactual["max_actions"]["maximum"]) == (1, 6)
+    assert counterfactual["goal"]["maxLength"] == 500
+    assert parameters("/v1/subscriptions/{name}", "put")["name"]["pattern"].startswith("^[A-Za-z0-9]")
+
+    def flows_between(start, end):
+        return httpx.get(f"{base}/v1/flows", params={"start": start, "end": end, "segments": "loyal,inactive,likely_to_churn"},
+                         headers=headers, timeout=30)
+
+    for end in ("2026-06-01", "2026-06-01T02:00:00+02:00", "2026-06-01T00:00:00Z"):
+        answer = flows_between("2026-01-01", end)
+        assert answer.status_code == 200 and isinstance(answer.json(), list), answer.text
+    assert _field_error(flows_between("yesterday", "2026-06-01"), ["query", "start"])
+    out_of_range = flows_between("0001-01-01T00:00:00+01:00", "2026-06-01")
+    assert out_of_range.status_code == 400 and "start/end" in out_of_range.json()["error"]
+    named = httpx.put(f"{base}/v1/subscriptions/-no", headers=headers, timeout=30,
+                      json={"url": "http://127.0.0.1:9/hooks", "segments": ["loyal"], "changes": ["entered"]})
+    assert _field_error(named, ["path", "name"])
+
+
+def _field_error(answer: httpx.Response, loc: list[str], said: str = "") -> bool:
+    """A 400 whose detail names the field at `loc` (with `said` in its message)."""
+    assert answer.status_code == 400, answer.text
+    return any(d["loc"] == loc and said in d["msg"] for d in answer.json()["detail"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

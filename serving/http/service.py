@@ -31,13 +31,14 @@ import html
 import json
 import logging
 import os
-import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
@@ -69,6 +70,8 @@ logger = logging.getLogger("segments.service")
 MAX_OFFSET = 10**9  # members paged past: beyond any programme, and far inside both databases' integers
 MAX_DAILY_DAYS = 3660  # a segment's day-by-day changes over at most ten years per request
 MAX_GOAL_CHARACTERS = 500
+SUBSCRIPTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # 1-100 letters, digits, '_', '.' or '-'
+MOMENT = "An ISO 8601 date or date-time (e.g. 2026-01-01 or 2026-01-01T08:00:00+01:00); without an offset, UTC (Unix seconds are taken too)."
 STORE_RETRY_SECONDS = 5  # a store that failed to open is tried again at most this often
 
 
@@ -402,7 +405,7 @@ class SegmentsService:
 
     @status_app.put("/subscriptions/{name}")
     @store_errors_as_503
-    def put_subscription(self, name: str, body: SubscriptionBody):
+    def put_subscription(self, name: Annotated[str, PathParam(pattern=SUBSCRIPTION_NAME)], body: SubscriptionBody):
         """Add or replace a webhook subscription: from now on every entry or exit of its segments is queued for it
         in the change's transaction (write key)."""
         from serving.segments.delivery import Subscription, put_subscription, subscription_problems
@@ -410,8 +413,6 @@ class SegmentsService:
         store, error = self._read_store()
         if error is not None:
             return error
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
-            return error_response(400, "a subscription name is 1-100 letters, digits, '_', '.' or '-'")
         sub = Subscription(name, body.url, tuple(body.segments), tuple(body.changes), body.secret_env)
         problems = subscription_problems(sub, self.events.segments)
         if problems:
@@ -435,21 +436,25 @@ class SegmentsService:
 
     @status_app.get("/flows")
     @store_errors_as_503
-    def flows(self, start: str, end: str, segments: str):
+    def flows(self, start: Annotated[datetime, Query(description=MOMENT)],
+              end: Annotated[datetime, Query(description=MOMENT)],
+              segments: Annotated[str, Query(description="Segment names, comma-separated.")]):
         """Customers moving between the comma-separated segments from start to end (null: none of them)."""
         store, error = self._read_store()
         if error is not None:
             return error
         try:
-            table = store.changes.flows(datetime.fromisoformat(start), datetime.fromisoformat(end),
-                                [s for s in segments.split(",") if s])
-        except ValueError as exc:
+            start, end = naive_utc(start), naive_utc(end)
+        except OverflowError as exc:  # an offset that moves year 1 or 9999 out of range
             return error_response(400, f"start/end: {exc}")
+        table = store.changes.flows(start, end, [s for s in segments.split(",") if s])
         return json.loads(table.to_json(orient="records"))
 
     @status_app.get("/customers/{customer_id}/counterfactual")
     @store_errors_as_503
-    def counterfactual(self, customer_id: str, goal: str = "leave likely_to_churn", max_actions: int = 4):
+    def counterfactual(self, customer_id: str,
+                       goal: Annotated[str, Query(max_length=MAX_GOAL_CHARACTERS)] = "leave likely_to_churn",
+                       max_actions: Annotated[int, Query(ge=1, le=6)] = 4):
         """The smallest change of actionable behaviour (purchases, visits, clicks, redemptions; never age, region or
         tenure) that reaches `goal` ("leave SEGMENT", "enter SEGMENT" or a condition such as "churn_probability <
         0.3"), tried for real: the records are added to the history, the features rebuilt and the models rerun."""
@@ -458,10 +463,6 @@ class SegmentsService:
         _, error = self._read_store()
         if error is not None:
             return error
-        if not 1 <= max_actions <= 6:
-            return error_response(400, "max_actions must be in 1..6")
-        if len(goal) > MAX_GOAL_CHARACTERS:
-            return error_response(400, f"goal: at most {MAX_GOAL_CHARACTERS} characters")
         if not self._knows(customer_id):
             return error_response(404, f"customer {customer_id!r} is not in the served feature table and has no posted "
                                f"records")
