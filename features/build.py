@@ -8,6 +8,8 @@ that customer's rows under the same names). Only records strictly before as_of a
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from features.catalog import (
     ratio,
 )
 from features.contract import CONTRACTS, TIMESTAMP
+from features.io import quote_ident, quote_literal
 
 AS_OF_TABLE = "run_as_of"
 TOP_VALUE_WINDOW_DAYS = 365
@@ -294,21 +297,81 @@ class FeatureQuery:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {AS_OF_TABLE} AS SELECT ?::TIMESTAMP AS as_of", [as_of])
         return con.sql(self.sql)
 
-    def run_batches(self, con, as_of: datetime, rows: int) -> Iterator[pd.DataFrame]:
+    def run_batches(self, con, as_of: datetime, rows: int, part_customers: int | None = None
+                    ) -> Iterator[pd.DataFrame]:
         """`run_duckdb`, `rows` customers at a time in customer order (at least one frame, empty for no customers):
-        DuckDB keeps the sorted result within its memory limit, so only one batch is ever held in pandas."""
-        reader = self._relation(con, as_of).to_arrow_reader(batch_size=rows)
-        empty = True
-        for batch in reader:
-            empty = False
-            yield to_feature_frame(arrow_to_frame(pa.Table.from_batches([batch])), self.features)
+        DuckDB keeps the sorted result within its memory limit, so only one batch is ever held in pandas.
+
+        More customers than fit the connection's memory limit (`part_customers`, by default `customers_per_part`)
+        are run in ranges of customer ids, one after the other: each customer's features read only their own rows,
+        so the ranges give the same rows as one run, without the aggregates spilling to disk."""
+        empty, schema = True, None
+        for part in customer_parts(con, list(self.columns), part_customers or customers_per_part(con)):
+            with part as restricted:
+                reader = self._relation(restricted, as_of).to_arrow_reader(batch_size=rows)
+                schema = reader.schema
+                for batch in reader:
+                    empty = False
+                    yield to_feature_frame(arrow_to_frame(pa.Table.from_batches([batch])), self.features)
         if empty:
-            yield to_feature_frame(arrow_to_frame(reader.schema.empty_table()), self.features)
+            yield to_feature_frame(arrow_to_frame(schema.empty_table()), self.features)
 
     def run_duckdb(self, con, as_of: datetime) -> pd.DataFrame:
         """Run on a DuckDB connection holding tables (or views) named like the contract tables -> pandas (the Arrow
         result released column by column as it converts: at 1M customers each copy is ~0.5 GB)."""
         return to_feature_frame(arrow_to_frame(self.run_arrow(con, as_of)), self.features)
+
+
+# DuckDB memory one customer's aggregates take in the feature query: 1M customers (10M transactions) peaked at the
+# 2 GB limit (1.8 GiB) without spilling, 2M spilled 2.6 GB and took 34 s against 27 s in two ranges (bench/README.md).
+QUERY_BYTES_PER_CUSTOMER = 1_800
+
+
+def customers_per_part(con) -> int:
+    """How many customers one run of the feature query takes within the connection's memory limit."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # e.g. '1.8 GiB'
+    number, unit = limit.split()
+    if unit not in _MEMORY_UNITS:  # not a size DuckDB prints today: one run, as without ranges
+        return 2**62
+    return max(1, int(float(number) * _MEMORY_UNITS[unit] // QUERY_BYTES_PER_CUSTOMER))
+
+
+_MEMORY_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+                 "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def customer_parts(con, tables: list[str], per_part: int) -> list:
+    """Context managers, each giving a connection on which the contract `tables` hold one range of customer ids
+    (ascending, together every customer): `con` itself when all fit in one part, else a cursor per range where
+    temporary views of those names restrict the tables (in the database and schema `con` is using)."""
+    source = "customers" if "customers" in tables else "transactions"
+    count = "count(*)" if source == "customers" else "approx_count_distinct(customer_id)"  # customers are unique
+    customers = con.execute(f"SELECT {count} FROM {source}").fetchone()[0]
+    parts = -(-customers // per_part)
+    if parts <= 1:
+        return [contextlib.nullcontext(con)]
+    quantiles = [i / parts for i in range(1, parts)]
+    bounds = sorted(set(con.execute(f"SELECT quantile_disc(customer_id, {quantiles}) FROM {source}").fetchone()[0]))
+    edges = [None, *bounds, None]
+    return [_restricted(con, tables, low, high) for low, high in itertools.pairwise(edges)]
+
+
+@contextlib.contextmanager
+def _restricted(con, tables: list[str], low: str | None, high: str | None):
+    database, schema = con.execute("SELECT current_database(), current_schema()").fetchone()
+    where = " AND ".join([*([f"customer_id >= {quote_literal(low)}"] if low is not None else []),
+                          *([f"customer_id < {quote_literal(high)}"] if high is not None else [])])
+    zone = con.execute("SELECT current_setting('TimeZone')").fetchone()[0]
+    cursor = con.cursor()  # its own temporary views, dropped with it; a cursor starts with default settings
+    try:
+        cursor.execute(f"SET TimeZone = {quote_literal(zone)}")
+        cursor.execute(f"USE {quote_ident(database)}.{quote_ident(schema)}")
+        for table in tables:
+            cursor.execute(f"CREATE TEMP VIEW {quote_ident(table)} AS SELECT * FROM {quote_ident(database)}."
+                           f"{quote_ident(schema)}.{quote_ident(table)} WHERE {where}")
+        yield cursor
+    finally:
+        cursor.close()
 
 
 class SQLiteFeatureRunner:

@@ -258,6 +258,39 @@ def test_full_contract_gives_more_than_60_features():
     assert len(available_features(everything)) == len(FEATURES) >= 60
 
 
+def test_ranges_of_customers_give_the_table_of_one_run(generated_validation):
+    """A programme larger than one run's memory is run in ranges of customer ids: the same rows in the same order,
+    equal to the bit, with or without a customers table and in a database the connection switched to; the ranges'
+    views vanish with them."""
+    from features.build import FeatureQuery, customer_parts
+
+    as_of, con = datetime(2026, 3, 1), generated_validation.con
+    transactions_only = {"transactions": generated_validation.columns["transactions"]}
+    for columns in (generated_validation.columns, transactions_only):
+        query = FeatureQuery(columns)
+        whole = query.run_duckdb(con, as_of)
+        assert len(customer_parts(con, list(query.columns), 10**9)) == 1
+        assert len(customer_parts(con, list(query.columns), 700)) >= 4 < len(whole) / 700 + 2
+        parted = list(query.run_batches(con, as_of, rows=500, part_customers=700))
+        pd.testing.assert_frame_equal(pd.concat(parted, ignore_index=True), whole)
+        assert len(parted) > len(whole) / 500  # several ranges, each in batches
+    rows = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in generated_validation.columns}
+    con.execute("ATTACH ':memory:' AS elsewhere")
+    try:
+        for table in generated_validation.columns:
+            con.execute(f"CREATE TABLE elsewhere.{table} AS SELECT * FROM {table} WHERE customer_id < 'C002'")
+        cursor = con.cursor()
+        cursor.execute("USE elsewhere")
+        query = FeatureQuery(generated_validation.columns)
+        whole = query.run_duckdb(cursor, as_of)
+        parted = pd.concat(query.run_batches(cursor, as_of, rows=500, part_customers=300), ignore_index=True)
+        assert 1500 < len(whole) < len(query.run_duckdb(con, as_of))
+        pd.testing.assert_frame_equal(parted, whole)
+    finally:
+        con.execute("DETACH elsewhere")
+    assert rows == {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in generated_validation.columns}
+
+
 def test_feature_batches_are_the_feature_table_in_pieces(generated_validation, tmp_path):
     """Streamed in small batches and written batch by batch, the feature table reads back equal to the table built
     whole and written at once: same customers in the same order, values, dtypes and file metadata."""
