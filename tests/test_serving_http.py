@@ -594,7 +594,7 @@ def test_paging_and_ranges_are_bounded(server):
     headers, base = {"x-api-key": KEY}, server["base"]
     huge = httpx.get(f"{base}/v1/segments/loyal", params={"offset": "99999999999999999999"}, headers=headers,
                      timeout=30)
-    assert huge.status_code == 400 and "offset" in huge.json()["error"]
+    assert _field_error(huge, ["query", "offset"])
     centuries = httpx.get(f"{base}/v1/segments/loyal", params={"start": "1900-01-01", "end": "2100-01-01"},
                           headers=headers, timeout=30)
     assert centuries.status_code == 400 and "3,660 days" in centuries.json()["error"]
@@ -636,6 +636,14 @@ def test_query_and_path_constraints_are_in_the_document_and_enforced(server):
     assert (counterfactual["max_actions"]["minimum"], counterfactual["max_actions"]["maximum"]) == (1, 6)
     assert counterfactual["goal"]["maxLength"] == 500
     assert parameters("/v1/subscriptions/{name}", "put")["name"]["pattern"].startswith("^[A-Za-z0-9]")
+    segment = parameters("/v1/segments/{name}", "get")
+    assert (segment["limit"]["minimum"], segment["limit"]["maximum"], segment["offset"]["minimum"]) == (1, 10_000, 0)
+    assert parameters("/v1/segments/{name}/export", "get")["format"]["enum"] == ["csv", "parquet", "jsonl"]
+    # a listing links to its items, so a client (and the fuzzer's stateful phase) can follow it
+    links = spec["paths"]["/v1/segments"]["get"]["responses"]["200"]["links"]
+    assert {link["parameters"]["name"] for link in links.values()} == {"$response.body#/segments/0/name"}
+    operations = {op["operationId"] for ops in spec["paths"].values() for op in ops.values() if "operationId" in op}
+    assert {link["operationId"] for link in links.values()} <= operations and len(links) == 2
 
     def flows_between(start, end):
         return httpx.get(f"{base}/v1/flows", params={"start": start, "end": end, "segments": "loyal,inactive,likely_to_churn"},

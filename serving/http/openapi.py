@@ -28,6 +28,15 @@ WITH_BODY = {"400": "The body breaks the schema: `detail` lists the fields.",
 READS = {"400": "A query parameter out of range.", "404": "No such customer or segment.",
          "503": "Not ready, or the segment store is unavailable: the reason is in `error`."}
 PROBES = OPEN_PATHS  # what the guard lets through without a key (/metrics is guarded)
+# Where an answer leads (OpenAPI links: a client, and the fuzzer's stateful phase, can follow them):
+# (path, method) of the answer -> link name -> (path, method) of the next operation, its parameters from the answer.
+SEGMENT_NAME = {"name": "$response.body#/segments/0/name"}
+LINKS = {("/v1/segments", "get"): {"segment": ("/v1/segments/{name}", "get", SEGMENT_NAME),
+                                   "export": ("/v1/segments/{name}/export", "get", SEGMENT_NAME)},
+         ("/v1/subscriptions/{name}", "put"): {"delete": ("/v1/subscriptions/{name}", "delete",
+                                                          {"name": "$response.body#/name"})},
+         ("/score", "post"): {"customer": ("/v1/customers/{customer_id}", "get",
+                                           {"customer_id": "$response.body#/customers/0/customer_id"})}}
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
@@ -52,7 +61,19 @@ def document(spec: dict) -> dict:
                                                 for media in EXPORT_MEDIA_TYPES.values()}}
             if path == "/v1/ready":
                 _add(responses, {"503": "Not ready: `reason` says why."}, schema={"type": "object"})
+    _link(out["paths"])
     return out
+
+
+def _link(paths: dict) -> None:
+    """Add LINKS to the 200 answers, each naming its target by operationId (operations absent here are skipped)."""
+    for (path, method), links in LINKS.items():
+        answer = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
+        targets = {name: paths.get(target, {}).get(how, {}).get("operationId")
+                   for name, (target, how, _) in links.items()}
+        if answer is not None:
+            answer["links"] = {name: {"operationId": targets[name], "parameters": parameters}
+                               for name, (_, _, parameters) in links.items() if targets[name]}
 
 
 def _add(responses: dict, statuses: dict[str, str], replace: tuple[str, ...] = (), schema: dict | None = None) -> None:

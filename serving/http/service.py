@@ -68,6 +68,7 @@ from serving.state import load_state, serve_dir
 
 logger = logging.getLogger("segments.service")
 MAX_OFFSET = 10**9  # members paged past: beyond any programme, and far inside both databases' integers
+MAX_MEMBERS = 10_000  # members in one page
 MAX_DAILY_DAYS = 3660  # a segment's day-by-day changes over at most ten years per request
 MAX_GOAL_CHARACTERS = 500
 SUBSCRIPTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # 1-100 letters, digits, '_', '.' or '-'
@@ -336,34 +337,34 @@ class SegmentsService:
 
     @status_app.get("/segments/{name}")
     @store_errors_as_503
-    def segment(self, name: str, limit: int = 100, offset: int = 0, start: str | None = None,
-                end: str | None = None):
-        """A segment's exact size, a page of members (by customer id), and with start and end (YYYY-MM-DD) its
-        entries, exits and size per day."""
+    def segment(self, name: str, limit: Annotated[int, Query(ge=1, le=MAX_MEMBERS)] = 100,
+                offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+                start: Annotated[datetime | None, Query(description=MOMENT)] = None,
+                end: Annotated[datetime | None, Query(description=MOMENT)] = None):
+        """A segment's exact size, a page of members (by customer id), and with start and end its entries, exits and
+        size per day."""
         store, error = self._read_store()
         if error is not None:
             return error
         if name not in self.events.segments.names():
             return error_response(404, f"no segment named {name!r}")
-        if not 0 < limit <= 10_000 or not 0 <= offset <= MAX_OFFSET:
-            return error_response(400, f"limit must be in 1..10000 and offset in 0..{MAX_OFFSET:,}")
         body = {"segment": name, "size": store.current.segment_size(name),
                 "members": store.current.members(name, limit=limit, offset=offset), "limit": limit, "offset": offset}
-        if start and end:
+        if start is not None and end is not None:
             try:
-                start_at, end_at = datetime.fromisoformat(start), datetime.fromisoformat(end)
+                start_at, end_at = naive_utc(start), naive_utc(end)
                 if not 0 <= (end_at - start_at).days <= MAX_DAILY_DAYS:
                     raise ValueError(f"end must be after start and at most {MAX_DAILY_DAYS:,} days later")
                 daily = store.changes.daily_changes(name, start_at, end_at)
-            except (ValueError, TypeError, OverflowError) as exc:
+            except (ValueError, OverflowError) as exc:
                 return error_response(400, f"start/end: {exc}")
             body["daily"] = daily.to_dict(orient="records")
         return json.loads(json.dumps(body, default=str))
 
     @status_app.get("/segments/{name}/export")
     @store_errors_as_503
-    def segment_export(self, name: str, format: str = "csv", include_holdout: bool = False,
-                       changes_since: str | None = None, fields: str = ""):
+    def segment_export(self, name: str, format: exports.ExportFormat = "csv", include_holdout: bool = False,
+                       changes_since: Annotated[datetime | None, Query(description=MOMENT)] = None, fields: str = ""):
         """A segment's audience for a campaign tool, streamed in chunks (constant memory): its current members, or
         with changes_since its entries and exits logged since then; csv, parquet or jsonl. The holdout is left out
         unless include_holdout; fields adds values the customers were last evaluated on. Headers name the store
@@ -373,10 +374,8 @@ class SegmentsService:
             return error
         if name not in self.events.segments.names():
             return error_response(404, f"no segment named {name!r}")
-        if format not in exports.FORMATS:
-            return error_response(400, f"format must be one of {', '.join(exports.FORMATS)}")
         try:
-            since = naive_utc(datetime.fromisoformat(changes_since)) if changes_since else None
+            since = naive_utc(changes_since) if changes_since is not None else None
             request = exports.ExportRequest(name, self.events.segments[name].holdout_percent, include_holdout, since,
                                     tuple(f.strip() for f in fields.split(",") if f.strip()))
             export = exports.SegmentExport(store, request).__enter__()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self, get_args
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from features.segments import SegmentSet, in_holdout
 from features.time import naive_utc, utc_now
 
-FORMATS = ("csv", "parquet", "jsonl")
+ExportFormat = Literal["csv", "parquet", "jsonl"]
+FORMATS = get_args(ExportFormat)
 MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "jsonl": "application/x-ndjson"}
 CHUNK_ROWS = 20_000  # rows read, converted and written at a time: what bounds the export's memory
 
