@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -9,6 +10,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2 BLAS threads on 2 busy cores made GMM fits 40x slower
+# Compiled feature SQL, shared by the workers and the commands they start, outside the user's own cache
+os.environ.setdefault("SEGMENTS_SQL_CACHE", str(Path(tempfile.gettempdir()) / f"segments-test-feature-sql-{os.getuid()}"))
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets test modules share fixtures data (e.g. test_features)
 

@@ -258,6 +258,31 @@ def test_full_contract_gives_more_than_60_features():
     assert len(available_features(everything)) == len(FEATURES) >= 60
 
 
+def test_compiled_sql_is_reused_only_by_the_same_code_and_columns(tmp_path, monkeypatch):
+    """The feature SQL one command compiled is read back by the next (the same text); another dialect, set of
+    columns or version of the code compiles anew; a cache that cannot be written, or is off, only means compiling."""
+    from features import build
+
+    monkeypatch.setenv(build.SQL_CACHE_ENV, str(tmp_path / "cache"))
+    columns = _columns(FRAMES)
+    first = FeatureQuery(columns).sql
+    assert first == build._compiled(FeatureQuery(columns).expr, "duckdb")
+    assert len(list((tmp_path / "cache").glob("*.sql"))) == 1
+    compiled = []
+    monkeypatch.setattr(build, "_compiled", lambda expr, dialect: compiled.append(dialect) or f"-- {dialect}")
+    assert FeatureQuery(columns).sql == first and compiled == []
+    assert FeatureQuery(columns).sqlite_sql == "-- sqlite" and compiled == ["sqlite"]
+    assert FeatureQuery({"transactions": columns["transactions"]}).sql == "-- duckdb"
+    monkeypatch.setattr(build, "_code_version", lambda: "edited")
+    assert FeatureQuery(columns).sql == "-- duckdb" and len(compiled) == 3
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for setting in (str(blocked / "cache"), "off"):
+        monkeypatch.setenv(build.SQL_CACHE_ENV, setting)
+        assert FeatureQuery(columns).sql == "-- duckdb"
+    assert len(compiled) == 5 and not list((tmp_path / "cache").glob("*.tmp"))
+
+
 def test_ranges_of_customers_give_the_table_of_one_run(generated_validation):
     """A programme larger than one run's memory is run in ranges of customer ids: the same rows in the same order,
     equal to the bit, with or without a customers table and in a database the connection switched to; the ranges'
