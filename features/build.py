@@ -288,7 +288,10 @@ def _sql_cache_folder() -> Path | None:
         return None
     if setting:
         return Path(setting)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loyalty-segments" / "feature-sql"
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loyalty-segments" / "feature-sql"
+    except RuntimeError:  # no home folder: compile every time
+        return None
 
 
 @cache
