@@ -72,7 +72,8 @@ MAX_MEMBERS = 10_000  # members in one page
 MAX_DAILY_DAYS = 3660  # a segment's day-by-day changes over at most ten years per request
 MAX_GOAL_CHARACTERS = 500
 SUBSCRIPTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # 1-100 letters, digits, '_', '.' or '-'
-MOMENT = "An ISO 8601 date or date-time (e.g. 2026-01-01 or 2026-01-01T08:00:00+01:00); without an offset, UTC (Unix seconds are taken too)."
+MOMENT = ("An ISO 8601 date or date-time (e.g. 2026-01-01 or 2026-01-01T08:00:00+01:00); without an offset, UTC "
+          "(Unix seconds are taken too).")
 STORE_RETRY_SECONDS = 5  # a store that failed to open is tried again at most this often
 
 
