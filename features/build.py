@@ -42,7 +42,7 @@ from features.io import quote_ident, quote_literal
 
 AS_OF_TABLE = "run_as_of"
 TOP_VALUE_WINDOW_DAYS = 365
-_PANDAS_DTYPES = {"int64": "int64", "float64": "float64", "string": "string", "boolean": "boolean"}
+FEATURE_DTYPES = {"int64": "int64", "float64": "float64", "string": "string", "boolean": "boolean"}
 
 
 def unbound_tables(columns: dict[str, list[str]]) -> dict[str, ir.Table]:
@@ -230,7 +230,7 @@ def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
 def to_feature_frame(raw: pd.DataFrame, features: list[Feature]) -> pd.DataFrame:
     """Cast an executed feature table to the catalog dtypes (a pure function; returns a new frame, which shares the
     columns already in their dtype until either frame writes them: pandas' copy on write)."""
-    out = raw.astype({"customer_id": "string", **{f.name: _PANDAS_DTYPES[f.dtype] for f in features}})
+    out = raw.astype({"customer_id": "string", **{f.name: FEATURE_DTYPES[f.dtype] for f in features}})
     out.attrs["feature_set_version"] = FEATURE_SET_VERSION
     return out.reset_index(drop=True)
 
@@ -239,7 +239,7 @@ def rows_to_feature_frame(names: list[str], rows: list[tuple], features: list[Fe
     """`to_feature_frame` of rows fetched as Python tuples (columns `names`): the same values and dtypes, each column
     built in its catalog dtype at once, ~10x faster for the one row of a request than casting a frame column by
     column."""
-    dtypes = {"customer_id": "string", **{f.name: _PANDAS_DTYPES[f.dtype] for f in features}}
+    dtypes = {"customer_id": "string", **{f.name: FEATURE_DTYPES[f.dtype] for f in features}}
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
     out = pd.DataFrame({name: _column(values, dtypes[name]) for name, values in zip(names, columns, strict=True)})
     out.attrs["feature_set_version"] = FEATURE_SET_VERSION
