@@ -48,7 +48,7 @@ def _customer_failures(table: pd.DataFrame) -> list[str]:
     failures = [] if str(ids.dtype) == "string" else [f"customer_id: dtype {ids.dtype}, expected string"]
     if ids.isna().any():
         failures.append(f"customer_id: {int(ids.isna().sum()):,} missing")
-    repeated = ids[ids.duplicated() & ids.notna()]
+    repeated = [] if ids.is_unique else ids[ids.duplicated() & ids.notna()]  # is_unique: half the time
     if len(repeated):
         failures.append(f"customer_id: {len(repeated):,} repeated, e.g. {_examples(repeated.unique())}")
     return failures
