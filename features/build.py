@@ -38,7 +38,7 @@ from features.catalog import (
     ratio,
 )
 from features.contract import CONTRACTS, TIMESTAMP
-from features.io import quote_ident, quote_literal
+from features.io import quote_ident, quote_literal, session_cursor
 
 AS_OF_TABLE = "run_as_of"
 TOP_VALUE_WINDOW_DAYS = 365
@@ -426,10 +426,8 @@ def _restricted(con, tables: list[str], low: str | None, high: str | None):
     database, schema = con.execute("SELECT current_database(), current_schema()").fetchone()
     where = " AND ".join([*([f"customer_id >= {quote_literal(low)}"] if low is not None else []),
                           *([f"customer_id < {quote_literal(high)}"] if high is not None else [])])
-    zone = con.execute("SELECT current_setting('TimeZone')").fetchone()[0]
-    cursor = con.cursor()  # its own temporary views, dropped with it; a cursor starts with default settings
+    cursor = session_cursor(con)  # its own temporary views, dropped with it
     try:
-        cursor.execute(f"SET TimeZone = {quote_literal(zone)}")
         cursor.execute(f"USE {quote_ident(database)}.{quote_ident(schema)}")
         for table in tables:
             cursor.execute(f"CREATE TEMP VIEW {quote_ident(table)} AS SELECT * FROM {quote_ident(database)}."

@@ -164,6 +164,15 @@ def load_raw(source: Path) -> RawTables:
     return RawTables(con=con, tables=tables)
 
 
+def session_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of `con` in the same time zone: a DuckDB cursor starts with default session settings, and naive
+    timestamps mean UTC only in a UTC session (see `_connect`)."""
+    zone = con.execute("SELECT current_setting('TimeZone')").fetchone()[0]
+    cursor = con.cursor()
+    cursor.execute(f"SET TimeZone = {quote_literal(zone)}")
+    return cursor
+
+
 def duckdb_memory() -> str:
     """The working database's memory limit: SEGMENTS_DUCKDB_MEMORY, else DEFAULT_DUCKDB_MEMORY."""
     return os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY

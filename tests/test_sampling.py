@@ -26,6 +26,8 @@ def test_a_sample_keeps_whole_customers_and_equal_shares_per_group(generated_val
     assert len(sample.strata) >= 6  # recency x orders groups present in a generated programme
     kept = _ids(sample.validation.con, "customers")
     assert len(kept) == sample.kept
+    zone = "SELECT current_setting('TimeZone')"  # the sample is read in the working database's session zone
+    assert sample.validation.con.execute(zone).fetchone() == full.con.execute(zone).fetchone() == ("UTC",)
     for table in full.tables:  # every record of a kept customer, none of the others
         counts = full.con.execute(f"SELECT customer_id, count(*) AS n FROM {table} GROUP BY ALL").df()
         sampled = sample.validation.con.execute(f"SELECT customer_id, count(*) AS n FROM {table} GROUP BY ALL").df()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.build import PURCHASE_SQL
-from features.io import duckdb_memory, quote_literal
+from features.io import duckdb_memory, quote_literal, session_cursor
 from features.validate import ValidationResult
 
 DEFAULT_MAX_CUSTOMERS = 100_000
@@ -95,7 +95,7 @@ def draw_sample(validation: ValidationResult, as_of: datetime, max_customers: in
                             FROM sample_strata GROUP BY ALL ORDER BY ALL""").df()
     con.execute("DROP TABLE sample_strata")
     _release_cached_pages(con)
-    cursor = con.cursor()
+    cursor = session_cursor(con)
     cursor.execute(f"USE {database}")
     rows_clean = {t: cursor.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in validation.tables}
     sampled = dataclasses.replace(validation, con=cursor, rows_clean=rows_clean)
