@@ -95,18 +95,6 @@ def test_a_new_sqlite_store_opens_while_another_connection_holds_its_write_lock(
         holder.join()
 
 
-def test_sqlite_connections_use_wal_and_a_page_cache_sized_for_bulk_writes(tmp_path):
-    """Each SQLite connection: WAL (readers never block the writer) and a 64 MB page cache, not SQLite's 2 MB, in
-    which a first refresh's millions of index inserts thrashed (bench/README.md)."""
-    store = SegmentStore(f"sqlite:///{tmp_path}/segments.db")
-    try:
-        with store.db.engine.connect() as conn:
-            pragmas = [conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in ("journal_mode", "cache_size")]
-        assert pragmas == ["wal", -65_536]
-    finally:
-        store.close()
-
-
 def test_display_url_masks_the_password(store, store_url):
     assert store.display_url.startswith(
         "sqlite" if store_url.startswith("sqlite") else "postgresql+psycopg://"

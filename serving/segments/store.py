@@ -68,10 +68,6 @@ KINDS = {"transaction": "transactions", "event": "events"}  # posted kind -> the
 ID_COLUMNS = {"transaction": "transaction_id", "event": "event_id"}
 _IDS_PER_QUERY = 5000  # keeps `customer_id IN (...)` under both backends' bind-parameter limits
 _SQLITE_BUSY_MS = 30_000
-# Pages a SQLite connection keeps cached (SQLite's default is 2 MB): the log's and memberships' indexes take random
-# inserts, and a first refresh at 1M customers writes 2.6M rows into each; at 2 MB those inserts took 31-33 s and
-# 22 s, at 32-128 MB 21-23 s and 13-15 s (bench/README.md). A connection holds at most this much.
-_SQLITE_CACHE_KB = 65_536
 STORE_DOWN = (DBAPIError, PoolTimeout)  # what a database that stopped answering raises (the doors answer 503)
 
 
@@ -424,7 +420,6 @@ class Database:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
-            cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KB}")  # negative: KiB, not pages
             _switch_to_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
