@@ -16,6 +16,7 @@ from features.segments import (
     Group,
     SegmentDefinitionError,
     SegmentRef,
+    _plain_values,
     causes,
     evaluate,
     fit_thresholds,
@@ -24,6 +25,7 @@ from features.segments import (
     load_segments,
     memberships,
     parse_segments,
+    plain,
 )
 
 
@@ -359,3 +361,17 @@ def test_holdout_is_the_documented_sha256_bucket():
         assert in_holdout(pd.Index([str(i) for i in ids], dtype="str"), segment, percent).tolist() == expected
     held = in_holdout(ids, "vip", 10)
     assert 0.08 < held.mean() < 0.12 and in_holdout([], "vip", 10).tolist() == []
+
+
+@pytest.mark.parametrize("column", [
+    pd.Series([1.5, np.nan, -0.0]), pd.Series([1, 2], dtype="int64"), pd.Series([1.5, None], dtype="Float64"),
+    pd.Series([1, None], dtype="Int64"), pd.Series([True, None], dtype="boolean"), pd.Series([True, False]),
+    pd.Series(["a", None], dtype="string"), pd.Series(["a", None, np.nan], dtype=object),
+    pd.Series(["a", None], dtype="category"), pd.Series([1.5, np.nan], dtype="float32"),
+    pd.Series([pd.Timestamp("2026-01-01"), pd.NaT]),
+], ids=lambda column: str(column.dtype))
+def test_a_causes_values_converted_at_once_equal_plain_value_by_value(column):
+    expected = [plain(v) for v in column.tolist()]
+    converted = _plain_values(column)
+    assert converted == expected and [type(v) for v in converted] == [type(v) for v in expected]
+    assert None in converted or column.notna().all()
