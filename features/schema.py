@@ -3,8 +3,9 @@
 A violation here is a bug in a feature definition, not bad input (input is validated before features are built),
 so it stops the run with every failing feature named.
 
-The checks are a few vectorised comparisons per column. pandera did the same through its generic machinery in 0.28 s
-per 200,000 customers (1.4 s of every command at 1M, which checks each batch), this in ~0.03 s (bench/README.md).
+The checks are a few vectorised comparisons per column. pandera did the same through its generic machinery in 0.2-0.25
+s per 200,000 customers (1.1-1.25 s of every command at 1M, which checks each batch), these in ~0.02 s
+(bench/README.md).
 """
 
 from __future__ import annotations
