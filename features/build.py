@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import cache, cached_property
@@ -38,7 +37,7 @@ from features.catalog import (
     ratio,
 )
 from features.contract import CONTRACTS, TIMESTAMP
-from features.io import quote_ident, quote_literal, session_cursor
+from features.io import quote_ident, quote_literal, replace_atomically, session_cursor
 
 AS_OF_TABLE = "run_as_of"
 TOP_VALUE_WINDOW_DAYS = 365
@@ -269,16 +268,11 @@ def cached_text(key: list, make: Callable[[], str]) -> str:
     except OSError:
         pass
     text = make()
-    partial = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as out:
-            partial = Path(out.name)
-            out.write(text)
-        os.replace(partial, path)
+        replace_atomically(path, lambda partial: partial.write_text(text))
     except OSError:
-        if partial is not None:
-            partial.unlink(missing_ok=True)
+        pass
     return text
 
 

@@ -23,6 +23,7 @@ import gzip
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +172,19 @@ def session_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     cursor = con.cursor()
     cursor.execute(f"SET TimeZone = {quote_literal(zone)}")
     return cursor
+
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(partial)` to a temporary file beside `path`, then put it in `path`'s place in one rename: a reader never
+    sees half a file, and a failed write leaves neither `path` changed nor the temporary file behind."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def duckdb_memory() -> str:

@@ -23,8 +23,6 @@ files whose as_of is more than `retention_days` before T are deleted first.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.build import FeatureQuery
+from features.io import replace_atomically
 from features.time import utc_now
 from serving.health import DEFAULT_MAX_MODEL_AGE_DAYS
 from serving.predictions import (
@@ -251,7 +250,5 @@ def write_status(folder: Path, run: MonitorRun) -> Path:
             kept[result["version"]] = result
     status = {"written_at": utc_now().isoformat(timespec="seconds"),
               "models": models}
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
-        json.dump(status, tmp, indent=1, default=str)
-    os.replace(tmp.name, path)
+    replace_atomically(path, lambda partial: partial.write_text(json.dumps(status, indent=1, default=str)))
     return path

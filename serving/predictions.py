@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.io import replace_atomically
 from features.time import utc_now
 from training.bundle import ScoringBundle
 from training.tracking import kind_of
@@ -81,9 +81,7 @@ def log_predictions(folder: Path, scores: pd.DataFrame, bundle: ScoringBundle, f
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                META_KEY: json.dumps(identity).encode()})
         path = folder / file_name(name, version, as_of)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-            pq.write_table(table, tmp.name)
-        os.replace(tmp.name, path)
+        replace_atomically(path, lambda partial, table=table: pq.write_table(table, str(partial)))
         paths.append(path)
     return paths
 

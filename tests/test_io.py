@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.errors import DataContractError
-from features.io import load_raw
+from features.io import load_raw, replace_atomically
 
 TRANSACTIONS_CSV = (
     "transaction_id,customer_id,timestamp,amount,note\n"
@@ -215,3 +215,17 @@ def test_header_only_csv_quoted_fields_crlf_and_bom(tmp_path):
     ]
     write(tmp_path / "transactions.csv", "transaction_id,customer_id,timestamp,amount\n")
     assert load_raw(tmp_path).row_counts == {"transactions": 0}
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "status.json"
+    replace_atomically(path, lambda partial: partial.write_text("first"))
+    assert path.read_text() == "first"
+
+    def half_then_fail(partial):
+        partial.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_atomically(path, half_then_fail)
+    assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["status.json"]
