@@ -78,7 +78,7 @@ def generated_validation(generated):
 @pytest.fixture(scope="session")
 def small_models(generated_validation, generated):
     """The five model kinds trained small on the generated programme (tests/serving_setup.py): once per test process,
-    each serving test module registers them in an MLflow of its own."""
+    registered and built into one serve folder per process (`serving_setup.build_served`)."""
     from serving_setup import train_small
 
     return train_small(generated_validation, generated[1])

@@ -53,8 +53,8 @@ def use_bentoml_home(home: Path) -> None:
 def train_small(validation, data_folder: Path) -> dict:
     """The five model kinds, small (SMALL), trained as of AS_OF: the records and the current feature table.
 
-    Trained once per test process (conftest's `small_models`) and logged into each test's own MLflow: the records
-    are read, never changed, by logging and building."""
+    Trained once per test process (conftest's `small_models`); the records are read, never changed, by logging and
+    building."""
     from training import train as training
 
     shared = training.TrainingData(validation, AS_OF, str(data_folder))
@@ -80,13 +80,25 @@ def tracking_in(root: Path) -> str:
     return uri
 
 
+_BUILDS: dict[int, dict] = {}  # id(small_models) -> the build: one per test process
+
+
 def build_served(root: Path, validation, small_models: dict) -> dict:
-    """Register the small models (`train_small`) in an MLflow in `root` and run `segments build` logic into
-    `root / "serve"`. Returns paths and env."""
+    """The small models (`train_small`) registered in an MLflow and built into a serve folder (`segments build`'s
+    logic), once per test process: the serving modules only read the registry, the serve folder and BentoML's store,
+    and building them took ~25 s a module. Each caller gets its own segment store in `root`
+    (SEGMENTS_DB_URL). Returns paths and env."""
+    built = _BUILDS.get(id(small_models))
+    if built is None:
+        built = _BUILDS[id(small_models)] = _build(root / "build", validation, small_models)
+    return {**built, "env": {**built["env"], "SEGMENTS_DB_URL": f"sqlite:///{root / 'segments.db'}"}}
+
+
+def _build(root: Path, validation, small_models: dict) -> dict:
     from training.tracking import log_training_run
 
     env = {"MLFLOW_TRACKING_URI": tracking_in(root), "BENTOML_HOME": str(root / "bentoml"),
-           "SEGMENTS_SERVE_DIR": str(root / "serve"), "SEGMENTS_DB_URL": f"sqlite:///{root / 'segments.db'}"}
+           "SEGMENTS_SERVE_DIR": str(root / "serve")}
     with environment(MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"]):
         use_bentoml_home(root / "bentoml")
         for record in small_models["records"]:
