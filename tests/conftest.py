@@ -10,6 +10,9 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2 BLAS threads on 2 busy cores made GMM fits 40x slower
+# One thread per model fit (training.runtime.fit_threads): the two workers share two cores, and the training-heavy
+# modules took 158 s instead of 196 s with 2 threads a fit
+os.environ.setdefault("SEGMENTS_THREADS", "1")
 # Compiled feature SQL, shared by the workers and the commands they start, outside the user's own cache
 os.environ.setdefault("SEGMENTS_SQL_CACHE", str(Path(tempfile.gettempdir()) / f"segments-test-feature-sql-{os.getuid()}"))
 

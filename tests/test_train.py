@@ -58,3 +58,19 @@ def test_a_programme_too_small_for_lightgbm_is_served_bgnbd_and_says_so(tmp_path
 
     run = SimpleNamespace(data=SimpleNamespace(tags=record.extra_tags))
     assert served_candidate(run) == {"served_candidate": "bgnbd", "served_reason": reason}  # what /v1/info shows
+
+
+def test_model_fits_use_the_threads_the_environment_asks_for(monkeypatch):
+    from training.estimators.churn import ChurnConfig
+    from training.estimators.clusters import ClusterConfig
+    from training.runtime import DEFAULT_THREADS, fit_threads
+
+    monkeypatch.delenv("SEGMENTS_THREADS", raising=False)
+    assert fit_threads() == DEFAULT_THREADS == ChurnConfig().num_threads == 2
+    monkeypatch.setenv("SEGMENTS_THREADS", "3")
+    assert ChurnConfig().num_threads == ClusterConfig().num_threads == 3
+    assert ChurnConfig(num_threads=1).num_threads == 1  # a run's own setting still wins
+    for wrong in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("SEGMENTS_THREADS", wrong)
+        with pytest.raises(ValueError, match=f"SEGMENTS_THREADS must be a whole number of threads.*{wrong!r}"):
+            ChurnConfig()

@@ -27,7 +27,7 @@ The helpers at the end of this module (snapshot schedule, LightGBM training, JSO
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -72,6 +72,7 @@ from training.evaluation import (
     slice_table,
 )
 from training.labels import Snapshot, training_dates
+from training.runtime import fit_threads
 
 CALIBRATION_METHODS = ("isotonic", "sigmoid")
 PROBABILITY_FLOOR = 1e-4  # calibrated probabilities stay inside (0, 1): a hard 0 or 1 is never justified
@@ -101,7 +102,7 @@ class ChurnConfig:
     calibration_folds: int = 5
     exclude_features: tuple[str, ...] = NOT_POINT_IN_TIME
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int = field(default_factory=fit_threads)  # SEGMENTS_THREADS, else 2
     min_churners: int = 50
     min_non_churners: int = 50
     # Weight of the textbook term (Pareto/NBD, training/estimators/textbook.py) in the margin: None lets the

@@ -28,7 +28,7 @@ row by row, so a customer's cluster does not depend on the rest of the batch.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.estimators.base import Estimator, Explanation, ReportPage
 from training.evaluation import Evaluation
+from training.runtime import fit_threads
 
 # Recency, frequency, spend, trend, rhythm, returns and discounts, engagement, channel shares. No profile or identity
 # features (age, region, gender, tenure since sign-up): clusters describe behaviour, not who people are.
@@ -119,7 +120,7 @@ class ClusterConfig:
     surrogate_num_leaves: int = 15
     surrogate_min_data_in_leaf: int = 20
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int = field(default_factory=fit_threads)  # SEGMENTS_THREADS, else 2
 
     def __post_init__(self):
         if self.method not in ("kmeans", "gmm"):

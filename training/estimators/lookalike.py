@@ -27,7 +27,7 @@ quantiles at fit time; they never depend on the batch being scored.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from training import plots
 from training.encoding import FeatureEncoder, check_feature_set
 from training.estimators.base import Chart, Estimator, Explanation, ReportPage
 from training.evaluation import Evaluation, importance_rows, lift_at, margin_over_baselines
+from training.runtime import fit_threads
 
 _MODEL_FILE, _ENCODER_FILE, _STATE_FILE = "lookalike_model.txt", "encoder.json", "lookalike.json"
 LEAK_AUC = 0.98  # a single input separating the seed this well is reported as a possible proxy of its definition
@@ -68,7 +69,7 @@ class LookalikeConfig:
     bagging_freq: int = 1
     lambda_l2: float = 1.0
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int = field(default_factory=fit_threads)  # SEGMENTS_THREADS, else 2
     holdout_share: float = 0.2
     calibration_share: float = 0.2
     min_seed_members: int = 30

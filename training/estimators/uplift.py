@@ -26,7 +26,7 @@ of that area for a perfect ordering of the observed outcomes: 0 random, 1 perfec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from training.estimators.base import Chart, Estimator, Explanation, ReportPage
 from training.estimators.churn import NOT_POINT_IN_TIME, fit_boosted, lightgbm_params
 from training.estimators.lookalike import model_inputs
 from training.evaluation import Evaluation, margin_over_baselines
+from training.runtime import fit_threads
 
 HOLDOUT_EVENT = "campaign_holdout"
 _MODEL_FILE, _STATE_FILE = "uplift_model.txt", "uplift.json"
@@ -81,7 +82,7 @@ class UpliftConfig:
     score_num_leaves: int = 15
     exclude_features: tuple[str, ...] = NOT_POINT_IN_TIME
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int = field(default_factory=fit_threads)  # SEGMENTS_THREADS, else 2
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ over-predicts the level (on the generated data: x1.4-1.5 the actual total, again
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -65,6 +65,7 @@ from training.evaluation import (
     spearman,
 )
 from training.labels import Snapshot
+from training.runtime import fit_threads
 
 TARGETS = {"purchases": "purchases_next", "spend": "spend_next"}
 OUTPUTS = {"purchases": "expected_purchases", "spend": "expected_spend"}
@@ -89,7 +90,7 @@ class ValueConfig:
     tweedie_variance_power: float = 1.5
     exclude_features: tuple[str, ...] = NOT_POINT_IN_TIME
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int = field(default_factory=fit_threads)  # SEGMENTS_THREADS, else 2
     min_buyers: int = 50  # customers with a purchase in the horizon, in the training and in the validation data
     # What is served (CANDIDATES): "lightgbm" (the two boosters) or "bgnbd_gamma_gamma" (the textbook, fitted on
     # the newest training snapshot). None lets the backtest choose the best out of time (spend rank correlation).
