@@ -57,19 +57,18 @@ def test_spark_runs_the_same_definitions_as_duckdb(spark, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def registered(small_models, tmp_path_factory):
-    """The five model kinds (small), registered in a temp MLflow; the champion bundle."""
+def registered(small_models, generated_validation, tmp_path_factory):
+    """The five model kinds (small), registered in the test process's MLflow (`build_served`): the champion bundle,
+    the as_of they were trained at and that MLflow's URI."""
     from serving_setup import AS_OF as TRAINED_AS_OF
-    from serving_setup import environment, tracking_in
+    from serving_setup import build_served, environment
 
     from training.bundle import ScoringBundle
-    from training.tracking import log_training_run
 
-    root = tmp_path_factory.mktemp("spark-models")
-    with environment(MLFLOW_TRACKING_URI=tracking_in(root)):
-        for record in small_models["records"]:
-            log_training_run(record)
-        yield ScoringBundle.from_registry(), TRAINED_AS_OF, root
+    served = build_served(tmp_path_factory.mktemp("spark-models"), generated_validation, small_models)
+    uri = served["env"]["MLFLOW_TRACKING_URI"]
+    with environment(MLFLOW_TRACKING_URI=uri):
+        yield ScoringBundle.from_registry(), TRAINED_AS_OF, uri
 
 
 def test_spark_scores_equal_the_duckdb_scores(spark, registered, generated_validation, tmp_path):
@@ -124,8 +123,8 @@ def test_the_refresh_command_runs_on_spark(registered, generated, tmp_path):
 
     from serving.segments.store import SegmentStore
 
-    _, as_of, root = registered
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "COLUMNS": "200",
+    _, as_of, tracking_uri = registered
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "COLUMNS": "200",
            "SEGMENTS_PREDICTION_LOG": str(tmp_path / "predictions")}
     store = f"sqlite:///{tmp_path / 'segments.db'}"
     command = [str(Path(sys.executable).parent / "segments"), "refresh", "--data", str(generated[1]), "--as-of",

@@ -62,6 +62,7 @@ from serving.http.schemas import (
 )
 from serving.http.traffic import install as install_request_timeout
 from serving.segments import export as exports
+from serving.segments.counterfactuals import DEFAULT_GOAL, DEFAULT_MAX_ACTIONS
 from serving.segments.events import HistoryReplaced
 from serving.segments.store import STORE_DOWN, unavailable
 from serving.state import load_state, serve_dir
@@ -453,8 +454,8 @@ class SegmentsService:
     @status_app.get("/customers/{customer_id}/counterfactual")
     @store_errors_as_503
     def counterfactual(self, customer_id: str,
-                       goal: Annotated[str, Query(max_length=MAX_GOAL_CHARACTERS)] = "leave likely_to_churn",
-                       max_actions: Annotated[int, Query(ge=1, le=6)] = 4):
+                       goal: Annotated[str, Query(max_length=MAX_GOAL_CHARACTERS)] = DEFAULT_GOAL,
+                       max_actions: Annotated[int, Query(ge=1, le=6)] = DEFAULT_MAX_ACTIONS):
         """The smallest change of actionable behaviour (purchases, visits, clicks, redemptions; never age, region or
         tenure) that reaches `goal` ("leave SEGMENT", "enter SEGMENT" or a condition such as "churn_probability <
         0.3"), tried for real: the records are added to the history, the features rebuilt and the models rerun."""
