@@ -70,7 +70,7 @@ def test_model_fits_use_the_threads_the_environment_asks_for(monkeypatch):
     monkeypatch.setenv("SEGMENTS_THREADS", "3")
     assert ChurnConfig().num_threads == ClusterConfig().num_threads == 3
     assert ChurnConfig(num_threads=1).num_threads == 1  # a run's own setting still wins
-    for wrong in ("0", "two", "-1", "1.5"):
+    for wrong in ("0", "two", "-1", "1.5", "²"):
         monkeypatch.setenv("SEGMENTS_THREADS", wrong)
         with pytest.raises(ValueError, match=f"SEGMENTS_THREADS must be a whole number of threads.*{wrong!r}"):
             ChurnConfig()

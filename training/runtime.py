@@ -26,11 +26,12 @@ DEFAULT_THREADS = 2
 
 def fit_threads() -> int:
     """Threads one model fit uses (LightGBM; KMeans' OpenMP): SEGMENTS_THREADS, else DEFAULT_THREADS. Each model
-    config's `num_threads` defaults to it. On a machine whose cores are busy with other work, fewer threads fit
-    faster: two test workers on 2 cores fitted a value model's trees in 15 ms each with 2 threads, 10 ms with 1."""
+    config's `num_threads` defaults to it. Fewer threads can fit faster: a value model's trees on 14,000 rows took 15 ms
+    each with 2 threads and 10 ms with 1 (OMP_WAIT_POLICY=PASSIVE, as in the tests), and the training-heavy tests, two
+    workers sharing 2 cores, 196 s with 2 threads a fit and 158 s with 1."""
     value = os.environ.get("SEGMENTS_THREADS", "").strip()
     if not value:
         return DEFAULT_THREADS
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ValueError(f"SEGMENTS_THREADS must be a whole number of threads, 1 or more; got {value!r}")
     return int(value)
