@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import pyarrow.parquet as pq
 
 from features.build import FeatureQuery, arrow_to_frame
 from features.catalog import FEATURE_SET_VERSION
-from features.io import load_raw
+from features.io import load_raw, replace_atomically
 from features.schema import check_feature_table
 from features.validate import ValidationResult, validate
 
@@ -87,32 +85,32 @@ def write_frame_batches(batches: Iterable[pd.DataFrame], out: Path, metadata: di
     building a dictionary it then discarded."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False) as tmp:
-        partial = Path(tmp.name)
-    writer, rows, pending = None, 0, None
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as background:
-            for batch in batches:
-                if writer is None:
-                    schema = _file_schema(pa.Schema.from_pandas(batch, preserve_index=False), metadata, types)
-                    repeating = [field.name for field in schema if not pa.types.is_floating(field.type)]
-                    writer = pq.ParquetWriter(partial, schema, use_dictionary=repeating)
-                table = pa.Table.from_pandas(batch, schema=writer.schema, preserve_index=False)
+    rows = 0
+
+    def write(partial: Path) -> None:
+        nonlocal rows
+        writer, pending = None, None
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as background:
+                for batch in batches:
+                    if writer is None:
+                        schema = _file_schema(pa.Schema.from_pandas(batch, preserve_index=False), metadata, types)
+                        repeating = [field.name for field in schema if not pa.types.is_floating(field.type)]
+                        writer = pq.ParquetWriter(partial, schema, use_dictionary=repeating)
+                    table = pa.Table.from_pandas(batch, schema=writer.schema, preserve_index=False)
+                    if pending is not None:
+                        pending.result()  # one batch in flight: memory holds at most two
+                    pending = background.submit(writer.write_table, table)
+                    rows += len(batch)
                 if pending is not None:
-                    pending.result()  # one batch in flight: memory holds at most two
-                pending = background.submit(writer.write_table, table)
-                rows += len(batch)
-            if pending is not None:
-                pending.result()
-        if writer is None:
-            raise ValueError("no batch to write (an empty table is one empty batch)")
-        writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
+                    pending.result()
+            if writer is None:
+                raise ValueError("no batch to write (an empty table is one empty batch)")
+        finally:
+            if writer is not None:
+                writer.close()
+
+    replace_atomically(out, write)
     return out, rows
 
 
@@ -126,13 +124,18 @@ def _file_schema(schema: pa.Schema, metadata: dict[str, str] | None,
     return schema.with_metadata({**(schema.metadata or {}), **extra})
 
 
-def read_frame_batches(path: Path, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+def read_frame_batches(path: Path, rows: int = BATCH_ROWS, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
     """A Parquet file written by `write_frame_batches` (e.g. a feature table), `rows` at a time in file order, each
-    with the pandas dtypes it was written with (at least one frame, empty for an empty file)."""
+    with the pandas dtypes it was written with (at least one frame, empty for an empty file); only `columns` when
+    given."""
     file = pq.ParquetFile(path)
     version = (file.schema_arrow.metadata or {}).get(b"feature_set_version")
-    tables = (pa.Table.from_batches([batch], schema=file.schema_arrow) for batch in file.iter_batches(batch_size=rows))
-    for table in itertools.chain(tables, [file.schema_arrow.empty_table()] if file.metadata.num_rows == 0 else []):
+    schema = file.schema_arrow
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
+    tables = (pa.Table.from_batches([batch], schema=schema)
+              for batch in file.iter_batches(batch_size=rows, columns=columns))
+    for table in itertools.chain(tables, [schema.empty_table()] if file.metadata.num_rows == 0 else []):
         frame = arrow_to_frame(table)
         if version is not None:  # as `to_feature_frame` marks a feature table, so encoders can check it
             frame.attrs["feature_set_version"] = version.decode()

@@ -22,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.io import replace_atomically
 from features.time import utc_now
 from training.bundle import ScoringBundle
 from training.tracking import kind_of
@@ -59,10 +58,14 @@ def horizon_of(model) -> int | None:
     return int(horizon) if horizon is not None else None
 
 
-def log_predictions(folder: Path, scores: pd.DataFrame, bundle: ScoringBundle, features: pd.DataFrame,
+def log_predictions(folder: Path, scores: pd.DataFrame | Path, bundle: ScoringBundle, features: pd.DataFrame,
                     as_of: datetime, written_at: datetime | None = None) -> list[Path]:
     """Write one file per model of `bundle` from `scores` (customer_id plus the bundle's score columns, as
-    `ScoringBundle.score` or a refresh returns them; other columns are ignored). Returns the files written."""
+    `ScoringBundle.score` or a refresh returns them; other columns are ignored), a frame or a Parquet file of them
+    (a batch score's output, read a batch at a time: the population's scores are never held). `features`: a feature
+    row, which names each model's outputs. Returns the files written."""
+    from features.pipeline import read_frame_batches, write_frame_batches
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written_at = written_at or utc_now()
@@ -72,18 +75,22 @@ def log_predictions(folder: Path, scores: pd.DataFrame, bundle: ScoringBundle, f
         horizon = horizon_of(bundle.models[name])
         identity = {"model_name": name, "version": version, "kind": kind_of(name)[0], "as_of": as_of.isoformat(),
                     "horizon_days": horizon, "written_at": written_at.isoformat(timespec="seconds")}
-        frame = scores[["customer_id", *columns]].reset_index(drop=True).assign(
-            customer_id=lambda f: f["customer_id"].astype(str), model_name=name, version=version,
-            kind=identity["kind"], as_of=pd.Timestamp(as_of), horizon_days=pd.array([horizon] * len(scores),
-                                                                                    dtype="Int64"),
-            written_at=pd.Timestamp(written_at))
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               META_KEY: json.dumps(identity).encode()})
+        wanted = ["customer_id", *columns]
+        batches = [scores[wanted]] if isinstance(scores, pd.DataFrame) else read_frame_batches(scores, columns=wanted)
         path = folder / file_name(name, version, as_of)
-        replace_atomically(path, lambda partial, table=table: pq.write_table(table, str(partial)))
+        write_frame_batches((_log_rows(batch, identity, as_of, written_at) for batch in batches), path,
+                            {META_KEY.decode(): json.dumps(identity)})
         paths.append(path)
     return paths
+
+
+def _log_rows(scores: pd.DataFrame, identity: dict, as_of: datetime, written_at: datetime) -> pd.DataFrame:
+    """One model's scores as rows of the log: its columns, then the model's identity on every row."""
+    return scores.reset_index(drop=True).assign(
+        customer_id=lambda f: f["customer_id"].astype(str), model_name=identity["model_name"],
+        version=identity["version"], kind=identity["kind"], as_of=pd.Timestamp(as_of),
+        horizon_days=pd.array([identity["horizon_days"]] * len(scores), dtype="Int64"),
+        written_at=pd.Timestamp(written_at))
 
 
 def file_name(name: str, version: str, as_of: datetime) -> str:

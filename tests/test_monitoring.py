@@ -171,6 +171,26 @@ def test_prediction_log_keeps_model_versions_and_retention_prunes_old_files(tmp_
     assert list(prediction_index(tmp_path)["as_of"]) == [pd.Timestamp("2025-12-31"), pd.Timestamp("2026-03-01")]
 
 
+def test_prediction_log_from_a_scores_file_equals_the_log_from_the_frame(tmp_path):
+    """A batch score logs from its output file, read a batch at a time (the population's scores are never held):
+    the same rows as logging the frame, extra columns of the file left out."""
+    from features.pipeline import write_frame_batches
+    from serving.predictions import log_predictions, read_predictions
+    from training.bundle import ScoringBundle
+
+    bundle = ScoringBundle({"segments-churn": _FixedChurn()}, {"segments-churn": "7"})
+    features = pd.DataFrame({"customer_id": [f"C{i}" for i in range(5)]})
+    scores = bundle.score(features).assign(reasons=["{}"] * 5)
+    file, rows = write_frame_batches([scores.iloc[:2], scores.iloc[2:]], tmp_path / "scores.parquet")
+    assert rows == 5 and pq.ParquetFile(file).num_row_groups == 2
+    written_at = datetime(2026, 3, 2, 8, 30, 15, 123456)
+    [from_file] = log_predictions(tmp_path / "from_file", file, bundle, features, datetime(2026, 3, 1), written_at)
+    [from_frame] = log_predictions(tmp_path / "from_frame", scores, bundle, features, datetime(2026, 3, 1), written_at)
+    pd.testing.assert_frame_equal(read_predictions(from_file), read_predictions(from_frame))
+    assert read_predictions(from_file)["customer_id"].tolist() == [f"C{i}" for i in range(5)]
+    assert pq.read_schema(from_file).metadata == pq.read_schema(from_frame).metadata
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Realised performance, decay, drift, through the CLI
 
