@@ -137,6 +137,7 @@ def refresh(
             with fail_cleanly(), step(f"{features_step(as_of)} and evaluating {len(definitions.names())} segment "
                                       "definitions"):  # batch by batch: only what a refresh reads is kept
                 evaluated, features = evaluate_batches(definitions, feature_batches(validation, as_of), bundle)
+        validation.con.close()  # its buffers are not needed to record the changes: memory for the store's reads
         with step(f"Recording the changes of {len(evaluated.values):,} customers"):
             report = refresh_population(store, definitions, evaluated, as_of)
     except RefreshOrderError as exc:
