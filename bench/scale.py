@@ -90,6 +90,8 @@ def run_size(customers: int, per_customer: int, steps: list[str], work: Path, ti
     if set(steps) == set(STEPS):  # a whole run starts from nothing: no models, no membership store
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
+    if "refresh_first" in steps:  # a first refresh starts from an empty membership store
+        (folder / "segments.db").unlink(missing_ok=True)
     results = []
     for name in steps:
         print(f"[{customers:,}] {name} ...", flush=True)
