@@ -104,6 +104,23 @@ def test_missing_input_and_bad_dates_are_clear_errors(tmp_path):
     assert bad_date.returncode == 2 and "is not a date" in bad_date.stderr
 
 
+@pytest.mark.parametrize("command", [["features", "--as-of", "2024-01-01"], ["score", "--as-of", "2024-01-01"],
+                                     ["export", "--segment", "loyal"]])
+def test_an_output_file_that_is_a_folder_is_refused_before_any_work(command, tmp_path):
+    """`--out` of a file-writing command given an existing folder: exit 2 naming it, not a traceback after the work."""
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    data = ["--data", str(tmp_path)] if command[0] != "export" else []
+    result = CliRunner().invoke(app, [*command, *data, "--out", str(folder)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "Invalid value for '--out'" in said and "is a directory" in said and "Traceback" not in said
+
+
 def test_a_bad_duckdb_memory_setting_is_a_clear_error(generated):
     env = {**os.environ, "COLUMNS": "200", "SEGMENTS_DUCKDB_MEMORY": "lots"}
     bad = subprocess.run([SEGMENTS, "validate", "--data", str(generated[1])], capture_output=True, text=True,

@@ -85,7 +85,7 @@ def validate(
 def features(
     data: DataOpt,
     as_of: AsOfOpt,
-    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write the feature table to.")],
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="Parquet file to write the feature table to.")],
     quarantine: QuarantineOpt = None,
     max_bad_share: MaxBadOpt = 0.05,
 ) -> None:

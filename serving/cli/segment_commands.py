@@ -213,7 +213,8 @@ def flows(
 
 def export(
     segment: SegmentOpt,
-    out_file: Annotated[Path, typer.Option("--out", help="File to write: .csv, .parquet or .jsonl (the format).")],
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False,
+                                                     help="File to write: .csv, .parquet or .jsonl (the format).")],
     changes_since: Annotated[datetime | None, date_option(
         "--changes-since", "Export the entries and exits logged at or after this moment instead of the members.")]
     = None,

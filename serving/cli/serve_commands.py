@@ -43,7 +43,7 @@ from serving.cli.common import (
 def score(
     data: DataOpt,
     as_of: AsOfOpt,
-    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write the scores to.")],
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="Parquet file to write the scores to.")],
     alias: AliasOpt = "champion",
     max_bad_share: MaxBadOpt = 0.05,
     explain: Annotated[bool, typer.Option(help="Add each customer's top reasons per model (needs --serve-dir).")] = False,
