@@ -107,7 +107,8 @@ def test_missing_input_and_bad_dates_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("command", [["features", "--as-of", "2024-01-01"], ["score", "--as-of", "2024-01-01"],
                                      ["export", "--segment", "loyal"]])
 def test_an_output_file_that_is_a_folder_is_refused_before_any_work(command, tmp_path):
-    """`--out` of a file-writing command given an existing folder: exit 2 naming it, not a traceback after the work."""
+    """`--out` of a file-writing command given an existing folder, or a file under a path that cannot be a folder:
+    exit 2 naming it before any work, not a traceback after it."""
     from typer.testing import CliRunner
 
     from serving.cli import app
@@ -119,6 +120,12 @@ def test_an_output_file_that_is_a_folder_is_refused_before_any_work(command, tmp
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
     assert "Invalid value for '--out'" in said and "is a directory" in said and "Traceback" not in said
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    result = CliRunner().invoke(app, [*command, *data, "--out", str(a_file / "x.parquet")], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"{a_file} is a file, not a folder" in said and "Traceback" not in said
 
 
 def test_a_bad_duckdb_memory_setting_is_a_clear_error(generated):

@@ -36,6 +36,28 @@ def date_option(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
     return typer.Option(flag, parser=parse_as_of, metavar="YYYY-MM-DD", help=help, **kwargs)
 
 
+def output_file(path: Path) -> Path:
+    """Check a file `--out` before any work: its folder can be made and written into (an existing folder as the
+    file itself is refused by the option's `dir_okay=False`)."""
+    import os
+
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot create the folder {folder}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise typer.BadParameter(f"cannot write into the folder {folder}")
+    return path
+
+
+def out_file_option(help: str) -> typer.models.OptionInfo:
+    """The `--out` option of a command that writes one file, checked before any work (`output_file`)."""
+    return typer.Option("--out", dir_okay=False, callback=output_file, help=help)
+
+
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder of customers/transactions/events CSV or Parquet "
                                                       "files, or a DuckDB database file.")]
 MaxBadOpt = Annotated[float, typer.Option("--max-bad-share", min=0.0, max=1.0,

@@ -20,6 +20,7 @@ from serving.cli.common import (
     fail_cleanly,
     features_step,
     out,
+    out_file_option,
     parse_as_of,
     step,
     validated,
@@ -85,7 +86,7 @@ def validate(
 def features(
     data: DataOpt,
     as_of: AsOfOpt,
-    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="Parquet file to write the feature table to.")],
+    out_file: Annotated[Path, out_file_option("Parquet file to write the feature table to.")],
     quarantine: QuarantineOpt = None,
     max_bad_share: MaxBadOpt = 0.05,
 ) -> None:

@@ -31,6 +31,7 @@ from serving.cli.common import (
     keep_predictions,
     open_store,
     out,
+    out_file_option,
     parse_as_of,
     segment_definitions,
     spark_job,
@@ -213,8 +214,7 @@ def flows(
 
 def export(
     segment: SegmentOpt,
-    out_file: Annotated[Path, typer.Option("--out", dir_okay=False,
-                                                     help="File to write: .csv, .parquet or .jsonl (the format).")],
+    out_file: Annotated[Path, out_file_option("File to write: .csv, .parquet or .jsonl (the format).")],
     changes_since: Annotated[datetime | None, date_option(
         "--changes-since", "Export the entries and exits logged at or after this moment instead of the members.")]
     = None,

@@ -33,6 +33,7 @@ from serving.cli.common import (
     keep_predictions,
     open_store,
     out,
+    out_file_option,
     spark_job,
     step,
     use_bentoml_home,
@@ -43,7 +44,7 @@ from serving.cli.common import (
 def score(
     data: DataOpt,
     as_of: AsOfOpt,
-    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="Parquet file to write the scores to.")],
+    out_file: Annotated[Path, out_file_option("Parquet file to write the scores to.")],
     alias: AliasOpt = "champion",
     max_bad_share: MaxBadOpt = 0.05,
     explain: Annotated[bool, typer.Option(help="Add each customer's top reasons per model (needs --serve-dir).")] = False,
