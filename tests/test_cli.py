@@ -126,6 +126,9 @@ def test_an_output_file_that_is_a_folder_is_refused_before_any_work(command, tmp
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
     assert f"{a_file} is a file, not a folder" in said and "Traceback" not in said
+    later = tmp_path / "new" / "folder"  # a run refused for another reason leaves no folder behind
+    result = CliRunner().invoke(app, [command[0], "--out", str(later / "x.parquet"), "--as-of", "nope", *data])
+    assert result.exit_code == 2 and not (tmp_path / "new").exists(), result.output
 
 
 def test_a_bad_duckdb_memory_setting_is_a_clear_error(generated):

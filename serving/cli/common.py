@@ -37,19 +37,15 @@ def date_option(flag: str, help: str, **kwargs) -> typer.models.OptionInfo:
 
 
 def output_file(path: Path) -> Path:
-    """Check a file `--out` before any work: its folder can be made and written into (an existing folder as the
-    file itself is refused by the option's `dir_okay=False`)."""
+    """Check a file `--out` before any work, creating nothing: the nearest folder of it that exists is a folder and
+    can be written into (an existing folder as the file itself is refused by the option's `dir_okay=False`)."""
     import os
 
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise typer.BadParameter(f"{folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot create the folder {folder}: {exc.strerror or exc}") from exc
-    if not os.access(folder, os.W_OK):
-        raise typer.BadParameter(f"cannot write into the folder {folder}")
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise typer.BadParameter(f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise typer.BadParameter(f"cannot write into the folder {existing}")
     return path
 
 

@@ -92,10 +92,9 @@ def score(
     else:
         with fail_cleanly(), step(features_step(as_of) + " and scoring"):
             features = write_score_batches(bundle, validation, as_of, out_file)
-    written = pq.ParquetFile(out_file)
+    written = pq.read_metadata(out_file)
     out.print("Models: " + ", ".join(f"{n} v{v}" for n, v in sorted(bundle.versions.items())))
-    out.print(f"[green]{written.metadata.num_rows:,} customers x {len(written.schema_arrow) - 1} scores[/] -> "
-              f"{out_file}")
+    out.print(f"[green]{written.num_rows:,} customers x {written.num_columns - 1} scores[/] -> {out_file}")
     keep_predictions(prediction_folder(predictions), out_file, bundle, features, as_of)
 
 
