@@ -84,7 +84,8 @@ def scored(trained, programme, tmp_path_factory):
     result = segments("score", "--data", programme.folder, "--as-of", "2026-04-01", "--out", folder / "scores.parquet",
                       "--predictions", folder / "log", **trained.env)
     assert result.exit_code == 0, result.output
-    return SimpleNamespace(scores=pd.read_parquet(folder / "scores.parquet"), log=folder / "log")
+    return SimpleNamespace(scores=pd.read_parquet(folder / "scores.parquet"), scores_path=folder / "scores.parquet",
+                           log=folder / "log")
 
 
 def monitor_json(data, log, as_of=MONITOR_AS_OF, *extra, env) -> dict:
@@ -206,6 +207,37 @@ def test_score_logs_each_model_with_its_version_and_leaves_the_scores_unchanged(
                                            "expected_spend"]  # the scores file is what it always was
     churn = pd.read_parquet(index.loc[index["model_name"] == "segments-churn", "path"].iloc[0])
     assert churn["churn_probability"].tolist() == scored.scores["churn_probability"].tolist()
+
+
+def test_a_score_that_fails_midway_leaves_the_earlier_scores_and_log_as_they_were(scored, trained, programme,
+                                                                                     tmp_path, monkeypatch):
+    """Scores are written a batch at a time: a run that fails after its first batch (a model raising, injected) must
+    leave the scores file of the earlier run and its prediction log byte for byte, and nothing half-written beside."""
+    from training.bundle import ScoringBundle
+
+    out, log = tmp_path / "scores.parquet", tmp_path / "log"
+    shutil.copy(scored.scores_path, out)
+    shutil.copytree(scored.log, log)
+    before = {path.name: path.read_bytes() for path in [out, *log.iterdir()]}
+    calls = []
+
+    def second_batch_fails(self, features):
+        calls.append(len(features))
+        if len(calls) == 2:
+            raise RuntimeError("the model failed on the second batch")
+        return original(self, features)
+
+    original = ScoringBundle.score_in_chunks
+    monkeypatch.setattr(ScoringBundle, "score_in_chunks", second_batch_fails)
+    from features import pipeline
+
+    batches = pipeline.feature_batches  # several batches out of the generated programme: 100 customers each
+    monkeypatch.setattr(pipeline, "feature_batches", lambda validation, as_of: batches(validation, as_of, 100))
+    result = segments("score", "--data", programme.folder, "--as-of", "2026-04-01", "--out", out, "--predictions", log,
+                      **trained.env)
+    assert result.exit_code != 0 and len(calls) == 2
+    assert {path.name: path.read_bytes() for path in [out, *log.iterdir()]} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "scores.parquet"]  # no temporary file left
 
 
 def test_refresh_logs_the_same_predictions_as_score(trained, programme, scored, tmp_path):
