@@ -66,6 +66,7 @@ def score(
     customers' segments as the service evaluates them)."""
     import pyarrow.parquet as pq
 
+    from features.pipeline import write_frame_batches
     from serving.predictions import prediction_folder
     from training.bundle import ScoringBundle
 
@@ -87,8 +88,7 @@ def score(
 
         with spark_job(spark_master, spark_staging) as (spark, staging), step("Building features and scoring on Spark"):
             scores, features = scores_frame(spark, validation, as_of, bundle, staging)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(out_file, index=False)
+        write_frame_batches([scores], out_file)  # as the DuckDB engine writes its batches: atomically
     else:
         with fail_cleanly(), step(features_step(as_of) + " and scoring"):
             features = write_score_batches(bundle, validation, as_of, out_file)
