@@ -22,7 +22,7 @@ from features.build import FeatureQuery
 from features.segments import SegmentSet, evaluate, threshold_quantiles
 from features.spark import spark_feature_frame, spark_feature_table, stage_clean_tables
 from features.validate import ValidationResult
-from serving.segments.refresh import Population, population_columns, run_fields
+from serving.segments.refresh import Population, population_columns, run_fields, spilled_population
 from training.bundle import ScoringBundle, score_column, scoring_order
 
 ENV_MASTER = "SEGMENTS_SPARK_MASTER"
@@ -168,7 +168,7 @@ def population(spark, segments: SegmentSet, validation: ValidationResult, as_of:
     membership = rows[usable.names()].astype(bool).set_index(pd.Index(rows["customer_id"].astype(str),
                                                                       name="customer_id"))
     values_frame = typed(rows[keep], query, bundle.score(head).dtypes if scoring else None)
-    return Population(values_frame, usable, skipped, thresholds, membership), head
+    return spilled_population(values_frame, membership, usable, skipped, thresholds), head
 
 
 def typed(frame: pd.DataFrame, query: FeatureQuery, score_dtypes: pd.Series | None = None) -> pd.DataFrame:

@@ -127,6 +127,27 @@ def test_default_segments_have_sensible_sizes_on_generated_data(tmp_path, genera
     store.close()
 
 
+def test_a_population_is_kept_on_disk_in_customer_order_until_closed(small_data):
+    """Issue 14: a refresh's evaluated population lives in a temporary file, read a chunk of customers at a time
+    with the id range each chunk covers; customers out of id order are refused (the ranges rely on it)."""
+    from serving.segments.refresh import evaluate_batches, evaluate_population
+
+    features = build_feature_table(small_data, datetime(2026, 7, 1)).table
+    population = evaluate_population(parse_segments(LOYAL), features.iloc[::-1], None)  # sorted on the way in
+    assert population.read()["customer_id"].tolist() == ["a", "b", "c"] and population.rows == 3
+    chunks = [(values["customer_id"].tolist(), membership["loyal"].tolist(), low, high)
+              for values, membership, low, high in population.id_chunks(rows=2)]
+    assert chunks == [(["a", "b"], [True, False], None, "c"), (["c"], [False], "c", None)]
+    assert population.count_of({"b", "c", "x"}) == 2 and population.rows_of({"c"})["customer_id"].tolist() == ["c"]
+    population.close()
+    assert not population.path.exists()
+
+    unordered, _ = evaluate_batches(parse_segments(LOYAL), [features.iloc[::-1]], None)
+    with pytest.raises(ValueError, match="customer-id order"):
+        list(unordered.chunks())
+    unordered.close()
+
+
 def test_a_refresh_in_chunks_writes_what_one_chunk_writes(store_url, tmp_path, monkeypatch, generated_validation):
     """Issue 14: a refresh compares a chunk of customers at a time with the store (their stored members and states
     read by id range) and spills the chunk's changes to disk. Chunks of 97 customers write the same log, membership

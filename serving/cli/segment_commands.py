@@ -86,11 +86,13 @@ def preview(
     with fail_cleanly(), step(f"{features_step(as_of)} and evaluating {len(definitions.names())} segment "
                               "definitions"):  # batch by batch: only what the segments read is kept
         population, _ = evaluate_batches(definitions, feature_batches(validation, as_of), bundle)
-    customers = len(population.values)
+    customers = population.rows
     try:
         size, members, _ = preview_segment(definitions, segment, population, sample)
     except LookupError as exc:
         fail(exc.args[0])
+    finally:
+        population.close()
     out.print(f"[bold]{segment}[/]: {size:,} of {customers:,} customers ({size / max(customers, 1):.1%}) "
               f"as of {as_of:%Y-%m-%d}")
     out.print(frame_table(members, f"sample of {len(members)} members"))
@@ -139,10 +141,19 @@ def refresh(
                                       "definitions"):  # batch by batch: only what a refresh reads is kept
                 evaluated, features = evaluate_batches(definitions, feature_batches(validation, as_of), bundle)
         validation.con.close()  # its buffers are not needed to record the changes: memory for the store's reads
-        with step(f"Recording the changes of {len(evaluated.values):,} customers"):
+        with step(f"Recording the changes of {evaluated.rows:,} customers"):
             report = refresh_population(store, definitions, evaluated, as_of)
     except RefreshOrderError as exc:
         fail(str(exc))
+    try:
+        _refresh_summary(report, store, as_of)
+        if bundle is not None and evaluated.rows:
+            keep_predictions(prediction_folder(predictions), evaluated.path, bundle, features, as_of)
+    finally:
+        evaluated.close()
+
+
+def _refresh_summary(report, store, as_of: datetime) -> None:
     out.print(frame_table(report.sizes, f"Segments as of {as_of:%Y-%m-%d} ({store.display_url})"))
     for name, reason in report.skipped.items():
         out.print(f"[yellow]not evaluated[/] {name}: {reason}")
@@ -156,8 +167,6 @@ def refresh(
         out.print(f"[green]{report.changes:,} entries and exits recorded[/] in the membership log")
     else:
         out.print("Nothing new: this as_of was already refreshed with these definitions")
-    if bundle is not None and report.values is not None and not report.values.empty:
-        keep_predictions(prediction_folder(predictions), report.values, bundle, features, as_of)
 
 
 def customer(

@@ -197,7 +197,10 @@ def batch_segment_rules(segments_file: Path | None, head, batches, bundle, db: s
         return SegmentRules.of_refresh(usable, skipped, last)
     with step("Fitting the `in top N%` thresholds on the scored customers (no refresh in a store)"):
         population, _ = evaluate_batches(load_segments(segments_file), batches(), bundle)
-        return SegmentRules.fitted(usable, skipped, population.values)
+        try:
+            return SegmentRules.fitted(usable, skipped, population)
+        finally:
+            population.close()
 
 
 def build(

@@ -329,7 +329,8 @@ def _backtest_row(needed: SegmentSet, name: str, validation: ValidationResult, a
     evaluated, _ = evaluate_batches(needed, feature_batches(validation, as_of), bundle, also=CHURN_POPULATION_FIELDS)
     if name in evaluated.skipped:
         raise ValueError(f"segment {name!r} cannot be evaluated as of {as_of:%Y-%m-%d}: {evaluated.skipped[name]}")
-    values = evaluated.values
+    values = evaluated.read()  # a backtest compares members with their whole population
+    evaluated.close()
     member = evaluate(evaluated.usable.closure([name]), values, evaluated.thresholds)[name].to_numpy()
     outcomes = window_outcomes(validation, values["customer_id"], as_of, as_of + timedelta(days=horizon_days))
     population = churn_eligible(values)

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from features.outputs import columns_of
+from features.pipeline import read_feature_rows, read_frame_batches, write_frame_batches
 from features.segments import (
     Condition,
     FieldArrays,
@@ -32,6 +36,7 @@ from features.segments import (
     in_holdout,
     load_segments,
     memberships,
+    threshold_quantiles,
 )
 from features.time import utc_now
 from serving.segments.store import Change, JSONText, StoredStates, json_text, paused_gc
@@ -152,10 +157,10 @@ class SegmentRules:
         return cls(evaluated, thresholds, {**skipped, **lacking}, source, as_of)
 
     @classmethod
-    def fitted(cls, usable: SegmentSet, skipped: dict[str, str], values: pd.DataFrame) -> SegmentRules:
-        """With thresholds fitted on `values` (a whole population's `segment_values`, as a refresh fits them)."""
-        return cls(usable, fit_thresholds(usable, values), dict(skipped),
-                   f"fitted on the {len(values):,} scored customers")
+    def fitted(cls, usable: SegmentSet, skipped: dict[str, str], population: Population) -> SegmentRules:
+        """With thresholds fitted on a whole `population`, as a refresh fits them."""
+        return cls(usable, population.fit_thresholds(usable), dict(skipped),
+                   f"fitted on the {population.rows:,} scored customers")
 
     def segments_of(self, features: pd.DataFrame, scores, bundle: ScoringBundle | None) -> list[list[str]]:
         """Per row of `features` (aligned with its `scores`: the bundle's score frame or its columns): the sorted names
@@ -301,25 +306,85 @@ class RefreshReport:
     skipped: dict[str, str]
     changes: int
     written: bool
-    values: pd.DataFrame | None = None  # features and model scores of every customer (the prediction log keeps them)
     kept_newer: int = 0  # customers left as events evaluated them after as_of
     reconciled: int = 0  # customers whose changes were recomputed because events moved them during the refresh
 
 
+MEMBER_COLUMN = "member of {}"  # a population file's column holding a segment's membership (`Population.evaluated`)
+
+
 @dataclass
 class Population:
-    """Every customer evaluated as of one date, before any comparison with the store.
+    """Every customer evaluated as of one date, before any comparison with the store: customer_id, the fields the
+    segments read and the model scores (and any features asked for), one row per customer in customer-id order, in
+    a temporary Parquet file (`path`) that a refresh reads a chunk of customers at a time. Held in memory, these values
+    took 48 MB per 250,000 customers and made a refresh's memory grow with the programme.
 
-    values: customer_id, the fields the segments read and the model scores, one row per customer (a population of a
-    whole feature frame keeps every feature); membership: `evaluate`'s frame for those rows, or None to evaluate it
-    from `values`.
+    evaluated: the file also holds each usable segment's membership (`MEMBER_COLUMN`, evaluated on Spark); else it
+    is evaluated from the values, chunk by chunk. The file is removed by `close` (or when the object is collected).
     """
 
-    values: pd.DataFrame
+    path: Path
+    rows: int
     usable: SegmentSet
     skipped: dict[str, str]
     thresholds: dict
-    membership: pd.DataFrame | None = None
+    evaluated: bool = False
+    folder: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def chunks(self, rows: int = PLAN_CHUNK) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+        """(values, membership: `evaluate`'s frame) per chunk of `rows` customers in id order (at least one chunk).
+        A ValueError if the ids do not ascend: the id ranges a refresh reads the store by rely on it."""
+        member_columns = {MEMBER_COLUMN.format(name): name for name in self.usable.names()} if self.evaluated else {}
+        last = None
+        for chunk in read_frame_batches(self.path, rows):
+            ids = chunk["customer_id"].astype(str)
+            if len(ids) and not (ids.is_monotonic_increasing and ids.is_unique and (last is None or ids.iloc[0] > last)):
+                raise ValueError("a population must hold each customer once, in customer-id order")
+            last = ids.iloc[-1] if len(ids) else last
+            values = chunk.drop(columns=list(member_columns))
+            if not member_columns:
+                yield values, evaluate(self.usable, values, self.thresholds)
+                continue
+            membership = chunk[list(member_columns)].astype(bool).rename(columns=member_columns)
+            yield values, membership.set_axis(pd.Index(ids, name="customer_id"))
+
+    def id_chunks(self, rows: int = PLAN_CHUNK) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, str | None, str | None]]:
+        """`chunks`, each with the id range [low, high) it covers (None: unbounded). The ranges tile every possible id,
+        so each customer the store holds is read with exactly one chunk, also one the population no longer has. Ids
+        are ordered by code point, as `Database.id_range` compares them."""
+        chunks = self.chunks(rows)
+        current, low = next(chunks), None
+        for following in chain(chunks, [None]):
+            high = None if following is None else str(following[0]["customer_id"].iloc[0])
+            yield (*current, low, high)
+            current, low = following, high
+
+    def read(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The whole population's values (only `columns` when given), for what needs every customer at once."""
+        names = columns if columns is not None else [c for c in pq.read_schema(self.path).names
+                                                     if not c.startswith(MEMBER_COLUMN.format(""))]
+        return read_feature_rows(self.path, columns=names)
+
+    def rows_of(self, customer_ids: set[str]) -> pd.DataFrame:
+        """The values of the customers in `customer_ids`."""
+        return pd.concat([values[values["customer_id"].astype(str).isin(customer_ids)]
+                          for values, _ in self.chunks()], ignore_index=True)
+
+    def count_of(self, customer_ids: set[str]) -> int:
+        """How many of `customer_ids` the population holds."""
+        ids = pa.array(sorted(customer_ids), type=pa.string())
+        return sum(pc.sum(pc.is_in(pc.cast(batch.column(0), pa.string()), value_set=ids)).as_py() or 0
+                   for batch in pq.ParquetFile(self.path).iter_batches(columns=["customer_id"]))
+
+    def fit_thresholds(self, segments: SegmentSet) -> dict[str, float]:
+        """`fit_thresholds` of `segments` on this population, reading only the fields they rank customers by."""
+        fields = sorted({name for name, _ in threshold_quantiles(segments).values()})
+        return fit_thresholds(segments, self.read(fields))
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.cleanup()
 
 
 class SpilledChanges:
@@ -365,7 +430,7 @@ class RefreshPlan:
     last: dict | None  # the last refresh when planned
     watermark: int  # the log's last seq before the snapshot was read
     planned: SpilledChanges
-    membership: pd.DataFrame  # the population's new membership (customers x segments)
+    members: MemberCounts  # of the population's new membership
 
     @staticmethod
     def old_thresholds(last: dict | None) -> dict:
@@ -374,29 +439,49 @@ class RefreshPlan:
 
 
 def evaluate_population(segments: SegmentSet, features: pd.DataFrame, bundle: ScoringBundle | None) -> Population:
-    """The values (features and scores), usable segments, skipped {name: reason} and fitted thresholds of a whole
-    population as of one date (membership left to `changes_for`)."""
-    values = segment_values(features, bundle)
-    usable, skipped = segments.resolve(run_fields(values, bundle))
-    return Population(values, usable, skipped, fit_thresholds(usable, values))
+    """The values (every feature and the scores), usable segments, skipped {name: reason} and fitted thresholds of
+    a whole feature frame as of one date (membership left to the refresh)."""
+    ordered = features.assign(_id=features["customer_id"].astype(str)).sort_values("_id", kind="stable")
+    return evaluate_batches(segments, [ordered.drop(columns="_id")], bundle, also=tuple(features.columns))[0]
 
 
 def evaluate_batches(segments: SegmentSet, batches: Iterable[pd.DataFrame], bundle: ScoringBundle | None,
                      also: tuple[str, ...] = ()) -> tuple[Population, pd.DataFrame]:
-    """`evaluate_population` over feature batches in customer order, scored one batch at a time and keeping only
-    what a refresh reads (`population_columns`) and the features `also`, so the features of the whole population
-    are never held; and the first feature row (it names the models' outputs in the prediction log)."""
-    kept, head, usable, skipped, keep = [], None, None, {}, []
-    for batch in batches:
-        values = segment_values(batch, bundle)
-        if head is None:
-            head = batch.head(1)
-            usable, skipped = segments.resolve(run_fields(values, bundle))
-            keep = population_columns(list(values.columns), list(batch.columns), usable)
-            keep += [c for c in also if c not in keep]
-        kept.append(values[keep])
-    values = pd.concat(kept, ignore_index=True)
-    return Population(values, usable, skipped, fit_thresholds(usable, values)), head
+    """`evaluate_population` over feature batches in customer order, scored one batch at a time and written to the
+    population's file as scored, keeping only what a refresh reads (`population_columns`) and the features `also`,
+    so neither the features nor the values of the whole population are held; and the first feature row (it names
+    the models' outputs in the prediction log)."""
+    resolved: dict = {}
+
+    def kept() -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            values = segment_values(batch, bundle)
+            if not resolved:
+                usable, skipped = segments.resolve(run_fields(values, bundle))
+                keep = population_columns(list(values.columns), list(batch.columns), usable)
+                resolved.update(head=batch.head(1), usable=usable, skipped=skipped,
+                                keep=keep + [c for c in also if c not in keep])
+            yield values[resolved["keep"]]
+
+    folder = tempfile.TemporaryDirectory(prefix="segments-population-")
+    try:
+        path, rows = write_frame_batches(kept(), Path(folder.name) / "population.parquet")
+    except BaseException:
+        folder.cleanup()
+        raise
+    population = Population(path, rows, resolved["usable"], resolved["skipped"], {}, folder=folder)
+    population.thresholds = population.fit_thresholds(population.usable)
+    return population, resolved["head"]
+
+
+def spilled_population(values: pd.DataFrame, membership: pd.DataFrame, usable: SegmentSet, skipped: dict[str, str],
+                       thresholds: dict) -> Population:
+    """A population evaluated elsewhere (on Spark): its values and `evaluate`-like membership, in customer order."""
+    folder = tempfile.TemporaryDirectory(prefix="segments-population-")
+    frame = pd.concat([values.reset_index(drop=True), membership.reset_index(drop=True).rename(
+        columns=lambda name: MEMBER_COLUMN.format(name))], axis=1)
+    path, rows = write_frame_batches([frame], Path(folder.name) / "population.parquet")
+    return Population(path, rows, usable, skipped, thresholds, evaluated=True, folder=folder)
 
 
 def population_columns(columns: list[str], feature_columns: list[str], usable: SegmentSet) -> list[str]:
@@ -411,7 +496,11 @@ def refresh(store, segments: SegmentSet, features: pd.DataFrame, bundle: Scoring
     """Evaluate every segment for every customer in `features` (as of `as_of`) and record the changes, the
     customers' new states and the refresh in one transaction. The same as_of again writes nothing new."""
     check_order(store.current.last_refresh(), as_of)  # before the long evaluation
-    return refresh_population(store, segments, evaluate_population(segments, features, bundle), as_of, attempts)
+    population = evaluate_population(segments, features, bundle)
+    try:
+        return refresh_population(store, segments, population, as_of, attempts)
+    finally:
+        population.close()
 
 
 def refresh_population(store, segments: SegmentSet, population: Population, as_of: datetime,
@@ -438,18 +527,6 @@ def check_order(last: dict | None, as_of: datetime) -> None:
                                 f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
 
 
-def id_chunks(customer_ids: pd.Index, size: int) -> Iterator[tuple[np.ndarray, str | None, str | None]]:
-    """Positions of the (unique) `customer_ids` in chunks of `size`, in id order, each with the id range
-    [low, high) it covers (None: unbounded). The ranges tile every possible id, so each customer the store holds is
-    read with exactly one chunk, also one the population no longer has. Ids are ordered by code point, as
-    `Database.id_range` compares them."""
-    ids = pd.Index(customer_ids.astype(str), dtype="string[pyarrow]")  # sorted by Arrow: UTF-8 bytes = code points
-    order = np.asarray(ids.argsort())
-    for start in range(0, max(len(ids), 1), size):
-        end = start + size
-        yield (order[start:end], None if start == 0 else ids[order[start]],
-               ids[order[end]] if end < len(ids) else None)
-
 
 def plan_refresh(store, segments: SegmentSet, population: Population, as_of: datetime) -> RefreshPlan:
     """Diff an evaluated population against a snapshot of the store (read without the write lock), a chunk of
@@ -458,20 +535,21 @@ def plan_refresh(store, segments: SegmentSet, population: Population, as_of: dat
     check_order(last, as_of)
     watermark = store.changes.last_seq()  # read before the snapshot: a change after it is found again at write time
     p = population
-    membership = evaluate(p.usable, p.values, p.thresholds) if p.membership is None else p.membership
-    values = p.values[["customer_id", *state_columns(p.usable)]]  # what a diff reads: chunks copy less
-    planned = SpilledChanges(as_of)
+    columns = ["customer_id", *state_columns(p.usable)]  # what a diff reads
+    planned, members = SpilledChanges(as_of), MemberCounts(p.usable)
     try:
         with store.consistent_read() as conn:  # every chunk is compared with the same snapshot
-            for rows, low, high in id_chunks(membership.index, PLAN_CHUNK):
-                planned.add(changes_for(p.usable, values.iloc[rows], p.thresholds,
+            for values, membership, low, high in p.id_chunks(PLAN_CHUNK):
+                members.add(membership)
+                planned.add(changes_for(p.usable, values[columns], p.thresholds,
                                         store.current.member_pairs(conn, low, high),
                                         store.current.states_between(low, high, conn),
-                                        RefreshPlan.old_thresholds(last), as_of, "refresh", membership.iloc[rows]))
+                                        RefreshPlan.old_thresholds(last), as_of, "refresh", membership))
     except BaseException:
         planned.close()
         raise
-    return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, planned, membership)
+    return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, planned, members)
+
 
 
 def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
@@ -514,11 +592,11 @@ def _apply(store, plan: RefreshPlan) -> RefreshReport:
                 store.write.record(conn, changes, states, plan.as_of, recorded_at=recorded_at)
                 tally.update((c.segment, c.change) for c in changes)
             store.write.record_refresh(conn, {"as_of": plan.as_of, "definitions_hash": plan.definitions_hash,
-                                              "thresholds": p.thresholds, "customers": len(p.values),
+                                              "thresholds": p.thresholds, "customers": p.rows,
                                               "changes": tally.total()}, recorded_at)
-    kept_newer = int(p.values["customer_id"].astype(str).isin(newer).sum()) if newer else 0
-    return RefreshReport(plan.as_of, size_table(p.usable, plan.membership, tally), p.skipped, tally.total(), written,
-                         p.values, kept_newer, len(moved))
+    kept_newer = p.count_of(newer) if newer else 0
+    return RefreshReport(plan.as_of, plan.members.table(tally), p.skipped, tally.total(), written, kept_newer,
+                         len(moved))
 
 
 def _kept(planned: SpilledChanges, left_out: set[str]) -> Iterator[tuple[list[Change], dict[str, JSONText]]]:
@@ -535,21 +613,33 @@ def _recomputed(store, conn, plan: RefreshPlan, moved: set[str]) -> tuple[list[C
     if not moved:
         return [], {}
     ids, p = sorted(moved), plan.population
-    rows = p.values[p.values["customer_id"].astype(str).isin(moved)].reset_index(drop=True)
+    rows = p.rows_of(moved)
     again = changes_for(p.usable, rows, p.thresholds, store.current.memberships(ids, conn),
                         store.current.states(ids, conn), RefreshPlan.old_thresholds(plan.last), plan.as_of, "refresh")
     return again.changes, again.states
 
 
-def size_table(segments: SegmentSet, membership: pd.DataFrame, tally: Counter) -> pd.DataFrame:
-    """Per segment: kind, members, members held out, and the entries and exits written ({(segment, change): n})."""
-    rows = []
-    for segment in segments:
-        members = membership.index[membership[segment.name].to_numpy()]
-        rows.append({"segment": segment.name, "kind": segment.kind, "members": len(members),
-                     "holdout": int(in_holdout(members, segment.name, segment.holdout_percent).sum()),
-                     "entered": tally[(segment.name, "entered")], "exited": tally[(segment.name, "exited")]})
-    return pd.DataFrame(rows)
+class MemberCounts:
+    """Per segment: its members and members held out, added up a chunk of customers at a time."""
+
+    def __init__(self, segments: SegmentSet):
+        self.segments = segments
+        self.members: Counter = Counter()
+        self.holdout: Counter = Counter()
+
+    def add(self, membership: pd.DataFrame) -> None:
+        for segment in self.segments:
+            members = membership.index[membership[segment.name].to_numpy()]
+            self.members[segment.name] += len(members)
+            self.holdout[segment.name] += int(in_holdout(members, segment.name, segment.holdout_percent).sum())
+
+    def table(self, tally: Counter) -> pd.DataFrame:
+        """Per segment: kind, members, members held out, and the entries and exits written ({(segment, change): n})."""
+        return pd.DataFrame([{"segment": s.name, "kind": s.kind, "members": self.members[s.name],
+                              "holdout": self.holdout[s.name], "entered": tally[(s.name, "entered")],
+                              "exited": tally[(s.name, "exited")]} for s in self.segments],
+                            columns=["segment", "kind", "members", "holdout", "entered", "exited"])
+
 
 
 def preview(segments: SegmentSet, name: str, population: Population, sample: int = 10,
@@ -561,10 +651,11 @@ def preview(segments: SegmentSet, name: str, population: Population, sample: int
     if name in p.skipped:
         raise LookupError(f"segment {name!r} cannot be evaluated here: {p.skipped[name]}")
     needed = p.usable.closure([name])
-    membership = evaluate(needed, p.values, p.thresholds)[name]
     columns = ["customer_id", *sorted(needed[name].fields())]
-    members = p.values.loc[membership.to_numpy(), columns]
-    return int(membership.sum()), members.sample(min(sample, len(members)), random_state=seed), p.skipped
+    members = pd.concat([values.loc[evaluate(needed, values, p.thresholds)[name].to_numpy(), columns]
+                         for values, _ in p.chunks()], ignore_index=True)
+    return len(members), members.sample(min(sample, len(members)), random_state=seed), p.skipped
+
 
 
 def check_segment_name(segments: SegmentSet, name: str) -> None:
