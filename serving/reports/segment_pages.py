@@ -13,6 +13,8 @@ Where the figures come from:
 from __future__ import annotations
 
 import math
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,13 +23,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from matplotlib.ticker import FuncFormatter
 from sqlalchemy import select
 
 from features.catalog import FEATURES_BY_NAME
 from features.io import duckdb_memory, quote_ident, quote_literal
-from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, in_holdout, label_of
+from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, label_of
 from features.time import utc_now
 from serving.explain.reasons import attribute_of, format_value
 from serving.reports.render import as_datetime, number, signed_percent
@@ -180,23 +181,24 @@ def lift_problem(history, window: tuple[datetime, datetime] | None) -> str | Non
     return None
 
 
-def holdout_lift(segment: Segment, members: pd.DataFrame, history, window: tuple[datetime, datetime],
+def holdout_lift(segment: Segment, members: Membership, history, window: tuple[datetime, datetime],
                  activity: pd.DataFrame) -> Lift:
     """Lift of `segment` over `window` (start, end): its `members` at the start (the previous refresh), targeted
     against the holdout, purchases counted in `history` (`activity`: its purchases in the window, counted once for
     every segment). Says why when it cannot be measured."""
-    from serving.segments.lift import measure
+    from serving.segments.lift import group_outcomes, measure_groups
 
     start, end = window
-    if members.empty:
+    targeted, holdout = group_outcomes(segment, members.member_chunks(segment.name), history, start, end, activity)
+    count, held = len(targeted) + len(holdout), len(holdout)
+    if not count:
         return Lift(reason=f"not measured: no members on {start:%Y-%m-%d}")
-    held = int(in_holdout(members["customer_id"], segment.name, segment.holdout_percent).sum())
-    if held in (0, len(members)):
+    if held in (0, count):
         group = "none" if held == 0 else "all"
-        return Lift(reason=f"not measured: {group} of its {len(members):,} members on {start:%Y-%m-%d} fell in its "
+        return Lift(reason=f"not measured: {group} of its {count:,} members on {start:%Y-%m-%d} fell in its "
                            f"{segment.holdout_percent:g}% holdout, so there is no comparison yet")
     try:
-        return Lift(measure(members, segment, history, start, end, activity))
+        return Lift(measure_groups(segment, start, end, targeted, holdout))
     except ValueError as exc:
         return Lift(reason=f"not measured: {exc}")
 
@@ -358,7 +360,7 @@ class Overview:
     lift_window: tuple[datetime, datetime] | None
     steps: pd.DataFrame  # the log's daily_steps, every segment
     sizes_chart: str = ""
-    _memberships: dict = field(default_factory=dict, repr=False)  # moment (None: now) -> its Membership
+    _memberships: Memberships = field(default_factory=lambda: Memberships(), repr=False)
     _last_change: datetime | None = field(default=None, repr=False)  # the log's latest `at`, read once
 
     def members_at(self, store: SegmentStore, moment: datetime | None) -> Membership:
@@ -370,10 +372,10 @@ class Overview:
                 self._last_change = store.changes.last_at() or datetime.min
             if moment >= self._last_change:
                 moment = None
-        if moment not in self._memberships:
-            frame = store.current.member_pairs() if moment is None else store.changes.membership_at(moment)
-            self._memberships[moment] = Membership(frame)
-        return self._memberships[moment]
+        return self._memberships.at(store, moment)
+
+    def close(self) -> None:
+        self._memberships.close()
 
     @property
     def refreshed(self) -> bool:
@@ -384,17 +386,65 @@ class Overview:
         return as_datetime(self.refreshes["as_of"].iloc[-1]) if self.refreshed else None
 
 
+REPORT_DUCKDB_MEMORY = "512MB"  # the report's memberships and profile joins: beyond it DuckDB works on disk
+MEMBER_CHUNK = 100_000  # members whose outcomes a holdout lift counts at once
+
+
+class Memberships:
+    """Each segment's members at the moments a report reads, in a DuckDB database in a temporary folder: one table
+    of (segment, customer_id) per moment, filled from the store a batch at a time. DuckDB keeps them, and the joins
+    the pages ask of them (`flows`, `profiles`), within REPORT_DUCKDB_MEMORY and on disk beyond it, so a report's
+    memory does not grow with the customers (held as Arrow tables and joined in memory, it took 1.04 GB at 1M
+    customers and 1.58 GB at 2M)."""
+
+    def __init__(self):
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._tables: dict[datetime | None, str] = {}
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:  # made on first use: an overview before any refresh reads no membership
+            self._folder = tempfile.TemporaryDirectory(prefix="segments-report-")
+            self._con = duckdb.connect(str(Path(self._folder.name) / "members.duckdb"),
+                                       config={"memory_limit": REPORT_DUCKDB_MEMORY,
+                                               "temp_directory": str(Path(self._folder.name) / "spill")})
+        return self._con
+
+    def at(self, store: SegmentStore, moment: datetime | None) -> Membership:
+        """The members at `moment` (None: now, from the membership table; else ranked from the log)."""
+        if moment not in self._tables:
+            table = f"members_{len(self._tables)}"
+            self.con.execute(f"CREATE TABLE {table} (segment VARCHAR, customer_id VARCHAR)")
+            batches = (store.current.member_pair_batches() if moment is None else
+                       store.changes.membership_batches_at(moment))
+            for batch in batches:
+                self.con.register("arrived", batch)
+                self.con.execute(f"INSERT INTO {table} SELECT segment, customer_id FROM arrived")
+                self.con.unregister("arrived")
+            self._tables[moment] = table
+        return Membership(self.con, self._tables[moment])
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._folder.cleanup()
+            self._con, self._tables = None, {}
+
+
+@dataclass(frozen=True)
 class Membership:
-    """Each segment's members at one moment: the (segment, customer_id) rows the store gave, as Arrow strings (2.6M
-    pairs of a million customers in ~0.1 GB; as Python strings with the lookups built on them they took ~0.35 GB,
-    and a report holds two moments). What the pages ask of them DuckDB counts (`flows`)."""
+    """Each segment's members at one moment: a table of (segment, customer_id) in `con` (`Memberships`)."""
 
-    def __init__(self, pairs: pd.DataFrame):
-        self.pairs = pa.Table.from_pandas(pairs[["segment", "customer_id"]], preserve_index=False)
+    con: duckdb.DuckDBPyConnection
+    table: str
 
-    def members(self, name: str) -> pd.DataFrame:
-        """The members of segment `name` (column customer_id)."""
-        return self.pairs.filter(pc.equal(self.pairs["segment"], name)).select(["customer_id"]).to_pandas()
+    def member_chunks(self, name: str, rows: int = MEMBER_CHUNK) -> Iterator[np.ndarray]:
+        """The ids of segment `name`'s members, `rows` at a time."""
+        reader = self.con.sql(f"SELECT customer_id FROM {self.table} WHERE segment = $name",
+                              params={"name": name}).to_arrow_reader(rows)
+        for batch in reader:
+            yield batch.column(0).to_numpy(zero_copy_only=False)
 
 
 def listed_segments(definitions: SegmentSet, usable: SegmentSet, skipped: dict[str, str]) -> list[tuple]:
@@ -443,7 +493,7 @@ def overview(store: SegmentStore, definitions: SegmentSet, usable: SegmentSet, s
             row = at_refreshes.loc[segment.name] if segment.name in at_refreshes.index else None
             summary.history = [(m, int(row[m]) if row is not None else 0) for m in moments]
             summary.lift = Lift(reason=no_lift) if no_lift is not None else holdout_lift(
-                segment, result.members_at(store, window[0]).members(segment.name), history, window, activity)
+                segment, result.members_at(store, window[0]), history, window, activity)
         elif evaluated:
             summary.lift = Lift(reason=NO_REFRESH)
         result.summaries.append(summary)
@@ -558,11 +608,9 @@ def flows(before: Membership, after: Membership, name: str, segments: set[str]):
     segments they are in after. Largest first.
     """
     others = sorted(segments - {name})
-    with duckdb.connect() as con:
-        con.register("before_pairs", before.pairs)
-        con.register("after_pairs", after.pairs)
-        entered, came_from = _moved(con, "after_pairs", "before_pairs", name, others)
-        exited, went_to = _moved(con, "before_pairs", "after_pairs", name, others)
+    con = before.con
+    entered, came_from = _moved(con, after.table, before.table, name, others)
+    exited, went_to = _moved(con, before.table, after.table, name, others)
     return entered, exited, came_from, went_to
 
 
@@ -628,15 +676,22 @@ def profiles(features: Path, members: pd.DataFrame | pa.Table, defining: dict[st
     The sums are DuckDB's, over the file: one scan for the population, one joined with every segment's members, so
     the table is never held whole (in pandas it was 1.1 GB of the report's memory at 2M customers).
     """
-    defining = defining or {}
+    segments = segments if segments is not None else list(pd.unique(np.asarray(members["segment"])))
     with duckdb.connect(config={"memory_limit": duckdb_memory()}) as con:
         con.register("members", members)
-        con.execute(f"CREATE VIEW population AS SELECT * FROM read_parquet({quote_literal(str(features))})")
-        everyone = _Everyone.of(con)
-        stats = _member_stats(con, everyone)
+        return profiles_in(con, "members", features, defining, segments, rows)
+
+
+def profiles_in(con, members: str, features: Path, defining: dict[str, set[str]] | None, segments: list[str],
+                rows: int = PROFILE_ROWS) -> dict[str, tuple[pd.DataFrame | None, str]]:
+    """`profiles` of the (segment, customer_id) rows of table or view `members` in DuckDB connection `con`."""
+    defining = defining or {}
+    con.execute(f"CREATE OR REPLACE TEMP VIEW population AS SELECT * FROM read_parquet({quote_literal(str(features))})")
+    everyone = _Everyone.of(con)
+    stats = _member_stats(con, everyone, members)
     return {segment: (_segment_profile(everyone, stats[segment], defining.get(segment, set()), rows)
                       if segment in stats else (None, "the segment has no members"))
-            for segment in (segments if segments is not None else pd.unique(np.asarray(members["segment"])))}
+            for segment in segments}
 
 
 def segment_profiles(store: SegmentStore, data: Overview, features: Path,
@@ -646,9 +701,12 @@ def segment_profiles(store: SegmentStore, data: Overview, features: Path,
     names = [s.name for s in data.summaries if s.evaluated]
     if not data.refreshed or not names or not Path(features).exists():
         return {}
-    pairs = data.members_at(store, None).pairs
-    return profiles(features, pairs.filter(pc.is_in(pairs["segment"], pa.array(names))),
-                    {name: segments[name].fields() for name in names if name in segments}, names)
+    now = data.members_at(store, None)
+    listed = ", ".join(quote_literal(name) for name in names)
+    now.con.execute(f"CREATE OR REPLACE TEMP VIEW profiled AS SELECT segment, customer_id FROM {now.table} "
+                    f"WHERE segment IN ({listed})")
+    return profiles_in(now.con, "profiled", features,
+                       {name: segments[name].fields() for name in names if name in segments}, names)
 
 
 @dataclass
@@ -692,7 +750,7 @@ def _commonest(con, name: str) -> list[tuple[str, float]]:
     return [(value, n / present) for value, n, present in rows]
 
 
-def _member_stats(con, everyone: _Everyone) -> dict[str, dict]:
+def _member_stats(con, everyone: _Everyone, members: str) -> dict[str, dict]:
     """Per segment: its members, how many are in the table (`found`), their mean of every number and yes/no
     feature, and per text feature how many have a value and how many have each of the commonest categories."""
     sums, parameters = ["count(*)", "count(p.customer_id)"], []
@@ -703,7 +761,7 @@ def _member_stats(con, everyone: _Everyone) -> dict[str, dict]:
         sums.append(f"count({column})")
         sums += [f"count(*) FILTER (WHERE {column} = ?)" for _ in top]
         parameters += [category for category, _ in top]
-    query = (f"SELECT m.segment, {', '.join(sums)} FROM members m LEFT JOIN population p "
+    query = (f"SELECT m.segment, {', '.join(sums)} FROM {members} m LEFT JOIN population p "
              f"ON p.customer_id = m.customer_id GROUP BY m.segment")
     stats = {}
     for segment, listed, found, *values in con.execute(query, parameters).fetchall():

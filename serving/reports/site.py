@@ -63,18 +63,21 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     links = {s.name: segment_file(s.name) for s in data.summaries}
     written = [_write_overview(out_dir, site, data, links, model_links, _models_note(state))]
     evaluated = [s.name for s in data.summaries if s.evaluated]
-    progress("profiling every segment's members against the feature table")
-    profiled = segment_pages.segment_profiles(store, data, state.directory / FEATURES_FILE,
-                                              {**definitions.segments, **usable.segments})
-    for summary in data.summaries:
-        progress(f"segment {summary.name}")
-        detail = segment_pages.segment_detail(store, summary, data, profiled.get(summary.name), evaluated,
-                                             _features_as_of(state))
-        detail.campaigns = campaigns.get(summary.name, [])
-        html = render_page("segment.html.j2", title=f"Segment {summary.name}", site=site,
-                           page_file=links[summary.name], detail=detail, segment_links=links,
-                           no_refresh=segment_pages.NO_REFRESH)
-        written.append(write_page(out_dir, links[summary.name], html))
+    try:
+        progress("profiling every segment's members against the feature table")
+        profiled = segment_pages.segment_profiles(store, data, state.directory / FEATURES_FILE,
+                                                  {**definitions.segments, **usable.segments})
+        for summary in data.summaries:
+            progress(f"segment {summary.name}")
+            detail = segment_pages.segment_detail(store, summary, data, profiled.get(summary.name), evaluated,
+                                                 _features_as_of(state))
+            detail.campaigns = campaigns.get(summary.name, [])
+            html = render_page("segment.html.j2", title=f"Segment {summary.name}", site=site,
+                               page_file=links[summary.name], detail=detail, segment_links=links,
+                               no_refresh=segment_pages.NO_REFRESH)
+            written.append(write_page(out_dir, links[summary.name], html))
+    finally:
+        data.close()  # the memberships' working database
     written += _write_model_pages(out_dir, site, state, progress)
     return written
 

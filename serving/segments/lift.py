@@ -21,6 +21,7 @@ is the amount of purchases, and a purchase stamped exactly at the window start b
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from statistics import NormalDist
@@ -39,6 +40,7 @@ SMALL_GROUP = 30  # below this many customers in a group, means of orders and sp
 TABLE_COLUMNS = ["metric", "targeted", "holdout", "difference", "ci_low", "ci_high", "lift", "relative_ci_low",
                  "relative_ci_high", "p_value"]
 BACKTEST_METRICS = ("churn_rate", "conversion_rate", "mean_orders", "mean_spend")
+OUTCOMES = ["orders", "spend", "converted"]  # a customer's window outcomes (`window_outcomes`, without the id)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,10 +145,29 @@ def measure(members: pd.DataFrame, segment: Segment, validation: ValidationResul
     if "customer_id" not in members.columns:
         raise ValueError(f"members needs a customer_id column; it has {', '.join(map(str, members.columns))}")
     ids = pd.unique(members["customer_id"].astype(str))
-    held = in_holdout(ids, segment.name, segment.holdout_percent)
-    _check_groups(segment, len(ids), int(held.sum()))
-    outcomes = window_outcomes(validation, ids, start, end, activity)
-    targeted, holdout = outcomes[~held], outcomes[held]
+    return measure_groups(segment, start, end, *group_outcomes(segment, [ids], validation, start, end, activity))
+
+
+def group_outcomes(segment: Segment, member_chunks: Iterable, validation: ValidationResult, start: datetime,
+                   end: datetime, activity: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The window outcomes (orders, spend, converted) of the targeted members and of the holdout, from the members'
+    ids given a chunk at a time (each member once): only their numbers are kept, not their ids, so a segment of
+    millions is measured in little memory."""
+    activity = window_activity(validation, start, end) if activity is None else activity
+    targeted, holdout = [], []
+    for ids in member_chunks:
+        outcomes = window_outcomes(validation, ids, start, end, activity).drop(columns="customer_id")
+        held = in_holdout(ids, segment.name, segment.holdout_percent)
+        targeted.append(outcomes[~held])
+        holdout.append(outcomes[held])
+    return (pd.concat(targeted, ignore_index=True) if targeted else pd.DataFrame(columns=OUTCOMES),
+            pd.concat(holdout, ignore_index=True) if holdout else pd.DataFrame(columns=OUTCOMES))
+
+
+def measure_groups(segment: Segment, start: datetime, end: datetime, targeted: pd.DataFrame,
+                   holdout: pd.DataFrame) -> Measurement:
+    """`measure` from the groups' window outcomes (`group_outcomes`)."""
+    _check_groups(segment, len(targeted) + len(holdout), len(holdout))
     comparisons = (
         compare("conversion_rate", targeted["converted"].to_numpy(float), holdout["converted"].to_numpy(float), True),
         compare("mean_orders", targeted["orders"].to_numpy(float), holdout["orders"].to_numpy(float), False),

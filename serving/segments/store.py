@@ -29,7 +29,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import NamedTuple
@@ -550,23 +550,24 @@ class Database:
             cursor.close()
 
     @staticmethod
-    def driver_text_frame(conn: Connection, sql: str, parameters: tuple, columns: list[str]) -> pd.DataFrame:
-        """The rows of `sql` (parameters in the driver's marks; text columns named `columns`) as a frame, read
-        through the driver's cursor (`_text_frame`)."""
+    def driver_text_batches(conn: Connection, sql: str, parameters: tuple,
+                            columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The rows of `sql` (parameters in the driver's marks; text columns named `columns`) as Arrow batches, read
+        through the driver's cursor (`_text_batches`)."""
         cursor = conn.connection.cursor()
         try:
             cursor.execute(sql, parameters)
-            return _text_frame(cursor, columns)
+            yield from _text_batches(cursor, columns)
         finally:
             cursor.close()
 
     @staticmethod
-    def plain_text_frame(conn: Connection, query, columns: list[str]) -> pd.DataFrame:
-        """The rows of a SQLAlchemy `query` of text columns (its parameters bound as SQLAlchemy binds them) as a
-        frame, read through the driver's cursor (`_text_frame`)."""
+    def plain_text_batches(conn: Connection, query, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The rows of a SQLAlchemy `query` of text columns (its parameters bound as SQLAlchemy binds them) as Arrow
+        batches, read through the driver's cursor (`_text_batches`)."""
         result = conn.execute(query)
         try:
-            return _text_frame(result.cursor, columns)
+            yield from _text_batches(result.cursor, columns)
         finally:
             result.close()
 
@@ -901,12 +902,17 @@ class CurrentState:
         """Every current member as (segment, customer_id), ordered so; with `low`/`high`, only the customers with
         `low <= id < high` (`Database.id_range`): what a refresh compares a chunk of customers with. Read through
         the driver's cursor, without SQLAlchemy's per-row processing (~5 s for 2.6M members)."""
+        return _text_frame(self.member_pair_batches(conn, low, high), PAIR_COLUMNS)
+
+    def member_pair_batches(self, conn: Connection | None = None, low: str | None = None,
+                            high: str | None = None) -> Iterator[pa.RecordBatch]:
+        """`member_pairs` as Arrow batches of FETCH_ROWS rows, for a reader that never holds them all."""
         sql, parameters = "SELECT segment, customer_id FROM membership ORDER BY segment, customer_id", ()
         if low is not None or high is not None:  # per segment through the key (segment, customer_id), as
             where, parameters = self.db.id_range(low, high)  # `segments_of` walks it
             sql = _MEMBERS_BETWEEN.format(where=where)
         with self._reading(conn) as reader:
-            return self.db.driver_text_frame(reader, sql, parameters, ["segment", "customer_id"])
+            yield from self.db.driver_text_batches(reader, sql, parameters, PAIR_COLUMNS)
 
     def segments_of(self, customer_id: str, conn: Connection | None = None) -> list[str]:
         """The segments `customer_id` is a member of now, sorted (one customer's `memberships` without a frame)."""
@@ -1090,9 +1096,13 @@ class ChangeLog:
     def membership_at(self, moment: datetime, segments: list[str] | None = None) -> pd.DataFrame:
         """Who was in which segment at `moment`, from the log: per (customer, segment) the latest change with
         at <= moment (ties by recording order) is "entered". Columns segment, customer_id."""
+        return _text_frame(self.membership_batches_at(moment, segments), PAIR_COLUMNS)
+
+    def membership_batches_at(self, moment: datetime, segments: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """`membership_at` as Arrow batches of FETCH_ROWS rows, for a reader that never holds them all."""
         query = _latest_changes(naive_utc(moment), segments)
         with self._read() as conn:  # 2.6M members: SQLAlchemy's Row per row took ~2 s of a report at 1M
-            return self.db.plain_text_frame(conn, query, ["segment", "customer_id"])
+            yield from self.db.plain_text_batches(conn, query, PAIR_COLUMNS)
 
     def sizes_at(self, moments: list[datetime]) -> pd.DataFrame:
         """Members per segment at each of `moments` (as `membership_at` would count them): index segment, one int
@@ -1236,6 +1246,7 @@ def _log_row(row) -> dict:
 
 
 FETCH_ROWS = 100_000
+PAIR_COLUMNS = ["segment", "customer_id"]  # what `member_pairs` and `membership_at` give
 
 
 @contextmanager
@@ -1253,16 +1264,23 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _text_frame(cursor, columns: list[str]) -> pd.DataFrame:
-    """A cursor's rows of text columns as a frame of Arrow strings, fetched FETCH_ROWS at a time: the driver's
-    tuples of a whole result (5.2M memberships of 2M customers) are never held at once (they took ~0.8 GB)."""
+def _text_batches(cursor, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A cursor's rows of text columns as Arrow batches, fetched FETCH_ROWS at a time: the driver's tuples of a whole
+    result (5.2M memberships of 2M customers) are never held at once (they took ~0.8 GB)."""
     schema = pa.schema([(name, pa.string()) for name in columns])
-    batches = []
-    with paused_gc():
-        while rows := cursor.fetchmany(FETCH_ROWS):
-            batches.append(pa.record_batch([pa.array(values, pa.string()) for values in zip(*rows, strict=True)],
-                                           schema=schema))
-    return pa.Table.from_batches(batches, schema=schema).to_pandas()
+    while True:
+        with paused_gc():
+            rows = cursor.fetchmany(FETCH_ROWS)
+            if not rows:
+                return
+            batch = pa.record_batch([pa.array(values, pa.string()) for values in zip(*rows, strict=True)],
+                                    schema=schema)
+        yield batch
+
+
+def _text_frame(batches: Iterable[pa.RecordBatch], columns: list[str]) -> pd.DataFrame:
+    """Arrow batches of text columns (`_text_batches`) as one frame."""
+    return pa.Table.from_batches(list(batches), schema=pa.schema([(name, pa.string()) for name in columns])).to_pandas()
 
 
 def _frame(rows: list[dict], columns: list[str] | None, datetimes: tuple | list = ()) -> pd.DataFrame:
