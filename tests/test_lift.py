@@ -193,6 +193,22 @@ def test_holdout_split_is_deterministic_and_is_in_holdout(generated_validation):
     pd.testing.assert_frame_equal(first.table(), second.table())
 
 
+def test_members_measured_a_chunk_at_a_time_give_the_whole_measurement(generated_validation):
+    """Issue 14: a report counts a segment's outcomes a chunk of members at a time, keeping only their numbers; the
+    lift equals `measure` on all members at once."""
+    from serving.segments.lift import group_outcomes, measure_groups
+
+    ids = generated_validation.con.execute("SELECT customer_id FROM customers ORDER BY customer_id LIMIT 900").df()
+    segment, start, end = load_segments()["inactive"], datetime(2026, 3, 1), datetime(2026, 6, 1)
+    chunks = [ids["customer_id"].to_numpy()[i : i + 97] for i in range(0, len(ids), 97)]
+    targeted, holdout = group_outcomes(segment, chunks, generated_validation, start, end)
+    assert len(targeted) + len(holdout) == 900 and len(holdout) == in_holdout(ids["customer_id"], "inactive", 10).sum()
+    whole = measure(ids, segment, generated_validation, start, end).table()
+    pd.testing.assert_frame_equal(measure_groups(segment, start, end, targeted, holdout).table(), whole,
+                                  check_exact=False, rtol=1e-12)
+    assert whole.loc[whole["metric"] == "mean_spend", "targeted"].iloc[0] > 0
+
+
 def test_measure_errors(tiny):
     with pytest.raises(ValueError, match="window is empty: end 2026-06-01 00:00 is not after start 2026-06-01"):
         measure(MEMBERS, PROMO, tiny, START, START)

@@ -333,21 +333,31 @@ class Population:
     folder: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     def chunks(self, rows: int = PLAN_CHUNK) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-        """(values, membership: `evaluate`'s frame) per chunk of `rows` customers in id order (at least one chunk).
-        A ValueError if the ids do not ascend: the id ranges a refresh reads the store by rely on it."""
+        """(values, membership: `evaluate`'s frame) per chunk of `rows` customers in id order (at least one chunk)."""
         member_columns = {MEMBER_COLUMN.format(name): name for name in self.usable.names()} if self.evaluated else {}
+        for chunk in self._file_chunks(rows):
+            values = chunk.drop(columns=list(member_columns))
+            if not member_columns:
+                yield values, evaluate(self.usable, values, self.thresholds)
+                continue
+            membership = chunk[list(member_columns)].astype(bool).rename(columns=member_columns)
+            yield values, membership.set_axis(pd.Index(values["customer_id"].astype(str), name="customer_id"))
+
+    def value_chunks(self, rows: int = PLAN_CHUNK) -> Iterator[pd.DataFrame]:
+        """The values alone, per chunk of `rows` customers in id order."""
+        for chunk in self._file_chunks(rows):
+            yield chunk.drop(columns=[c for c in chunk.columns if c.startswith(MEMBER_COLUMN.format(""))])
+
+    def _file_chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The file `rows` at a time; a ValueError if the ids do not ascend: the id ranges a refresh reads the store
+        by rely on it."""
         last = None
         for chunk in read_frame_batches(self.path, rows):
             ids = chunk["customer_id"].astype(str)
             if len(ids) and not (ids.is_monotonic_increasing and ids.is_unique and (last is None or ids.iloc[0] > last)):
                 raise ValueError("a population must hold each customer once, in customer-id order")
             last = ids.iloc[-1] if len(ids) else last
-            values = chunk.drop(columns=list(member_columns))
-            if not member_columns:
-                yield values, evaluate(self.usable, values, self.thresholds)
-                continue
-            membership = chunk[list(member_columns)].astype(bool).rename(columns=member_columns)
-            yield values, membership.set_axis(pd.Index(ids, name="customer_id"))
+            yield chunk
 
     def id_chunks(self, rows: int = PLAN_CHUNK) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, str | None, str | None]]:
         """`chunks`, each with the id range [low, high) it covers (None: unbounded). The ranges tile every possible id,
@@ -369,7 +379,7 @@ class Population:
     def rows_of(self, customer_ids: set[str]) -> pd.DataFrame:
         """The values of the customers in `customer_ids`."""
         return pd.concat([values[values["customer_id"].astype(str).isin(customer_ids)]
-                          for values, _ in self.chunks()], ignore_index=True)
+                          for values in self.value_chunks()], ignore_index=True)
 
     def count_of(self, customer_ids: set[str]) -> int:
         """How many of `customer_ids` the population holds."""
@@ -653,7 +663,7 @@ def preview(segments: SegmentSet, name: str, population: Population, sample: int
     needed = p.usable.closure([name])
     columns = ["customer_id", *sorted(needed[name].fields())]
     members = pd.concat([values.loc[evaluate(needed, values, p.thresholds)[name].to_numpy(), columns]
-                         for values, _ in p.chunks()], ignore_index=True)
+                         for values in p.value_chunks()], ignore_index=True)
     return len(members), members.sample(min(sample, len(members)), random_state=seed), p.skipped
 
 
