@@ -310,7 +310,7 @@ class RefreshReport:
     reconciled: int = 0  # customers whose changes were recomputed because events moved them during the refresh
 
 
-MEMBER_COLUMN = "member of {}"  # a population file's column holding a segment's membership (`Population.evaluated`)
+MEMBER_PREFIX = "member of "  # + a segment's name: a population file's column of its membership (`Population.evaluated`)
 
 
 @dataclass
@@ -320,7 +320,7 @@ class Population:
     a temporary Parquet file (`path`) that a refresh reads a chunk of customers at a time. Held in memory, these values
     took 48 MB per 250,000 customers and made a refresh's memory grow with the programme.
 
-    evaluated: the file also holds each usable segment's membership (`MEMBER_COLUMN`, evaluated on Spark); else it
+    evaluated: the file also holds each usable segment's membership (`MEMBER_PREFIX`, evaluated on Spark); else it
     is evaluated from the values, chunk by chunk. The file is removed by `close` (or when the object is collected).
     """
 
@@ -334,7 +334,7 @@ class Population:
 
     def chunks(self, rows: int = PLAN_CHUNK) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
         """(values, membership: `evaluate`'s frame) per chunk of `rows` customers in id order (at least one chunk)."""
-        member_columns = {MEMBER_COLUMN.format(name): name for name in self.usable.names()} if self.evaluated else {}
+        member_columns = {MEMBER_PREFIX + name: name for name in self.usable.names()} if self.evaluated else {}
         for chunk in self._file_chunks(rows):
             values = chunk.drop(columns=list(member_columns))
             if not member_columns:
@@ -346,7 +346,7 @@ class Population:
     def value_chunks(self, rows: int = PLAN_CHUNK) -> Iterator[pd.DataFrame]:
         """The values alone, per chunk of `rows` customers in id order."""
         for chunk in self._file_chunks(rows):
-            yield chunk.drop(columns=[c for c in chunk.columns if c.startswith(MEMBER_COLUMN.format(""))])
+            yield chunk.drop(columns=[c for c in chunk.columns if c.startswith(MEMBER_PREFIX)])
 
     def _file_chunks(self, rows: int) -> Iterator[pd.DataFrame]:
         """The file `rows` at a time; a ValueError if the ids do not ascend: the id ranges a refresh reads the store
@@ -373,7 +373,7 @@ class Population:
     def read(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The whole population's values (only `columns` when given), for what needs every customer at once."""
         names = columns if columns is not None else [c for c in pq.read_schema(self.path).names
-                                                     if not c.startswith(MEMBER_COLUMN.format(""))]
+                                                     if not c.startswith(MEMBER_PREFIX)]
         return read_feature_rows(self.path, columns=names)
 
     def rows_of(self, customer_ids: set[str]) -> pd.DataFrame:
@@ -489,7 +489,7 @@ def spilled_population(values: pd.DataFrame, membership: pd.DataFrame, usable: S
     """A population evaluated elsewhere (on Spark): its values and `evaluate`-like membership, in customer order."""
     folder = tempfile.TemporaryDirectory(prefix="segments-population-")
     frame = pd.concat([values.reset_index(drop=True), membership.reset_index(drop=True).rename(
-        columns=lambda name: MEMBER_COLUMN.format(name))], axis=1)
+        columns=lambda name: MEMBER_PREFIX + name)], axis=1)
     path, rows = write_frame_batches([frame], Path(folder.name) / "population.parquet")
     return Population(path, rows, usable, skipped, thresholds, evaluated=True, folder=folder)
 
@@ -537,7 +537,6 @@ def check_order(last: dict | None, as_of: datetime) -> None:
                                 f"{as_of:%Y-%m-%d %H:%M} would rewrite history: refresh at that date or later")
 
 
-
 def plan_refresh(store, segments: SegmentSet, population: Population, as_of: datetime) -> RefreshPlan:
     """Diff an evaluated population against a snapshot of the store (read without the write lock), a chunk of
     customers at a time: each chunk's stored members and states are read by id range and its changes spilled."""
@@ -559,7 +558,6 @@ def plan_refresh(store, segments: SegmentSet, population: Population, as_of: dat
         planned.close()
         raise
     return RefreshPlan(as_of, segments.definitions_hash, population, last, watermark, planned, members)
-
 
 
 def apply_refresh(store, plan: RefreshPlan) -> RefreshReport:
@@ -651,7 +649,6 @@ class MemberCounts:
                             columns=["segment", "kind", "members", "holdout", "entered", "exited"])
 
 
-
 def preview(segments: SegmentSet, name: str, population: Population, sample: int = 10,
             seed: int = 0) -> tuple[int, pd.DataFrame, dict[str, str]]:
     """(exact size, a random sample of members with the fields the segment reads, skipped) of `population` (as
@@ -665,7 +662,6 @@ def preview(segments: SegmentSet, name: str, population: Population, sample: int
     members = pd.concat([values.loc[evaluate(needed, values, p.thresholds)[name].to_numpy(), columns]
                          for values in p.value_chunks()], ignore_index=True)
     return len(members), members.sample(min(sample, len(members)), random_state=seed), p.skipped
-
 
 
 def check_segment_name(segments: SegmentSet, name: str) -> None:
