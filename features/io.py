@@ -192,23 +192,27 @@ def duckdb_memory() -> str:
     return os.environ.get("SEGMENTS_DUCKDB_MEMORY") or DEFAULT_DUCKDB_MEMORY
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    """A fresh working database, on disk in a temporary folder removed when the process ends; UTC so that naive
-    timestamps and offset conversion mean UTC.
-
-    On disk, DuckDB keeps the loaded and validated tables within its memory limit (SEGMENTS_DUCKDB_MEMORY, default
-    DEFAULT_DUCKDB_MEMORY) and spills large queries beside them, so a command's memory does not grow with the data
-    (in memory, 10M transactions held 1.3 GB before any query ran).
-    """
-    folder = tempfile.mkdtemp(prefix="segments-duckdb-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    memory = duckdb_memory()
+def working_database(memory: str | None = None, folder: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh DuckDB database on disk in `folder` (None: a temporary folder removed when the process ends), kept
+    within `memory` (None: SEGMENTS_DUCKDB_MEMORY, default DEFAULT_DUCKDB_MEMORY) and spilling beside it, so what it
+    holds and its large queries do not grow a command's memory with the data (in memory, 10M transactions held 1.3 GB
+    before any query ran)."""
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="segments-duckdb-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    memory = memory or duckdb_memory()
     try:
-        con = duckdb.connect(str(Path(folder) / "work.duckdb"), config={"memory_limit": memory,
-                                                                         "temp_directory": folder})
+        return duckdb.connect(str(Path(folder) / "work.duckdb"), config={"memory_limit": memory,
+                                                                          "temp_directory": str(folder)})
     except (duckdb.ParserException, duckdb.InvalidInputException) as exc:  # what a bad memory_limit raises
         raise SettingError(f"SEGMENTS_DUCKDB_MEMORY={memory!r} is not a memory size DuckDB takes (e.g. 2GB, 512MB): "
                            f"{exc}") from None
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    """A fresh `working_database` for loading and validating; UTC so that naive timestamps and offset conversion
+    mean UTC."""
+    con = working_database()
     con.execute("SET TimeZone = 'UTC'")
     # Written once and read a few times: the dictionary+FSST string compression cost ~1 s of writing the 10M clean
     # transactions (bench/README.md, "Start-up, and the feature table at 1M"); without it the file is 0.64 GB, not 0.25.

@@ -12,9 +12,7 @@ Where the figures come from:
 
 from __future__ import annotations
 
-import atexit
 import math
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from matplotlib.ticker import FuncFormatter
 from sqlalchemy import select
 
 from features.catalog import FEATURES_BY_NAME
-from features.io import duckdb_memory, quote_ident, quote_literal
+from features.io import duckdb_memory, quote_ident, quote_literal, working_database
 from features.segments import Condition, Group, Segment, SegmentRef, SegmentSet, label_of
 from features.time import utc_now
 from serving.explain.reasons import attribute_of, format_value
@@ -144,10 +142,10 @@ class Lift:
         return self.measurement.comparison("conversion_rate")
 
 
-def purchase_history(serve_dir: Path):
+def purchase_history(serve_dir: Path, spill: Path):
     """The clean tables the serve folder was built from (history.duckdb) as a ValidationResult, or None when the
-    folder has none. `serving.segments.lift` counts purchases in its transactions."""
-    import duckdb
+    folder has none. `serving.segments.lift` counts purchases in its transactions. `spill`: a folder the caller
+    removes, where the working database lives and spills."""
 
     from features.validate import ValidationResult
     from serving.segments.events import HISTORY_FILE
@@ -155,11 +153,9 @@ def purchase_history(serve_dir: Path):
     path = Path(serve_dir) / HISTORY_FILE
     if not path.exists():
         return None
-    # DuckDB's default limit is most of the machine: counting a window's purchases among 40M transactions kept
-    # 0.9 GB of a report's memory at 4M customers.
-    spill = tempfile.mkdtemp(prefix="segments-history-")
-    atexit.register(shutil.rmtree, spill, ignore_errors=True)
-    con = duckdb.connect(config={"memory_limit": REPORT_DUCKDB_MEMORY, "temp_directory": spill})
+    # Within the report's limit: with DuckDB's default, most of the machine, counting a window's purchases among 40M
+    # transactions kept 0.9 GB of a report's memory at 4M customers.
+    con = working_database(REPORT_DUCKDB_MEMORY, spill)
     con.execute("ATTACH ? AS history (READ_ONLY)", [str(path)])
     tables = [row[0] for row in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'history'").fetchall()]
@@ -412,9 +408,7 @@ class Memberships:
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:  # made on first use: an overview before any refresh reads no membership
             self._folder = tempfile.TemporaryDirectory(prefix="segments-report-")
-            self._con = duckdb.connect(str(Path(self._folder.name) / "members.duckdb"),
-                                       config={"memory_limit": REPORT_DUCKDB_MEMORY,
-                                               "temp_directory": str(Path(self._folder.name) / "spill")})
+            self._con = working_database(REPORT_DUCKDB_MEMORY, Path(self._folder.name))
         return self._con
 
     def at(self, store: SegmentStore, moment: datetime | None) -> Membership:

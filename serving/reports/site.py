@@ -6,6 +6,7 @@ relative links, so the folder opens from disk, travels as an attachment and is s
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -49,15 +50,16 @@ def write_reports(out_dir: Path, serve_dir: Path, store, segments_file: Path | N
     state = state if state is not None else _load_state(serve_dir, progress)
     definitions = load_segments(segments_file)
     usable, skipped = _resolve(definitions, state)
-    history = segment_pages.purchase_history(serve_dir)
-    try:
-        progress("reading sizes, trends and holdout lift from the membership store")
-        data = segment_pages.overview(store, definitions, usable, skipped, history)
-        progress("measuring campaigns against their holdouts")
-        campaigns = segment_pages.campaign_results(store, definitions, history)
-    finally:
-        if history is not None:
-            history.con.close()
+    with tempfile.TemporaryDirectory(prefix="segments-history-") as spill:
+        history = segment_pages.purchase_history(serve_dir, Path(spill))
+        try:
+            progress("reading sizes, trends and holdout lift from the membership store")
+            data = segment_pages.overview(store, definitions, usable, skipped, history)
+            progress("measuring campaigns against their holdouts")
+            campaigns = segment_pages.campaign_results(store, definitions, history)
+        finally:
+            if history is not None:
+                history.con.close()
     model_links = _model_links(state)
     site = _site(data, state, model_links, generated_at)
     links = {s.name: segment_file(s.name) for s in data.summaries}
