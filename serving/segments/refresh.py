@@ -345,14 +345,17 @@ class Population:
 
     def value_chunks(self, rows: int = PLAN_CHUNK) -> Iterator[pd.DataFrame]:
         """The values alone, per chunk of `rows` customers in id order."""
-        for chunk in self._file_chunks(rows):
-            yield chunk.drop(columns=[c for c in chunk.columns if c.startswith(MEMBER_PREFIX)])
+        return self._file_chunks(rows, self.value_columns())
 
-    def _file_chunks(self, rows: int) -> Iterator[pd.DataFrame]:
-        """The file `rows` at a time; a ValueError if the ids do not ascend: the id ranges a refresh reads the store
-        by rely on it."""
+    def value_columns(self) -> list[str]:
+        """The file's columns but the membership ones."""
+        return [c for c in pq.read_schema(self.path).names if not c.startswith(MEMBER_PREFIX)]
+
+    def _file_chunks(self, rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The file (only `columns` when given) `rows` at a time; a ValueError if the ids do not ascend: the id
+        ranges a refresh reads the store by rely on it."""
         last = None
-        for chunk in read_frame_batches(self.path, rows):
+        for chunk in read_frame_batches(self.path, rows, columns):
             ids = chunk["customer_id"].astype(str)
             if len(ids) and not (ids.is_monotonic_increasing and ids.is_unique and (last is None or ids.iloc[0] > last)):
                 raise ValueError("a population must hold each customer once, in customer-id order")
@@ -372,9 +375,7 @@ class Population:
 
     def read(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The whole population's values (only `columns` when given), for what needs every customer at once."""
-        names = columns if columns is not None else [c for c in pq.read_schema(self.path).names
-                                                     if not c.startswith(MEMBER_PREFIX)]
-        return read_feature_rows(self.path, columns=names)
+        return read_feature_rows(self.path, columns=columns if columns is not None else self.value_columns())
 
     def rows_of(self, customer_ids: set[str]) -> pd.DataFrame:
         """The values of the customers in `customer_ids`."""
