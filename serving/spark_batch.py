@@ -4,25 +4,37 @@ Validation stays DuckDB's (streamed, bad rows quarantined), and its clean tables
 builds the feature table from the same Ibis definitions (`features.spark`), scores it with the registered MLflow
 models at the versions the DuckDB path loads (`mlflow.pyfunc.spark_udf`, the models' own logged code), fits the
 population thresholds (exact percentiles, interpolated as pandas does) and evaluates every segment per Arrow batch
-with the same `evaluate`. Only narrow columns come back to the driver: the scores (the output file and the prediction
-log) and, for a refresh, the fields the segments read with each customer's membership, which the diff against the
-store needs; the store then gets only the changes, written exactly as a DuckDB refresh writes them.
+with the same `evaluate`. Only narrow columns come back to the driver, and never all at once: the executors sort and
+write the scores (for the output file and the prediction log) or, for a refresh, the fields the segments read with
+each customer's membership (which the diff against the store needs) as Parquet in the staging folder, and the driver
+reads them back a batch at a time; the store then gets only the changes, written exactly as a DuckDB refresh writes
+them.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from features.build import FeatureQuery
+from features.pipeline import BATCH_ROWS
 from features.segments import SegmentSet, evaluate, threshold_quantiles
 from features.spark import spark_feature_frame, spark_feature_table, stage_clean_tables
 from features.validate import ValidationResult
-from serving.segments.refresh import Population, population_columns, run_fields, spilled_population
+from serving.segments.refresh import (
+    MEMBER_PREFIX,
+    Population,
+    in_customer_order,
+    population_columns,
+    run_fields,
+    spilled_population,
+)
 from training.bundle import ScoringBundle, score_column, scoring_order
 
 ENV_MASTER = "SEGMENTS_SPARK_MASTER"
@@ -137,18 +149,20 @@ def spark_membership(values, segments: SegmentSet, thresholds: dict, keep: list[
     return values.mapInPandas(evaluated, schema)
 
 
-def scores_frame(spark, validation: ValidationResult, as_of: datetime, bundle: ScoringBundle, staging: Path
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(scores as `ScoringBundle.score` returns them, by customer_id; one feature row for the prediction log)."""
+def score_batches(spark, validation: ValidationResult, as_of: datetime, bundle: ScoringBundle, staging: Path
+                  ) -> tuple[Iterator[pd.DataFrame], pd.DataFrame]:
+    """(every customer's scores as `ScoringBundle.score` returns them, in customer order a batch at a time, read from
+    `staging`; one feature row for the prediction log)."""
     features, query = spark_features(spark, validation, as_of, staging)
     scored = spark_scores(spark, features, bundle).persist()  # read twice: computed once
     try:
         head = typed(scored.select(*features.columns).limit(1).toPandas(), query)
         score_columns = [c for c in scored.columns if c not in features.columns]
-        scores = scored.select("customer_id", *score_columns).orderBy("customer_id").toPandas()
+        written = write_sorted(scored.select("customer_id", *score_columns), staging / "scores")
     finally:
         scored.unpersist()
-    return typed(scores, query, bundle.score(head).dtypes), head
+    dtypes = bundle.score(head).dtypes
+    return (typed(batch, query, dtypes) for batch in read_sorted(written)), head
 
 
 def population(spark, segments: SegmentSet, validation: ValidationResult, as_of: datetime,
@@ -162,13 +176,42 @@ def population(spark, segments: SegmentSet, validation: ValidationResult, as_of:
         usable, skipped = segments.resolve(run_fields(values, bundle))
         thresholds = spark_thresholds(values, usable)
         keep = population_columns(values.columns, features.columns, usable)
-        rows = spark_membership(values, usable, thresholds, keep).orderBy("customer_id").toPandas()
+        written = write_sorted(spark_membership(values, usable, thresholds, keep), staging / "population")
     finally:
         values.unpersist()
-    membership = rows[usable.names()].astype(bool).set_index(pd.Index(rows["customer_id"].astype(str),
-                                                                      name="customer_id"))
-    values_frame = typed(rows[keep], query, bundle.score(head).dtypes if scoring else None)
-    return spilled_population(values_frame, membership, usable, skipped, thresholds), head
+    dtypes = bundle.score(head).dtypes if scoring else None
+    names = usable.names()
+    batches = (pd.concat([typed(batch[keep], query, dtypes),
+                          batch[names].astype(bool).rename(columns=lambda name: MEMBER_PREFIX + name)], axis=1)
+               for batch in read_sorted(written))
+    return spilled_population(batches, usable, skipped, thresholds), head
+
+
+def write_sorted(frame, folder: Path) -> Path:
+    """`frame` sorted by customer id and written by the executors as Parquet files under `folder` (replaced): Spark
+    sorts into ranges of ids, one numbered file each, so the files in name order hold the customers in order."""
+    frame.orderBy("customer_id").write.mode("overwrite").parquet(str(folder))
+    return Path(folder)
+
+
+def read_sorted(folder: Path, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """The files `write_sorted` wrote, `rows` at a time in customer order (checked), at least one frame (empty for no
+    customers). Reading them here a batch at a time keeps the driver's memory to a batch, where a collect
+    (`toPandas`) held every customer: 100M customers' scores alone are ~10 GB."""
+    files = sorted(Path(folder).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"Spark wrote no Parquet file under {folder}")
+
+    def batches() -> Iterator[pd.DataFrame]:
+        empty = True
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(rows):
+                empty = False
+                yield batch.to_pandas()
+        if empty:
+            yield pq.read_schema(files[0]).empty_table().to_pandas()
+
+    return in_customer_order(batches())
 
 
 def typed(frame: pd.DataFrame, query: FeatureQuery, score_dtypes: pd.Series | None = None) -> pd.DataFrame:

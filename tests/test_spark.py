@@ -51,6 +51,27 @@ def test_spark_runs_the_same_definitions_as_duckdb(spark, tmp_path):
     pd.testing.assert_frame_equal(on_spark, on_duckdb, check_exact=False, rtol=1e-12)
 
 
+def test_results_come_back_from_the_executors_in_customer_order_a_batch_at_a_time(spark, tmp_path):
+    """What Spark computed reaches the driver through files the executors write, read back in small batches: every
+    customer once, in id order across the files, and an empty result as one empty frame."""
+    from serving.spark_batch import read_sorted, write_sorted
+
+    ids = [f"C{n:05d}" for n in range(1000)]
+    frame = spark.createDataFrame(pd.DataFrame({"customer_id": ids[::-1], "score": range(1000)})).repartition(5)
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # else so few rows make one range
+    try:
+        written = write_sorted(frame, tmp_path / "scores")
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    assert len(list(written.glob("part-*.parquet"))) > 1  # several ranges, so the files' order matters
+    batches = list(read_sorted(written, rows=64))
+    assert len(batches) > 1 and max(map(len, batches)) <= 64
+    got = pd.concat(batches, ignore_index=True)
+    assert got["customer_id"].tolist() == ids and got["score"].tolist() == list(range(999, -1, -1))
+    empty = list(read_sorted(write_sorted(frame.limit(0), tmp_path / "none")))
+    assert len(empty) == 1 and empty[0].empty and list(empty[0].columns) == ["customer_id", "score"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The whole batch path (`--engine spark`): features, registered models through mlflow.pyfunc.spark_udf, thresholds,
 # membership, and the store's changes, against the DuckDB path on the session's generated programme.
@@ -73,11 +94,12 @@ def registered(small_models, generated_validation, tmp_path_factory):
 
 def test_spark_scores_equal_the_duckdb_scores(spark, registered, generated_validation, tmp_path):
     from features.pipeline import build_feature_table
-    from serving.spark_batch import scores_frame
+    from serving.spark_batch import score_batches
 
     bundle, as_of, _ = registered
     assert {name.split("-")[1] for name in bundle.models} == {"churn", "value", "lookalike", "clusters", "uplift"}
-    on_spark, head = scores_frame(spark, generated_validation, as_of, bundle, tmp_path)
+    batches, head = score_batches(spark, generated_validation, as_of, bundle, tmp_path)
+    on_spark = pd.concat(list(batches), ignore_index=True)
     features = build_feature_table(generated_validation, as_of).table
     on_duckdb = bundle.score(features).sort_values("customer_id").reset_index(drop=True)
     assert len(on_spark) == len(features) > 3000 and len(head) == 1

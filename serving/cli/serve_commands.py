@@ -84,11 +84,11 @@ def score(
     except (LookupError, ValueError) as exc:
         fail(str(exc))
     if engine is Engine.spark:
-        from serving.spark_batch import scores_frame
+        from serving.spark_batch import score_batches
 
         with spark_job(spark_master, spark_staging) as (spark, staging), step("Building features and scoring on Spark"):
-            scores, features = scores_frame(spark, validation, as_of, bundle, staging)
-        write_frame_batches([scores], out_file)  # as the DuckDB engine writes its batches: atomically
+            scores, features = score_batches(spark, validation, as_of, bundle, staging)
+            write_frame_batches(scores, out_file)  # as the DuckDB engine writes its batches: atomically
     else:
         with fail_cleanly(), step(features_step(as_of) + " and scoring"):
             features = write_score_batches(bundle, validation, as_of, out_file)

@@ -354,13 +354,7 @@ class Population:
     def _file_chunks(self, rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """The file (only `columns` when given) `rows` at a time; a ValueError if the ids do not ascend: the id
         ranges a refresh reads the store by rely on it."""
-        last = None
-        for chunk in read_frame_batches(self.path, rows, columns):
-            ids = chunk["customer_id"].astype(str)
-            if len(ids) and not (ids.is_monotonic_increasing and ids.is_unique and (last is None or ids.iloc[0] > last)):
-                raise ValueError("a population must hold each customer once, in customer-id order")
-            last = ids.iloc[-1] if len(ids) else last
-            yield chunk
+        return in_customer_order(read_frame_batches(self.path, rows, columns))
 
     def id_chunks(self, rows: int = PLAN_CHUNK) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, str | None, str | None]]:
         """`chunks`, each with the id range [low, high) it covers (None: unbounded). The ranges tile every possible id,
@@ -485,13 +479,27 @@ def evaluate_batches(segments: SegmentSet, batches: Iterable[pd.DataFrame], bund
     return population, resolved["head"]
 
 
-def spilled_population(values: pd.DataFrame, membership: pd.DataFrame, usable: SegmentSet, skipped: dict[str, str],
+def in_customer_order(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """`chunks` as they come, checked to hold each customer once in ascending id order (a ValueError if not)."""
+    last = None
+    for chunk in chunks:
+        ids = chunk["customer_id"].astype(str)
+        if len(ids) and not (ids.is_monotonic_increasing and ids.is_unique and (last is None or ids.iloc[0] > last)):
+            raise ValueError("customers must come once each, in customer-id order")
+        last = ids.iloc[-1] if len(ids) else last
+        yield chunk
+
+
+def spilled_population(batches: Iterable[pd.DataFrame], usable: SegmentSet, skipped: dict[str, str],
                        thresholds: dict) -> Population:
-    """A population evaluated elsewhere (on Spark): its values and `evaluate`-like membership, in customer order."""
+    """A population evaluated elsewhere (on Spark), from batches in customer order: each holds the values and, per
+    segment, its membership as a `member of <segment>` column (`MEMBER_PREFIX`)."""
     folder = tempfile.TemporaryDirectory(prefix="segments-population-")
-    frame = pd.concat([values.reset_index(drop=True), membership.reset_index(drop=True).rename(
-        columns=lambda name: MEMBER_PREFIX + name)], axis=1)
-    path, rows = write_frame_batches([frame], Path(folder.name) / "population.parquet")
+    try:
+        path, rows = write_frame_batches(batches, Path(folder.name) / "population.parquet")
+    except BaseException:
+        folder.cleanup()
+        raise
     return Population(path, rows, usable, skipped, thresholds, evaluated=True, folder=folder)
 
 
