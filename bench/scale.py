@@ -4,6 +4,7 @@ Usage:
     python bench/scale.py [--customers 1000000] [--transactions-per-customer 10] [--steps features,train,...]
                           [--work bench/work] [--out bench/results/scale_1000000.json]
     python bench/scale.py --growth 250000,500000,1000000,2000000   # the growth table and chart, one run per size
+    python bench/scale.py --growth 1000000,2000000 --steps features --repeat 5   # each size 5 times, medians shown
     python bench/scale.py --chart bench/results/scale_growth.json     # redraw the chart and tables from a results file
     python bench/scale.py --customers 250000 --steps features,train,score,refresh_first,score_spark,refresh_spark
 
@@ -167,6 +168,23 @@ def chart(runs: list[dict], path: Path) -> Path:
     return path
 
 
+def medians(passes: list[list[dict]]) -> list[dict]:
+    """One run per size from several passes over the sizes: each step's median time and peak memory over the passes
+    where it succeeded (their times in `all_seconds`, the others counted in `failed_passes`), failed only if it failed
+    in every pass."""
+    runs = []
+    for size_runs in zip(*passes, strict=True):
+        steps = []
+        for name in [r["step"] for r in size_runs[0]["steps"]]:
+            tries = [r for run in size_runs for r in run["steps"] if r["step"] == name]
+            ok = [r for r in tries if r["ok"]] or tries
+            steps.append({**ok[0], "seconds": median(r["seconds"] for r in ok),
+                          "peak_gb": median(r.get("peak_gb", 0) for r in ok),
+                          "all_seconds": [r["seconds"] for r in ok], "failed_passes": len(tries) - len(ok)})
+        runs.append({**size_runs[0], "steps": steps})
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
@@ -176,6 +194,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per step")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="passes over the sizes (one after the other); the tables show each step's median")
     parser.add_argument("--chart", type=Path, help="only draw the growth chart and table from this results file")
     args = parser.parse_args()
     if args.chart:
@@ -187,11 +207,14 @@ def main() -> None:
     unknown = set(steps) - set(STEPS) - set(SPARK_STEPS)
     if unknown:
         parser.error(f"unknown steps {sorted(unknown)}; known: {', '.join([*STEPS, *SPARK_STEPS])}")
-    runs = [run_size(n, args.transactions_per_customer, steps, args.work.resolve(), args.timeout) for n in sizes]
+    passes = [[run_size(n, args.transactions_per_customer, steps, args.work.resolve(), args.timeout) for n in sizes]
+              for _ in range(max(1, args.repeat))]
+    runs = medians(passes) if len(passes) > 1 else passes[0]
     out = args.out or HERE / "results" / f"scale_{'growth' if len(sizes) > 1 else sizes[0]}.json"
     out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
                                "cpus": os.cpu_count(), "python": platform.python_version(),
-                               "budgets_at_1m": BUDGETS, "runs": runs}, indent=1))
+                               "budgets_at_1m": BUDGETS, "runs": runs,
+                               **({"passes": passes} if len(passes) > 1 else {})}, indent=1))
     print(table(runs))
     if len(runs) > 1:
         print(doubling(runs), f"chart: {chart(runs, out.with_suffix('.svg'))}", sep="\n\n")

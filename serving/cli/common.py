@@ -87,8 +87,9 @@ SparkMasterOpt = Annotated[str | None, typer.Option(
     "--spark-master", help="With --engine spark: a master URL (local[*], spark://host:7077, yarn, k8s://...) or a "
                            "Spark Connect URL (sc://host:15002); default SEGMENTS_SPARK_MASTER, else local[*].")]
 SparkStagingOpt = Annotated[Path | None, typer.Option(
-    "--spark-staging", help="With --engine spark: folder the validated tables are staged in as Parquet (on a cluster, "
-                            "a path every executor reads); default a temporary folder, removed afterwards.")]
+    "--spark-staging", help="With --engine spark: folder the validated tables are staged in and the executors write "
+                            "their results to, as Parquet (on a cluster, a path the driver and every executor read "
+                            "and write); default a temporary folder, removed afterwards.")]
 
 
 @contextmanager
