@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def score_batches(spark, validation: ValidationResult, as_of: datetime, bundle: 
     try:
         head = typed(scored.select(*features.columns).limit(1).toPandas(), query)
         score_columns = [c for c in scored.columns if c not in features.columns]
-        written = write_sorted(scored.select("customer_id", *score_columns), staging / "scores")
+        written = write_sorted(scored.select("customer_id", *score_columns), staging / "scores", scored.count())
     finally:
         scored.unpersist()
     dtypes = bundle.score(head).dtypes
@@ -176,7 +177,8 @@ def population(spark, segments: SegmentSet, validation: ValidationResult, as_of:
         usable, skipped = segments.resolve(run_fields(values, bundle))
         thresholds = spark_thresholds(values, usable)
         keep = population_columns(values.columns, features.columns, usable)
-        written = write_sorted(spark_membership(values, usable, thresholds, keep), staging / "population")
+        written = write_sorted(spark_membership(values, usable, thresholds, keep), staging / "population",
+                               values.count())  # membership keeps every row
     finally:
         values.unpersist()
     dtypes = bundle.score(head).dtypes if scoring else None
@@ -187,28 +189,41 @@ def population(spark, segments: SegmentSet, validation: ValidationResult, as_of:
     return spilled_population(batches, usable, skipped, thresholds), head
 
 
-def write_sorted(frame, folder: Path) -> Path:
-    """`frame` sorted by customer id and written by the executors as Parquet files under `folder` (replaced): Spark
-    sorts into ranges of ids, one numbered file each, so the files in name order hold the customers in order."""
+@dataclass(frozen=True)
+class Written:
+    """Where the executors wrote a result (`write_sorted`) and how many rows Spark counted in it."""
+
+    folder: Path
+    rows: int
+
+
+def write_sorted(frame, folder: Path, rows: int) -> Written:
+    """`frame` of `rows` rows sorted by customer id and written by the executors as Parquet files under `folder`
+    (replaced): Spark sorts into ranges of ids, one numbered file each, so the files in name order hold the customers
+    in order."""
     frame.orderBy("customer_id").write.mode("overwrite").parquet(str(folder))
-    return Path(folder)
+    return Written(Path(folder), rows)
 
 
-def read_sorted(folder: Path, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
+def read_sorted(written: Written, rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
     """The files `write_sorted` wrote, `rows` at a time in customer order (checked), at least one frame (empty for no
-    customers). Reading them here a batch at a time keeps the driver's memory to a batch, where a collect
-    (`toPandas`) held every customer: 100M customers' scores alone are ~10 GB."""
-    files = sorted(Path(folder).glob("part-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"Spark wrote no Parquet file under {folder}")
+    customers); an OSError at the end unless every row Spark counted was read. Reading them here a batch at a time
+    keeps the driver's memory to a batch, where a collect (`toPandas`) held every customer: 100M customers' scores
+    alone are ~10 GB."""
+    files = sorted(written.folder.glob("part-*.parquet"))
 
     def batches() -> Iterator[pd.DataFrame]:
-        empty = True
+        read = 0
         for file in files:
             for batch in pq.ParquetFile(file).iter_batches(rows):
-                empty = False
+                read += batch.num_rows
                 yield batch.to_pandas()
-        if empty:
+        if read != written.rows:
+            raise OSError(f"Spark wrote {written.rows:,} rows under {written.folder}, but {read:,} are there to read: "
+                          "on a cluster --spark-staging must be a folder the driver and every executor share")
+        if not files:
+            raise OSError(f"Spark wrote no Parquet file under {written.folder}")
+        if not read:
             yield pq.read_schema(files[0]).empty_table().to_pandas()
 
     return in_customer_order(batches())

@@ -60,16 +60,20 @@ def test_results_come_back_from_the_executors_in_customer_order_a_batch_at_a_tim
     frame = spark.createDataFrame(pd.DataFrame({"customer_id": ids[::-1], "score": range(1000)})).repartition(5)
     spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # else so few rows make one range
     try:
-        written = write_sorted(frame, tmp_path / "scores")
+        written = write_sorted(frame, tmp_path / "scores", frame.count())
     finally:
         spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
-    assert len(list(written.glob("part-*.parquet"))) > 1  # several ranges, so the files' order matters
+    files = sorted(written.folder.glob("part-*.parquet"))
+    assert written.rows == 1000 and len(files) > 1  # several ranges, so the files' order matters
     batches = list(read_sorted(written, rows=64))
     assert len(batches) > 1 and max(map(len, batches)) <= 64
     got = pd.concat(batches, ignore_index=True)
     assert got["customer_id"].tolist() == ids and got["score"].tolist() == list(range(999, -1, -1))
-    empty = list(read_sorted(write_sorted(frame.limit(0), tmp_path / "none")))
+    empty = list(read_sorted(write_sorted(frame.limit(0), tmp_path / "none", 0)))
     assert len(empty) == 1 and empty[0].empty and list(empty[0].columns) == ["customer_id", "score"]
+    files[-1].unlink()  # as when an executor wrote to a disk the driver does not see
+    with pytest.raises(OSError, match=r"Spark wrote 1,000 rows under .* but \d+ are there to read"):
+        list(read_sorted(written))
 
 
 # ---------------------------------------------------------------------------------------------------------------
