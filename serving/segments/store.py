@@ -1267,7 +1267,7 @@ def paused_gc() -> Iterator[None]:
 def _text_batches(cursor, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """A cursor's rows of text columns as Arrow batches, fetched FETCH_ROWS at a time: the driver's tuples of a whole
     result (5.2M memberships of 2M customers) are never held at once (they took ~0.8 GB)."""
-    schema = pa.schema([(name, pa.string()) for name in columns])
+    schema = _text_schema(columns)
     while True:
         with paused_gc():
             rows = cursor.fetchmany(FETCH_ROWS)
@@ -1280,7 +1280,11 @@ def _text_batches(cursor, columns: list[str]) -> Iterator[pa.RecordBatch]:
 
 def _text_frame(batches: Iterable[pa.RecordBatch], columns: list[str]) -> pd.DataFrame:
     """Arrow batches of text columns (`_text_batches`) as one frame."""
-    return pa.Table.from_batches(list(batches), schema=pa.schema([(name, pa.string()) for name in columns])).to_pandas()
+    return pa.Table.from_batches(list(batches), schema=_text_schema(columns)).to_pandas()
+
+
+def _text_schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([(name, pa.string()) for name in columns])
 
 
 def _frame(rows: list[dict], columns: list[str] | None, datetimes: tuple | list = ()) -> pd.DataFrame:
